@@ -7,14 +7,77 @@ them; everything downstream reads only these objects, never raw dicts.
 
 from __future__ import annotations
 
+import posixpath
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ApplyRequirement = Literal["approved", "mergeable", "undiverged"]
 ApplyMode = Literal["on_merge", "comment", "both"]
 
-DEFAULT_WHEN_MODIFIED = ("*.tf", "*.tf.json", "*.tfvars", "*.tfvars.json", ".terraform.lock.hcl")
+# Recursive like Atlantis' defaults: `*.tf*` covers .tf, .tf.json, .tfvars(.json), .tftpl,
+# .tfbackend. Change detection keeps these defaults out of nested project directories.
+DEFAULT_WHEN_MODIFIED = ("**/*.tf*", "**/.terraform.lock.hcl")
+
+_WORKSPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_NAME_RE = re.compile(r"(?!-)[A-Za-z0-9_.:@+-]+(?:/[A-Za-z0-9_.:@+-]+)*")
+_DOT_SEGMENT_RE = re.compile(r"(?:^|/)\.\.?(?:/|$)")
+_NAME_MAX = 128
+
+
+def normalize_dir(value: str) -> str:
+    """Return `value` as a normalised repo-relative POSIX path, or raise ValueError.
+
+    A project dir ends up in filesystem paths and `terraform -chdir`, so anything
+    that could point outside the working copy is refused here, once, for everyone.
+    """
+    if "\\" in value or "\0" in value:
+        raise ValueError(f"{value!r} must be a POSIX path (no backslashes or NUL)")
+    if value.startswith("/"):
+        raise ValueError(f"{value!r} is absolute; use a path relative to the repository root")
+    normalized = posixpath.normpath(value) if value else "."
+    if normalized == ".." or normalized.startswith("../"):
+        raise ValueError(f"{value!r} escapes the repository")
+    return normalized
+
+
+def check_workspace(value: str) -> str:
+    """Return `value` if it is a safe Terraform workspace name, else raise ValueError."""
+    if not _WORKSPACE_RE.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a plain workspace name "
+            "(letters, digits, '_', '.', '-'; starting with a letter or digit; at most 64)"
+        )
+    return value
+
+
+def check_name(value: str) -> str:
+    """Return `value` if it is a plain project name, else raise ValueError.
+
+    Names are typed in PR comments (`-p NAME`) and may end up in file names, so they
+    are path-like at most: segments of safe characters joined by '/', no '.'/'..'
+    segments (except the root project '.'), no spaces, not starting with '-'.
+    """
+    plain = value == "." or (
+        len(value) <= _NAME_MAX
+        and _NAME_RE.fullmatch(value) is not None
+        and _DOT_SEGMENT_RE.search(value) is None
+    )
+    if not plain:
+        raise ValueError(
+            f"{value!r} is not a plain project name (letters, digits, '_', '.', ':', '@', "
+            "'+', '-' in '/'-separated segments; no spaces, no '..')"
+        )
+    return value
+
+
+def default_project_name(dir: str, workspace: str) -> str:
+    """The name of a project that has none: its dir, plus `:workspace` if not default.
+
+    `:` cannot clash with a nested directory the way `dir/workspace` could.
+    """
+    return dir if workspace == "default" else f"{dir}:{workspace}"
 
 
 class _Frozen(BaseModel):
@@ -53,6 +116,26 @@ class ProjectConfig(_Frozen):
     terraform_version: str | None = None
     drift: DriftConfig = Field(default_factory=DriftConfig)
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        return check_name(value)
+
+    @field_validator("dir")
+    @classmethod
+    def _relative_dir(cls, value: str) -> str:
+        return normalize_dir(value)
+
+    @field_validator("workspace")
+    @classmethod
+    def _plain_workspace(cls, value: str) -> str:
+        return check_workspace(value)
+
+    @field_validator("depends_on")
+    @classmethod
+    def _plain_dependencies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(check_name(v) for v in value)
+
     @property
     def key(self) -> tuple[str, str]:
         """What a lock and a Terraform process are serialised on (with the repo)."""
@@ -73,8 +156,9 @@ class RepoConfig(_Frozen):
     source: Literal["gitops-runner.yaml", "atlantis.yaml", "autodiscovery"]
     projects: tuple[ProjectConfig, ...]
     warnings: tuple[ConfigWarning, ...] = ()
-    # Directories whose *.tf are only used as local modules (filled by autodiscovery
-    # and by the module graph; informative).
+    # Directories whose *.tf are only used as local modules (filled by autodiscovery;
+    # informative).
+    module_dirs: tuple[str, ...] = ()
     parallel_plan: bool = True
     parallel_apply: bool = False
 

@@ -34,6 +34,19 @@ class ResourceChange:
 
     address: str
     actions: tuple[str, ...]  # e.g. ("create",), ("delete", "create")
+    # An import is planned even when its actions are ("no-op",), so it is kept apart.
+    importing: bool = field(default=False, kw_only=True)
+
+
+@dataclass(frozen=True)
+class DriftedResource(ResourceChange):
+    """An object changed outside of Terraform, with the top-level attributes that moved.
+
+    A ResourceChange so it fits `PlanResult.drift`; the attribute names feed drift
+    reports ("tags, size changed") without storing the values, which may be sensitive.
+    """
+
+    changed_attributes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,27 @@ class PlanResult:
     drift: tuple[ResourceChange, ...] = ()
     plan_path: str | None = None
     plan_checksum: str | None = None
+    commit: str | None = None
+    log_path: str | None = None
+    duration_s: float = 0.0
+
+
+class ApplyStatus(StrEnum):
+    APPLIED = "applied"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """One project's apply, ready to be stored and rendered."""
+
+    project: str
+    dir: str
+    workspace: str
+    status: ApplyStatus
+    summary: PlanSummary = field(default_factory=PlanSummary)  # of the plan that was applied
+    output: str = ""  # human apply output, already masked
+    error: str = ""  # tail of stderr when status is FAILED, already masked
     commit: str | None = None
     log_path: str | None = None
     duration_s: float = 0.0

@@ -1,0 +1,227 @@
+"""Benchmark: map a pull request's changed files to projects in a large monorepo.
+
+Generates (in a temp dir, with real git) a repository of many projects calling shared
+local modules, some modules calling modules, commits it, then commits a 50-path change
+on a branch and times the whole mapping: changed_files + config + module graph +
+affected_projects. Cold = empty parse cache; warm = parse cache filled by an earlier run.
+Each configuration source is measured: autodiscovery and a gitops-runner.yaml listing
+every project.
+
+    .venv/bin/python bench/detection.py            # 5,000 projects, 200 modules
+    .venv/bin/python bench/detection.py --smoke    # small, for CI
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from runner.config.loader import RUNNER_FILE, load_repo_config
+from runner.projects.changes import changed_files
+from runner.projects.detection import affected_projects
+from runner.projects.modules import ModuleGraph
+from tests.support.git_repo import GitRepo
+
+TEAMS = 50
+
+
+@dataclass(frozen=True)
+class Size:
+    projects: int
+    modules: int
+
+
+def project_dir(i: int) -> str:
+    return f"stacks/team-{i % TEAMS:02d}/svc-{i:05d}"
+
+
+def module_dir(k: int) -> str:
+    return f"modules/mod-{k:03d}"
+
+
+def project_main(i: int, size: Size) -> str:
+    a, b = i % size.modules, (i * 7 + 3) % size.modules
+    # A provisioner-like `source = "./…"` and a commented-out call: both must be ignored.
+    return f"""module "first" {{
+  source = "../../../{module_dir(a)}"
+  name   = "svc-{i}"
+}}
+
+module "second" {{
+  source = "../../../{module_dir(b)}"
+  name   = "svc-{i}-b"
+}}
+
+# module "old" {{
+#   source = "../../../{module_dir((a + 1) % size.modules)}"
+# }}
+
+resource "terraform_data" "site" {{
+  input = {{ source = "./files/index.html", tags = module.first.tags }}
+}}
+"""
+
+
+def module_main(k: int, size: Size) -> str:
+    body = """variable "name" {
+  type = string
+}
+
+resource "terraform_data" "tags" {
+  input = { name = var.name }
+}
+
+output "tags" {
+  value = terraform_data.tags.output
+}
+"""
+    if k % 5 == 0 and k + 1 < size.modules:  # every fifth module calls the next one
+        body += f"""
+module "inner" {{
+  source = "../{module_dir(k + 1).split("/")[-1]}"
+  name   = var.name
+}}
+"""
+    return body
+
+
+def runner_yaml(size: Size) -> str:
+    lines = ["version: 1", "projects:"]
+    lines += [f"  - dir: {project_dir(i)}" for i in range(size.projects)]
+    return "\n".join(lines) + "\n"
+
+
+def generate(root: Path, size: Size) -> GitRepo:
+    """Commit the base repository on main, then a 50-path change on branch `pr`."""
+    repo = GitRepo.init(root)
+    files: dict[str, str] = {"README.md": "# monorepo\n"}
+    for i in range(size.projects):
+        files[f"{project_dir(i)}/main.tf"] = project_main(i, size)
+        files[f"{project_dir(i)}/variables.tf"] = 'variable "x" {\n  default = 1\n}\n'
+    for k in range(size.modules):
+        files[f"{module_dir(k)}/main.tf"] = module_main(k, size)
+    repo.write(files)
+    repo.commit("base")
+    repo.branch("pr").checkout("pr")
+    step = max(1, size.projects // 40)
+    edits = {
+        f"{project_dir(i)}/main.tf": project_main(i, size) + "# edited\n"
+        for i in range(0, size.projects, step)
+    }
+    edits = dict(list(edits.items())[:36])
+    edits.update(
+        {f"{project_dir(i + 1)}/terraform.tfvars": "x = 2\n" for i in range(0, 5 * step, step)}
+    )
+    for k in (1, size.modules // 4, size.modules // 2, size.modules - 1):
+        edits[f"{module_dir(k)}/main.tf"] = module_main(k, size) + "# edited\n"
+    edits.update({"docs/a.md": "a\n", "docs/b.md": "b\n"})
+    repo.write(edits)
+    repo.rename(f"{project_dir(2)}/variables.tf", f"{project_dir(2)}/vars.tf")
+    repo.commit("the pull request")
+    return repo
+
+
+@dataclass(frozen=True)
+class Sample:
+    total: float
+    cpu: float  # this process and its git children: what contention cannot inflate
+    stages: dict[str, float]
+    affected: int
+    files: int
+
+
+def map_change(root: Path, cache_dir: Path) -> Sample:
+    """The full mapping, stage by stage, as the runner does it for a pull request."""
+    stages: dict[str, float] = {}
+    cpu_start = _cpu()
+
+    def timed(name: str, fn: Callable[[], object]) -> object:
+        start = time.perf_counter()
+        value = fn()
+        stages[name] = time.perf_counter() - start
+        return value
+
+    files = timed("changed_files", lambda: changed_files(root, "main", "pr"))
+    graph = timed("graph.build", lambda: ModuleGraph.build(root, cache_dir=cache_dir))
+    config = timed("config", lambda: load_repo_config(root, graph=graph))
+    affected = timed("affected", lambda: affected_projects(config, files, graph))
+    return Sample(sum(stages.values()), _cpu() - cpu_start, stages, len(affected), len(files))
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def measure(root: Path, work: Path, reps: int) -> list[tuple[str, list[Sample]]]:
+    rows = []
+    for label in ("autodiscovery", RUNNER_FILE):
+        cold = []
+        for rep in range(reps):
+            cold.append(map_change(root, work / f"{label}-cold-{rep}"))
+        warm_cache = work / f"{label}-warm"
+        map_change(root, warm_cache)  # fill the cache
+        warm = [map_change(root, warm_cache) for _ in range(reps)]
+        rows += [(f"{label} cold", cold), (f"{label} warm", warm)]
+        if label == "autodiscovery":
+            (root / RUNNER_FILE).write_text(runner_yaml(SIZE))  # untracked: config only
+    return rows
+
+
+def report(rows: list[tuple[str, list[Sample]]]) -> None:
+    stage_names = list(rows[0][1][0].stages)
+    header = f"{'scenario':<26}{'median':>9}{'min':>9}{'max':>9}{'cpu':>9}  " + "  ".join(
+        f"{s:>13}" for s in stage_names
+    )
+    print(header)
+    print("-" * len(header))
+    for label, samples in rows:
+        totals = [s.total for s in samples]
+        per_stage = "  ".join(
+            f"{statistics.median(s.stages[n] for s in samples) * 1000:>11.0f}ms"
+            for n in stage_names
+        )
+        cpu = statistics.median(s.cpu for s in samples)
+        print(
+            f"{label:<26}{statistics.median(totals) * 1000:>7.0f}ms{min(totals) * 1000:>7.0f}ms"
+            f"{max(totals) * 1000:>7.0f}ms{cpu * 1000:>7.0f}ms  {per_stage}"
+        )
+    first = rows[0][1][0]
+    print(f"\nchanged paths: {first.files}, affected projects: {first.affected}")
+    print("median/min/max: wall clock of the whole mapping; cpu: median CPU incl. git; stages:")
+    print("median wall clock. Cold: empty parse cache (the first cold run also loads the")
+    print("hcl2 grammar); warm: parse cache filled by an earlier run.")
+
+
+def main() -> None:
+    global SIZE
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="small repository (CI)")
+    parser.add_argument("--reps", type=int, default=5)
+    args = parser.parse_args()
+    SIZE = Size(200, 20) if args.smoke else Size(5000, 200)
+    reps = 2 if args.smoke else args.reps
+    with tempfile.TemporaryDirectory(prefix="bench-detection-") as tmp:
+        root, work = Path(tmp, "repo"), Path(tmp, "work")
+        start = time.perf_counter()
+        generate(root, SIZE)
+        print(
+            f"{SIZE.projects} projects, {SIZE.modules} modules; "
+            f"generated in {time.perf_counter() - start:.1f}s; {reps} repetitions\n"
+        )
+        report(measure(root, work, reps))
+
+
+SIZE = Size(5000, 200)
+
+if __name__ == "__main__":
+    main()

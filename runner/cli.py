@@ -1,0 +1,168 @@
+"""The `gitops-runner` command.
+
+Exit codes (documented in the README):
+  0  success (for `plan`: every project planned, no changes)
+  1  a project failed to plan / the command failed
+  2  bad usage or an invalid repository config (the message names file and line)
+  3  `plan` succeeded and at least one project has changes
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from runner import __version__
+from runner.config.errors import ConfigError
+from runner.engine.local_plan import ProjectFilter, select_local
+from runner.engine.planner import PlanOptions, build_planner
+from runner.engine.recording import record_plan_results
+from runner.results.model import PlanResult, PlanStatus
+from runner.results.render import render_plan_comment
+from runner.settings import Settings, load_settings
+from runner.store.store import Store
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CHANGES = 3
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML settings file; GITOPS_* environment variables win over it.",
+)
+@click.pass_context
+def cli(ctx: click.Context, config_file: Path | None) -> None:
+    """Self-hosted GitOps runner for Terraform: plans pull requests, applies on merge,
+    detects drift."""
+    ctx.obj = _LazySettings(config_file)
+
+
+class _LazySettings:
+    """Settings are read when a command needs them, so `--help` works with a bad env."""
+
+    def __init__(self, config_file: Path | None) -> None:
+        self._config_file = config_file
+        self._settings: Settings | None = None
+
+    def get(self) -> Settings:
+        if self._settings is None:
+            try:
+                self._settings = load_settings(self._config_file)
+            except (ValueError, FileNotFoundError) as error:
+                raise click.UsageError(f"invalid settings: {error}") from error
+        return self._settings
+
+
+def _settings(ctx: click.Context) -> Settings:
+    return ctx.find_object(_LazySettings).get()
+
+
+@cli.command()
+def version() -> None:
+    """Print the gitops-runner version."""
+    click.echo(f"gitops-runner {__version__}")
+
+
+@cli.command()
+@click.option(
+    "--repo",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Repository (or a directory inside one) holding the Terraform projects.",
+)
+@click.option("--base", help="Plan only projects changed between BASE and HEAD (git ref).")
+@click.option("--head", help="Commit to plan (default: the working tree as it is).")
+@click.option("-p", "--project", help="Plan only this project (by name).")
+@click.option("-d", "--dir", "directory", help="Plan only the projects in this directory.")
+@click.option("-w", "--workspace", help="Plan only this workspace.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON, not Markdown.")
+@click.option("--parallelism", type=click.IntRange(min=1), help="Projects planned at once.")
+@click.argument("extra_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def plan(
+    ctx: click.Context,
+    repo: Path,
+    base: str | None,
+    head: str | None,
+    project: str | None,
+    directory: str | None,
+    workspace: str | None,
+    as_json: bool,
+    parallelism: int | None,
+    extra_args: tuple[str, ...],
+) -> None:
+    """Plan the projects a change touches, locally, and print the PR comment.
+
+    Extra Terraform plan flags may follow `--` (e.g. `-- -var=x=1`).
+    """
+    settings = _settings(ctx)
+    try:
+        selection = select_local(
+            repo,
+            base,
+            head,
+            ProjectFilter(project, directory, workspace),
+            scratch_dir=settings.data_dir / "cli-checkouts",
+            extra_args=extra_args,
+        )
+    except ConfigError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(EXIT_USAGE)
+    except LookupError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(EXIT_USAGE)
+
+    for warning in selection.config.warnings:
+        click.echo(f"warning: {warning.file}:{warning.line or '?'}: {warning.message}", err=True)
+    planner = build_planner(settings, parallelism=parallelism)
+    results = planner.plan_all(
+        selection.checkout,
+        selection.targets,
+        selection.commit,
+        PlanOptions(secret_values=settings_secret_values(settings)),
+    )
+    store = Store.open(settings.resolved_database_url)
+    record_plan_results(
+        store, repo=str(repo.resolve()), results=results, trigger="cli", command="plan"
+    )
+    _print_results(results, selection.commit, as_json)
+    sys.exit(_plan_exit_code(results))
+
+
+def settings_secret_values(settings: Settings) -> tuple[str, ...]:
+    """Values of the environment variables the operator marked as secrets."""
+    import os
+
+    return tuple(os.environ[name] for name in settings.secret_env_vars if os.environ.get(name))
+
+
+def _print_results(results: list[PlanResult], commit: str | None, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([asdict(result) for result in results], indent=2, default=str))
+        return
+    if not results:
+        click.echo("No project is affected by this change.")
+        return
+    click.echo(render_plan_comment(results, commit=commit))
+
+
+def _plan_exit_code(results: list[PlanResult]) -> int:
+    if any(result.status is PlanStatus.ERROR for result in results):
+        return EXIT_FAILED
+    if any(result.status is PlanStatus.CHANGES for result in results):
+        return EXIT_CHANGES
+    return 0
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="gitops-runner")

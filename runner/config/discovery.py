@@ -1,0 +1,41 @@
+"""Autodiscovery: a repository without a config file still gets its projects.
+
+Every directory with Terraform files is a root module (a project), unless another
+directory calls it as a local module: then it is only a module and is planned through
+its callers. Hidden directories (and so `.terraform`) are skipped.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from runner.config.model import ConfigWarning, ProjectConfig, RepoConfig
+from runner.projects.modules import ModuleGraph
+
+AUTODISCOVERY = "(autodiscovery)"
+
+
+def discover(graph: ModuleGraph) -> RepoConfig:
+    """One project per root-module directory, named after the dir, workspace `default`."""
+    module_dirs = graph.module_dirs()
+    projects: list[ProjectConfig] = []
+    warnings: list[ConfigWarning] = []
+    for dir in sorted(graph.terraform_dirs() - module_dirs):
+        try:
+            projects.append(ProjectConfig(name=dir, dir=dir))
+        except ValidationError:
+            # A directory name with spaces etc. cannot be a project name on its own.
+            warnings.append(
+                ConfigWarning(
+                    file=AUTODISCOVERY,
+                    line=None,
+                    message=f"{dir!r} skipped: not usable as a project name; "
+                    "list it in gitops-runner.yaml with an explicit name",
+                )
+            )
+    return RepoConfig(
+        source="autodiscovery",
+        projects=tuple(projects),
+        warnings=tuple(warnings),
+        module_dirs=tuple(sorted(module_dirs)),
+    )

@@ -1,0 +1,452 @@
+"""Load a repository's configuration: gitops-runner.yaml, else atlantis.yaml, else discovery.
+
+The config comes from a pull request, so it is untrusted input: YAML is loaded safely,
+every value is validated by the models, paths are kept inside the repository, and every
+problem is a `ConfigError` pointing at the file and line (never a traceback). Keys of
+atlantis.yaml that this runner cannot honour become `ConfigWarning`s instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from runner.config.discovery import discover
+from runner.config.errors import ConfigError
+from runner.config.model import (
+    ConfigWarning,
+    ProjectConfig,
+    RepoConfig,
+    default_project_name,
+    normalize_dir,
+)
+from runner.projects.modules import ModuleGraph
+
+RUNNER_FILE = "gitops-runner.yaml"
+ATLANTIS_FILES = ("atlantis.yaml", "atlantis.yml")
+MAX_CONFIG_BYTES = 8 * 1024 * 1024
+# Bounds the work YAML aliases can cause ("billion laughs") before anything walks the data.
+MAX_YAML_NODES = 500_000
+
+_Loc = tuple[str | int, ...]
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def load_repo_config(repo_root: Path, *, graph: ModuleGraph | None = None) -> RepoConfig:
+    """The projects of the working copy at `repo_root`, from whichever source it has.
+
+    `graph` is only used (and built when not given) for autodiscovery; pass the one
+    change detection uses to scan the repository once.
+    """
+    root = Path(repo_root)
+    atlantis = next((root / n for n in ATLANTIS_FILES if (root / n).is_file()), None)
+    if (root / RUNNER_FILE).is_file():
+        doc = _read_yaml(root, RUNNER_FILE)
+        config = _from_runner_file(doc)
+        if atlantis is not None:
+            note = f"ignored: {RUNNER_FILE} takes precedence"
+            config = _with_warnings(
+                config, [ConfigWarning(file=atlantis.name, line=None, message=note)]
+            )
+    elif atlantis is not None:
+        doc = _read_yaml(root, atlantis.name)
+        config = _from_atlantis_file(doc)
+    else:
+        return discover(graph if graph is not None else ModuleGraph.build(root))
+    return _with_warnings(config, _check_dirs_on_disk(root, config, doc))
+
+
+# --- YAML with line numbers ---------------------------------------------------------
+
+
+@dataclass
+class _Document:
+    """Parsed YAML data plus the line of every key and list item, for error messages."""
+
+    file: str
+    data: Any
+    lines: dict[_Loc, int] = field(default_factory=dict)
+
+    def line(self, loc: _Loc) -> int | None:
+        """The line of `loc`, or of its closest ancestor that has one."""
+        for end in range(len(loc), -1, -1):
+            if loc[:end] in self.lines:
+                return self.lines[loc[:end]]
+        return None
+
+    def error(self, loc: _Loc, reason: str) -> ConfigError:
+        return ConfigError(self.file, self.line(loc), reason, _format_loc(loc) or None)
+
+    def warning(self, loc: _Loc, message: str) -> ConfigWarning:
+        text = f"{_format_loc(loc)}: {message}" if loc else message
+        return ConfigWarning(file=self.file, line=self.line(loc), message=text)
+
+
+def _format_loc(loc: _Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _read_yaml(root: Path, name: str) -> _Document:
+    path = root / name
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(name, None, f"larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(name, None, f"not UTF-8 text ({exc.reason})") from exc
+    loader = _SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise ConfigError(name, None, "the file is empty")
+        doc = _Document(name, None, _line_map(name, node))
+        doc.data = _freeze(loader.construct_document(node))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        reason = f"invalid YAML: {exc.problem or exc.context}"
+        raise ConfigError(name, mark.line + 1 if mark else None, reason) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(name, None, f"invalid YAML: {exc}") from exc
+    finally:
+        loader.dispose()
+    if not isinstance(doc.data, dict):
+        raise ConfigError(name, node.start_mark.line + 1, "the top level must be a mapping")
+    return doc
+
+
+def _line_map(name: str, root: yaml.Node) -> dict[_Loc, int]:
+    """Line of each key / item by location; refuses duplicate keys and alias bombs."""
+    lines: dict[_Loc, int] = {(): root.start_mark.line + 1}
+    stack: list[tuple[_Loc, yaml.Node]] = [((), root)]
+    visited = 0
+    while stack:
+        loc, node = stack.pop()
+        visited += 1
+        if visited > MAX_YAML_NODES:
+            raise ConfigError(name, None, f"more than {MAX_YAML_NODES} YAML nodes (aliases?)")
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key, value in node.value:
+                if key.tag == _MERGE_TAG:
+                    continue  # merged keys fall back to the line of their mapping
+                if key.value in seen:
+                    raise ConfigError(name, key.start_mark.line + 1, f"duplicate key {key.value!r}")
+                seen.add(key.value)
+                lines[(*loc, key.value)] = key.start_mark.line + 1
+                stack.append(((*loc, key.value), value))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                lines[(*loc, index)] = item.start_mark.line + 1
+                stack.append(((*loc, index), item))
+    return lines
+
+
+def _freeze(value: Any) -> Any:
+    # Models hold tuples; strict validation wants them as such.
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _freeze(v) for k, v in value.items()}
+    return value
+
+
+# --- validation shared by both formats ----------------------------------------------
+
+
+def _validation_error(doc: _Document, errors: Sequence[Any], prefix: _Loc) -> ConfigError:
+    """The first pydantic error, located at its YAML line (the others are counted)."""
+    first = errors[0]
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return doc.error((*prefix, *first["loc"]), _reason(first) + more)
+
+
+_TYPE_MESSAGES = {
+    "tuple_type": "must be a list",
+    "list_type": "must be a list",
+    "model_type": "must be a mapping",
+    "dict_type": "must be a mapping",
+}
+
+
+def _reason(error: Any) -> str:
+    kind = error["type"]
+    message = _TYPE_MESSAGES.get(kind, error["msg"])
+    if kind == "value_error":
+        return str(error["ctx"]["error"])
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    got = error.get("input")
+    if isinstance(got, str | int | float | bool) or got is None:
+        return f"{message}, got {got!r}"
+    kind_of_got = {tuple: "list", dict: "mapping"}.get(type(got), type(got).__name__)
+    return f"{message}, got a {kind_of_got}"
+
+
+def _validate(doc: _Document, model: type[BaseModel], data: Any, loc: _Loc) -> Any:
+    try:
+        return model.model_validate(data, strict=True)
+    except ValidationError as exc:
+        raise _validation_error(doc, exc.errors(), loc) from exc
+
+
+def _project(doc: _Document, index: int, entry: Any, defaults: dict[str, Any]) -> ProjectConfig:
+    """One validated project from one YAML list item (the name derived when absent)."""
+    loc: _Loc = ("projects", index)
+    if not isinstance(entry, dict):
+        raise doc.error(loc, "each project must be a mapping")
+    raw = {**defaults, **entry}
+    derived = "name" not in raw
+    if derived:
+        raw["name"] = _derived_name(raw.get("dir", "."), raw.get("workspace", "default"))
+    try:
+        return ProjectConfig.model_validate(raw, strict=True)
+    except ValidationError as exc:
+        errors = exc.errors()
+        others = [e for e in errors if e["loc"][:1] != ("name",)]
+        if derived and not others:
+            reason = f"{raw['name']!r} (derived from dir/workspace) is not a plain name; set name"
+            raise doc.error(loc, reason) from exc
+        # A bad dir also spoils the derived name; report the dir, not the name.
+        raise _validation_error(doc, others if derived else errors, loc) from exc
+
+
+def _derived_name(dir: Any, workspace: Any) -> Any:
+    if not isinstance(dir, str) or not isinstance(workspace, str):
+        return None
+    with contextlib.suppress(ValueError):  # the dir error itself is reported by the model
+        dir = normalize_dir(dir)
+    return default_project_name(dir, workspace)
+
+
+def _check_projects(doc: _Document, projects: Sequence[ProjectConfig]) -> None:
+    """Repository-wide rules: unique names, known dependencies, no dependency cycle."""
+    first_index: dict[str, int] = {}
+    for index, project in enumerate(projects):
+        if project.name in first_index:
+            other = first_index[project.name]
+            reason = f"duplicate project name {project.name!r} (also projects[{other}])"
+            raise doc.error(("projects", index, "name"), reason)
+        first_index[project.name] = index
+    for index, project in enumerate(projects):
+        for dep_index, dep in enumerate(project.depends_on):
+            if dep not in first_index:
+                loc = ("projects", index, "depends_on", dep_index)
+                raise doc.error(loc, f"unknown project {dep!r}")
+    cycle = _find_cycle({p.name: p.depends_on for p in projects})
+    if cycle:
+        loc = ("projects", first_index[cycle[0]], "depends_on")
+        raise doc.error(loc, f"dependency cycle: {' → '.join(cycle)}")
+
+
+def _find_cycle(edges: dict[str, tuple[str, ...]]) -> list[str] | None:
+    """A dependency cycle as [a, b, ..., a], or None; iterative DFS with colours."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    for start in edges:
+        if start in state:
+            continue
+        path: list[str] = [start]
+        iterators = [iter(edges[start])]
+        state[start] = 1
+        while iterators:
+            nxt = next(iterators[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                iterators.pop()
+            elif state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            elif nxt not in state:
+                state[nxt] = 1
+                path.append(nxt)
+                iterators.append(iter(edges.get(nxt, ())))
+    return None
+
+
+def _check_dirs_on_disk(root: Path, config: RepoConfig, doc: _Document) -> list[ConfigWarning]:
+    """Refuse dirs leaving the repository through a symlink; warn about missing dirs."""
+    warnings: list[ConfigWarning] = []
+    lstat = _memoized_lstat(root)
+    real_root = root.resolve()
+    for index, project in enumerate(config.projects):
+        loc = ("projects", index, "dir")
+        parts = project.dir.split("/") if project.dir != "." else []
+        prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+        modes = [lstat(prefix) for prefix in prefixes]
+        linked = any(m is not None and stat.S_ISLNK(m) for m in modes)
+        target = root / project.dir
+        # Resolving every path is slow for thousands of projects: only follow symlinks.
+        if linked and not target.resolve().is_relative_to(real_root):
+            raise doc.error(loc, f"{project.dir!r} escapes the repository through a symlink")
+        if linked:
+            is_dir = target.is_dir()
+        else:
+            is_dir = not modes or (modes[-1] is not None and stat.S_ISDIR(modes[-1]))
+        if not is_dir:
+            warnings.append(doc.warning(loc, f"{project.dir!r} does not exist"))
+    return warnings
+
+
+def _memoized_lstat(root: Path) -> Callable[[str], int | None]:
+    """lstat mode of repo-relative paths, each asked once (projects share parents)."""
+
+    @functools.cache
+    def mode(rel: str) -> int | None:
+        try:
+            return os.lstat(os.path.join(root, rel)).st_mode
+        except OSError:
+            return None
+
+    return mode
+
+
+def _with_warnings(config: RepoConfig, warnings: Sequence[ConfigWarning]) -> RepoConfig:
+    if not warnings:
+        return config
+    return config.model_copy(update={"warnings": (*config.warnings, *warnings)})
+
+
+# --- gitops-runner.yaml -------------------------------------------------------------
+
+
+class _RunnerFile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: Literal[1]
+    projects: tuple[Any, ...] = ()
+    parallel_plan: bool = True
+    parallel_apply: bool = False
+
+
+def _from_runner_file(doc: _Document) -> RepoConfig:
+    top: _RunnerFile = _validate(doc, _RunnerFile, doc.data, ())
+    projects = [_project(doc, i, entry, {}) for i, entry in enumerate(top.projects)]
+    _check_projects(doc, projects)
+    return RepoConfig(
+        source="gitops-runner.yaml",
+        projects=tuple(projects),
+        parallel_plan=top.parallel_plan,
+        parallel_apply=top.parallel_apply,
+    )
+
+
+# --- atlantis.yaml v3 ---------------------------------------------------------------
+
+_ATLANTIS_TOP_IGNORED = {
+    "automerge": "automerge is not supported; merge the pull request yourself",
+    "delete_source_branch_on_merge": "not supported; configure it on the forge",
+    "abort_on_execution_order_fail": "not supported; a failed group does not stop later ones",
+    "workflows": "custom workflows are not supported; the standard init/plan/apply runs",
+    "allowed_regexp_prefixes": "not supported; -p selects projects by exact name",
+}
+_ATLANTIS_PROJECT_IGNORED = {
+    "branch": "not supported; the project applies to pull requests on every branch",
+    "workflow": "custom workflows are not supported; the standard init/plan/apply runs",
+    "plan_requirements": "not supported; plans run without requirements",
+    "import_requirements": "import is not supported",
+    "custom_policy_check": "policy checks are not supported by this key",
+    "delete_source_branch_on_merge": "not supported; configure it on the forge",
+    "repo_locking": "not supported; projects are always locked while planned",
+    "repo_locks": "not supported; projects are always locked while planned",
+    "silence_pr_comments": "not supported",
+    "terraform_distribution": "not supported; Terraform is used",
+}
+_ATLANTIS_PROJECT_KEYS = {
+    "name", "dir", "workspace", "autoplan", "apply_requirements", "depends_on",
+    "execution_order_group", "terraform_version",
+}  # fmt: skip
+_ATLANTIS_AUTOPLAN_KEYS = {"enabled", "when_modified"}
+_ATLANTIS_APPLY_REQUIREMENTS = {"approved", "mergeable", "undiverged"}
+# Atlantis applies on `atlantis apply` comments; keep that workflow when translating.
+_ATLANTIS_DEFAULTS: dict[str, Any] = {"apply": "comment"}
+
+
+class _AtlantisFile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: Literal[3]
+    projects: tuple[Any, ...] = ()
+    parallel_plan: bool = True
+    parallel_apply: bool = False
+
+
+def _from_atlantis_file(doc: _Document) -> RepoConfig:
+    warnings: list[ConfigWarning] = []
+    top_data = _split_keys(
+        doc, doc.data, (), _AtlantisFile.model_fields, _ATLANTIS_TOP_IGNORED, warnings
+    )
+    top: _AtlantisFile = _validate(doc, _AtlantisFile, top_data, ())
+    projects = []
+    for index, entry in enumerate(top.projects):
+        translated = _translate_atlantis_project(doc, index, entry, warnings)
+        projects.append(_project(doc, index, translated, _ATLANTIS_DEFAULTS))
+    _check_projects(doc, projects)
+    return RepoConfig(
+        source="atlantis.yaml",
+        projects=tuple(projects),
+        warnings=tuple(sorted(warnings, key=lambda w: w.line or 0)),
+        parallel_plan=top.parallel_plan,
+        parallel_apply=top.parallel_apply,
+    )
+
+
+def _translate_atlantis_project(
+    doc: _Document, index: int, entry: Any, warnings: list[ConfigWarning]
+) -> Any:
+    """The honoured part of one atlantis.yaml project, warnings for the rest."""
+    loc: _Loc = ("projects", index)
+    if not isinstance(entry, dict):
+        return entry  # _project reports it
+    if "dir" not in entry:
+        raise doc.error(loc, "dir is required in atlantis.yaml projects")
+    kept = _split_keys(doc, entry, loc, _ATLANTIS_PROJECT_KEYS, _ATLANTIS_PROJECT_IGNORED, warnings)
+    if isinstance(kept.get("autoplan"), dict):
+        kept["autoplan"] = _split_keys(
+            doc, kept["autoplan"], (*loc, "autoplan"), _ATLANTIS_AUTOPLAN_KEYS, {}, warnings
+        )
+    requirements = kept.get("apply_requirements")
+    if isinstance(requirements, tuple):
+        for i, req in enumerate(requirements):
+            if isinstance(req, str) and req not in _ATLANTIS_APPLY_REQUIREMENTS:
+                req_loc = (*loc, "apply_requirements", i)
+                warnings.append(
+                    doc.warning(req_loc, f"requirement {req!r} is not supported; ignored")
+                )
+        kept["apply_requirements"] = tuple(
+            r for r in requirements if not isinstance(r, str) or r in _ATLANTIS_APPLY_REQUIREMENTS
+        )
+    return kept
+
+
+def _split_keys(
+    doc: _Document,
+    mapping: dict[str, Any],
+    loc: _Loc,
+    honoured: Any,
+    ignored: dict[str, str],
+    warnings: list[ConfigWarning],
+) -> dict[str, Any]:
+    """Keep the honoured keys of a mapping; every other key becomes a warning."""
+    kept = {}
+    for key, value in mapping.items():
+        if key in honoured:
+            kept[key] = value
+        else:
+            reason = (
+                ignored.get(key, "unknown key; ignored") if isinstance(key, str) else "unknown key"
+            )
+            warnings.append(doc.warning((*loc, key), reason))
+    return kept

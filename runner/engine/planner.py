@@ -1,0 +1,233 @@
+"""Plan a set of projects in one checkout, in parallel, and turn each into a PlanResult.
+
+This is where one project's plan is put together: init, workspace, plan, and
+(when there are changes) `show -json` for counts and sensitive values. The CLI,
+the pull-request flow and drift detection all plan through here, so a plan looks
+the same wherever it was made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner.config.model import ProjectConfig
+from runner.results.masking import Masker
+from runner.results.model import PlanResult, PlanStatus
+from runner.results.summary import PlanDigest, summarize_plan
+from runner.settings import Settings
+from runner.terraform import StepTimeouts, Terraform, TerraformError, locate_terraform
+from runner.terraform.result import CommandOutcome
+
+# Terraform's -detailed-exitcode: 0 = no changes, 2 = changes, anything else = error.
+EXIT_NO_CHANGES = 0
+EXIT_CHANGES = 2
+
+
+@dataclass(frozen=True)
+class PlanTarget:
+    """One project to plan, with why it was chosen and any user-supplied plan flags."""
+
+    project: ProjectConfig
+    reason: str = ""
+    extra_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """How plans are made; drift scans plan with `lock=False`."""
+
+    lock: bool = True
+    secret_values: tuple[str, ...] = ()
+    cancel: threading.Event = field(default_factory=threading.Event, compare=False)
+
+
+def plan_file_path(checkout: Path, project: ProjectConfig) -> Path:
+    """Where the plan of a project lives: in its own directory, beside `.terraform`."""
+    return checkout / project.dir / f"gitops-{project.workspace}.tfplan"
+
+
+def file_checksum(path: Path) -> str:
+    """sha256 of a plan file, so an apply can prove it applies what was reviewed."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Planner:
+    """Plans projects with a bounded pool; Terraform is chosen per project version."""
+
+    def __init__(
+        self,
+        terraform_for: Callable[[str | None], Terraform],
+        log_dir: Path,
+        parallelism: int,
+    ) -> None:
+        self._terraform_for = terraform_for
+        self._log_dir = log_dir
+        self._parallelism = max(1, parallelism)
+
+    def plan_all(
+        self,
+        checkout: Path,
+        targets: Sequence[PlanTarget],
+        commit: str | None = None,
+        options: PlanOptions | None = None,
+    ) -> list[PlanResult]:
+        """Plan every target; results come back in the order of `targets`."""
+        options = options or PlanOptions()
+        if len(targets) <= 1 or self._parallelism == 1:
+            return [self.plan(checkout, target, commit, options) for target in targets]
+        workers = min(self._parallelism, len(targets))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="plan") as pool:
+            futures = [
+                pool.submit(self.plan, checkout, target, commit, options) for target in targets
+            ]
+            return [future.result() for future in futures]
+
+    def plan(
+        self,
+        checkout: Path,
+        target: PlanTarget,
+        commit: str | None = None,
+        options: PlanOptions | None = None,
+    ) -> PlanResult:
+        """Plan one project. Terraform failures become ERROR results, never exceptions."""
+        options = options or PlanOptions()
+        project = target.project
+        workdir = checkout / project.dir
+        terraform = self._terraform_for(project.terraform_version)
+        log_path = self._log_path(project, commit)
+        base = _ResultBase(target, commit, str(log_path))
+
+        if not workdir.is_dir():
+            return base.error(f"project directory {project.dir!r} does not exist at this commit")
+        for step in (
+            lambda: terraform.init(workdir, log=log_path, cancel=options.cancel),
+            lambda: terraform.select_workspace(
+                workdir, project.workspace, log=log_path, cancel=options.cancel
+            ),
+        ):
+            outcome = step()
+            if outcome is not None and not outcome.ok:
+                return base.failed(outcome, Masker.from_secrets(options.secret_values))
+
+        plan_path = plan_file_path(checkout, project)
+        outcome = terraform.plan(
+            workdir,
+            out=plan_path,
+            extra_args=target.extra_args,
+            lock=options.lock,
+            log=log_path,
+            cancel=options.cancel,
+        )
+        if outcome.exit_code == EXIT_NO_CHANGES and outcome.ok:
+            masker = Masker.from_secrets(options.secret_values)
+            return base.planned(PlanStatus.NO_CHANGES, outcome, masker, plan_path)
+        if outcome.exit_code != EXIT_CHANGES or outcome.timed_out or outcome.cancelled:
+            return base.failed(outcome, Masker.from_secrets(options.secret_values))
+
+        try:
+            plan_json = terraform.show_json(workdir, plan_path, cancel=options.cancel)
+        except TerraformError as error:
+            return base.failed(error.outcome, Masker.from_secrets(options.secret_values))
+        masker = Masker.from_plan(plan_json, options.secret_values)
+        digest = summarize_plan(plan_json)
+        return base.planned(PlanStatus.CHANGES, outcome, masker, plan_path, digest)
+
+    def _log_path(self, project: ProjectConfig, commit: str | None) -> Path:
+        safe_dir = project.dir.strip("/").replace("/", "__") or "root"
+        name = f"{safe_dir}--{project.workspace}--{(commit or 'worktree')[:12]}.log"
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        return self._log_dir / name
+
+
+@dataclass(frozen=True)
+class _ResultBase:
+    """The fields every PlanResult of one target shares, whatever the outcome."""
+
+    target: PlanTarget
+    commit: str | None
+    log_path: str
+
+    def _result(self, status: PlanStatus, **fields: object) -> PlanResult:
+        project = self.target.project
+        return PlanResult(
+            project=project.name,
+            dir=project.dir,
+            workspace=project.workspace,
+            status=status,
+            reason=self.target.reason,
+            commit=self.commit,
+            log_path=self.log_path,
+            **fields,  # type: ignore[arg-type]
+        )
+
+    def error(self, message: str) -> PlanResult:
+        return self._result(PlanStatus.ERROR, error=message)
+
+    def failed(self, outcome: CommandOutcome, masker: Masker) -> PlanResult:
+        if outcome.timed_out:
+            headline = f"`terraform {_subcommand(outcome.argv)}` timed out"
+        elif outcome.cancelled:
+            headline = "cancelled"
+        else:
+            headline = f"Terraform exited with code {outcome.exit_code}"
+        return self._result(
+            PlanStatus.ERROR,
+            output=masker.mask(outcome.stdout),
+            error=masker.mask(f"{headline}\n{outcome.stderr_tail()}".strip()),
+            duration_s=outcome.duration_s,
+        )
+
+    def planned(
+        self,
+        status: PlanStatus,
+        outcome: CommandOutcome,
+        masker: Masker,
+        plan_path: Path,
+        digest: PlanDigest | None = None,
+    ) -> PlanResult:
+        fields: dict[str, object] = {
+            "output": masker.mask(outcome.stdout),
+            "plan_path": str(plan_path),
+            "plan_checksum": file_checksum(plan_path),
+            "duration_s": outcome.duration_s,
+        }
+        if digest is not None:
+            fields |= {"summary": digest.summary, "changes": digest.changes, "drift": digest.drift}
+        return self._result(status, **fields)
+
+
+_SUBCOMMANDS = frozenset({"init", "workspace", "plan", "show", "apply"})
+
+
+def _subcommand(argv: Sequence[str]) -> str:
+    """The Terraform step in an argv whose prefix may be a binary or `python -m ...`."""
+    return next((arg for arg in argv if arg in _SUBCOMMANDS), "terraform")
+
+
+def build_planner(settings: Settings, parallelism: int | None = None) -> Planner:
+    """The Planner for these settings: one Terraform per requested version, reused."""
+    terraforms: dict[str | None, Terraform] = {}
+    lock = threading.Lock()
+    timeouts = StepTimeouts(plan=settings.terraform_timeout, apply=settings.terraform_timeout)
+
+    def terraform_for(version: str | None) -> Terraform:
+        with lock:
+            if version not in terraforms:
+                terraforms[version] = Terraform(
+                    locate_terraform(settings.terraform_bin, version),
+                    settings.plugin_cache_dir,
+                    settings.data_dir,
+                    timeouts=timeouts,
+                )
+            return terraforms[version]
+
+    return Planner(terraform_for, settings.logs_dir, parallelism or settings.parallelism)

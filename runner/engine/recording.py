@@ -1,0 +1,84 @@
+"""Turn plan results into run and plan records, the audit trail every view reads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from runner.results.model import PlanResult, PlanStatus
+from runner.store.runs import RunStatus, Trigger
+from runner.store.store import Store
+
+_RUN_STATUS = {
+    PlanStatus.CHANGES: RunStatus.SUCCESS,
+    PlanStatus.NO_CHANGES: RunStatus.NO_CHANGES,
+    PlanStatus.ERROR: RunStatus.FAILED,
+}
+
+
+def record_plan_result(
+    store: Store,
+    result: PlanResult,
+    *,
+    repo: str,
+    trigger: Trigger | str,
+    command: str = "plan",
+    pr_number: int | None = None,
+    author: str | None = None,
+    run_id: int | None = None,
+) -> int:
+    """Finish (or create) the run of one plan and remember its plan file; returns the run id.
+
+    Pass `run_id` when the run was started before planning so it showed as running.
+    """
+    if run_id is None:
+        run_id = store.runs.start(
+            repo=repo,
+            project=result.project,
+            dir=result.dir,
+            workspace=result.workspace,
+            command=command,
+            trigger=trigger,
+            pr_number=pr_number,
+            commit_sha=result.commit,
+            author=author,
+            log_path=result.log_path,
+        )
+    status = _RUN_STATUS[result.status]
+    summary = None if result.status is PlanStatus.ERROR else result.summary
+    store.runs.finish(
+        run_id, status, summary=summary, error=result.error or None, log_path=result.log_path
+    )
+    if result.plan_path and result.plan_checksum and result.commit:
+        store.runs.record_plan(
+            run_id,
+            path=result.plan_path,
+            checksum=result.plan_checksum,
+            changes=result.changes,
+            commit_sha=result.commit,
+        )
+    return run_id
+
+
+def record_plan_results(
+    store: Store,
+    *,
+    repo: str,
+    results: Sequence[PlanResult],
+    trigger: Trigger | str,
+    command: str = "plan",
+    pr_number: int | None = None,
+    author: str | None = None,
+) -> list[int]:
+    """Record every result of one plan command; returns the run ids in the same order."""
+    return [
+        record_plan_result(
+            store,
+            result,
+            repo=repo,
+            trigger=trigger,
+            command=command,
+            pr_number=pr_number,
+            author=author,
+        )
+        for result in results
+    ]

@@ -1,0 +1,120 @@
+"""Forge-neutral webhook events.
+
+`events/github.py` and `events/gitlab.py` turn a verified webhook payload into one
+of these values; nothing past them reads the forge's JSON. Only what the PR flow
+needs is kept, so the two forges can be mapped onto the same shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlsplit
+
+Forge = Literal["github", "gitlab"]
+PullRequestAction = Literal["opened", "updated", "closed", "ready"]
+
+
+class MalformedEvent(ValueError):
+    """The payload lacks a field we rely on, or has it with the wrong type.
+
+    The web layer answers 400: a forge never sends this, so it is a bug or a forgery.
+    """
+
+
+def url_host(url: str) -> str | None:
+    """Lower-cased `host[:port]` of an http(s) URL, without credentials; None if it has none."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError on a non-numeric port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return parts.hostname + (f":{port}" if port else "")
+
+
+@dataclass(frozen=True)
+class RepoRef:
+    """The repository the webhook is about (for a PR: the base repository)."""
+
+    forge: Forge
+    full_name: str  # "acme/infra"; GitLab: the path with namespace, "group/sub/infra"
+    clone_url: str
+    html_url: str
+    default_branch: str
+
+    @property
+    def host(self) -> str:
+        # The forge parsers only build a RepoRef from an html_url with a host.
+        return url_host(self.html_url) or ""
+
+    @property
+    def key(self) -> str:
+        """`github.com/acme/infra`: what allowlists match and locks are scoped by.
+
+        The host comes from html_url so that two GitHub Enterprise instances with an
+        `acme/infra` each never share locks or allowlist entries.
+        """
+        return f"{self.host}/{self.full_name}"
+
+
+@dataclass(frozen=True)
+class PullRequestRef:
+    """A pull/merge request at the moment of the event."""
+
+    number: int
+    html_url: str
+    author: str
+    head_sha: str
+    head_ref: str
+    base_ref: str
+    base_sha: str
+    # None when the head repository was deleted (a fork removed after opening the PR).
+    head_repo_full_name: str | None
+    # Code from a fork is untrusted: the PR flow may refuse to plan it automatically.
+    # True too when the head repository is unknown, since it cannot be proven the same.
+    is_fork: bool
+    is_draft: bool
+
+
+@dataclass(frozen=True)
+class PullRequestEvent:
+    repo: RepoRef
+    pr: PullRequestRef
+    action: PullRequestAction
+    merged: bool  # only ever True with action "closed"
+    merge_commit_sha: str | None  # set only when merged: the commit to apply
+    sender: str
+
+
+@dataclass(frozen=True)
+class CommentEvent:
+    """A new comment on a pull request (comments on plain issues are ignored)."""
+
+    repo: RepoRef
+    pr_number: int
+    comment_id: int
+    body: str
+    author: str
+    # The runner's own comments (and other bots') must never trigger commands.
+    author_is_bot: bool
+
+
+@dataclass(frozen=True)
+class PingEvent:
+    """Sent when a webhook is created; answered 200 so the forge shows it as working."""
+
+    repo: RepoRef | None  # None for organisation-level hooks
+    hook_id: int | None = None
+    zen: str = ""
+
+
+@dataclass(frozen=True)
+class IgnoredEvent:
+    """A well-formed event the runner has nothing to do for; `reason` goes to logs."""
+
+    reason: str
+
+
+Event = PullRequestEvent | CommentEvent | PingEvent | IgnoredEvent

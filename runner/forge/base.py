@@ -1,0 +1,115 @@
+"""The one interface between the runner and a code-hosting forge (GitHub, GitLab).
+
+Everything above this module is forge-blind: it asks for a pull request, posts a
+comment, sets a commit status. `forge/github.py` and `forge/gitlab.py` are the
+two implementations; `build_forge(settings, forge_name)` picks one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal, Protocol
+
+from runner.events.model import RepoRef
+
+Permission = Literal["admin", "write", "read", "none"]
+
+
+class CommitState(StrEnum):
+    PENDING = "pending"
+    SUCCESS = "success"
+    FAILURE = "failure"
+    ERROR = "error"
+
+
+class ForgeError(Exception):
+    """A forge API call failed for good (after whatever retries the implementation does).
+
+    One exception type for every forge, so callers handle "GitHub said no" and "GitLab
+    is down" alike. The message names the operation and the forge's answer and never
+    contains credentials, so it is safe to log and to show in a PR comment.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status, None when no response came (network)
+
+
+@dataclass(frozen=True)
+class PullRequestInfo:
+    """The live state of a pull/merge request, read from the forge when deciding."""
+
+    number: int
+    html_url: str
+    author: str
+    head_sha: str
+    head_ref: str
+    base_ref: str
+    base_sha: str
+    state: Literal["open", "closed", "merged"]
+    draft: bool = False
+    mergeable: bool | None = None  # None: the forge has not computed it yet
+
+
+@dataclass(frozen=True)
+class IssueRef:
+    """An issue the runner opened (drift reports)."""
+
+    number: int
+    html_url: str
+    title: str
+    body: str
+    state: Literal["open", "closed"]
+
+
+class Forge(Protocol):
+    """What the runner needs from a forge. Implementations talk real HTTP."""
+
+    name: Literal["github", "gitlab"]
+    comment_cap: int  # the largest comment body the forge accepts, in characters
+
+    def pull_request(self, repo: RepoRef, number: int) -> PullRequestInfo: ...
+
+    def post_comment(self, repo: RepoRef, number: int, body: str) -> int: ...
+
+    def edit_comment(self, repo: RepoRef, number: int, comment_id: int, body: str) -> None: ...
+
+    def react(self, repo: RepoRef, number: int, comment_id: int, reaction: str) -> None:
+        """Acknowledge a command comment ("eyes"), so the user knows it was seen."""
+        ...
+
+    def set_status(
+        self,
+        repo: RepoRef,
+        sha: str,
+        context: str,
+        state: CommitState,
+        description: str,
+        target_url: str = "",
+    ) -> None: ...
+
+    def permission(self, repo: RepoRef, user: str) -> Permission: ...
+
+    def approvers(self, repo: RepoRef, number: int) -> frozenset[str]:
+        """Users whose latest review approves the PR."""
+        ...
+
+    def is_mergeable(self, repo: RepoRef, number: int, ignore_contexts: Sequence[str]) -> bool:
+        """Whether the forge would let the PR merge, not counting our own apply status."""
+        ...
+
+    def bot_login(self) -> str:
+        """The runner's own user, so its comments never trigger commands."""
+        ...
+
+    def find_open_issue(self, repo: RepoRef, title: str) -> IssueRef | None: ...
+
+    def open_issue(
+        self, repo: RepoRef, title: str, body: str, labels: Sequence[str] = ()
+    ) -> IssueRef: ...
+
+    def update_issue(self, repo: RepoRef, number: int, body: str) -> None: ...
+
+    def close_issue(self, repo: RepoRef, number: int, comment: str) -> None: ...

@@ -1,0 +1,376 @@
+"""GitHub (and GitHub Enterprise) behind the `Forge` interface, through PyGithub.
+
+Every call goes out as one REST request where GitHub allows it: the client is lazy,
+so `get_repo`/`get_issue` build URLs instead of fetching objects first. PyGithub's
+default pacing (0.25 s per request, 1 s per write) and its long 5xx back-off would
+stall a busy runner, so both are replaced: no artificial pacing, a few quick retries
+of transient failures, and GitHub's own rate-limit answers still honoured.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal, TypeVar, cast
+
+import requests
+from github import Auth, Github, GithubException, GithubRetry
+from github.PullRequest import PullRequest
+from github.Repository import Repository
+from urllib3.exceptions import MaxRetryError, ProtocolError, ReadTimeoutError
+
+from runner.events.model import RepoRef
+from runner.forge.base import CommitState, ForgeError, IssueRef, Permission, PullRequestInfo
+
+DEFAULT_TIMEOUT = 15  # seconds per HTTP request (PyGithub insists on an int)
+STATUS_DESCRIPTION_CAP = 140  # GitHub rejects longer commit status descriptions
+# The states in which GitHub would merge now (has_hooks: clean, plus pre-receive hooks).
+_MERGEABLE_STATES = frozenset({"clean", "unstable", "has_hooks"})
+# A finished check run that does not stand in a merge's way.
+_PASSING_CONCLUSIONS = frozenset({"success", "neutral", "skipped"})
+_PERMISSIONS: dict[str, Permission] = {
+    "admin": "admin",
+    "maintain": "write",
+    "write": "write",
+    "triage": "read",
+    "read": "read",
+}
+# POSTs whose repetition changes nothing: the newest status per context wins, and GitHub
+# answers a repeated reaction with the existing one. Others (comments, issues) could
+# appear twice if a request that reached GitHub were sent again.
+_IDEMPOTENT_POST = re.compile(r".*/(statuses/[^/]+|reactions)")
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class _RunnerRetry(GithubRetry):
+    """PyGithub's retry (rate-limit aware), minus retries that could duplicate a write.
+
+    A 5xx or a read error on a POST may come after GitHub has acted; repeating a comment
+    POST would then post the comment twice. Connection errors (nothing was sent) and
+    rate-limit refusals (nothing was done) stay retryable for every method.
+    """
+
+    def increment(  # type: ignore[override]
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: Any = None,
+        error: Exception | None = None,
+        _pool: Any = None,
+        _stacktrace: Any = None,
+    ) -> GithubRetry:
+        if method == "POST" and not _idempotent_post(url) and _may_have_acted(response, error):
+            # With raise_on_status=False urllib3 hands the response back to PyGithub,
+            # which raises its usual exception for the status.
+            raise MaxRetryError(_pool, url or "", error)
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
+def _idempotent_post(url: str | None) -> bool:
+    return bool(url) and _IDEMPOTENT_POST.fullmatch((url or "").split("?", 1)[0]) is not None
+
+
+def _may_have_acted(response: Any, error: Exception | None) -> bool:
+    if response is not None:
+        return int(response.status) >= 500
+    return isinstance(error, ReadTimeoutError | ProtocolError)
+
+
+def _transport_retry() -> GithubRetry:
+    """A few quick retries; first one at once, then 0.5 s, 1 s (urllib3 2 back-off)."""
+    return _RunnerRetry(
+        total=3,
+        backoff_factor=0.25,
+        backoff_max=2,
+        raise_on_status=False,
+        # Secondary rate limits ask for about a minute; waiting for a primary reset
+        # (up to an hour) would hold a worker hostage, so that fails instead.
+        max_rate_limit_wait=120,
+    )
+
+
+def _forge_call(what: str) -> Callable[[_F], _F]:
+    """Turn PyGithub and transport exceptions into a `ForgeError` naming `what` failed.
+
+    It wraps whole methods because the client is lazy: requests happen on attribute
+    access, anywhere in the method body.
+    """
+
+    def decorate(method: _F) -> _F:
+        @functools.wraps(method)
+        def wrapper(self: GitHubForge, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except GithubException as exc:
+                raise self._error(what, _github_message(exc), exc.status) from exc
+            except requests.RequestException as exc:
+                raise self._error(what, f"{type(exc).__name__}: {exc}", None) from exc
+
+        return cast(_F, wrapper)
+
+    return decorate
+
+
+def _github_message(exc: GithubException) -> str:
+    data = exc.data
+    if isinstance(data, dict) and data.get("message"):
+        return str(data["message"])
+    return str(data or exc.message or "no message")
+
+
+class GitHubForge:
+    """The `Forge` for one GitHub host; thread-safe enough to share between workers."""
+
+    name: Literal["github", "gitlab"] = "github"
+    comment_cap: int = 65_536
+
+    def __init__(
+        self,
+        api_url: str,
+        token: str,
+        *,
+        request_timeout: int = DEFAULT_TIMEOUT,
+        retry: bool = True,
+        mergeable_poll: Sequence[float] = (0.5, 1.0),
+    ) -> None:
+        """`api_url`: `https://api.github.com` or `https://ghe.example/api/v3`.
+
+        `mergeable_poll`: pauses between re-reads of a PR while GitHub is still computing
+        its mergeability (a background job started by the first read after a push).
+        """
+        if not token:
+            raise ValueError("a GitHub token is required")
+        self.api_url = api_url.rstrip("/")
+        self._token = token  # kept only to scrub it from error messages
+        self._mergeable_poll = tuple(mergeable_poll)
+        self._gh = Github(
+            base_url=self.api_url,
+            auth=Auth.Token(token),
+            timeout=request_timeout,
+            retry=_transport_retry() if retry else None,
+            seconds_between_requests=None,
+            seconds_between_writes=None,
+            per_page=100,
+            lazy=True,
+            user_agent="gitops-runner",
+        )
+        self._login: str | None = None
+        self._login_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"GitHubForge({self.api_url!r})"
+
+    # --- pull requests --------------------------------------------------------------
+
+    @_forge_call("read the pull request")
+    def pull_request(self, repo: RepoRef, number: int) -> PullRequestInfo:
+        pr = self._read_pull(repo, number)
+        return PullRequestInfo(
+            number=pr.number,
+            html_url=pr.html_url,
+            author=pr.user.login if pr.user else "ghost",
+            head_sha=pr.head.sha,
+            head_ref=pr.head.ref,
+            base_ref=pr.base.ref,
+            base_sha=pr.base.sha,
+            state="merged" if pr.merged else "open" if pr.state == "open" else "closed",
+            draft=bool(pr.draft),
+            mergeable=pr.mergeable,
+        )
+
+    @_forge_call("list the reviews")
+    def approvers(self, repo: RepoRef, number: int) -> frozenset[str]:
+        """Users whose latest approving/rejecting review approves.
+
+        A later COMMENTED review leaves an approval standing, as on GitHub; a later
+        CHANGES_REQUESTED or a dismissal withdraws it.
+        """
+        latest: dict[str, str] = {}
+        for review in self._repo(repo).get_pull(number).get_reviews():
+            if review.user is None:  # a deleted account
+                continue
+            if review.state in ("APPROVED", "CHANGES_REQUESTED", "DISMISSED"):
+                latest[review.user.login] = review.state
+        return frozenset(user for user, state in latest.items() if state == "APPROVED")
+
+    @_forge_call("check mergeability")
+    def is_mergeable(self, repo: RepoRef, number: int, ignore_contexts: Sequence[str]) -> bool:
+        """Atlantis' rule: GitHub would merge, or is blocked only by statuses we ignore.
+
+        A context is ignored when it equals an entry of `ignore_contexts` or extends it
+        with ":" (`gitops/apply` covers `gitops/apply: app`). "blocked" can also mean
+        missing required reviews, which the REST API does not tell apart; approval is
+        a separate apply requirement.
+        """
+        pr = self._read_pull(repo, number)
+        if pr.state != "open" or pr.mergeable is not True:
+            return False
+        if pr.mergeable_state in _MERGEABLE_STATES:
+            return True
+        if pr.mergeable_state != "blocked":
+            return False  # dirty, behind, draft, unknown
+        return not self._failing_checks(repo, pr.head.sha, ignore_contexts)
+
+    # --- comments and statuses --------------------------------------------------------
+
+    @_forge_call("post a comment")
+    def post_comment(self, repo: RepoRef, number: int, body: str) -> int:
+        self._check_comment_size(body)
+        return self._repo(repo).get_issue(number).create_comment(body).id
+
+    @_forge_call("edit a comment")
+    def edit_comment(self, repo: RepoRef, number: int, comment_id: int, body: str) -> None:
+        self._check_comment_size(body)
+        self._repo(repo).get_issue(number).get_comment(comment_id).edit(body)
+
+    @_forge_call("react to a comment")
+    def react(self, repo: RepoRef, number: int, comment_id: int, reaction: str) -> None:
+        self._repo(repo).get_issue(number).get_comment(comment_id).create_reaction(reaction)
+
+    @_forge_call("set a commit status")
+    def set_status(
+        self,
+        repo: RepoRef,
+        sha: str,
+        context: str,
+        state: CommitState,
+        description: str,
+        target_url: str = "",
+    ) -> None:
+        options: dict[str, str] = {"context": context, "description": _cap(description)}
+        if target_url:
+            options["target_url"] = target_url
+        self._repo(repo).get_commit(sha).create_status(CommitState(state).value, **options)
+
+    # --- users --------------------------------------------------------------------------
+
+    @_forge_call("read a collaborator permission")
+    def permission(self, repo: RepoRef, user: str) -> Permission:
+        try:
+            granted = self._repo(repo).get_collaborator_permission(user)
+        except GithubException as exc:
+            if exc.status == 404:  # no such user (or no access to the repo): deny
+                return "none"
+            raise
+        return _PERMISSIONS.get(granted, "none")
+
+    @_forge_call("read the authenticated user")
+    def bot_login(self) -> str:
+        with self._login_lock:
+            if self._login is None:
+                self._login = self._gh.get_user().login
+            return self._login
+
+    # --- drift issues -----------------------------------------------------------------
+
+    def find_open_issue(self, repo: RepoRef, title: str) -> IssueRef | None:
+        """The runner's own open issue titled exactly `title` (never a PR, never a human's).
+
+        Only issues the runner opened count, so it never rewrites a person's issue that
+        happens to carry the same title.
+        """
+        return self._find_open_issue(repo, title, self.bot_login())
+
+    @_forge_call("list issues")
+    def _find_open_issue(self, repo: RepoRef, title: str, creator: str) -> IssueRef | None:
+        issues = self._repo(repo).get_issues(state="open", creator=creator)
+        for issue in issues:
+            # Title first: reading `pull_request` of a plain issue costs a GET (PyGithub
+            # completes the listed object to learn the field is really absent).
+            if issue.title == title and issue.pull_request is None:
+                return _issue_ref(issue)
+        return None
+
+    @_forge_call("open an issue")
+    def open_issue(
+        self, repo: RepoRef, title: str, body: str, labels: Sequence[str] = ()
+    ) -> IssueRef:
+        return _issue_ref(self._repo(repo).create_issue(title, body=body, labels=list(labels)))
+
+    @_forge_call("update an issue")
+    def update_issue(self, repo: RepoRef, number: int, body: str) -> None:
+        self._repo(repo).get_issue(number).edit(body=body)
+
+    @_forge_call("close an issue")
+    def close_issue(self, repo: RepoRef, number: int, comment: str) -> None:
+        """Comment first, so the issue never sits closed without its explanation."""
+        issue = self._repo(repo).get_issue(number)
+        issue.create_comment(comment)
+        issue.edit(state="closed", state_reason="completed")
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _repo(self, repo: RepoRef) -> Repository:
+        if repo.forge != "github":
+            raise ValueError(f"{repo.key} is a {repo.forge} repository, not a GitHub one")
+        return self._gh.get_repo(repo.full_name)  # lazy: no request
+
+    def _read_pull(self, repo: RepoRef, number: int) -> PullRequest:
+        """Read the PR, re-reading briefly while GitHub still computes `mergeable`."""
+        pr = self._repo(repo).get_pull(number)
+        for pause in self._mergeable_poll:
+            if pr.state != "open" or pr.merged or pr.mergeable is not None:
+                break
+            time.sleep(pause)
+            pr = self._repo(repo).get_pull(number)
+        return pr
+
+    def _failing_checks(self, repo: RepoRef, sha: str, ignore: Sequence[str]) -> list[str]:
+        """Statuses and check runs on `sha` that are not (yet) green and not ignored.
+
+        Check runs count too: GitHub Actions reports through them, not statuses.
+        """
+        commit = self._repo(repo).get_commit(sha)
+        # What the combined status aggregates, but paginated: the combined endpoint
+        # shows only its first page of contexts, and a failure could hide past it.
+        statuses = _latest_per_context(commit.get_statuses())
+        failing = [s.context for s in statuses if s.state != "success"]
+        failing += [
+            run.name
+            for run in commit.get_check_runs()
+            if run.status != "completed" or run.conclusion not in _PASSING_CONCLUSIONS
+        ]
+        return [name for name in failing if not _ignored(name, ignore)]
+
+    def _check_comment_size(self, body: str) -> None:
+        if len(body) > self.comment_cap:
+            raise ForgeError(
+                f"GitHub: comment of {len(body)} characters exceeds the cap of {self.comment_cap}"
+            )
+
+    def _error(self, what: str, detail: str, status: int | None) -> ForgeError:
+        code = f"HTTP {status}" if status is not None else "no response"
+        message = f"GitHub ({self.api_url}): could not {what}: {code}: {detail}"
+        return ForgeError(message.replace(self._token, "***"), status=status)
+
+
+def _cap(description: str) -> str:
+    if len(description) <= STATUS_DESCRIPTION_CAP:
+        return description
+    return description[: STATUS_DESCRIPTION_CAP - 1] + "…"
+
+
+def _ignored(context: str, ignore: Sequence[str]) -> bool:
+    return any(context == prefix or context.startswith(prefix + ":") for prefix in ignore)
+
+
+def _latest_per_context(statuses: Iterable[Any]) -> list[Any]:
+    """GitHub lists statuses newest first; the first one seen per context is current."""
+    latest: dict[str, Any] = {}
+    for status in statuses:
+        latest.setdefault(status.context, status)
+    return list(latest.values())
+
+
+def _issue_ref(issue: Any) -> IssueRef:
+    return IssueRef(
+        number=issue.number,
+        html_url=issue.html_url,
+        title=issue.title,
+        body=issue.body or "",
+        state="closed" if issue.state == "closed" else "open",
+    )

@@ -1,0 +1,384 @@
+"""The local-module graph: which directory calls which local module (`./…`, `../…`).
+
+Change detection needs "who calls modules/tags, even through other modules", and
+autodiscovery needs "which directories are only modules". Parsing every `.tf` file of
+a large monorepo with python-hcl2 takes seconds, so the graph works in two steps:
+
+1. A text pre-filter (`git grep`, or a Python scan outside git) finds every line that
+   looks like `source = "./…"` / `"../…"`. Terraform only accepts a literal string on
+   the `source` line, so this is a superset of the real calls: candidate edges.
+2. A candidate edge is confirmed only when it is needed, by parsing that one file with
+   python-hcl2 and keeping top-level `module` blocks (so comments, heredocs and
+   `source` attributes of resources or provisioners do not count). Parse results are
+   cached by git blob SHA in memory and, optionally, in a cache directory.
+
+A file that python-hcl2 cannot parse keeps its candidate edges (over-planning is safer
+than missing a project); the problem is listed in `ModuleGraph.problems`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import re
+import subprocess
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hcl2
+from lark import Token, Tree
+
+# ERE for `git grep`: deliberately loose; `_TF_SOURCE_RE` decides on each line.
+_GREP_PATTERN = r'source[[:space:]]*=[[:space:]]*"\.\.?/'
+_TF_SOURCE_RE = re.compile(r'(?<![\w-])source\s*=\s*"(\.\.?/[^"]*)"')
+# A line starting with `#` or `//` is a comment whatever it holds, so it can never be
+# a real call: dropping it keeps the candidates a superset and spares hcl2 parses.
+_COMMENT_LINE_RE = re.compile(r"\s*(?:#|//)")
+_GREP_RECORD_RE = re.compile(r"([^\0]*)\0([^\n]*)\n")
+_CACHE_NAMESPACE = f"module-calls-v1-hcl2-{hcl2.version.__version__}"
+
+
+@dataclass(frozen=True)
+class ModuleCall:
+    """One `module` block with a local source, resolved to a repo-relative dir."""
+
+    caller_dir: str
+    file: str
+    name: str
+    source: str  # as written in the file
+    module_dir: str
+
+
+@dataclass(frozen=True)
+class CallChain:
+    """How `caller` reaches a module: `modules[0]` is called by `caller`, and so on."""
+
+    caller: str
+    modules: tuple[str, ...]
+
+    def describe(self) -> str:
+        """The chain as shown in a reason, e.g. `modules/network → modules/tags`."""
+        return " → ".join(self.modules)
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """What the cheap text pass found: every Terraform file and the candidate sources."""
+
+    tf_files: tuple[str, ...]
+    candidate_sources: dict[str, tuple[str, ...]]  # .tf file -> local sources seen in text
+
+
+def dir_of(path: str) -> str:
+    """The repo-relative directory of a repo-relative file ('.' for the root)."""
+    return posixpath.dirname(path) or "."
+
+
+def is_hidden(path: str) -> bool:
+    """True for paths Terraform and discovery ignore: any segment starting with '.'."""
+    return path.startswith(".") or "/." in path
+
+
+def resolve_source(caller_dir: str, source: str) -> str | None:
+    """The repo-relative dir a local source points to, or None if it leaves the repo."""
+    resolved = posixpath.normpath(posixpath.join(caller_dir, source))
+    if resolved == ".." or resolved.startswith("../"):
+        return None
+    return resolved
+
+
+def _is_tf(path: str) -> bool:
+    return path.endswith((".tf", ".tf.json"))
+
+
+def _run_git(repo_root: Path, *args: str) -> bytes:
+    # --no-optional-locks: never rewrite the index of a working copy someone else uses.
+    proc = subprocess.run(
+        ["git", "--no-optional-locks", "-C", str(repo_root), *args],
+        capture_output=True,
+        check=False,
+    )
+    # git grep exits 1 when nothing matched.
+    if proc.returncode not in (0, 1) or (proc.returncode == 1 and proc.stderr):
+        raise RuntimeError(f"git {args[0]} failed: {proc.stderr.decode(errors='replace')}")
+    return proc.stdout
+
+
+def _sources_in_line(line: str) -> list[str]:
+    return [] if _COMMENT_LINE_RE.match(line) else _TF_SOURCE_RE.findall(line)
+
+
+def _scan_git(repo_root: Path) -> _Scan:
+    # Tracked files only: working copies are checkouts of commits, and listing
+    # untracked files would make git walk the whole tree (several times slower).
+    listed = _run_git(repo_root, "ls-files", "-z", "--", "*.tf", "*.tf.json")
+    tf_files = sorted({p for p in os.fsdecode(listed).split("\0") if p and not is_hidden(p)})
+    # --cached: search the index, as listed above (cheaper than stat-ing the work tree).
+    grepped = _run_git(
+        repo_root, "grep", "--cached", "-z", "-I", "-E", "-e", _GREP_PATTERN, "--", "*.tf"
+    )
+    sources: dict[str, list[str]] = defaultdict(list)
+    for path, line in _GREP_RECORD_RE.findall(os.fsdecode(grepped)):
+        found = _sources_in_line(line)
+        if found and not is_hidden(path):
+            sources[path].extend(found)
+    return _Scan(tuple(tf_files), {p: tuple(s) for p, s in sources.items()})
+
+
+def _scan_tree(repo_root: Path) -> _Scan:
+    tf_files: list[str] = []
+    sources: dict[str, tuple[str, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(repo_root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = Path(dirpath).relative_to(repo_root).as_posix()
+        for name in filenames:
+            if name.startswith(".") or not _is_tf(name):
+                continue
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            tf_files.append(rel)
+            if name.endswith(".tf"):
+                text = Path(dirpath, name).read_text(errors="replace")
+                found = tuple(s for line in text.splitlines() for s in _sources_in_line(line))
+                if found:
+                    sources[rel] = found
+    return _Scan(tuple(sorted(tf_files)), sources)
+
+
+def _blob_sha(data: bytes) -> str:
+    # The same id git gives the file, so a cache can be shared across clones.
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def _text(node: Tree | Token) -> str | None:
+    """The text of an identifier or of a string literal without interpolation."""
+    if isinstance(node, Token):
+        return None
+    if node.data == "identifier":
+        return str(node.children[0])
+    if node.data == "string":
+        parts = [c for c in node.children if isinstance(c, Tree)]
+        if all(isinstance(p.children[0], Token) for p in parts):
+            return "".join(str(p.children[0]) for p in parts)
+    return None
+
+
+def _module_blocks(tree: Tree) -> Iterator[Tree]:
+    body = tree.children[0]
+    for block in body.children:
+        if (
+            isinstance(block, Tree)
+            and block.data == "block"
+            and _text(block.children[0]) == "module"
+        ):
+            yield block
+
+
+def _block_label_and_source(block: Tree) -> tuple[str, str | None]:
+    label = (_text(block.children[1]) or "") if len(block.children) > 1 else ""
+    body = next(c for c in block.children if isinstance(c, Tree) and c.data == "body")
+    for attr in body.children:
+        if (
+            isinstance(attr, Tree)
+            and attr.data == "attribute"
+            and _text(attr.children[0]) == "source"
+        ):
+            expr = attr.children[-1]
+            return label, _text(expr.children[0]) if isinstance(expr, Tree) else None
+    return label, None
+
+
+def parse_hcl_local_calls(text: str) -> tuple[tuple[str, str], ...]:
+    """(name, source) of the top-level module blocks of an HCL file with a local source."""
+    tree = hcl2.parses_to_tree(text if text.endswith("\n") else text + "\n")
+    calls = (_block_label_and_source(b) for b in _module_blocks(tree))
+    return tuple((name, src) for name, src in calls if src and src.startswith(("./", "../")))
+
+
+def parse_json_local_calls(text: str) -> tuple[tuple[str, str], ...]:
+    """Same as `parse_hcl_local_calls` for `.tf.json` (JSON syntax allows dicts or lists)."""
+    doc = json.loads(text)
+    found: list[tuple[str, str]] = []
+    for modules in _as_list(doc.get("module") if isinstance(doc, dict) else None):
+        for name, bodies in modules.items() if isinstance(modules, dict) else ():
+            for body in _as_list(bodies):
+                src = body.get("source") if isinstance(body, dict) else None
+                if isinstance(src, str) and src.startswith(("./", "../")):
+                    found.append((name, src))
+    return tuple(found)
+
+
+def _as_list(value: object) -> list:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+@dataclass
+class _ParseCache:
+    """Local module calls per file content (git blob SHA), in memory and on disk."""
+
+    directory: Path | None
+    memory: dict[str, dict] = field(default_factory=dict)
+
+    def get(self, sha: str) -> dict | None:
+        if sha in self.memory:
+            return self.memory[sha]
+        if self.directory is None:
+            return None
+        try:
+            entry = json.loads(self._path(sha).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(entry, dict) or not ({"calls", "error"} & entry.keys()):
+            return None  # damaged or foreign: parse again
+        self.memory[sha] = entry
+        return entry
+
+    def put(self, sha: str, entry: dict) -> None:
+        self.memory[sha] = entry
+        if self.directory is None:
+            return
+        path = self._path(sha)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename: concurrent runners never read half a file.
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entry))
+        os.replace(tmp, path)
+
+    def _path(self, sha: str) -> Path:
+        assert self.directory is not None
+        return self.directory / _CACHE_NAMESPACE / sha[:2] / sha[2:]
+
+
+class ModuleGraph:
+    """Local module calls between the directories of one working copy.
+
+    Build it once per checkout with `ModuleGraph.build`; queries parse lazily only the
+    files they need, so asking about a few modules in a huge repo stays cheap.
+    """
+
+    def __init__(self, repo_root: Path, scan: _Scan, cache: _ParseCache) -> None:
+        self.repo_root = repo_root
+        self._scan = scan
+        self._cache = cache
+        self._tf_dirs = frozenset(dir_of(p) for p in scan.tf_files)
+        self._calls: dict[str, tuple[ModuleCall, ...]] = {}
+        self._direct: dict[str, frozenset[str]] = {}
+        self.problems: list[str] = []
+        # Files that may call modules, by candidate target and by their own dir.
+        self._candidate_callers: dict[str, set[str]] = defaultdict(set)
+        self._files_in_dir: dict[str, list[str]] = defaultdict(list)
+        for path in scan.tf_files:
+            if path.endswith(".tf.json"):
+                self._index(path, (c.module_dir for c in self._calls_in(path)))
+            elif path in scan.candidate_sources:
+                caller = dir_of(path)
+                targets = (resolve_source(caller, s) for s in scan.candidate_sources[path])
+                self._index(path, (t for t in targets if t is not None))
+
+    @classmethod
+    def build(cls, repo_root: Path, cache_dir: Path | None = None) -> ModuleGraph:
+        """Scan a working copy (git grep when it is a git work tree, else a file walk).
+
+        `cache_dir` keeps hcl2 parse results by blob SHA across runs and processes.
+        """
+        root = Path(repo_root)
+        scan = _scan_git(root) if (root / ".git").exists() else _scan_tree(root)
+        return cls(root, scan, _ParseCache(Path(cache_dir) if cache_dir else None))
+
+    def terraform_dirs(self) -> frozenset[str]:
+        """Every non-hidden directory holding `*.tf` or `*.tf.json` files."""
+        return self._tf_dirs
+
+    def modules_called_by(self, dir: str) -> tuple[ModuleCall, ...]:
+        """The local module calls written in `dir` itself (not transitive)."""
+        return tuple(
+            c
+            for f in self._files_in_dir.get(posixpath.normpath(dir), ())
+            for c in self._calls_in(f)
+        )
+
+    def callers_of(self, module_dir: str) -> tuple[CallChain, ...]:
+        """Every dir calling `module_dir`, directly or through other modules.
+
+        Each caller comes with its shortest chain (breadth-first), sorted by caller.
+        """
+        target = posixpath.normpath(module_dir)
+        chains: dict[str, tuple[str, ...]] = {}
+        seen = {target}
+        frontier: list[tuple[str, tuple[str, ...]]] = [(target, (target,))]
+        while frontier:
+            next_frontier = []
+            for module, chain in frontier:
+                for caller in sorted(self._direct_callers(module) - seen):
+                    seen.add(caller)
+                    chains[caller] = chain
+                    next_frontier.append((caller, (caller, *chain)))
+            frontier = next_frontier
+        return tuple(CallChain(caller, chains[caller]) for caller in sorted(chains))
+
+    def module_dirs(self) -> frozenset[str]:
+        """Terraform dirs that some other directory calls as a local module."""
+        return frozenset(
+            t for t in self._candidate_callers if t in self._tf_dirs and self._has_caller(t)
+        )
+
+    def _index(self, path: str, targets: Iterable[str]) -> None:
+        self._files_in_dir[dir_of(path)].append(path)
+        for target in targets:
+            self._candidate_callers[target].add(path)
+
+    def _has_caller(self, target: str) -> bool:
+        if target in self._direct:
+            return bool(self._direct[target])
+        return any(self._confirms(f, target) for f in sorted(self._candidate_callers[target]))
+
+    def _direct_callers(self, target: str) -> frozenset[str]:
+        if target not in self._direct:
+            files = self._candidate_callers.get(target, ())
+            self._direct[target] = frozenset(dir_of(f) for f in files if self._confirms(f, target))
+        return self._direct[target]
+
+    def _confirms(self, path: str, target: str) -> bool:
+        return dir_of(path) != target and any(c.module_dir == target for c in self._calls_in(path))
+
+    def _calls_in(self, path: str) -> tuple[ModuleCall, ...]:
+        if path not in self._calls:
+            caller = dir_of(path)
+            calls = (
+                ModuleCall(caller, path, name, src, resolved)
+                for name, src in self._raw_calls(path)
+                if (resolved := resolve_source(caller, src)) is not None
+            )
+            self._calls[path] = tuple(calls)
+        return self._calls[path]
+
+    def _raw_calls(self, path: str) -> tuple[tuple[str, str], ...]:
+        try:
+            data = (self.repo_root / path).read_bytes()
+        except OSError:  # listed by git but deleted in the working tree
+            return ()
+        sha = _blob_sha(data)
+        entry = self._cache.get(sha)
+        if entry is None:
+            entry = _parse_entry(path, data)
+            self._cache.put(sha, entry)
+        if "error" in entry:
+            self.problems.append(f"{path}: {entry['error']}")
+            # Unparseable: trust the text scan rather than miss a caller.
+            return tuple(("?", s) for s in self._scan.candidate_sources.get(path, ()))
+        return tuple((name, src) for name, src in entry["calls"])
+
+
+def _parse_entry(path: str, data: bytes) -> dict:
+    text = data.decode(errors="replace")
+    parse = parse_json_local_calls if path.endswith(".json") else parse_hcl_local_calls
+    try:
+        return {"calls": [list(c) for c in parse(text)]}
+    except Exception as exc:  # any parser failure means "could not tell"
+        first_line = next(iter(str(exc).splitlines()), "")
+        return {"error": f"cannot parse ({type(exc).__name__}): {first_line}"}

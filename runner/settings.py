@@ -1,0 +1,136 @@
+"""Server settings: read once at start-up and passed down, never looked up globally.
+
+Sources, highest priority first: environment variables prefixed `GITOPS_`, then
+the YAML file given with `--config`, then the defaults below. Lists accept a
+comma-separated string in the environment (`GITOPS_REPO_ALLOWLIST=a/*,b/*`) and a
+YAML list in the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+class PolledRepo(BaseSettings):
+    """A repository the pull-mode reconciler fetches on an interval (no webhooks)."""
+
+    model_config = SettingsConfigDict(extra="forbid")
+
+    url: str
+    poll_interval: int = Field(default=60, ge=5, description="seconds between fetches")
+    branch: str | None = None
+
+
+class Settings(BaseSettings):
+    """Everything the server and CLI need to know about their environment."""
+
+    model_config = SettingsConfigDict(env_prefix="GITOPS_", extra="forbid")
+
+    data_dir: Path = Path("~/.gitops-runner")
+    host: str = "0.0.0.0"
+    port: int = 4141
+    public_url: str = ""  # where people reach the dashboard; used for links in comments
+
+    github_token: SecretStr | None = None
+    github_api_url: str = "https://api.github.com"
+    github_webhook_secret: SecretStr | None = None
+    gitlab_url: str = "https://gitlab.com"
+    gitlab_token: SecretStr | None = None
+    gitlab_webhook_secret: SecretStr | None = None
+    insecure_no_webhook_secret: bool = False
+
+    repo_allowlist: CommaList = ()
+    allow_fork_prs: bool = False
+    plan_drafts: bool = True
+    max_body_bytes: int = 25 * 1024 * 1024  # GitHub's own cap on a webhook payload
+
+    database_url: str | None = None
+    queue: Literal["inprocess", "rq"] = "inprocess"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1)
+
+    terraform_bin: str | None = None
+    terraform_timeout: int = Field(default=3600, ge=1, description="seconds per Terraform step")
+    parallelism: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1)
+    secret_env_vars: CommaList = ()
+
+    slack_webhook_url: SecretStr | None = None
+    slack_bot_token: SecretStr | None = None
+    slack_channel: str | None = None
+
+    drift_schedule: str = ""
+    repos: tuple[PolledRepo, ...] = ()
+
+    @field_validator("repo_allowlist", "secret_env_vars", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The store URL: the configured one, or SQLite under the data dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'gitops-runner.db'}"
+
+    @property
+    def plugin_cache_dir(self) -> Path:
+        return self.data_dir / "plugin-cache"
+
+    @property
+    def repos_dir(self) -> Path:
+        return self.data_dir / "repos"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def plans_dir(self) -> Path:
+        return self.data_dir / "plans"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over values passed in (the YAML file's), as promised.
+        return (env_settings, init_settings)
+
+
+def load_settings(config_file: str | Path | None = None, **values: Any) -> Settings:
+    """Build the settings once. Priority: `GITOPS_*` env, then `values`, then the YAML file."""
+    from_file: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: the settings file must be a mapping of setting: value")
+        from_file = loaded
+    return Settings(**{**from_file, **values})

@@ -1,0 +1,247 @@
+"""Engine, sessions and schema migration: the plumbing every repository in the store uses.
+
+Two backends are supported. SQLite (the default, one file under the data dir) for a
+single node; PostgreSQL (psycopg 3) when several processes or hosts share the state.
+Repositories never see the difference except where atomicity needs dialect help
+(`SELECT … FOR UPDATE SKIP LOCKED` is simply not rendered on SQLite, where a write
+transaction already holds the database's single write lock).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import filelock
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+DATABASE_FILENAME = "gitops-runner.db"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# For the alembic CLI only (writing new revisions); the runner configures Alembic in code.
+ALEMBIC_INI = Path(__file__).resolve().parent / "alembic.ini"
+
+# SQLite waits this long for another writer before failing with "database is locked".
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Several processes may start at once and all call migrate(); they queue for this long.
+MIGRATION_LOCK_TIMEOUT_S = 300.0
+# Execution option marking the engine used for write transactions (see _begin_sqlite).
+_WRITE_OPTION = "gitops_write"
+# Advisory lock keys are bigint and scoped to one database; a fixed hash keeps ours
+# apart from other applications' keys.
+_MIGRATION_LOCK_KEY = int.from_bytes(
+    hashlib.sha256(b"gitops-runner:migrate").digest()[:8], "big", signed=True
+)
+
+
+def default_database_url(data_dir: Path) -> str:
+    """The URL used when none is configured: one SQLite file under the data dir."""
+    return f"sqlite:///{Path(data_dir).expanduser() / DATABASE_FILENAME}"
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Route plain `postgresql://` (and `postgres://`) URLs to psycopg 3.
+
+    People paste URLs from their cloud console; SQLAlchemy would pick psycopg2 for
+    those, which is not installed.
+    """
+    parsed = make_url(url) if isinstance(url, str) else url
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def make_engine(url: str | URL) -> Engine:
+    """Create an engine configured for concurrent use by threads and processes."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = _make_sqlite_engine(parsed)
+    else:
+        # pre_ping: a PostgreSQL restart must not surface as errors on the next request.
+        engine = create_engine(parsed, pool_pre_ping=True)
+    _forget_connections_after_fork(engine)
+    return engine
+
+
+def _forget_connections_after_fork(engine: Engine) -> None:
+    # Forking workers (RQ, gunicorn with preload) inherit the pool; a connection used
+    # by two processes corrupts both sides. The child drops the inherited ones without
+    # closing them (they still belong to the parent) and opens its own.
+    reference = weakref.ref(engine)
+
+    def reset_in_child() -> None:
+        alive = reference()
+        if alive is not None:
+            alive.dispose(close=False)
+
+    os.register_at_fork(after_in_child=reset_in_child)
+
+
+def _make_sqlite_engine(url: URL) -> Engine:
+    in_memory = url.database in (None, "", ":memory:")
+    if not in_memory:
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        # An in-memory database exists per connection: share one so it stays one database.
+        poolclass=StaticPool if in_memory else None,
+    )
+    event.listen(engine, "connect", _configure_sqlite_connection)
+    event.listen(engine, "begin", _begin_sqlite)
+    return engine
+
+
+def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
+    # Take BEGIN away from the sqlite3 module: it would not emit one before SELECTs,
+    # and it could not emit BEGIN IMMEDIATE for write transactions (see _begin_sqlite).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        # busy_timeout first: switching to WAL itself needs the lock another process may hold.
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+
+
+def _begin_sqlite(conn: Any) -> None:
+    # A deferred transaction that reads and then writes fails at once with SQLITE_BUSY
+    # when another connection wrote in between (the busy timeout does not apply to a lock
+    # upgrade). Write transactions therefore take the write lock up front; reads stay
+    # deferred so they never wait for writers (WAL).
+    immediate = conn.get_execution_options().get(_WRITE_OPTION, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class Database:
+    """An engine plus the two kinds of session the repositories use: read and write."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        write_engine = engine.execution_options(**{_WRITE_OPTION: True})
+        self._read_sessions = sessionmaker(bind=engine, expire_on_commit=False)
+        self._write_sessions = sessionmaker(bind=write_engine, expire_on_commit=False)
+
+    @classmethod
+    def from_url(cls, url: str | URL) -> Database:
+        return cls(make_engine(url))
+
+    @property
+    def dialect(self) -> str:
+        """`sqlite` or `postgresql`: the few places that need dialect-specific SQL ask this."""
+        return self.engine.dialect.name
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session for queries; nothing it does is committed."""
+        with self._read_sessions() as session:
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A session in one transaction, committed on success and rolled back on error.
+
+        On SQLite the transaction holds the database write lock from its first
+        statement, so a read-then-write inside it is atomic across processes.
+        """
+        with self._write_sessions() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        """Close pooled connections (at shutdown, or in a child process after fork)."""
+        self.engine.dispose()
+
+
+def alembic_config(url: str | URL | None = None) -> Config:
+    """An Alembic config pointing at the migrations shipped inside the package.
+
+    Used by `migrate()` and by anyone running Alembic commands programmatically
+    (e.g. `command.revision(alembic_config(url), autogenerate=True, message=...)`);
+    no alembic.ini is needed. `runner/store/alembic.ini` exists for the alembic CLI.
+    """
+    config = Config()
+    # configparser treats "%" as interpolation; paths and passwords may contain it.
+    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    if url is not None:
+        rendered = normalize_url(url).render_as_string(hide_password=False)
+        config.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
+    return config
+
+
+def migrate(target: str | URL | Engine, revision: str = "head") -> None:
+    """Bring the schema to `revision` (default: the newest).
+
+    Every process calls this at start-up, possibly at the same time, so runs are
+    serialised: a transaction-scoped advisory lock on PostgreSQL, a lock file next to
+    the database on SQLite. Whoever comes second finds the schema current: a no-op.
+    An Engine may be passed instead of a URL (an in-memory SQLite database only
+    exists inside its own engine).
+    """
+    engine = target if isinstance(target, Engine) else make_engine(target)
+    try:
+        if engine.dialect.name == "postgresql":
+            _migrate_postgresql(engine, revision)
+        else:
+            _migrate_sqlite(engine, revision)
+    finally:
+        if engine is not target:
+            engine.dispose()
+
+
+def _migrate_postgresql(engine: Engine, revision: str) -> None:
+    # PostgreSQL DDL is transactional: migrations and lock end together at commit.
+    with engine.begin() as connection:
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+        _upgrade(connection, revision)
+
+
+def _migrate_sqlite(engine: Engine, revision: str) -> None:
+    # The write option makes this a BEGIN IMMEDIATE transaction: reading the current
+    # revision and then writing cannot be interleaved with another migrating process.
+    writer = engine.execution_options(**{_WRITE_OPTION: True})
+    database = engine.url.database
+    if database in (None, "", ":memory:"):
+        with writer.begin() as connection:
+            _upgrade(connection, revision)
+        return
+    # The file lock queues start-ups for longer than SQLite's busy timeout would.
+    lock = filelock.FileLock(f"{database}.migrate.lock", timeout=MIGRATION_LOCK_TIMEOUT_S)
+    with lock, writer.begin() as connection:
+        _upgrade(connection, revision)
+
+
+def _upgrade(connection: Any, revision: str) -> None:
+    config = alembic_config()
+    # env.py runs on this connection (inside our lock and transaction), not a new one.
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
+
+
+def current_revision(target: str | URL | Engine) -> str | None:
+    """The schema revision a database is at (None before the first migration)."""
+    engine = target if isinstance(target, Engine) else make_engine(target)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        if engine is not target:
+            engine.dispose()
+
+
+def head_revision() -> str | None:
+    """The newest revision shipped with this version of the package."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()

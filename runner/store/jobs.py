@@ -1,0 +1,309 @@
+"""The persisted job table: queued work survives a restart, and a job runs at most once at a time.
+
+Workers claim jobs with a lease. Claiming is atomic: on PostgreSQL the candidate row
+is taken with `SELECT … FOR UPDATE SKIP LOCKED` (concurrent claimers skip it instead
+of waiting); on SQLite the claim runs in a `BEGIN IMMEDIATE` transaction, which holds
+the database's single write lock, so claims are simply serialised. A worker extends
+its lease with `heartbeat`; a job whose lease ran out belongs to a dead worker and is
+found by `requeue_expired` (or `recover_after_restart` at start-up).
+
+The payload format is explicit and versioned: each row stores the `version` of the
+payload it was written with, so a newer runner can read (or refuse) older jobs.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import ColumnElement, delete, select, true, update
+from sqlalchemy.exc import IntegrityError
+
+from runner.store.db import Database
+from runner.store.models import ACTIVE_JOB_STATUSES, Job, utcnow
+
+JOB_FORMAT_VERSION = 1
+# Long enough for a typical Terraform step; workers heartbeat for longer ones.
+DEFAULT_LEASE_S = 600.0
+DEFAULT_MAX_ATTEMPTS = 3
+# See enqueue(): the active job holding a dedupe key can finish between our failed
+# INSERT and the lookup; then we try again, a bounded number of times.
+_MAX_ENQUEUE_ROUNDS = 50
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # its worker died; not retried automatically
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: int
+    kind: str
+    version: int
+    payload: dict[str, Any]
+    status: JobStatus
+    dedupe_key: str | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    error: str | None
+
+
+class JobStore:
+    """Enqueue, claim, finish and recover persisted jobs."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def enqueue(
+        self,
+        kind: str,
+        payload: Mapping[str, Any],
+        dedupe_key: str | None = None,
+        *,
+        version: int = JOB_FORMAT_VERSION,
+    ) -> int:
+        """Persist a job as queued and return its id.
+
+        With a `dedupe_key`, at most one queued-or-running job has that key (a unique
+        partial index enforces it across processes); enqueueing again returns the
+        existing job's id instead of creating a second one.
+        """
+        encoded = json.dumps(dict(payload), sort_keys=True, separators=(",", ":"))
+        conflict: IntegrityError | None = None
+        for _ in range(_MAX_ENQUEUE_ROUNDS):
+            try:
+                return self._insert(kind, version, encoded, dedupe_key)
+            except IntegrityError as error:
+                if dedupe_key is None:
+                    raise
+                conflict = error
+            existing = self._active_with_key(dedupe_key)
+            if existing is not None:
+                return existing
+        assert conflict is not None
+        raise conflict
+
+    def _insert(self, kind: str, version: int, payload: str, dedupe_key: str | None) -> int:
+        row = Job(
+            kind=kind,
+            version=version,
+            payload=payload,
+            status=JobStatus.QUEUED.value,
+            dedupe_key=dedupe_key,
+            attempts=0,
+            created_at=utcnow(),
+        )
+        with self._db.write() as session:
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def _active_with_key(self, dedupe_key: str) -> int | None:
+        statement = select(Job.id).where(
+            Job.dedupe_key == dedupe_key, Job.status.in_(ACTIVE_JOB_STATUSES)
+        )
+        with self._db.read() as session:
+            return session.scalar(statement)
+
+    def claim(
+        self,
+        worker_id: str,
+        kinds: Collection[str] | None = None,
+        lease_s: float = DEFAULT_LEASE_S,
+    ) -> JobRecord | None:
+        """Take the oldest queued job (of `kinds`) for `worker_id`, or None if there is none.
+
+        Two concurrent claimers never get the same job.
+        """
+        statement = (
+            select(Job)
+            .where(Job.status == JobStatus.QUEUED.value)
+            .order_by(Job.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        if kinds is not None:
+            statement = statement.where(Job.kind.in_(list(kinds)))
+        now = utcnow()
+        with self._db.write() as session:
+            row = session.scalar(statement)
+            if row is None:
+                return None
+            row.status = JobStatus.RUNNING.value
+            row.lease_owner = worker_id
+            row.lease_expires_at = now + timedelta(seconds=lease_s)
+            row.started_at = now
+            row.attempts += 1
+            row.error = None
+            return _record(row)
+
+    def heartbeat(self, job_id: int, worker_id: str, lease_s: float = DEFAULT_LEASE_S) -> bool:
+        """Extend a running job's lease; False means the lease was lost (stop working on it)."""
+        values = {"lease_expires_at": utcnow() + timedelta(seconds=lease_s)}
+        return self._transition(job_id, worker_id, values)
+
+    def complete(self, job_id: int, worker_id: str | None = None) -> bool:
+        """Mark a running job done. With `worker_id`, only if that worker still holds it."""
+        return self._finish(job_id, worker_id, JobStatus.DONE, error=None)
+
+    def fail(self, job_id: int, error: str, worker_id: str | None = None) -> bool:
+        """Mark a running job failed with an error message (no automatic retry)."""
+        return self._finish(job_id, worker_id, JobStatus.FAILED, error=error)
+
+    def cancel(self, job_id: int) -> bool:
+        """Cancel a job that has not started yet; False if it already started or ended."""
+        statement = (
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
+            .values(status=JobStatus.CANCELLED.value, finished_at=utcnow())
+        )
+        with self._db.write() as session:
+            return session.execute(statement).rowcount > 0
+
+    def _finish(
+        self, job_id: int, worker_id: str | None, status: JobStatus, error: str | None
+    ) -> bool:
+        values = {
+            "status": status.value,
+            "finished_at": utcnow(),
+            "lease_expires_at": None,
+            "error": error,
+        }
+        return self._transition(job_id, worker_id, values)
+
+    def _transition(self, job_id: int, worker_id: str | None, values: dict[str, Any]) -> bool:
+        # Guarded on status (and owner): a worker whose lease expired and whose job was
+        # handed to another worker must not overwrite that worker's outcome.
+        statement = update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
+        if worker_id is not None:
+            statement = statement.where(Job.lease_owner == worker_id)
+        with self._db.write() as session:
+            return session.execute(statement.values(**values)).rowcount > 0
+
+    def requeue_expired(
+        self,
+        now: datetime | None = None,
+        *,
+        retry_kinds: Collection[str] = (),
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ) -> builtins.list[JobRecord]:
+        """Find running jobs whose lease ran out (their worker died) and recover them.
+
+        Jobs of `retry_kinds` (idempotent work such as a plan) go back to the queue
+        while they have attempts left; every other one becomes `interrupted`, so that
+        a half-done apply is reported to a human instead of silently run twice.
+        Returns the recovered jobs in their new state.
+        """
+        cutoff = now or utcnow()
+        condition = Job.lease_expires_at < cutoff
+        return self._recover(condition, retry_kinds, max_attempts, "lease expired")
+
+    def recover_after_restart(
+        self,
+        owner_prefix: str | None = None,
+        *,
+        retry_kinds: Collection[str] = (),
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ) -> builtins.list[JobRecord]:
+        """At start-up, recover jobs a previous run of this node left `running`.
+
+        Leases may not have expired yet, but the workers are known to be gone. With
+        `owner_prefix` (e.g. the host name, if worker ids start with it) only this
+        node's jobs are touched; without it, every running job is (single-node setup).
+        Recovery is as in `requeue_expired`.
+        """
+        condition: ColumnElement[bool] = true()
+        if owner_prefix is not None:
+            condition = Job.lease_owner.startswith(owner_prefix, autoescape=True)
+        return self._recover(condition, retry_kinds, max_attempts, "runner restarted")
+
+    def _recover(
+        self,
+        condition: ColumnElement[bool],
+        retry_kinds: Collection[str],
+        max_attempts: int,
+        reason: str,
+    ) -> builtins.list[JobRecord]:
+        statement = (
+            select(Job)
+            .where(Job.status == JobStatus.RUNNING.value, condition)
+            .order_by(Job.id)
+            .with_for_update(skip_locked=True)
+        )
+        now = utcnow()
+        with self._db.write() as session:
+            rows = session.scalars(statement).all()
+            for row in rows:
+                previous_owner = row.lease_owner
+                row.lease_owner = None
+                row.lease_expires_at = None
+                if row.kind in retry_kinds and row.attempts < max_attempts:
+                    row.status = JobStatus.QUEUED.value
+                    row.error = f"requeued: {reason} (worker {previous_owner})"
+                else:
+                    row.status = JobStatus.INTERRUPTED.value
+                    row.finished_at = now
+                    row.error = f"interrupted: {reason} (worker {previous_owner})"
+            return [_record(row) for row in rows]
+
+    def get(self, job_id: int) -> JobRecord | None:
+        with self._db.read() as session:
+            row = session.get(Job, job_id)
+            return _record(row) if row is not None else None
+
+    def list(
+        self,
+        status: JobStatus | str | None = None,
+        kind: str | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[JobRecord]:
+        """Jobs oldest first, optionally of one status / kind (dashboard, recovery, tests)."""
+        statement = select(Job).order_by(Job.id)
+        if status is not None:
+            statement = statement.where(Job.status == JobStatus(status).value)
+        if kind is not None:
+            statement = statement.where(Job.kind == kind)
+        if limit is not None:
+            statement = statement.limit(limit)
+        with self._db.read() as session:
+            return [_record(row) for row in session.scalars(statement)]
+
+    def prune(self, older_than: datetime) -> int:
+        """Delete finished jobs that ended before `older_than`; returns how many."""
+        statement = delete(Job).where(
+            Job.status.not_in(ACTIVE_JOB_STATUSES), Job.finished_at < older_than
+        )
+        with self._db.write() as session:
+            return session.execute(statement).rowcount
+
+
+def _record(row: Job) -> JobRecord:
+    return JobRecord(
+        id=row.id,
+        kind=row.kind,
+        version=row.version,
+        payload=json.loads(row.payload),
+        status=JobStatus(row.status),
+        dedupe_key=row.dedupe_key,
+        attempts=row.attempts,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        lease_owner=row.lease_owner,
+        lease_expires_at=row.lease_expires_at,
+        error=row.error,
+    )

@@ -1,0 +1,57 @@
+"""`Store`: one object bundling the database and every repository of the store.
+
+The server and CLI open it once at start-up and pass it down; nothing looks it up
+globally. Each repository is also usable on its own with a `Database`.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from sqlalchemy import Engine
+from sqlalchemy.engine import URL
+
+from runner.store.comments import CommentStore
+from runner.store.db import Database, make_engine, migrate
+from runner.store.deliveries import DeliveryStore
+from runner.store.jobs import JobStore
+from runner.store.locks import LockService
+from runner.store.runs import RunStore
+
+
+class Store(Database):
+    """The database plus its repositories: `locks`, `runs`, `deliveries`, `jobs`, `comments`."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self.locks = LockService(self)
+        self.runs = RunStore(self)
+        self.deliveries = DeliveryStore(self)
+        self.jobs = JobStore(self)
+        self.comments = CommentStore(self)
+
+    @classmethod
+    def open(cls, url: str | URL, *, upgrade: bool = True) -> Store:
+        """Connect to the store at `url`, bringing its schema up to date first.
+
+        Safe to call from several processes at once (see `db.migrate`). Pass
+        `upgrade=False` where migrations are run as a separate deployment step.
+        """
+        engine = make_engine(url)
+        if upgrade:
+            migrate(engine)
+        return cls(engine)
+
+    def close(self) -> None:
+        self.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

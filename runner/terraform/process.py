@@ -1,0 +1,218 @@
+"""Run one command the way the runner needs Terraform run.
+
+Terraform steps can take an hour, hang on a provider, or have to be stopped
+because a newer commit arrived. So a step is run:
+
+- as an argv (never a shell), in its own session and process group, so that the
+  process and everything it starts (providers, local-exec commands) can be
+  signalled together;
+- with its output written to a log file as it comes (someone can watch a long
+  apply) and captured for the result;
+- with a timeout and a cancellation event: both send SIGINT to the group
+  (Terraform then stops gracefully and releases its state lock), wait a grace
+  period, then SIGKILL the group.
+
+Nothing outlives the step: processes still in the group after the leader exits
+are killed, which also guarantees the output pipes reach end-of-file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, Literal
+
+from runner.terraform.result import CommandOutcome
+
+DEFAULT_GRACE_S = 10.0
+_POLL_S = 0.05
+_CHUNK = 64 * 1024
+# How long the output readers may lag behind the process's exit. Only reached when
+# something that left the process group still holds the pipes open.
+_READER_JOIN_S = 5.0
+# Exit code reported for a step that never started (cancelled or timed out before it ran).
+NOT_STARTED_EXIT_CODE = 1
+
+StopReason = Literal["timed_out", "cancelled"]
+
+
+def run_process(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    log_path: Path | None = None,
+    timeout_s: float | None = None,
+    cancel: threading.Event | None = None,
+    grace_s: float = DEFAULT_GRACE_S,
+) -> CommandOutcome:
+    """Run `argv` in `cwd` with exactly `env`, streaming output to `log_path` (appended).
+
+    `timeout_s` (None or <= 0: no limit) and `cancel` stop the process group with
+    SIGINT, then SIGKILL after `grace_s`. Raises OSError when the program cannot be
+    started; every other failure is in the returned outcome.
+    """
+    started = time.monotonic()
+    deadline = started + timeout_s if timeout_s and timeout_s > 0 else None
+    with _LogSink(log_path) as sink:
+        sink.write(f"$ {shlex.join(argv)}\n".encode())
+        if cancel is not None and cancel.is_set():
+            outcome = not_started(argv, "cancelled before start", "cancelled", log_path)
+            sink.write(f"# {outcome.stderr}\n".encode())
+            return outcome
+        proc = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        readers = [_StreamReader(proc.stdout, sink), _StreamReader(proc.stderr, sink)]
+        for reader in readers:
+            reader.start()
+        stop_reason = _wait_for_exit(proc, deadline, cancel)
+        if stop_reason is not None:
+            _interrupt(proc, grace_s)
+        _signal_group(proc, signal.SIGKILL)  # stragglers; the leader is still unreaped here
+        exit_code = proc.wait()
+        for reader in readers:
+            reader.join(_READER_JOIN_S)
+        duration = time.monotonic() - started
+        note = f" ({stop_reason.replace('_', ' ')})" if stop_reason else ""
+        sink.write(f"# exit code {exit_code} after {duration:.1f}s{note}\n".encode())
+    return CommandOutcome(
+        argv=tuple(argv),
+        exit_code=exit_code,
+        stdout=readers[0].text(),
+        stderr=readers[1].text(),
+        duration_s=duration,
+        timed_out=stop_reason == "timed_out",
+        cancelled=stop_reason == "cancelled",
+        log_path=log_path,
+    )
+
+
+def not_started(
+    argv: Sequence[str], why: str, reason: StopReason, log_path: Path | None = None
+) -> CommandOutcome:
+    """The outcome of a step stopped before its process ran (e.g. while waiting for a lock).
+
+    Exists so callers handle "cancelled/timed out before start" like any other stop.
+    """
+    return CommandOutcome(
+        argv=tuple(argv),
+        exit_code=NOT_STARTED_EXIT_CODE,
+        stdout="",
+        stderr=why,
+        duration_s=0.0,
+        timed_out=reason == "timed_out",
+        cancelled=reason == "cancelled",
+        log_path=log_path,
+    )
+
+
+def _has_exited(proc: subprocess.Popen[bytes]) -> bool:
+    # WNOWAIT leaves the exited leader unreaped: its pid, which is the process group
+    # id, cannot be reused before the stragglers in the group have been killed.
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def _wait_for_exit(
+    proc: subprocess.Popen[bytes], deadline: float | None, cancel: threading.Event | None
+) -> StopReason | None:
+    """Wait until the process exits (None) or must be stopped (why)."""
+    while not _has_exited(proc):
+        if cancel is not None and cancel.is_set():
+            return "cancelled"
+        if deadline is not None and time.monotonic() >= deadline:
+            return "timed_out"
+        if cancel is not None:
+            cancel.wait(_POLL_S)  # wakes up at once on cancellation
+        else:
+            time.sleep(_POLL_S)
+    return None
+
+
+def _interrupt(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGINT the group (Terraform's graceful stop), wait up to `grace_s` for the leader.
+
+    The caller SIGKILLs whatever is left afterwards.
+    """
+    _signal_group(proc, signal.SIGINT)
+    grace_deadline = time.monotonic() + grace_s
+    while not _has_exited(proc) and time.monotonic() < grace_deadline:
+        time.sleep(_POLL_S)
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    # ProcessLookupError: the group is already empty (PermissionError: how macOS reports
+    # a group holding only a zombie).
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+class _LogSink:
+    """The step's log file, shared by the stdout and stderr readers; None: no log."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._file: BinaryIO | None = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> _LogSink:
+        if self._path is not None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            # Unbuffered: every chunk is in the file as soon as Terraform printed it.
+            self._file = open(self._path, "ab", buffering=0)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.write(data)
+
+
+class _StreamReader(threading.Thread):
+    """Copies one output pipe to the log as it arrives and keeps it for the result."""
+
+    def __init__(self, stream: BinaryIO | None, sink: _LogSink) -> None:
+        super().__init__(daemon=True)
+        if stream is None:
+            raise ValueError("the process was started without a pipe for this stream")
+        self._stream = stream
+        self._sink = sink
+        self._chunks: list[bytes] = []
+
+    def run(self) -> None:
+        with self._stream:
+            # read1 returns what is available now instead of waiting for a full buffer.
+            while chunk := self._stream.read1(_CHUNK):  # type: ignore[attr-defined]
+                self._chunks.append(chunk)
+                self._sink.write(chunk)
+
+    def text(self) -> str:
+        return b"".join(self._chunks).decode("utf-8", errors="replace")

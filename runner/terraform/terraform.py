@@ -1,0 +1,343 @@
+"""Every Terraform CLI invocation of the runner goes through `Terraform`.
+
+One `Terraform` is configured per server (binary, shared plugin cache, timeouts,
+extra environment) and used from many threads and processes at once. Each method
+is one Terraform step in one working directory and returns the step's
+`CommandOutcome` with the exit code exactly as Terraform defines it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from runner.results.model import PlanStatus
+from runner.terraform.locate import TerraformBinary
+from runner.terraform.process import DEFAULT_GRACE_S, StopReason, not_started, run_process
+from runner.terraform.result import CommandOutcome
+
+# In the plugin cache dir, so every runner process sharing the cache shares the lock.
+INIT_LOCK_NAME = ".gitops-runner-init.lock"
+EMPTY_CLI_CONFIG_NAME = "empty.terraformrc"
+DEFAULT_WORKSPACE = "default"
+_LOCK_POLL_S = 0.2
+
+# `plan -detailed-exitcode`: https://developer.hashicorp.com/terraform/cli/commands/plan
+PLAN_NO_CHANGES = 0
+PLAN_ERROR = 1
+PLAN_CHANGES = 2
+
+
+@dataclass(frozen=True)
+class StepTimeouts:
+    """Seconds each step may run before it is interrupted (None: no limit)."""
+
+    init: float | None = 600.0
+    workspace: float | None = 120.0
+    plan: float | None = 1800.0
+    show: float | None = 300.0
+    apply: float | None = 3600.0
+    version: float | None = 60.0
+
+
+class TerraformError(RuntimeError):
+    """A step whose output the runner needs (show, version) failed."""
+
+    def __init__(self, message: str, outcome: CommandOutcome) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+
+def plan_status(outcome: CommandOutcome) -> PlanStatus:
+    """Read a `plan -detailed-exitcode` outcome: 0 no changes, 2 changes, anything else error.
+
+    Exists because exit code 2 is success here, so `outcome.ok` cannot be used.
+    """
+    if outcome.timed_out or outcome.cancelled:
+        return PlanStatus.ERROR
+    if outcome.exit_code == PLAN_NO_CHANGES:
+        return PlanStatus.NO_CHANGES
+    if outcome.exit_code == PLAN_CHANGES:
+        return PlanStatus.CHANGES
+    return PlanStatus.ERROR
+
+
+class Terraform:
+    """Runs Terraform steps with the runner's environment, timeouts and plugin-cache lock."""
+
+    def __init__(
+        self,
+        binary: TerraformBinary,
+        plugin_cache_dir: Path,
+        data_dir: Path,
+        *,
+        timeouts: StepTimeouts | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        base_env: Mapping[str, str] | None = None,
+        grace_s: float = DEFAULT_GRACE_S,
+    ) -> None:
+        """Configure once; creates the plugin cache dir and, if needed, the empty CLI config.
+
+        `data_dir` holds the runner's empty CLI config file (used unless the operator set
+        TF_CLI_CONFIG_FILE). `base_env` is the environment Terraform inherits (default: this
+        process's at construction), `extra_env` is added on top (e.g. credentials).
+        """
+        self.binary = binary
+        self.timeouts = timeouts or StepTimeouts()
+        self.grace_s = grace_s
+        self.plugin_cache_dir = plugin_cache_dir.resolve()
+        self.plugin_cache_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ if base_env is None else base_env) | dict(extra_env or {})
+        self.cli_config_file = _cli_config_file(env, data_dir)
+        env |= {
+            "TF_IN_AUTOMATION": "1",
+            "TF_INPUT": "0",
+            "TF_PLUGIN_CACHE_DIR": str(self.plugin_cache_dir),
+            "TF_CLI_CONFIG_FILE": str(self.cli_config_file),
+        }
+        self._env = env
+        self._data_dir = data_dir
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment every step runs with (a copy)."""
+        return dict(self._env)
+
+    def init(
+        self,
+        workdir: Path,
+        log: Path | None = None,
+        *,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> CommandOutcome:
+        """`terraform init`, serialised with every other init sharing the plugin cache.
+
+        Terraform's plugin cache is not safe for concurrent writers: two inits unpacking
+        the same provider corrupt it ("text file busy"). The lock spans only the init
+        process; waiting for it counts against the init timeout.
+        """
+        argv = self._argv("init", "-input=false", "-no-color", *extra_args)
+        deadline = _deadline(self.timeouts.init)
+        with self._plugin_cache_lock(deadline, cancel) as stopped:
+            if stopped is not None:
+                return not_started(argv, f"{stopped} waiting for the plugin cache lock", stopped)
+            return self._run(argv, workdir, log, _remaining(deadline), cancel, env)
+
+    def select_workspace(
+        self,
+        workdir: Path,
+        workspace: str,
+        log: Path | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> CommandOutcome | None:
+        """Select `workspace`, creating it when missing; None when it is `default` (no call).
+
+        Skipping `default` saves a Terraform start per project: an initialised
+        working directory is already in it.
+        """
+        if workspace == DEFAULT_WORKSPACE:
+            return None
+        argv = self._argv("workspace", "select", "-or-create", "-no-color", workspace)
+        return self._run(argv, workdir, log, self.timeouts.workspace, cancel, env)
+
+    def plan(
+        self,
+        workdir: Path,
+        out: Path,
+        extra_args: Sequence[str] = (),
+        detailed_exitcode: bool = True,
+        lock: bool = True,
+        log: Path | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> CommandOutcome:
+        """`terraform plan -out=OUT`; read the result with `plan_status` (0/2/1).
+
+        `out` is relative to `workdir` unless absolute. `lock=False` plans without
+        taking the state lock (drift checks that must not block an apply).
+        """
+        options = ["-input=false", "-no-color", f"-out={out}"]
+        if detailed_exitcode:
+            options.append("-detailed-exitcode")
+        if not lock:
+            options.append("-lock=false")
+        argv = self._argv("plan", *options, *extra_args)
+        return self._run(argv, workdir, log, self.timeouts.plan, cancel, env)
+
+    def show_json(
+        self,
+        workdir: Path,
+        planfile: Path,
+        *,
+        cancel: threading.Event | None = None,
+    ) -> dict[str, Any]:
+        """The plan as Terraform's JSON document (`terraform show -json PLANFILE`).
+
+        Raises TerraformError when Terraform fails or prints something that is not JSON.
+        """
+        outcome = self._show(workdir, planfile, ("-json",), cancel)
+        try:
+            document = json.loads(outcome.stdout)
+        except json.JSONDecodeError as exc:
+            raise TerraformError(
+                f"terraform show -json printed invalid JSON: {exc}", outcome
+            ) from exc
+        if not isinstance(document, dict):
+            raise TerraformError("terraform show -json printed JSON that is not an object", outcome)
+        return document
+
+    def show(self, workdir: Path, planfile: Path, *, cancel: threading.Event | None = None) -> str:
+        """The plan as humans read it (`terraform show PLANFILE`); raises TerraformError."""
+        return self._show(workdir, planfile, (), cancel).stdout
+
+    def apply(
+        self,
+        workdir: Path,
+        planfile: Path,
+        log: Path | None = None,
+        *,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> CommandOutcome:
+        """Apply exactly the saved plan (`terraform apply PLANFILE`, no approval prompt)."""
+        argv = self._argv("apply", "-input=false", "-no-color", *extra_args, str(planfile))
+        return self._run(argv, workdir, log, self.timeouts.apply, cancel, env)
+
+    def version(self) -> str:
+        """The Terraform version number, e.g. "1.15.5" (for logs and version checks)."""
+        argv = self._argv("version", "-json")
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        outcome = self._run(argv, self._data_dir, None, self.timeouts.version, None, None)
+        if not outcome.ok:
+            raise TerraformError(_failure("terraform version", outcome), outcome)
+        try:
+            return str(json.loads(outcome.stdout)["terraform_version"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise TerraformError(
+                f"terraform version -json: unexpected output: {exc}", outcome
+            ) from exc
+
+    def _show(
+        self,
+        workdir: Path,
+        planfile: Path,
+        options: tuple[str, ...],
+        cancel: threading.Event | None,
+    ) -> CommandOutcome:
+        argv = self._argv("show", "-no-color", *options, str(planfile))
+        outcome = self._run(argv, workdir, None, self.timeouts.show, cancel, None)
+        if not outcome.ok:
+            raise TerraformError(_failure(f"terraform show {planfile}", outcome), outcome)
+        return outcome
+
+    def _argv(self, *args: str) -> tuple[str, ...]:
+        return (*self.binary.argv, *args)
+
+    def _run(
+        self,
+        argv: tuple[str, ...],
+        workdir: Path,
+        log: Path | None,
+        timeout_s: float | None,
+        cancel: threading.Event | None,
+        env: Mapping[str, str] | None,
+    ) -> CommandOutcome:
+        # The runner's own settings win over a project's env: they are what the lock,
+        # the cache and non-interactive runs rely on.
+        step_env = dict(self._env) | dict(env or {}) | _forced(self._env)
+        return run_process(
+            argv,
+            cwd=workdir,
+            env=step_env,
+            log_path=log,
+            timeout_s=timeout_s,
+            cancel=cancel,
+            grace_s=self.grace_s,
+        )
+
+    @contextmanager
+    def _plugin_cache_lock(
+        self, deadline: float | None, cancel: threading.Event | None
+    ) -> Iterator[StopReason | None]:
+        """Hold the cross-process init lock; yields why it was not acquired, else None.
+
+        A fresh FileLock per call: each has its own file descriptor, so flock()
+        excludes other threads of this process as well as other processes.
+        """
+        lock = FileLock(str(self.plugin_cache_dir / INIT_LOCK_NAME))
+        stopped = _acquire(lock, deadline, cancel)
+        if stopped is not None:
+            yield stopped
+            return
+        try:
+            yield None
+        finally:
+            lock.release()
+
+
+def _acquire(
+    lock: FileLock, deadline: float | None, cancel: threading.Event | None
+) -> StopReason | None:
+    """Wait for `lock` in short slices so a cancellation or the deadline is noticed."""
+    while True:
+        try:
+            lock.acquire(timeout=_LOCK_POLL_S)
+            return None
+        except Timeout:
+            if cancel is not None and cancel.is_set():
+                return "cancelled"
+            if deadline is not None and time.monotonic() >= deadline:
+                return "timed_out"
+
+
+_FORCED_KEYS = ("TF_IN_AUTOMATION", "TF_INPUT", "TF_PLUGIN_CACHE_DIR", "TF_CLI_CONFIG_FILE")
+
+
+def _forced(env: Mapping[str, str]) -> dict[str, str]:
+    return {key: env[key] for key in _FORCED_KEYS}
+
+
+def _cli_config_file(env: Mapping[str, str], data_dir: Path) -> Path:
+    """The operator's CLI config when set (mirrors, credentials), else an empty one.
+
+    Without any, Terraform warns on every call about a missing ~/.terraformrc.
+    """
+    configured = env.get("TF_CLI_CONFIG_FILE")
+    if configured:
+        return Path(configured)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    empty = data_dir.resolve() / EMPTY_CLI_CONFIG_NAME
+    empty.touch(exist_ok=True)
+    return empty
+
+
+def _deadline(timeout_s: float | None) -> float | None:
+    return time.monotonic() + timeout_s if timeout_s and timeout_s > 0 else None
+
+
+def _remaining(deadline: float | None) -> float | None:
+    # Never 0 (which would mean "no limit"): an expired deadline still stops at once.
+    return None if deadline is None else max(deadline - time.monotonic(), 0.001)
+
+
+def _failure(what: str, outcome: CommandOutcome) -> str:
+    if outcome.timed_out:
+        return f"{what} timed out after {outcome.duration_s:.0f}s"
+    if outcome.cancelled:
+        return f"{what} was cancelled"
+    return f"{what} failed (exit code {outcome.exit_code}):\n{outcome.stderr_tail()}"

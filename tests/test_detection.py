@@ -1,0 +1,375 @@
+"""Change detection on real git repositories: changed files → affected projects + reason."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pytest
+
+from runner.config.loader import load_repo_config
+from runner.config.model import ProjectConfig, RepoConfig
+from runner.projects.changes import ChangeDetectionError, changed_files
+from runner.projects.detection import (
+    ProjectSelectionError,
+    affected_projects,
+    matches_globs,
+    select_projects,
+)
+from runner.projects.modules import CallChain, ModuleGraph
+from tests.support.git_repo import GitRepo, sample_files, sample_repo
+
+
+def open_pr(
+    repo: GitRepo,
+    write: Mapping[str, str] | None = None,
+    remove: Iterable[str] = (),
+    rename: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Commit a change on branch `pr` off `main`; return the PR's changed files."""
+    repo.branch("pr", from_="main").checkout("pr")
+    repo.write(write or {}).remove(remove)
+    for old, new in (rename or {}).items():
+        repo.rename(old, new)
+    repo.commit("the change")
+    return changed_files(repo.path, "main", "pr")
+
+
+def reasons(repo: GitRepo, files: list[str], cache_dir: Path | None = None) -> list[str]:
+    """What the runner would plan for this change, as `reason` lines in config order."""
+    graph = ModuleGraph.build(repo.path, cache_dir=cache_dir)
+    config = load_repo_config(repo.path, graph=graph)
+    return [a.reason for a in affected_projects(config, files, graph)]
+
+
+def edit(repo: GitRepo, path: str, line: str = "# edited\n") -> dict[str, str]:
+    return {path: (repo.path / path).read_text() + line}
+
+
+@pytest.fixture
+def sample(tmp_path: Path) -> GitRepo:
+    return sample_repo(tmp_path / "repo")
+
+
+# --- changed files ----------------------------------------------------------------------
+
+
+def test_changed_files_are_the_pull_request_diff(sample: GitRepo) -> None:
+    sample.branch("pr").checkout("pr").write({"infra/app/extra.tf": "\n"}).commit("pr")
+    # A commit landing on main after the branch point is not the PR's change.
+    sample.checkout("main").write({"infra/db/late.tf": "\n"}).commit("main moves on")
+    assert changed_files(sample.path, "main", "pr") == ["infra/app/extra.tf"]
+
+
+def test_rename_counts_old_and_new_path_and_deletion_counts(sample: GitRepo) -> None:
+    files = open_pr(
+        sample, remove=["infra/db/main.tf"], rename={"infra/app/variables.tf": "infra/app/vars.tf"}
+    )
+    assert files == ["infra/app/variables.tf", "infra/app/vars.tf", "infra/db/main.tf"]
+
+
+def test_changed_files_errors_are_clear(sample: GitRepo, tmp_path: Path) -> None:
+    with pytest.raises(ChangeDetectionError, match="nope"):
+        changed_files(sample.path, "main", "nope")
+    other = GitRepo.init(tmp_path / "other")
+    other.write({"a.txt": "a"}).commit("unrelated")
+    sample.repo.git.fetch(str(other.path), "main:unrelated")
+    with pytest.raises(ChangeDetectionError, match="no common ancestor"):
+        changed_files(sample.path, "main", "unrelated")
+
+
+# --- affected projects ------------------------------------------------------------------
+
+
+def test_file_in_a_project(sample: GitRepo) -> None:
+    files = open_pr(
+        sample, {**edit(sample, "infra/app/main.tf"), **edit(sample, "infra/app/variables.tf")}
+    )
+    assert reasons(sample, files) == ["infra/app: files changed: main.tf, variables.tf"]
+
+
+def test_shared_module_change_plans_every_caller(sample: GitRepo) -> None:
+    files = open_pr(sample, edit(sample, "modules/tags/main.tf"))
+    assert reasons(sample, files) == [
+        "infra/app: calls modules/tags, which changed",
+        "infra/db: calls modules/tags, which changed",
+        "infra/network: calls modules/network-base → modules/tags, which changed",
+    ]
+
+
+def test_module_calling_module_change(sample: GitRepo) -> None:
+    files = open_pr(sample, edit(sample, "modules/network-base/main.tf"))
+    assert reasons(sample, files) == ["infra/network: calls modules/network-base, which changed"]
+
+
+def test_both_modules_changed_keeps_reasons_short(sample: GitRepo) -> None:
+    files = open_pr(
+        sample,
+        {**edit(sample, "modules/network-base/main.tf"), **edit(sample, "modules/tags/main.tf")},
+    )
+    assert "infra/network: calls modules/network-base, which changed" in reasons(sample, files)
+
+
+def test_change_outside_any_project(sample: GitRepo) -> None:
+    files = open_pr(
+        sample, {"README.md": "new\n", "docs/runbook.md": "x\n", "modules/tags/README.md": "x"}
+    )
+    assert reasons(sample, files) == []
+
+
+def test_rename_between_projects_plans_both(sample: GitRepo) -> None:
+    files = open_pr(sample, rename={"infra/app/variables.tf": "infra/db/variables.tf"})
+    assert reasons(sample, files) == [
+        "infra/app: files changed: variables.tf",
+        "infra/db: files changed: variables.tf",
+    ]
+
+
+def test_deleted_file_and_deleted_module_file(sample: GitRepo) -> None:
+    sample.write({"modules/tags/outputs.tf": "\n", "infra/db/outputs.tf": "\n"}).commit("outputs")
+    files = open_pr(sample, remove=["infra/db/outputs.tf", "modules/tags/outputs.tf"])
+    assert reasons(sample, files) == [
+        "infra/app: calls modules/tags, which changed",
+        "infra/db: files changed: outputs.tf; calls modules/tags, which changed",
+        "infra/network: calls modules/network-base → modules/tags, which changed",
+    ]
+
+
+def test_autoplan_disabled_is_never_affected(tmp_path: Path) -> None:
+    repo = GitRepo.init(tmp_path / "repo")
+    repo.write(sample_files()).write(
+        {
+            "gitops-runner.yaml": textwrap.dedent(
+                """\
+                version: 1
+                projects:
+                  - dir: infra/app
+                    autoplan: {enabled: false}
+                  - dir: infra/db
+                """
+            )
+        }
+    )
+    repo.commit("config")
+    files = open_pr(repo, {**edit(repo, "infra/app/main.tf"), **edit(repo, "modules/tags/main.tf")})
+    assert reasons(repo, files) == ["infra/db: calls modules/tags, which changed"]
+
+
+def custom_globs_repo(tmp_path: Path, when_modified: list[str]) -> GitRepo:
+    repo = GitRepo.init(tmp_path / "repo")
+    config = {
+        "version": 1,
+        "projects": [{"dir": "infra/app", "autoplan": {"when_modified": when_modified}}],
+    }
+    repo.write(sample_files()).write({"gitops-runner.yaml": _yaml(config)})
+    repo.write({"shared/settings.yaml": "a: 1\n", "infra/app/experimental/x.tf": "\n"})
+    repo.commit("config")
+    return repo
+
+
+def _yaml(data: object) -> str:
+    import yaml
+
+    return yaml.safe_dump(data)
+
+
+def test_globs_with_negation(tmp_path: Path) -> None:
+    repo = custom_globs_repo(tmp_path, ["**/*.tf", "!experimental/**"])
+    files = open_pr(repo, {"infra/app/experimental/x.tf": "# x\n", "infra/app/README.md": "x"})
+    assert reasons(repo, files) == []
+    repo.checkout("main").repo.git.branch("-D", "pr")
+    files = open_pr(repo, {"infra/app/experimental/x.tf": "# y\n", "infra/app/main.tf": "# y\n"})
+    assert reasons(repo, files) == ["infra/app: files changed: main.tf"]
+
+
+def test_later_patterns_win(tmp_path: Path) -> None:
+    repo = custom_globs_repo(tmp_path, ["!**/*.tf", "main.tf"])
+    files = open_pr(repo, {"infra/app/main.tf": "# y\n", "infra/app/variables.tf": "# y\n"})
+    assert reasons(repo, files) == ["infra/app: files changed: main.tf"]
+
+
+def test_parent_patterns_reach_outside_the_project(tmp_path: Path) -> None:
+    repo = custom_globs_repo(tmp_path, ["*.tf", "../../shared/*.yaml"])
+    files = open_pr(repo, {"shared/settings.yaml": "a: 2\n"})
+    assert reasons(repo, files) == ["infra/app: files changed: ../../shared/settings.yaml"]
+
+
+def test_matches_globs_rules() -> None:
+    assert matches_globs(["**/*.tf*"], "main.tf")
+    assert matches_globs(["**/*.tf*"], "sub/dir/x.tfvars")
+    assert not matches_globs(["**/*.tf*"], "../other/main.tf")  # magic never matches `..`
+    assert not matches_globs(["*.tf"], "sub/main.tf")  # `*` stays in one directory
+    assert matches_globs(["./*.tf"], "main.tf")
+    assert matches_globs(["*.tf", "!main.tf", "main.tf"], "main.tf")
+    assert not matches_globs(["*.tf", "!main.tf"], "main.tf")
+
+
+def test_default_globs_leave_nested_projects_alone(tmp_path: Path) -> None:
+    repo = GitRepo.init(tmp_path / "repo")
+    repo.write(
+        {
+            "infra/main.tf": 'resource "terraform_data" "outer" {}\n',
+            "infra/app/main.tf": 'resource "terraform_data" "inner" {}\n',
+            "infra/templates/user-data.tftpl": "#!/bin/sh\n",
+        }
+    )
+    repo.commit("nested")
+    files = open_pr(
+        repo, {"infra/app/main.tf": "# x\n", "infra/templates/user-data.tftpl": "# x\n"}
+    )
+    assert reasons(repo, files) == [
+        "infra: files changed: templates/user-data.tftpl",
+        "infra/app: files changed: main.tf",
+    ]
+
+
+def test_atlantis_variant(tmp_path: Path) -> None:
+    repo = sample_repo(tmp_path / "repo", config="atlantis")
+    files = open_pr(repo, edit(repo, "modules/tags/main.tf"))
+    assert reasons(repo, files) == [
+        "network: calls modules/network-base → modules/tags, which changed",
+        "app: files changed: ../../modules/tags/main.tf; calls modules/tags, which changed",
+        "db: calls modules/tags, which changed",
+    ]
+
+
+def test_cache_dir_gives_the_same_answer(sample: GitRepo, tmp_path: Path) -> None:
+    files = open_pr(sample, edit(sample, "modules/tags/main.tf"))
+    cache = tmp_path / "cache"
+    cold = reasons(sample, files, cache_dir=cache)
+    assert any(cache.rglob("*"))
+    assert reasons(sample, files, cache_dir=cache) == cold
+    for entry in cache.rglob("*"):
+        if entry.is_file():
+            entry.write_text("{not json")  # a damaged cache is only a miss
+    assert reasons(sample, files, cache_dir=cache) == cold
+
+
+# --- the module graph -------------------------------------------------------------------
+
+TRICKY_CALLER = """\
+# module "commented" {
+#   source = "../../modules/commented"
+# }
+
+/*
+module "block_comment" {
+  source = "../../modules/block-comment"
+}
+*/
+
+locals {
+  doc = <<-EOT
+    module "heredoc" {
+      source = "../../modules/heredoc"
+    }
+  EOT
+}
+
+resource "terraform_data" "files" {
+  input = { source = "../../modules/attribute" }
+}
+
+module "real" {
+  source = "../../modules/real/"
+}
+"""
+
+
+def tricky_repo(tmp_path: Path) -> GitRepo:
+    repo = GitRepo.init(tmp_path / "repo")
+    files = {"stacks/app/main.tf": TRICKY_CALLER}
+    for name in ("commented", "block-comment", "heredoc", "attribute", "real"):
+        files[f"modules/{name}/main.tf"] = f'resource "terraform_data" "{name}" {{}}\n'
+    repo.write(files).commit("tricky")
+    return repo
+
+
+def test_only_real_module_blocks_count(tmp_path: Path) -> None:
+    repo = tricky_repo(tmp_path)
+    graph = ModuleGraph.build(repo.path)
+    assert [c.module_dir for c in graph.modules_called_by("stacks/app")] == ["modules/real"]
+    assert graph.module_dirs() == {"modules/real"}
+    for name in ("commented", "block-comment", "heredoc", "attribute"):
+        assert graph.callers_of(f"modules/{name}") == ()
+    assert graph.callers_of("modules/real") == (CallChain("stacks/app", ("modules/real",)),)
+    assert graph.problems == []
+
+
+def test_graph_without_git_matches_graph_with_git(tmp_path: Path) -> None:
+    repo = tricky_repo(tmp_path)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for source in repo.path.rglob("*.tf"):
+        target = plain / source.relative_to(repo.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(source.read_text())
+    with_git, without_git = ModuleGraph.build(repo.path), ModuleGraph.build(plain)
+    assert with_git.terraform_dirs() == without_git.terraform_dirs()
+    assert with_git.module_dirs() == without_git.module_dirs()
+
+
+def test_unparseable_file_keeps_its_candidate_calls(tmp_path: Path) -> None:
+    repo = GitRepo.init(tmp_path / "repo")
+    repo.write(
+        {
+            "stacks/app/main.tf": 'module "m" {\n  source = "../../modules/m"\n  broken = \n}\n',
+            "modules/m/main.tf": "\n",
+        }
+    ).commit("broken")
+    graph = ModuleGraph.build(repo.path)
+    assert [c.caller for c in graph.callers_of("modules/m")] == ["stacks/app"]
+    assert graph.problems and graph.problems[0].startswith("stacks/app/main.tf: cannot parse")
+
+
+def test_module_sources_leaving_the_repository_are_ignored(tmp_path: Path) -> None:
+    repo = GitRepo.init(tmp_path / "repo")
+    repo.write({"app/main.tf": 'module "m" {\n  source = "../../outside"\n}\n'}).commit("x")
+    graph = ModuleGraph.build(repo.path)
+    assert graph.modules_called_by("app") == ()
+
+
+def test_transitive_callers_with_chains(sample: GitRepo) -> None:
+    graph = ModuleGraph.build(sample.path)
+    chains = {c.caller: c.describe() for c in graph.callers_of("modules/tags")}
+    assert chains == {
+        "infra/app": "modules/tags",
+        "infra/db": "modules/tags",
+        "infra/network": "modules/network-base → modules/tags",
+        "modules/network-base": "modules/tags",
+    }
+
+
+# --- explicit selection -----------------------------------------------------------------
+
+
+def selection_config() -> RepoConfig:
+    projects = (
+        ProjectConfig(name="app", dir="infra/app"),
+        ProjectConfig(name="app-staging", dir="infra/app", workspace="staging"),
+        ProjectConfig(name="db", dir="infra/db"),
+    )
+    return RepoConfig(source="gitops-runner.yaml", projects=projects)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"name": "db"}, ["db"]),
+        ({"dir": "./infra/app/"}, ["app", "app-staging"]),
+        ({"dir": "infra/app", "workspace": "staging"}, ["app-staging"]),
+        ({"workspace": "default"}, ["app", "db"]),
+        ({}, ["app", "app-staging", "db"]),
+    ],
+)
+def test_select_projects(kwargs: dict[str, str], expected: list[str]) -> None:
+    assert [p.name for p in select_projects(selection_config(), **kwargs)] == expected
+
+
+def test_select_nothing_is_a_clear_error() -> None:
+    with pytest.raises(ProjectSelectionError) as caught:
+        select_projects(selection_config(), name="db", workspace="prod")
+    assert str(caught.value) == "no project matches -p db -w prod; projects: app, app-staging, db"
+    with pytest.raises(ProjectSelectionError, match="escapes the repository"):
+        select_projects(selection_config(), dir="../x")
