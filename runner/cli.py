@@ -22,7 +22,7 @@ from runner.engine.local_plan import ProjectFilter, select_local
 from runner.engine.planner import PlanOptions, build_planner
 from runner.engine.recording import record_plan_results
 from runner.results.model import PlanResult, PlanStatus
-from runner.results.render import render_plan_comment
+from runner.results.render import render_plan_comment, summary_line
 from runner.settings import Settings, load_settings
 from runner.store.store import Store
 
@@ -128,7 +128,7 @@ def plan(
         selection.checkout,
         selection.targets,
         selection.commit,
-        PlanOptions(secret_values=settings_secret_values(settings)),
+        PlanOptions(secret_values=settings.secret_values()),
     )
     store = Store.open(settings.resolved_database_url)
     record_plan_results(
@@ -138,11 +138,50 @@ def plan(
     sys.exit(_plan_exit_code(results))
 
 
-def settings_secret_values(settings: Settings) -> tuple[str, ...]:
-    """Values of the environment variables the operator marked as secrets."""
-    import os
+@cli.command()
+@click.option("--repo", help="Only runs of this repository (e.g. github.com/acme/infra).")
+@click.option("--pr", "pr_number", type=int, help="Only runs of this pull request.")
+@click.option("--limit", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def runs(
+    ctx: click.Context, repo: str | None, pr_number: int | None, limit: int, as_json: bool
+) -> None:
+    """List recorded runs, newest first."""
+    store = Store.open(_settings(ctx).resolved_database_url)
+    records = store.runs.list_runs(repo=repo, pr_number=pr_number, limit=limit)
+    if as_json:
+        click.echo(json.dumps([asdict(r) for r in records], indent=2, default=str))
+        return
+    for run in records:
+        counts = summary_line(run.summary) if run.summary else ""
+        pr = f"#{run.pr_number}" if run.pr_number else "-"
+        click.echo(
+            f"{run.id:>5}  {run.started_at:%Y-%m-%d %H:%M:%S}  {run.status:<11} "
+            f"{run.command:<6} {run.trigger:<9} {run.repo} {pr} {run.project} "
+            f"({run.workspace}) {(run.commit_sha or '')[:7]} {counts}"
+        )
 
-    return tuple(os.environ[name] for name in settings.secret_env_vars if os.environ.get(name))
+
+@cli.command()
+@click.option("--repo", help="Only locks of this repository.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def locks(ctx: click.Context, repo: str | None, as_json: bool) -> None:
+    """List the project locks held by pull requests."""
+    store = Store.open(_settings(ctx).resolved_database_url)
+    held = store.locks.list(repo)
+    if as_json:
+        click.echo(json.dumps([asdict(lock) for lock in held], indent=2, default=str))
+        return
+    if not held:
+        click.echo("No locks are held.")
+    for lock in held:
+        owner = f"PR #{lock.owner_pr}" if lock.owner_pr else f"run {lock.run_id}"
+        click.echo(
+            f"{lock.repo} {lock.dir} ({lock.workspace}) held by {owner} "
+            f"since {lock.since:%Y-%m-%d %H:%M:%S} UTC"
+        )
 
 
 def _print_results(results: list[PlanResult], commit: str | None, as_json: bool) -> None:

@@ -32,6 +32,10 @@ class PolledRepo(BaseSettings):
     url: str
     poll_interval: int = Field(default=60, ge=5, description="seconds between fetches")
     branch: str | None = None
+    # "owner/name" on the forge, for drift issues and commit statuses when the URL
+    # does not tell (a mirror, a file:// URL); forge defaults to github.
+    full_name: str | None = None
+    forge: Literal["github", "gitlab"] | None = None
 
 
 class Settings(BaseSettings):
@@ -70,6 +74,7 @@ class Settings(BaseSettings):
     slack_webhook_url: SecretStr | None = None
     slack_bot_token: SecretStr | None = None
     slack_channel: str | None = None
+    slack_api_url: str = "https://slack.com/api/"  # Web API base; tests point it at a fake
 
     drift_schedule: str = ""
     repos: tuple[PolledRepo, ...] = ()
@@ -92,6 +97,21 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'gitops-runner.db'}"
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Values never to show: the operator's secret env vars and the runner's own secrets."""
+        values = [os.environ[name] for name in self.secret_env_vars if os.environ.get(name)]
+        for secret in (
+            self.github_token,
+            self.gitlab_token,
+            self.github_webhook_secret,
+            self.gitlab_webhook_secret,
+            self.slack_bot_token,
+            self.slack_webhook_url,
+        ):
+            if secret is not None and secret.get_secret_value():
+                values.append(secret.get_secret_value())
+        return tuple(values)
 
     @property
     def plugin_cache_dir(self) -> Path:

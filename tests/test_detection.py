@@ -190,8 +190,16 @@ def test_later_patterns_win(tmp_path: Path) -> None:
 
 
 def test_parent_patterns_reach_outside_the_project(tmp_path: Path) -> None:
-    repo = custom_globs_repo(tmp_path, ["*.tf", "../../shared/*.yaml"])
-    files = open_pr(repo, {"shared/settings.yaml": "a: 2\n"})
+    repo = custom_globs_repo(tmp_path, ["*.tf", "../../shared/*.yaml", "!../../shared/x.yaml"])
+    files = open_pr(
+        repo,
+        {
+            "shared/settings.yaml": "a: 2\n",
+            "shared/x.yaml": "excluded\n",
+            "shared/deeper/y.yaml": "`*` stays in shared/\n",
+            "infra/db/z.yaml": "elsewhere\n",
+        },
+    )
     assert reasons(repo, files) == ["infra/app: files changed: ../../shared/settings.yaml"]
 
 

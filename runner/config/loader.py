@@ -9,10 +9,9 @@ atlantis.yaml that this runner cannot honour become `ConfigWarning`s instead.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -279,38 +278,46 @@ def _find_cycle(edges: dict[str, tuple[str, ...]]) -> list[str] | None:
 def _check_dirs_on_disk(root: Path, config: RepoConfig, doc: _Document) -> list[ConfigWarning]:
     """Refuse dirs leaving the repository through a symlink; warn about missing dirs."""
     warnings: list[ConfigWarning] = []
-    lstat = _memoized_lstat(root)
-    real_root = root.resolve()
+    probe = _DirProbe(root)
     for index, project in enumerate(config.projects):
         loc = ("projects", index, "dir")
-        parts = project.dir.split("/") if project.dir != "." else []
-        prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
-        modes = [lstat(prefix) for prefix in prefixes]
-        linked = any(m is not None and stat.S_ISLNK(m) for m in modes)
-        target = root / project.dir
-        # Resolving every path is slow for thousands of projects: only follow symlinks.
-        if linked and not target.resolve().is_relative_to(real_root):
+        state = probe(project.dir)
+        if state == "escapes":
             raise doc.error(loc, f"{project.dir!r} escapes the repository through a symlink")
-        if linked:
-            is_dir = target.is_dir()
-        else:
-            is_dir = not modes or (modes[-1] is not None and stat.S_ISDIR(modes[-1]))
-        if not is_dir:
+        if state == "missing":
             warnings.append(doc.warning(loc, f"{project.dir!r} does not exist"))
     return warnings
 
 
-def _memoized_lstat(root: Path) -> Callable[[str], int | None]:
-    """lstat mode of repo-relative paths, each asked once (projects share parents)."""
+class _DirProbe:
+    """Where a repo-relative dir leads on disk, cheaply enough for thousands of projects:
+    one lstat per path prefix (projects share parents), full resolution only through
+    symlinks."""
 
-    @functools.cache
-    def mode(rel: str) -> int | None:
-        try:
-            return os.lstat(os.path.join(root, rel)).st_mode
-        except OSError:
-            return None
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._real_root = root.resolve()
+        self._modes: dict[str, int | None] = {}
 
-    return mode
+    def __call__(self, dir: str) -> Literal["dir", "missing", "escapes"]:
+        if dir == ".":
+            return "dir"
+        parts = dir.split("/")
+        modes = [self._mode("/".join(parts[: n + 1])) for n in range(len(parts))]
+        if any(m is not None and stat.S_ISLNK(m) for m in modes):
+            target = (self._root / dir).resolve()
+            if not target.is_relative_to(self._real_root):
+                return "escapes"
+            return "dir" if target.is_dir() else "missing"
+        return "dir" if modes[-1] is not None and stat.S_ISDIR(modes[-1]) else "missing"
+
+    def _mode(self, rel: str) -> int | None:
+        if rel not in self._modes:
+            try:
+                self._modes[rel] = os.lstat(os.path.join(self._root, rel)).st_mode
+            except OSError:
+                self._modes[rel] = None
+        return self._modes[rel]
 
 
 def _with_warnings(config: RepoConfig, warnings: Sequence[ConfigWarning]) -> RepoConfig:

@@ -12,6 +12,7 @@ import hashlib
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,8 @@ class PlanOptions:
     lock: bool = True
     secret_values: tuple[str, ...] = ()
     cancel: threading.Event = field(default_factory=threading.Event, compare=False)
+    # Held around each project's Terraform steps: one process per state at a time.
+    guard: Callable[[ProjectConfig], AbstractContextManager[object]] | None = None
 
 
 def plan_file_path(checkout: Path, project: ProjectConfig) -> Path:
@@ -100,6 +103,13 @@ class Planner:
     ) -> PlanResult:
         """Plan one project. Terraform failures become ERROR results, never exceptions."""
         options = options or PlanOptions()
+        guard = options.guard(target.project) if options.guard else nullcontext()
+        with guard:
+            return self._plan_unguarded(checkout, target, commit, options)
+
+    def _plan_unguarded(
+        self, checkout: Path, target: PlanTarget, commit: str | None, options: PlanOptions
+    ) -> PlanResult:
         project = target.project
         workdir = checkout / project.dir
         terraform = self._terraform_for(project.terraform_version)
@@ -213,8 +223,8 @@ def _subcommand(argv: Sequence[str]) -> str:
     return next((arg for arg in argv if arg in _SUBCOMMANDS), "terraform")
 
 
-def build_planner(settings: Settings, parallelism: int | None = None) -> Planner:
-    """The Planner for these settings: one Terraform per requested version, reused."""
+def build_terraform_factory(settings: Settings) -> Callable[[str | None], Terraform]:
+    """Terraform per requested `terraform_version`, built once and reused."""
     terraforms: dict[str | None, Terraform] = {}
     lock = threading.Lock()
     timeouts = StepTimeouts(plan=settings.terraform_timeout, apply=settings.terraform_timeout)
@@ -230,4 +240,17 @@ def build_planner(settings: Settings, parallelism: int | None = None) -> Planner
                 )
             return terraforms[version]
 
-    return Planner(terraform_for, settings.logs_dir, parallelism or settings.parallelism)
+    return terraform_for
+
+
+def build_planner(
+    settings: Settings,
+    parallelism: int | None = None,
+    terraform_for: Callable[[str | None], Terraform] | None = None,
+) -> Planner:
+    """The Planner for these settings."""
+    return Planner(
+        terraform_for or build_terraform_factory(settings),
+        settings.logs_dir,
+        parallelism or settings.parallelism,
+    )

@@ -40,7 +40,9 @@ def encode_event(event: WorkEvent) -> tuple[str, dict[str, Any]]:
     return kind, _ADAPTERS[kind].dump_python(event, mode="json")
 
 
-def decode_event(kind: str, payload: dict[str, Any], version: int = JOB_FORMAT_VERSION) -> WorkEvent:
+def decode_event(
+    kind: str, payload: dict[str, Any], version: int = JOB_FORMAT_VERSION
+) -> WorkEvent:
     """The event a stored job carries; refuses formats it does not know."""
     if version != JOB_FORMAT_VERSION or kind not in _ADAPTERS:
         raise UnknownJobFormat(f"cannot read job kind={kind!r} version={version}")

@@ -9,6 +9,7 @@ modules, a module whose directory holds a changed Terraform file. Explicit selec
 from __future__ import annotations
 
 import functools
+import itertools
 import posixpath
 import re
 from collections import defaultdict
@@ -26,6 +27,7 @@ _GLOB_FLAGS = glob.GLOBSTAR | glob.DOTGLOB | glob.FORCEUNIX
 # What Terraform reads from a module directory (templates included).
 _MODULE_FILE_SUFFIXES = (".tf", ".tf.json", ".tftpl")
 _MAX_LISTED = 5
+_GLOB_MAGIC = re.compile(r"[*?\[\\]")
 
 
 @dataclass(frozen=True)
@@ -108,9 +110,7 @@ def matches_globs(patterns: Sequence[str], path: str) -> bool:
 
 @functools.lru_cache(maxsize=4096)
 def _compiled(pattern: str) -> re.Pattern[str]:
-    while pattern.startswith("./"):
-        pattern = pattern[2:]
-    include, _ = glob.translate(pattern, flags=_GLOB_FLAGS)
+    include, _ = glob.translate(_clean(pattern), flags=_GLOB_FLAGS)
     return re.compile("|".join(include))
 
 
@@ -118,24 +118,43 @@ def _file_matches(
     projects: Sequence[ProjectConfig], files: Sequence[str], project_dirs: frozenset[str]
 ) -> dict[int, list[str]]:
     """Project index -> changed files (relative to its dir) matching its globs."""
-    by_dir: dict[str, list[int]] = defaultdict(list)
-    reaching_out: list[int] = []
-    for index, project in enumerate(projects):
-        by_dir[project.dir].append(index)
-        if any(p.lstrip("!").startswith("../") for p in project.autoplan.when_modified):
-            reaching_out.append(index)
+    index = _candidate_index(projects)
     matched: dict[int, list[str]] = defaultdict(list)
     for file in files:
-        # Only projects containing the file, or with `../` patterns, can match it.
-        candidates = {i for d in _ancestors(dir_of(file)) for i in by_dir.get(d, ())}
-        for index in sorted(candidates.union(reaching_out)):
-            project = projects[index]
-            relative = _relative(file, project.dir)
+        candidates = {i for d in _ancestors(dir_of(file)) for i in index.get(d, ())}
+        for i in sorted(candidates):
+            project = projects[i]
             if _owned_by_nested_project(project, file, project_dirs):
                 continue
+            relative = _relative(file, project.dir)
             if matches_globs(project.autoplan.when_modified, relative):
-                matched[index].append(relative)
+                matched[i].append(relative)
     return matched
+
+
+def _candidate_index(projects: Sequence[ProjectConfig]) -> dict[str, set[int]]:
+    """Dir -> projects whose globs may match files below it, so each changed file is
+    tried against a few projects rather than thousands: a project at its own dir, and
+    at the fixed part of each `../` pattern (no wildcard matches `..`, so a file outside
+    the project dir can only match such a pattern below that part)."""
+    index: dict[str, set[int]] = defaultdict(set)
+    for i, project in enumerate(projects):
+        index[project.dir].add(i)
+        for pattern in map(_clean, project.autoplan.when_modified):
+            if pattern.startswith("../"):
+                fixed = itertools.takewhile(
+                    lambda part: not _GLOB_MAGIC.search(part), pattern.split("/")[:-1]
+                )
+                anchor = posixpath.normpath(posixpath.join(project.dir, *fixed))
+                if anchor != ".." and not anchor.startswith("../"):
+                    index[anchor].add(i)
+    return index
+
+
+def _clean(pattern: str) -> str:
+    while pattern.startswith("./"):
+        pattern = pattern[2:]
+    return pattern
 
 
 def _owned_by_nested_project(

@@ -24,11 +24,13 @@ import json
 import os
 import posixpath
 import re
+import sqlite3
 import subprocess
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hcl2
 import hcl2.parser
@@ -236,41 +238,67 @@ def _as_list(value: object) -> list:
     return value if isinstance(value, list) else [value]
 
 
-@dataclass
 class _ParseCache:
-    """Local module calls per file content (git blob SHA), in memory and on disk."""
+    """Local module calls per file content (git blob SHA), in memory and, with a cache
+    dir, in one SQLite file there that processes share (WAL: readers never wait).
 
-    directory: Path | None
-    memory: dict[str, dict] = field(default_factory=dict)
+    The disk cache is an optimisation only: any SQLite problem (damaged file, full
+    disk, lock timeout) turns it off for this graph instead of failing detection.
+    """
+
+    def __init__(self, directory: Path | None) -> None:
+        self._memory: dict[str, dict] = {}
+        self._db: sqlite3.Connection | None = None
+        if directory is not None:
+            try:
+                self._db = _open_db(directory / f"{_CACHE_NAMESPACE}.sqlite3")
+            except (sqlite3.Error, OSError):
+                self._db = None
 
     def get(self, sha: str) -> dict | None:
-        if sha in self.memory:
-            return self.memory[sha]
-        if self.directory is None:
-            return None
-        try:
-            entry = json.loads(self._path(sha).read_text())
-        except (OSError, ValueError):
-            return None
-        if not isinstance(entry, dict) or not ({"calls", "error"} & entry.keys()):
-            return None  # damaged or foreign: parse again
-        self.memory[sha] = entry
+        if sha in self._memory:
+            return self._memory[sha]
+        row = self._run("SELECT entry FROM calls WHERE sha = ?", (sha,))
+        entry = _decode_entry(row[0]) if row else None
+        if entry is not None:
+            self._memory[sha] = entry
         return entry
 
     def put(self, sha: str, entry: dict) -> None:
-        self.memory[sha] = entry
-        if self.directory is None:
-            return
-        path = self._path(sha)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename: concurrent runners never read half a file.
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(entry))
-        os.replace(tmp, path)
+        self._memory[sha] = entry
+        self._run(
+            "INSERT OR REPLACE INTO calls (sha, entry) VALUES (?, ?)", (sha, json.dumps(entry))
+        )
 
-    def _path(self, sha: str) -> Path:
-        assert self.directory is not None
-        return self.directory / _CACHE_NAMESPACE / sha[:2] / sha[2:]
+    def _run(self, sql: str, params: tuple[str, ...]) -> Any:
+        """One statement on the disk cache; the first failure turns the disk cache off."""
+        if self._db is None:
+            return None
+        try:
+            return self._db.execute(sql, params).fetchone()
+        except (sqlite3.Error, OSError):
+            self._db = None
+            return None
+
+
+def _open_db(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Autocommit; the graph may be handed to another thread, never shared by two.
+    db = sqlite3.connect(path, timeout=5, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("CREATE TABLE IF NOT EXISTS calls (sha TEXT PRIMARY KEY, entry TEXT)")
+    return db
+
+
+def _decode_entry(text: str) -> dict | None:
+    try:
+        entry = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict) or not ({"calls", "error"} & entry.keys()):
+        return None  # damaged or foreign: parse again
+    return entry
 
 
 class ModuleGraph:

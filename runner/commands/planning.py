@@ -1,0 +1,206 @@
+"""Plan a pull request: autoplan on push, and `gitops plan` by comment.
+
+checkout at the head commit → repo config → projects (changed, or named) →
+locks → plan (one Terraform per state at a time) → records → comment + statuses.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.commands.feedback import PLAN_CONTEXT, PullRequestFeedback
+from runner.commands.model import Command
+from runner.commands.services import Services
+from runner.config.errors import ConfigError
+from runner.config.loader import load_repo_config
+from runner.config.model import ProjectConfig, RepoConfig
+from runner.engine.planner import PlanOptions, PlanTarget
+from runner.engine.recording import record_plan_result
+from runner.events.model import RepoRef
+from runner.forge.base import CommitState, PullRequestInfo
+from runner.projects.detection import ProjectSelectionError, affected_projects, select_projects
+from runner.projects.modules import ModuleGraph
+from runner.results.masking import Masker
+from runner.results.model import PlanResult, PlanStatus
+from runner.results.render import render_message, render_plan_comment
+from runner.store.locks import LockOwner
+from runner.store.runs import Trigger
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """One plan of a PR: who asked, how, and for which commit."""
+
+    repo: RepoRef
+    pr: PullRequestInfo
+    trigger: Trigger
+    author: str
+    command: Command | None = None  # None: autoplan of the changed projects
+
+
+def worktree_key(number: int) -> str:
+    return f"pr-{number}"
+
+
+def project_mutex_key(repo: RepoRef, project: ProjectConfig) -> str:
+    """The mutex every Terraform run of one state (repo, dir, workspace) holds."""
+    return f"{repo.key}|{project.dir}|{project.workspace}"
+
+
+class PullRequestPlanner:
+    """Plans a PR's projects and reports on the PR."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+
+    def run(self, request: PlanRequest, cancel: threading.Event) -> list[PlanResult]:
+        services = self._services
+        feedback = self.feedback(request.repo, request.pr.number)
+        head = request.pr.head_sha
+        checkout = services.working_copies.checkout(
+            request.repo.clone_url, worktree_key(request.pr.number), head
+        )
+        try:
+            config = load_repo_config(checkout)
+        except ConfigError as error:
+            self._report_config_error(feedback, head, error)
+            return []
+        try:
+            targets = self._targets(request, config, checkout)
+        except ProjectSelectionError as error:
+            feedback.comment(render_message("error", message=str(error)))
+            return []
+        if not targets:
+            self._report_nothing_to_plan(feedback, request)
+            return []
+        feedback.status(head, PLAN_CONTEXT, CommitState.PENDING, "planning")
+        services.store.runs.discard_plans(request.repo.key, request.pr.number, except_commit=head)
+        results = self._plan_targets(request, checkout, targets, cancel)
+        if cancel.is_set():
+            return results  # a newer push superseded this plan: it will comment instead
+        feedback.plan_comment(
+            render_plan_comment(results, commit=head, command="plan", masker=feedback.masker),
+            head,
+        )
+        feedback.plan_statuses(head, results)
+        return results
+
+    def feedback(self, repo: RepoRef, number: int) -> PullRequestFeedback:
+        services = self._services
+        return PullRequestFeedback(
+            forge=services.forge_for(repo.forge),
+            store=services.store,
+            repo=repo,
+            number=number,
+            masker=Masker.from_secrets(services.secret_values),
+        )
+
+    def _targets(
+        self, request: PlanRequest, config: RepoConfig, checkout: Path
+    ) -> list[PlanTarget]:
+        command = request.command
+        extra = command.extra_args if command else ()
+        if command and (command.project or command.dir or command.workspace):
+            chosen = select_projects(config, command.project, command.dir, command.workspace)
+            return [PlanTarget(p, f"requested by @{request.author}", extra) for p in chosen]
+        changed = self._services.working_copies.changed_files(
+            request.repo.clone_url, request.pr.base_sha, request.pr.head_sha
+        )
+        graph = ModuleGraph.build(checkout, self._services.settings.data_dir / "module-cache")
+        return [
+            PlanTarget(item.project, item.reason, extra)
+            for item in affected_projects(config, changed, graph)
+        ]
+
+    def _plan_targets(
+        self,
+        request: PlanRequest,
+        checkout: Path,
+        targets: list[PlanTarget],
+        cancel: threading.Event,
+    ) -> list[PlanResult]:
+        services = self._services
+        locked: list[PlanTarget] = []
+        conflicts: dict[str, PlanResult] = {}
+        for target in targets:
+            conflict = self._lock(request, target)
+            if conflict is None:
+                locked.append(target)
+            else:
+                conflicts[target.project.name] = conflict
+        options = PlanOptions(
+            secret_values=services.secret_values,
+            cancel=cancel,
+            guard=lambda project: services.mutex.hold(project_mutex_key(request.repo, project)),
+        )
+        planned = services.planner.plan_all(checkout, locked, request.pr.head_sha, options)
+        by_name = {result.project: result for result in planned}
+        for result in planned:
+            if not cancel.is_set():
+                record_plan_result(
+                    services.store,
+                    result,
+                    repo=request.repo.key,
+                    trigger=request.trigger,
+                    pr_number=request.pr.number,
+                    author=request.author,
+                )
+        return [by_name.get(t.project.name) or conflicts[t.project.name] for t in targets]
+
+    def _lock(self, request: PlanRequest, target: PlanTarget) -> PlanResult | None:
+        """Take the project's lock for this PR; a PlanResult explaining the conflict if held."""
+        project = target.project
+        owner = LockOwner(
+            pr_number=request.pr.number, pr_url=request.pr.html_url, user=request.pr.author
+        )
+        result = self._services.store.locks.acquire(
+            request.repo.key, project.dir, project.workspace, owner
+        )
+        if result.acquired:
+            return None
+        holder = result.lock
+        message = render_message(
+            "lock_conflict",
+            project=project.name,
+            dir=project.dir,
+            workspace=project.workspace,
+            holder=f"#{holder.owner_pr}" if holder.owner_pr else "another run",
+            holder_url=holder.owner_pr_url or "",
+        )
+        return PlanResult(
+            project=project.name,
+            dir=project.dir,
+            workspace=project.workspace,
+            status=PlanStatus.ERROR,
+            reason=target.reason,
+            error=f"{message.strip()}\n(locked since {holder.since:%Y-%m-%d %H:%M} UTC)",
+            commit=request.pr.head_sha,
+        )
+
+    def _report_config_error(
+        self, feedback: PullRequestFeedback, head: str, error: ConfigError
+    ) -> None:
+        feedback.comment(
+            render_message(
+                "error",
+                message=f"The repository configuration is invalid: {error}",
+                details=f"File `{error.file}`, line {error.line or '?'}: {error.reason}",
+            )
+        )
+        feedback.status(head, PLAN_CONTEXT, CommitState.FAILURE, f"invalid {error.file}")
+
+    def _report_nothing_to_plan(self, feedback: PullRequestFeedback, request: PlanRequest) -> None:
+        """Say "no projects" once per PR (and every time it is asked for by comment)."""
+        store = self._services.store
+        said_before = store.comments.list(request.repo.key, request.pr.number, "no_projects")
+        if request.command is not None or not said_before:
+            feedback.comment(
+                render_message("no_projects", command="plan"),
+                kind="no_projects",
+                commit=request.pr.head_sha,
+            )
+        feedback.status(
+            request.pr.head_sha, PLAN_CONTEXT, CommitState.SUCCESS, "no Terraform project changed"
+        )

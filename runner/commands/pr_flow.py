@@ -1,0 +1,158 @@
+"""Where a queued event becomes work: the JobHandler of the pull-request flow.
+
+pull request opened/updated/ready → autoplan; closed+merged → apply on merge;
+closed → discard plans, release locks, delete the working copy; a `gitops ...`
+comment → plan / apply / unlock / help. Forge, queue and database are whatever
+`Services` holds: nothing here knows which.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from runner.commands.applying import PullRequestApplier
+from runner.commands.comment_parser import help_text, parse_comment
+from runner.commands.feedback import APPLY_CONTEXT, PullRequestFeedback
+from runner.commands.model import Command, CommandError
+from runner.commands.planning import PlanRequest, PullRequestPlanner, worktree_key
+from runner.commands.services import Services
+from runner.events.model import CommentEvent, PullRequestEvent
+from runner.forge.base import CommitState
+from runner.jobs.model import WorkEvent
+from runner.results.render import render_message
+from runner.store.runs import Trigger
+
+log = logging.getLogger(__name__)
+
+EYES = "eyes"
+
+
+class PullRequestFlow:
+    """Handles one job at a time per pull request (the queue guarantees the ordering)."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self._planner = PullRequestPlanner(services)
+
+    # ---- JobHandler -----------------------------------------------------------------------
+
+    def handle(self, event: WorkEvent, cancel: threading.Event) -> None:
+        if isinstance(event, PullRequestEvent):
+            self._on_pull_request(event, cancel)
+        else:
+            self._on_comment(event, cancel)
+
+    def is_apply(self, event: WorkEvent) -> bool:
+        if isinstance(event, PullRequestEvent):
+            return event.action == "closed" and event.merged
+        command = parse_comment(event.body)
+        return isinstance(command, Command) and command.name == "apply"
+
+    def report_interrupted(self, event: WorkEvent) -> None:
+        number = event.pr.number if isinstance(event, PullRequestEvent) else event.pr_number
+        feedback = self._planner.feedback(event.repo, number)
+        feedback.comment(
+            render_message(
+                "error",
+                message="An apply was interrupted by a crash or restart of gitops-runner and "
+                "will not be re-run automatically. Terraform may have left its state lock "
+                "held: check the project's state, run `terraform force-unlock LOCK_ID` if "
+                "needed, then comment `gitops plan` and `gitops apply` again.",
+            ),
+            kind="interrupted",
+        )
+        locks = self._services.store.locks.list(event.repo.key)
+        held = [lock for lock in locks if lock.owner_pr == number]
+        log.warning(
+            "apply interrupted on %s#%s; %d lock(s) kept", event.repo.key, number, len(held)
+        )
+
+    # ---- pull request events ------------------------------------------------------------
+
+    def _on_pull_request(self, event: PullRequestEvent, cancel: threading.Event) -> None:
+        if event.action == "closed":
+            if event.merged and event.merge_commit_sha:
+                self._on_merged(event)
+            self._on_closed(event)
+            return
+        forge = self._services.forge_for(event.repo.forge)
+        pr = forge.pull_request(event.repo, event.pr.number)
+        if pr.head_sha != event.pr.head_sha or pr.state != "open":
+            log.info("skipping superseded autoplan of %s#%s", event.repo.key, pr.number)
+            return
+        request = PlanRequest(event.repo, pr, Trigger.AUTOPLAN, event.sender)
+        self._planner.run(request, cancel)
+
+    def _on_merged(self, event: PullRequestEvent) -> None:
+        forge = self._services.forge_for(event.repo.forge)
+        pr = forge.pull_request(event.repo, event.pr.number)
+        feedback = self._planner.feedback(event.repo, pr.number)
+        applier = PullRequestApplier(self._services, feedback)
+        assert event.merge_commit_sha is not None
+        applier.apply_on_merge(event.repo, pr, event.merge_commit_sha, event.sender)
+
+    def _on_closed(self, event: PullRequestEvent) -> None:
+        """Merged or not, a closed PR's plans are void; its locks go unless an apply failed."""
+        store = self._services.store
+        number = event.pr.number
+        store.runs.discard_plans(event.repo.key, number)
+        if not event.merged:
+            store.locks.release_all(event.repo.key, number)
+        if not any(lock.owner_pr == number for lock in store.locks.list(event.repo.key)):
+            self._services.working_copies.remove(event.repo.clone_url, worktree_key(number))
+
+    # ---- comments -------------------------------------------------------------------------
+
+    def _on_comment(self, event: CommentEvent, cancel: threading.Event) -> None:
+        parsed = parse_comment(event.body)
+        if parsed is None or self._from_a_bot(event):
+            return
+        forge = self._services.forge_for(event.repo.forge)
+        forge.react(event.repo, event.pr_number, event.comment_id, EYES)
+        feedback = self._planner.feedback(event.repo, event.pr_number)
+        if isinstance(parsed, CommandError):
+            feedback.comment(parsed.message)
+            return
+        if parsed.name == "help":
+            feedback.comment(help_text())
+        elif parsed.name == "unlock":
+            self._unlock(event, feedback)
+        elif parsed.name == "plan":
+            pr = forge.pull_request(event.repo, event.pr_number)
+            if pr.state != "open":
+                feedback.comment(render_message("error", message="The pull request is closed."))
+                return
+            request = PlanRequest(event.repo, pr, Trigger.COMMENT, event.author, parsed)
+            self._planner.run(request, cancel)
+        else:
+            pr = forge.pull_request(event.repo, event.pr_number)
+            applier = PullRequestApplier(self._services, feedback)
+            results = applier.apply_by_comment(event.repo, pr, event.author, parsed)
+            if not results:
+                feedback.status(pr.head_sha, APPLY_CONTEXT, CommitState.FAILURE, "not applied")
+
+    def _from_a_bot(self, event: CommentEvent) -> bool:
+        if event.author_is_bot:
+            return True
+        forge = self._services.forge_for(event.repo.forge)
+        return event.author == forge.bot_login()
+
+    def _unlock(self, event: CommentEvent, feedback: PullRequestFeedback) -> None:
+        if feedback.forge.permission(event.repo, event.author) not in ("admin", "write"):
+            feedback.comment(
+                render_message("error", message=f"@{event.author} needs write permission.")
+            )
+            return
+        store = self._services.store
+        released = store.locks.release_all(event.repo.key, event.pr_number)
+        discarded = store.runs.discard_plans(event.repo.key, event.pr_number)
+        names = ", ".join(f"`{lock.dir}` ({lock.workspace})" for lock in released) or "none"
+        feedback.comment(
+            f"Released {len(released)} lock(s): {names}. Discarded {discarded} plan(s)."
+        )
+
+
+def build_handler(services: Services) -> PullRequestFlow:
+    """The job handler the queues run (in-process or in an RQ worker)."""
+    return PullRequestFlow(services)

@@ -1,0 +1,76 @@
+"""The object graph of the pull-request flow, built once per process from settings.
+
+Everything the flow needs is here and nothing else: the store, a forge per name,
+working copies, the planner and the per-state mutex. The flow itself never reads
+settings or the environment on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+
+from runner.engine.planner import Planner, build_planner, build_terraform_factory
+from runner.engine.project_mutex import ProjectMutex, build_mutex
+from runner.forge.base import Forge
+from runner.forge.factory import build_forge
+from runner.settings import Settings
+from runner.store.store import Store
+from runner.terraform import Terraform
+from runner.workspace.working_copy import WorkingCopies
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the PR flow runs on; two forges, queues or databases look the same from here."""
+
+    settings: Settings
+    store: Store
+    forge_for: Callable[[str], Forge]
+    working_copies: WorkingCopies
+    planner: Planner
+    terraform_for: Callable[[str | None], Terraform]
+    mutex: ProjectMutex
+    secret_values: tuple[str, ...] = field(default=())
+
+
+def build_services(settings: Settings, store: Store | None = None) -> Services:
+    """Wire the PR flow for one process (each gunicorn worker or RQ worker builds its own)."""
+    store = store or Store.open(settings.resolved_database_url)
+    terraform_for = build_terraform_factory(settings)
+
+    @cache
+    def forge_for(name: str) -> Forge:
+        return build_forge(settings, name)  # type: ignore[arg-type]
+
+    return Services(
+        settings=settings,
+        store=store,
+        forge_for=forge_for,
+        working_copies=WorkingCopies(settings.repos_dir, token_for=_token_for(settings)),
+        planner=build_planner(settings, terraform_for=terraform_for),
+        terraform_for=terraform_for,
+        mutex=build_mutex(settings, store),
+        secret_values=settings.secret_values(),
+    )
+
+
+def _token_for(settings: Settings) -> Callable[[str], str | None]:
+    """HTTPS clone token by host: GitHub's token for GitHub hosts, GitLab's for GitLab's."""
+    from urllib.parse import urlsplit
+
+    github_hosts = {"github.com", urlsplit(settings.github_api_url).hostname}
+    gitlab_host = urlsplit(settings.gitlab_url).hostname
+
+    def token_for(url: str) -> str | None:
+        host = urlsplit(url).hostname
+        if host is None:
+            return None
+        if host == gitlab_host and settings.gitlab_token:
+            return settings.gitlab_token.get_secret_value()
+        if (host in github_hosts or host.endswith("github.com")) and settings.github_token:
+            return settings.github_token.get_secret_value()
+        return None
+
+    return token_for

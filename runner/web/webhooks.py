@@ -1,0 +1,309 @@
+"""`POST /events`: authenticate a forge webhook, decide whether it is work, queue it.
+
+The answer must come in milliseconds (forges time out after ~10 s and redeliver), so
+nothing here calls the forge or git: the handler only checks, records and enqueues.
+The checks run in a fixed order, each cheap and each before anything that trusts the
+payload: size cap, signature over the raw bytes, JSON, event parsing, allowlist,
+dedupe (recorded only once the signature was verified), relevance, submit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from sqlalchemy import delete
+from werkzeug.datastructures import Headers
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from runner.commands.comment_parser import parse_comment
+from runner.events.github import parse_github_event
+from runner.events.model import (
+    CommentEvent,
+    Event,
+    IgnoredEvent,
+    MalformedEvent,
+    PingEvent,
+    PullRequestEvent,
+    RepoRef,
+)
+from runner.events.signature import verify_github_signature, verify_gitlab_token
+from runner.settings import Settings
+from runner.store.models import Delivery
+from runner.web.app import WebContext, web_context
+
+logger = logging.getLogger(__name__)
+
+blueprint = Blueprint("webhooks", __name__)
+
+# Column sizes of the deliveries table; longer values are not from a forge.
+_MAX_DELIVERY_ID = 255
+_MAX_EVENT_NAME = 64
+
+_FORGES_KEY = "gitops_runner.forges"
+
+Parser = Callable[[str, dict], Event]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The HTTP answer plus the outcome label counted in the metrics."""
+
+    status: int
+    body: dict[str, Any]
+    outcome: str
+
+
+class _Stop(Exception):
+    """Ends the pipeline early with a reply (a rejection, or nothing to do)."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.outcome)
+        self.reply = reply
+
+
+def _error(status: int, outcome: str, message: str) -> _Stop:
+    return _Stop(Reply(status, {"error": message}, outcome))
+
+
+def _ignored(reason: str) -> _Stop:
+    return _Stop(Reply(200, {"status": "ignored", "reason": reason}, "ignored"))
+
+
+@dataclass(frozen=True)
+class ForgeHooks:
+    """How one forge sends webhooks: its headers, its authenticity check, its parser."""
+
+    name: str
+    event_header: str
+    delivery_header: str
+    verify: Callable[[bytes, Headers, str], bool]
+    # None until the forge's event parser exists (GitLab: runner/events/gitlab.py).
+    parser: Parser | None
+
+
+def _verify_github(body: bytes, headers: Headers, secret: str) -> bool:
+    return verify_github_signature(body, headers.get("X-Hub-Signature-256"), secret)
+
+
+def _verify_gitlab(_body: bytes, headers: Headers, secret: str) -> bool:
+    return verify_gitlab_token(headers.get("X-Gitlab-Token"), secret)
+
+
+def _optional_parser(module: str, name: str) -> Parser | None:
+    """The parser if its module exists yet; looked up once per app, not per request."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def forge_hooks() -> tuple[ForgeHooks, ...]:
+    """The forges `/events` understands, in the order their headers are tried."""
+    return (
+        ForgeHooks(
+            name="github",
+            event_header="X-GitHub-Event",
+            delivery_header="X-GitHub-Delivery",
+            verify=_verify_github,
+            parser=parse_github_event,
+        ),
+        ForgeHooks(
+            name="gitlab",
+            event_header="X-Gitlab-Event",
+            delivery_header="X-Gitlab-Event-UUID",
+            verify=_verify_gitlab,
+            parser=_optional_parser("runner.events.gitlab", "parse_gitlab_event"),
+        ),
+    )
+
+
+@blueprint.record_once
+def _resolve_forges(state: Any) -> None:
+    state.app.extensions[_FORGES_KEY] = forge_hooks()
+
+
+@blueprint.post("/events")
+def receive_event() -> tuple[Response, int]:
+    """Acknowledge one webhook delivery; see the module docstring for the order of checks."""
+    started = time.perf_counter()
+    context = web_context()
+    forge = _detect_forge(request.headers, current_app.extensions[_FORGES_KEY])
+    delivery = request.headers.get(forge.delivery_header, "") if forge else ""
+    try:
+        reply = _handle(context, forge)
+    except _Stop as stop:
+        reply = stop.reply
+    forge_name = forge.name if forge else "unknown"
+    context.metrics.observe_webhook(forge_name, reply.outcome, time.perf_counter() - started)
+    logger.info(
+        "webhook forge=%s event=%s delivery=%s -> %d %s %s",
+        forge_name,
+        _header_for_log(request.headers, forge.event_header if forge else None),
+        delivery[:_MAX_DELIVERY_ID] or "-",
+        reply.status,
+        reply.outcome,
+        reply.body.get("reason") or reply.body.get("error") or "",
+    )
+    return jsonify(reply.body), reply.status
+
+
+def _detect_forge(headers: Headers, forges: tuple[ForgeHooks, ...]) -> ForgeHooks | None:
+    return next((forge for forge in forges if forge.event_header in headers), None)
+
+
+def _header_for_log(headers: Headers, name: str | None) -> str:
+    # Attacker-controlled before the signature check: keep it short and on one line.
+    value = headers.get(name, "-") if name else "-"
+    return value[:_MAX_EVENT_NAME].encode("unicode_escape").decode("ascii")
+
+
+def _handle(context: WebContext, forge: ForgeHooks | None) -> Reply:
+    settings = context.settings
+    body = _read_body(settings.max_body_bytes)
+    if forge is None:
+        raise _error(400, "bad_request", "not a webhook: no X-GitHub-Event or X-Gitlab-Event")
+    _authenticate(forge, body, settings)
+    event_name = _event_name(forge)
+    payload = _decode_json(body)
+    if forge.parser is None:
+        return Reply(
+            202, {"status": "ignored", "reason": f"{forge.name} not configured"}, "ignored"
+        )
+    event = _parse(forge.parser, event_name, payload)
+    if isinstance(event, PingEvent):
+        return Reply(200, {"status": "pong"}, "pong")
+    if isinstance(event, IgnoredEvent):
+        raise _ignored(event.reason)
+    _check_allowlist(event.repo, settings.repo_allowlist)
+    _dedupe(context, forge, event_name)
+    _check_relevance(event, settings)
+    return _submit(context, forge, event)
+
+
+def _read_body(limit: int) -> bytes:
+    """The raw body, refusing more than `limit` bytes whatever Content-Length says."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise _error(413, "too_large", f"body larger than {limit} bytes")
+    try:
+        # One byte more than allowed tells "exactly at the cap" from "over it" for
+        # bodies without Content-Length (chunked).
+        body = request.stream.read(limit + 1)
+    except RequestEntityTooLarge:
+        raise _error(413, "too_large", f"body larger than {limit} bytes") from None
+    if len(body) > limit:
+        raise _error(413, "too_large", f"body larger than {limit} bytes")
+    return body
+
+
+def _authenticate(forge: ForgeHooks, body: bytes, settings: Settings) -> None:
+    secret = _secret_of(forge.name, settings)
+    if not secret:
+        if settings.insecure_no_webhook_secret:
+            return
+        # Another forge has a secret (create_app checked one exists); this one has none.
+        raise _error(401, "unauthorized", f"no webhook secret configured for {forge.name}")
+    if not forge.verify(body, request.headers, secret):
+        raise _error(401, "unauthorized", "invalid or missing webhook signature")
+
+
+def _secret_of(forge: str, settings: Settings) -> str:
+    value = settings.github_webhook_secret if forge == "github" else settings.gitlab_webhook_secret
+    return value.get_secret_value() if value is not None else ""
+
+
+def _event_name(forge: ForgeHooks) -> str:
+    name = request.headers.get(forge.event_header, "")
+    if not name or len(name) > _MAX_EVENT_NAME:
+        raise _error(400, "bad_request", f"invalid {forge.event_header} header")
+    return name
+
+
+def _decode_json(body: bytes) -> Any:
+    if request.mimetype == "application/x-www-form-urlencoded":
+        raise _error(400, "bad_request", "set the webhook's content type to application/json")
+    try:
+        return json.loads(body)
+    # RecursionError: deeply nested arrays are valid JSON that the parser cannot take.
+    except (ValueError, RecursionError):
+        raise _error(400, "bad_request", "body is not valid JSON") from None
+
+
+def _parse(parser: Parser, event_name: str, payload: Any) -> Event:
+    try:
+        return parser(event_name, payload)
+    except MalformedEvent as error:
+        raise _error(400, "malformed", f"malformed event: {error}") from None
+
+
+def repo_allowed(repo: RepoRef, patterns: tuple[str, ...]) -> bool:
+    """Whether `repo.key` (`github.com/acme/infra`) matches an allowlist glob.
+
+    An empty allowlist allows every repository whose webhook is correctly signed.
+    Case-insensitive: forge hosts and repository names are.
+    """
+    if not patterns:
+        return True
+    key = repo.key.casefold()
+    return any(fnmatchcase(key, pattern.casefold()) for pattern in patterns)
+
+
+def _check_allowlist(repo: RepoRef, patterns: tuple[str, ...]) -> None:
+    if not repo_allowed(repo, patterns):
+        raise _error(403, "forbidden", "repository not allowed")
+
+
+def _dedupe(context: WebContext, forge: ForgeHooks, event_name: str) -> None:
+    delivery = request.headers.get(forge.delivery_header, "")
+    if not delivery or len(delivery) > _MAX_DELIVERY_ID:
+        raise _error(400, "bad_request", f"missing or invalid {forge.delivery_header} header")
+    if not context.services.store.deliveries.record_delivery(delivery, forge.name, event_name):
+        raise _Stop(Reply(200, {"status": "duplicate"}, "duplicate"))
+
+
+def _check_relevance(event: PullRequestEvent | CommentEvent, settings: Settings) -> None:
+    """Drop events that are well-formed and allowed but are no work for the runner."""
+    if isinstance(event, PullRequestEvent):
+        # `closed` still goes through: it releases locks and discards plans, and a
+        # merged PR's merge commit is reviewed code in the base repository.
+        if event.pr.is_fork and not settings.allow_fork_prs and event.action != "closed":
+            raise _ignored("fork")
+        if event.pr.is_draft and not settings.plan_drafts and event.action in ("opened", "updated"):
+            raise _ignored("draft")
+        return
+    # The runner's own comments arrive as webhooks too; they must never run commands.
+    if event.author_is_bot:
+        raise _ignored("comment by a bot")
+    if parse_comment(event.body) is None:
+        raise _ignored("comment is not a command")
+
+
+def _submit(
+    context: WebContext, forge: ForgeHooks, event: PullRequestEvent | CommentEvent
+) -> Reply:
+    try:
+        job_id = context.services.submit(event)
+    except Exception:
+        logger.exception("could not queue a %s event", forge.name)
+        # Forget the delivery so the forge's redelivery is handled, not dropped as a
+        # duplicate of an event that was never queued.
+        _forget_delivery(context, request.headers.get(forge.delivery_header, ""))
+        raise _error(503, "error", "could not queue the event; redeliver it later") from None
+    return Reply(202, {"status": "queued", "job": job_id}, "queued")
+
+
+def _forget_delivery(context: WebContext, delivery_id: str) -> None:
+    # DeliveryStore has no way to un-record yet; this is its one write outside the store.
+    try:
+        with context.services.store.write() as session:
+            session.execute(delete(Delivery).where(Delivery.delivery_id == delivery_id))
+    except Exception:
+        logger.exception("could not forget delivery %s", delivery_id)

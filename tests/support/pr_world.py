@@ -1,0 +1,188 @@
+"""A complete little world for pull-request tests.
+
+A real git origin (a working repo pushing to a bare repo used as `file://`
+clone URL), a fake GitHub over real HTTP, and the runner's services wired from
+settings exactly as `gitops-runner serve` wires them. Tests drive it like people
+do: push a branch and open a PR, comment, approve, merge.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner.commands.pr_flow import PullRequestFlow
+from runner.commands.services import Services, build_services
+from runner.events.github import parse_github_event
+from runner.events.model import CommentEvent, PullRequestEvent
+from runner.settings import Settings, load_settings
+from tests.support.fake_github import FakeGitHub
+from tests.support.git_repo import GitRepo, sample_repo
+from tests.support.github_payloads import issue_comment_event, pull_request_event
+
+FULL_NAME = "acme/infra"
+WEBHOOK_SECRET = "webhook-secret"
+TOKEN = "ghp-test-token-123456"
+
+
+@dataclass
+class PullRequestWorld:
+    """Origin repo + fake GitHub + runner services, for one test."""
+
+    root: Path
+    github: FakeGitHub
+    origin: GitRepo
+    bare: Path
+    settings: Settings
+    services: Services
+    flow: PullRequestFlow
+    _branches: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def clone_url(self) -> str:
+        return self.bare.as_uri()
+
+    # ---- people ---------------------------------------------------------------------------
+
+    def push_branch(self, branch: str, files: Mapping[str, str], base: str = "main") -> str:
+        """Commit `files` on `branch` (created from `base` if new) and push it."""
+        if branch not in [head.name for head in self.origin.repo.heads]:
+            self.origin.branch(branch, from_=base)
+        self.origin.checkout(branch)
+        self.origin.write(files)
+        sha = self.origin.commit(f"change on {branch}")
+        self.origin.push("origin", branch)
+        self.origin.checkout("main")
+        return sha
+
+    def commit_on_main(self, files: Mapping[str, str]) -> str:
+        self.origin.checkout("main")
+        self.origin.write(files)
+        sha = self.origin.commit("change on main")
+        self.origin.push("origin", "main")
+        return sha
+
+    def open_pr(self, branch: str, files: Mapping[str, str], author: str = "alice") -> int:
+        """Push a branch and open a PR; runs the autoplan the webhook would queue."""
+        head = self.push_branch(branch, files)
+        number = self.github.open_pull(
+            FULL_NAME,
+            head_sha=head,
+            head_ref=branch,
+            base_sha=self.main_sha(),
+            user=author,
+            files=list(files),
+        )
+        self._branches[number] = branch
+        self.deliver_pr("opened", number)
+        return number
+
+    def push_to_pr(self, number: int, files: Mapping[str, str]) -> str:
+        head = self.push_branch(self._branches[number], files)
+        before = self.github.push(FULL_NAME, number, head, files=list(files))
+        self.deliver_pr("synchronize", number, before=before)
+        return head
+
+    def comment(self, number: int, body: str, user: str = "alice") -> int:
+        comment_id = self.github.add_comment(FULL_NAME, number, body, user)
+        payload = issue_comment_event(
+            "created",
+            self.github.repo(FULL_NAME),
+            number,
+            body,
+            user,
+            comment_id,
+            hosts=self.github.hosts,
+        )
+        event = parse_github_event("issue_comment", payload)
+        assert isinstance(event, CommentEvent)
+        self.flow.handle(event, threading.Event())
+        return comment_id
+
+    def approve(self, number: int, reviewer: str = "bob") -> None:
+        self.github.add_review(FULL_NAME, number, reviewer, "APPROVED")
+
+    def merge(self, number: int) -> str:
+        """Merge the PR's branch into main for real (a merge commit), then deliver `closed`."""
+        branch = self._branches[number]
+        self.origin.checkout("main")
+        self.origin.repo.git.merge("--no-ff", "-m", f"Merge pull request #{number}", branch)
+        merge_sha = self.origin.head()
+        self.origin.push("origin", "main")
+        self.github.merge(FULL_NAME, number, merge_commit_sha=merge_sha)
+        self.deliver_pr("closed", number)
+        return merge_sha
+
+    def close(self, number: int) -> None:
+        self.github.close(FULL_NAME, number)
+        self.deliver_pr("closed", number)
+
+    # ---- webhooks -------------------------------------------------------------------------
+
+    def pr_event(self, action: str, number: int, before: str | None = None) -> PullRequestEvent:
+        pull = self.github.pull(FULL_NAME, number)
+        payload = pull_request_event(
+            action,
+            self.github.repo(FULL_NAME),
+            pull,
+            pull.user,
+            before=before,
+            hosts=self.github.hosts,
+        )
+        event = parse_github_event("pull_request", payload)
+        assert isinstance(event, PullRequestEvent)
+        return event
+
+    def deliver_pr(self, action: str, number: int, before: str | None = None) -> None:
+        self.flow.handle(self.pr_event(action, number, before), threading.Event())
+
+    # ---- reading the outcome --------------------------------------------------------------
+
+    def main_sha(self) -> str:
+        return self.origin.repo.commit("main").hexsha
+
+    def comments(self, number: int) -> list[str]:
+        return [comment.body for comment in self.github.comments(FULL_NAME, number)]
+
+    def last_comment(self, number: int) -> str:
+        return self.comments(number)[-1]
+
+    def statuses(self, sha: str) -> dict[str, str]:
+        """Latest state per context."""
+        latest: dict[str, str] = {}
+        for status in self.github.statuses(FULL_NAME, sha):
+            latest[status.context] = status.state
+        return latest
+
+
+def make_world(root: Path, config: str = "gitops-runner", **settings: object) -> PullRequestWorld:
+    """Build the world under `root`; the caller stops `world.github` (use the fixture)."""
+    origin = sample_repo(root / "origin", config)  # type: ignore[arg-type]
+    bare = origin.bare_clone(root / "origin.git")
+    origin.add_remote("origin", str(bare))
+    github = FakeGitHub(token=TOKEN)
+    github.start()
+    github.add_repo(FULL_NAME, clone_url=bare.as_uri())
+    for user, permission in (("alice", "write"), ("bob", "write"), ("eve", "read")):
+        github.set_permission(FULL_NAME, user, permission)
+    values: dict[str, object] = {
+        "data_dir": root / "data",
+        "github_token": TOKEN,
+        "github_api_url": github.api_url,
+        "github_webhook_secret": WEBHOOK_SECRET,
+        "parallelism": 2,
+    }
+    values.update(settings)
+    resolved = load_settings(**values)
+    services = build_services(resolved)
+    return PullRequestWorld(
+        root=root,
+        github=github,
+        origin=origin,
+        bare=bare,
+        settings=resolved,
+        services=services,
+        flow=PullRequestFlow(services),
+    )
