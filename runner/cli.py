@@ -184,6 +184,34 @@ def locks(ctx: click.Context, repo: str | None, as_json: bool) -> None:
         )
 
 
+@cli.command()
+@click.option("--repo", help="Repository URL or path (default: the settings' repos, else .).")
+@click.option("-p", "--project", help="Scan only this project (by name).")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@click.pass_context
+def drift(ctx: click.Context, repo: str | None, project: str | None, as_json: bool) -> None:
+    """Scan the default branch for drift now, report it (Slack, issues) and print it.
+
+    Exit code: 0 all in sync, 1 a project or repository failed, 3 drift or pending changes.
+    """
+    from runner.drift.model import DriftStatus
+    from runner.drift.reports import render_text
+    from runner.drift.service import DriftService
+
+    settings = _settings(ctx)
+    store = Store.open(settings.resolved_database_url)
+    service = DriftService(settings, store, secret_values=settings.secret_values())
+    target = repo if repo is not None or settings.repos else str(Path(".").resolve())
+    report = service.scan(target, project, trigger="cli")
+    if as_json:
+        click.echo(json.dumps(asdict(report), indent=2, default=str))
+    else:
+        click.echo(render_text(report))
+    if report.notes or report.with_status(DriftStatus.ERROR):
+        sys.exit(EXIT_FAILED)
+    sys.exit(EXIT_CHANGES if report.with_status(DriftStatus.DRIFT, DriftStatus.PENDING) else 0)
+
+
 def _print_results(results: list[PlanResult], commit: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([asdict(result) for result in results], indent=2, default=str))

@@ -226,6 +226,18 @@ def test_dir_escaping_through_a_symlink_is_refused(tmp_path: Path) -> None:
         load_repo_config(root)
 
 
+def test_config_symlinked_outside_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.yaml"
+    secret.write_text("version: 1\nprojects: [{dir: 'TOKEN=hunter2'}]\n")
+    root = write_config(tmp_path, "version: 1\n")
+    (root / "gitops-runner.yaml").unlink()
+    (root / "gitops-runner.yaml").symlink_to(secret)
+    with pytest.raises(ConfigError) as caught:
+        load_repo_config(root)
+    assert "hunter2" not in str(caught.value)
+    assert caught.value.reason == "is a symlink pointing outside the repository"
+
+
 def test_duplicate_names_are_refused(tmp_path: Path) -> None:
     error = config_error(
         tmp_path,

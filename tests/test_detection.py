@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pytest
+import yaml
 
 from runner.config.loader import load_repo_config
 from runner.config.model import ProjectConfig, RepoConfig
@@ -169,8 +171,6 @@ def custom_globs_repo(tmp_path: Path, when_modified: list[str]) -> GitRepo:
 
 
 def _yaml(data: object) -> str:
-    import yaml
-
     return yaml.safe_dump(data)
 
 
@@ -201,6 +201,12 @@ def test_parent_patterns_reach_outside_the_project(tmp_path: Path) -> None:
         },
     )
     assert reasons(repo, files) == ["infra/app: files changed: ../../shared/settings.yaml"]
+
+
+def test_parent_patterns_with_wildcards(tmp_path: Path) -> None:
+    repo = custom_globs_repo(tmp_path, ["../*/shared.tf"])
+    files = open_pr(repo, {"infra/db/shared.tf": "\n", "other/db/shared.tf": "\n"})
+    assert reasons(repo, files) == ["infra/app: files changed: ../db/shared.tf"]
 
 
 def test_matches_globs_rules() -> None:
@@ -329,6 +335,21 @@ def test_unparseable_file_keeps_its_candidate_calls(tmp_path: Path) -> None:
     graph = ModuleGraph.build(repo.path)
     assert [c.caller for c in graph.callers_of("modules/m")] == ["stacks/app"]
     assert graph.problems and graph.problems[0].startswith("stacks/app/main.tf: cannot parse")
+
+
+def test_symlinked_tf_file_outside_is_not_read(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.tf"
+    outside.write_text('module "m" {\n  source = "../modules/m"\n}\n')
+    repo = GitRepo.init(tmp_path / "repo")
+    repo.write({"modules/m/main.tf": "\n", "app/main.tf": "\n"})
+    (repo.path / "app" / "link.tf").symlink_to(outside)
+    (repo.path / "app" / "real.tf").write_text('module "m" {\n  source = "../modules/m"\n}\n')
+    repo.commit("symlink")
+    plain = tmp_path / "plain"
+    shutil.copytree(repo.path, plain, symlinks=True, ignore=shutil.ignore_patterns(".git"))
+    for root in (repo.path, plain):  # git grep --cached sees the link, not its target
+        graph = ModuleGraph.build(root)
+        assert [c.file for c in graph.modules_called_by("app")] == ["app/real.tf"]
 
 
 def test_module_sources_leaving_the_repository_are_ignored(tmp_path: Path) -> None:

@@ -62,13 +62,14 @@ class PullRequestPlanner:
         checkout = services.working_copies.checkout(
             request.repo.clone_url, worktree_key(request.pr.number), head
         )
+        graph = ModuleGraph.build(checkout, services.settings.data_dir / "module-cache")
         try:
-            config = load_repo_config(checkout)
+            config = load_repo_config(checkout, graph=graph)
         except ConfigError as error:
             self._report_config_error(feedback, head, error)
             return []
         try:
-            targets = self._targets(request, config, checkout)
+            targets = self._targets(request, config, graph)
         except ProjectSelectionError as error:
             feedback.comment(render_message("error", message=str(error)))
             return []
@@ -98,7 +99,7 @@ class PullRequestPlanner:
         )
 
     def _targets(
-        self, request: PlanRequest, config: RepoConfig, checkout: Path
+        self, request: PlanRequest, config: RepoConfig, graph: ModuleGraph
     ) -> list[PlanTarget]:
         command = request.command
         extra = command.extra_args if command else ()
@@ -108,7 +109,6 @@ class PullRequestPlanner:
         changed = self._services.working_copies.changed_files(
             request.repo.clone_url, request.pr.base_sha, request.pr.head_sha
         )
-        graph = ModuleGraph.build(checkout, self._services.settings.data_dir / "module-cache")
         return [
             PlanTarget(item.project, item.reason, extra)
             for item in affected_projects(config, changed, graph)

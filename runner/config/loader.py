@@ -100,6 +100,9 @@ def _format_loc(loc: _Loc) -> str:
 
 def _read_yaml(root: Path, name: str) -> _Document:
     path = root / name
+    # A symlink to e.g. /proc/self/environ would echo secrets in error messages.
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise ConfigError(name, None, "is a symlink pointing outside the repository")
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise ConfigError(name, None, f"larger than {MAX_CONFIG_BYTES} bytes")
     try:

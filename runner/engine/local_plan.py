@@ -64,7 +64,8 @@ def select_local(
     """
     repo = repo.resolve()
     checkout, commit = _tree_for(repo, head, scratch_dir)
-    config = load_repo_config(checkout)
+    graph = ModuleGraph.build(checkout)
+    config = load_repo_config(checkout, graph=graph)
     if wanted.active:
         chosen = [
             (project, "selected on the command line")
@@ -72,7 +73,6 @@ def select_local(
         ]
     elif base is not None:
         changed = _changed_below(repo, base, head or "HEAD")
-        graph = ModuleGraph.build(checkout)
         chosen = [(item.project, item.reason) for item in affected_projects(config, changed, graph)]
     else:
         chosen = [(project, "no --base given: every project") for project in config.projects]

@@ -187,7 +187,8 @@ def _module_matches(
     reasons: dict[str, list[str]] = {}
     for caller, found in chains.items():
         # A chain through another changed module repeats that module's own reason.
-        shown = [c for c in found if not changed_set.intersection(c[:-1])]
+        # (Only a module cycle, which Terraform refuses, could hide them all.)
+        shown = [c for c in found if not changed_set.intersection(c[:-1])] or found[:1]
         lines = [f"calls {' → '.join(c)}, which changed" for c in shown[:_MAX_LISTED]]
         if len(shown) > _MAX_LISTED:
             lines.append(f"and {len(shown) - _MAX_LISTED} more changed modules")

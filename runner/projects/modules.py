@@ -144,9 +144,12 @@ def _scan_tree(repo_root: Path) -> _Scan:
             if name.startswith(".") or not _is_tf(name):
                 continue
             rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            file = Path(dirpath, name)
+            if file.is_symlink() and not file.resolve().is_relative_to(repo_root.resolve()):
+                continue  # never read outside the repository
             tf_files.append(rel)
             if name.endswith(".tf"):
-                text = Path(dirpath, name).read_text(errors="replace")
+                text = file.read_text(errors="replace")
                 found = tuple(s for line in text.splitlines() for s in _sources_in_line(line))
                 if found:
                     sources[rel] = found
@@ -405,8 +408,13 @@ class ModuleGraph:
         return self._calls[path]
 
     def _raw_calls(self, path: str) -> tuple[tuple[str, str], ...]:
+        file = self.repo_root / path
+        # Never read outside the repository through a symlinked .tf file.
+        if file.is_symlink() and not file.resolve().is_relative_to(self.repo_root.resolve()):
+            self.problems.append(f"{path}: symlink pointing outside the repository; ignored")
+            return ()
         try:
-            data = (self.repo_root / path).read_bytes()
+            data = file.read_bytes()
         except OSError:  # listed by git but deleted in the working tree
             return ()
         sha = _blob_sha(data)

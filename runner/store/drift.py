@@ -36,8 +36,10 @@ class DriftStore:
             session.flush()
             return _result(row)
 
-    def previous(self, repo: str, dir: str, workspace: str) -> DriftResult | None:
-        """The newest stored result of a project (before the scan being made)."""
+    def previous(
+        self, repo: str, dir: str, workspace: str, *, skip: Sequence[DriftStatus] = ()
+    ) -> DriftResult | None:
+        """The newest stored result of a project, ignoring results with a status in `skip`."""
         statement = (
             select(DriftResultRow)
             .where(
@@ -48,6 +50,8 @@ class DriftStore:
             .order_by(DriftResultRow.id.desc())
             .limit(1)
         )
+        if skip:
+            statement = statement.where(DriftResultRow.status.not_in([s.value for s in skip]))
         with self._db.read() as session:
             row = session.scalar(statement)
             return _result(row) if row is not None else None

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, select, true, update
+from sqlalchemy import ColumnElement, Select, and_, delete, select, true, update
 from sqlalchemy.exc import IntegrityError
 
 from runner.store.db import Database
@@ -138,6 +138,26 @@ class JobStore:
         )
         if kinds is not None:
             statement = statement.where(Job.kind.in_(list(kinds)))
+        return self._take(statement, worker_id, lease_s)
+
+    def claim_id(
+        self, job_id: int, worker_id: str, lease_s: float = DEFAULT_LEASE_S
+    ) -> JobRecord | None:
+        """Take this job if it is still queued; None if it was taken, cancelled or finished.
+
+        For queues whose messages name their job (RQ): a message delivered twice, or for
+        a job cancelled meanwhile, then does nothing.
+        """
+        statement = (
+            select(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
+            .with_for_update(skip_locked=True)
+        )
+        return self._take(statement, worker_id, lease_s)
+
+    def _take(
+        self, statement: Select[tuple[Job]], worker_id: str, lease_s: float
+    ) -> JobRecord | None:
         now = utcnow()
         with self._db.write() as session:
             row = session.scalar(statement)
@@ -173,6 +193,20 @@ class JobStore:
         )
         with self._db.write() as session:
             return session.execute(statement).rowcount > 0
+
+    def cancel_running(self, job_id: int, reason: str) -> bool:
+        """Cancel a running job (superseded work); False if it is not running.
+
+        Its worker finds out on its next heartbeat (False) or status check and stops;
+        its `complete`/`fail` then change nothing, the job stays `cancelled`.
+        """
+        values = {
+            "status": JobStatus.CANCELLED.value,
+            "finished_at": utcnow(),
+            "lease_expires_at": None,
+            "error": reason,
+        }
+        return self._transition(job_id, None, values)
 
     def _finish(
         self, job_id: int, worker_id: str | None, status: JobStatus, error: str | None
@@ -210,7 +244,7 @@ class JobStore:
         """
         cutoff = now or utcnow()
         condition = Job.lease_expires_at < cutoff
-        return self._recover(condition, retry_kinds, max_attempts, "lease expired")
+        return self._recover(condition, _kind_in(retry_kinds), max_attempts, "lease expired")
 
     def recover_after_restart(
         self,
@@ -229,12 +263,38 @@ class JobStore:
         condition: ColumnElement[bool] = true()
         if owner_prefix is not None:
             condition = Job.lease_owner.startswith(owner_prefix, autoescape=True)
-        return self._recover(condition, retry_kinds, max_attempts, "runner restarted")
+        return self._recover(condition, _kind_in(retry_kinds), max_attempts, "runner restarted")
+
+    def recover_job(
+        self,
+        job_id: int,
+        *,
+        retry: bool,
+        reason: str,
+        owner: str | None = None,
+        expired_before: datetime | None = None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ) -> JobRecord | None:
+        """Recover one running job whose worker is gone, deciding for this job alone.
+
+        For callers that know what a kind cannot tell (the job queue asks its handler
+        whether a job may run twice). `retry`: back to the queue while it has attempts
+        left, else `interrupted`. The job is only touched while still running and, if
+        given, still held by `owner` / with a lease that ended before `expired_before`,
+        checked atomically with the change. None if it no longer qualifies.
+        """
+        condition: ColumnElement[bool] = Job.id == job_id
+        if owner is not None:
+            condition = and_(condition, Job.lease_owner == owner)
+        if expired_before is not None:
+            condition = and_(condition, Job.lease_expires_at < expired_before)
+        recovered = self._recover(condition, lambda _kind: retry, max_attempts, reason)
+        return recovered[0] if recovered else None
 
     def _recover(
         self,
         condition: ColumnElement[bool],
-        retry_kinds: Collection[str],
+        retry: Callable[[str], bool],
         max_attempts: int,
         reason: str,
     ) -> builtins.list[JobRecord]:
@@ -251,7 +311,7 @@ class JobStore:
                 previous_owner = row.lease_owner
                 row.lease_owner = None
                 row.lease_expires_at = None
-                if row.kind in retry_kinds and row.attempts < max_attempts:
+                if retry(row.kind) and row.attempts < max_attempts:
                     row.status = JobStatus.QUEUED.value
                     row.error = f"requeued: {reason} (worker {previous_owner})"
                 else:
@@ -289,6 +349,11 @@ class JobStore:
         )
         with self._db.write() as session:
             return session.execute(statement).rowcount
+
+
+def _kind_in(kinds: Collection[str]) -> Callable[[str], bool]:
+    chosen = frozenset(kinds)
+    return lambda kind: kind in chosen
 
 
 def _record(row: Job) -> JobRecord:

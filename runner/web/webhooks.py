@@ -19,7 +19,6 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from sqlalchemy import delete
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -36,7 +35,6 @@ from runner.events.model import (
 )
 from runner.events.signature import verify_github_signature, verify_gitlab_token
 from runner.settings import Settings
-from runner.store.models import Delivery
 from runner.web.app import WebContext, web_context
 
 logger = logging.getLogger(__name__)
@@ -100,9 +98,12 @@ def _verify_gitlab(_body: bytes, headers: Headers, secret: str) -> bool:
 def _optional_parser(module: str, name: str) -> Parser | None:
     """The parser if its module exists yet; looked up once per app, not per request."""
     try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
+        loaded = importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name != module:
+            raise  # the module exists but is broken: that must not look like "unsupported"
         return None
+    return getattr(loaded, name, None)
 
 
 def forge_hooks() -> tuple[ForgeHooks, ...]:
@@ -136,33 +137,36 @@ def receive_event() -> tuple[Response, int]:
     started = time.perf_counter()
     context = web_context()
     forge = _detect_forge(request.headers, current_app.extensions[_FORGES_KEY])
-    delivery = request.headers.get(forge.delivery_header, "") if forge else ""
     try:
         reply = _handle(context, forge)
     except _Stop as stop:
         reply = stop.reply
     forge_name = forge.name if forge else "unknown"
     context.metrics.observe_webhook(forge_name, reply.outcome, time.perf_counter() - started)
+    _log_decision(forge, reply)
+    return jsonify(reply.body), reply.status
+
+
+def _log_decision(forge: ForgeHooks | None, reply: Reply) -> None:
+    headers = request.headers
     logger.info(
         "webhook forge=%s event=%s delivery=%s -> %d %s %s",
-        forge_name,
-        _header_for_log(request.headers, forge.event_header if forge else None),
-        delivery[:_MAX_DELIVERY_ID] or "-",
+        forge.name if forge else "unknown",
+        _for_log(headers.get(forge.event_header, "") if forge else "", _MAX_EVENT_NAME),
+        _for_log(headers.get(forge.delivery_header, "") if forge else "", _MAX_DELIVERY_ID),
         reply.status,
         reply.outcome,
         reply.body.get("reason") or reply.body.get("error") or "",
     )
-    return jsonify(reply.body), reply.status
 
 
 def _detect_forge(headers: Headers, forges: tuple[ForgeHooks, ...]) -> ForgeHooks | None:
     return next((forge for forge in forges if forge.event_header in headers), None)
 
 
-def _header_for_log(headers: Headers, name: str | None) -> str:
-    # Attacker-controlled before the signature check: keep it short and on one line.
-    value = headers.get(name, "-") if name else "-"
-    return value[:_MAX_EVENT_NAME].encode("unicode_escape").decode("ascii")
+def _for_log(value: str, limit: int) -> str:
+    # Headers are attacker-controlled before the signature check: short, one line.
+    return value[:limit].encode("unicode_escape").decode("ascii") or "-"
 
 
 def _handle(context: WebContext, forge: ForgeHooks | None) -> Reply:
@@ -175,7 +179,9 @@ def _handle(context: WebContext, forge: ForgeHooks | None) -> Reply:
     payload = _decode_json(body)
     if forge.parser is None:
         return Reply(
-            202, {"status": "ignored", "reason": f"{forge.name} not configured"}, "ignored"
+            202,
+            {"status": "ignored", "reason": f"{forge.name} events are not supported yet"},
+            "ignored",
         )
     event = _parse(forge.parser, event_name, payload)
     if isinstance(event, PingEvent):
@@ -192,16 +198,34 @@ def _read_body(limit: int) -> bytes:
     """The raw body, refusing more than `limit` bytes whatever Content-Length says."""
     length = request.content_length
     if length is not None and length > limit:
-        raise _error(413, "too_large", f"body larger than {limit} bytes")
+        raise _too_large(limit)
     try:
-        # One byte more than allowed tells "exactly at the cap" from "over it" for
-        # bodies without Content-Length (chunked).
-        body = request.stream.read(limit + 1)
+        body = _read_at_most(request.stream, limit + 1)
     except RequestEntityTooLarge:
-        raise _error(413, "too_large", f"body larger than {limit} bytes") from None
+        raise _too_large(limit) from None
+    # One byte more than allowed tells "exactly at the cap" from "over it" for bodies
+    # without Content-Length (chunked).
     if len(body) > limit:
-        raise _error(413, "too_large", f"body larger than {limit} bytes")
+        raise _too_large(limit)
     return body
+
+
+def _read_at_most(stream: Any, size: int) -> bytes:
+    # A single read() may return less than asked (raw streams); a truncated body would
+    # then fail its signature check.
+    chunks: list[bytes] = []
+    remaining = size
+    while remaining > 0:
+        chunk = stream.read(min(remaining, 1 << 16))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> _Stop:
+    return _error(413, "too_large", f"body larger than {limit} bytes")
 
 
 def _authenticate(forge: ForgeHooks, body: bytes, settings: Settings) -> None:
@@ -301,9 +325,7 @@ def _submit(
 
 
 def _forget_delivery(context: WebContext, delivery_id: str) -> None:
-    # DeliveryStore has no way to un-record yet; this is its one write outside the store.
     try:
-        with context.services.store.write() as session:
-            session.execute(delete(Delivery).where(Delivery.delivery_id == delivery_id))
+        context.services.store.deliveries.forget(delivery_id)
     except Exception:
         logger.exception("could not forget delivery %s", delivery_id)

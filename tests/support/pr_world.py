@@ -109,7 +109,7 @@ class PullRequestWorld:
         branch = self._branches[number]
         self.origin.checkout("main")
         self.origin.repo.git.merge("--no-ff", "-m", f"Merge pull request #{number}", branch)
-        merge_sha = self.origin.head()
+        merge_sha = self.origin.head
         self.origin.push("origin", "main")
         self.github.merge(FULL_NAME, number, merge_commit_sha=merge_sha)
         self.deliver_pr("closed", number)

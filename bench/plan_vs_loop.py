@@ -1,0 +1,153 @@
+"""`gitops-runner plan` on N changed projects versus a shell loop of init + plan.
+
+Both sides use the same Terraform (the one the runner would pick: GITOPS_TERRAFORM_BIN,
+`terraform`/`tofu` on PATH, else the embedded one) and start from a clean tree each
+round (no `.terraform`). Rounds alternate runner/loop so machine noise hits both.
+
+    python bench/plan_vs_loop.py [--projects 8] [--resources 40] [--rounds 3] [--embedded]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import git
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from runner.terraform import embedded_terraform, locate_terraform  # noqa: E402
+
+MODULE = """variable "name" {
+  type = string
+}
+
+output "tags" {
+  value = { name = var.name, managed_by = "gitops-runner" }
+}
+"""
+
+
+def project_tf(index: int, resources: int, version: str) -> str:
+    blocks = [
+        f'module "tags" {{\n  source = "../../modules/tags"\n  name   = "svc{index}"\n}}\n',
+        f'variable "release" {{\n  default = "{version}"\n}}\n',
+    ]
+    for number in range(resources):
+        blocks.append(
+            f'resource "terraform_data" "r{number}" {{\n'
+            f'  input = {{ n = {number}, release = var.release, tags = module.tags.tags }}\n}}\n'
+        )
+    return "\n".join(blocks)
+
+
+def build_repo(root: Path, projects: int, resources: int) -> Path:
+    """A repo whose `feature` branch changes every one of `projects` projects."""
+    repo_dir = root / "repo"
+    repo = git.Repo.init(repo_dir, initial_branch="main")
+    with repo.config_writer() as config:
+        config.set_value("user", "name", "bench")
+        config.set_value("user", "email", "bench@example.com")
+    (repo_dir / "modules/tags").mkdir(parents=True)
+    (repo_dir / "modules/tags/main.tf").write_text(MODULE)
+    for index in range(projects):
+        path = repo_dir / f"infra/svc{index}"
+        path.mkdir(parents=True)
+        (path / "main.tf").write_text(project_tf(index, resources, "v1"))
+    repo.git.add(A=True)
+    repo.index.commit("base")
+    repo.git.checkout("-b", "feature")
+    for index in range(projects):
+        (repo_dir / f"infra/svc{index}/main.tf").write_text(project_tf(index, resources, "v2"))
+    repo.git.add(A=True)
+    repo.index.commit("change every project")
+    repo.git.checkout("main")
+    return repo_dir
+
+
+def fresh_tree(repo_dir: Path, dest: Path) -> Path:
+    """The feature branch's files in a new directory (what the loop plans)."""
+    shutil.rmtree(dest, ignore_errors=True)
+    git.Repo.clone_from(str(repo_dir), str(dest), branch="feature")
+    return dest
+
+
+def run_loop(tree: Path, terraform: tuple[str, ...], env: dict[str, str]) -> float:
+    script = (
+        'for d in infra/*/; do (cd "$d" && "$@" init -input=false >/dev/null '
+        '&& "$@" plan -input=false -out=plan.tfplan >/dev/null); done'
+    )
+    start = time.perf_counter()
+    subprocess.run(["bash", "-c", script, "loop", *terraform], cwd=tree, env=env, check=True)
+    return time.perf_counter() - start
+
+
+def run_runner(repo_dir: Path, data_dir: Path, env: dict[str, str]) -> float:
+    shutil.rmtree(data_dir, ignore_errors=True)
+    argv = [
+        str(Path(sys.executable).parent / "gitops-runner"),
+        "plan",
+        "--repo",
+        str(repo_dir),
+        "--base",
+        "main",
+        "--head",
+        "feature",
+    ]
+    start = time.perf_counter()
+    completed = subprocess.run(
+        argv, env=env | {"GITOPS_DATA_DIR": str(data_dir)}, capture_output=True, text=True
+    )
+    elapsed = time.perf_counter() - start
+    if completed.returncode not in (0, 3):
+        raise SystemExit(f"runner failed ({completed.returncode}):\n{completed.stderr[-2000:]}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--projects", type=int, default=8)
+    parser.add_argument("--resources", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--embedded", action="store_true", help="force the embedded Terraform")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one round (CI)")
+    args = parser.parse_args()
+    if args.smoke:
+        args.projects, args.resources, args.rounds = 2, 2, 1
+
+    binary = embedded_terraform() if args.embedded else locate_terraform(None)
+    with tempfile.TemporaryDirectory(prefix="gitops-bench-") as scratch:
+        root = Path(scratch)
+        empty_rc = root / "empty.tfrc"
+        empty_rc.write_text("")
+        env = dict(os.environ) | {
+            "TF_CLI_CONFIG_FILE": str(empty_rc),
+            "TF_IN_AUTOMATION": "1",
+            "GITOPS_TERRAFORM_BIN": binary.argv[0] if len(binary.argv) == 1 else "",
+        }
+        if not env["GITOPS_TERRAFORM_BIN"]:
+            env.pop("GITOPS_TERRAFORM_BIN")
+        repo_dir = build_repo(root, args.projects, args.resources)
+        runner_times, loop_times = [], []
+        for round_number in range(args.rounds):
+            runner_times.append(run_runner(repo_dir, root / f"data{round_number}", env))
+            tree = fresh_tree(repo_dir, root / f"loop{round_number}")
+            loop_times.append(run_loop(tree, binary.argv, env))
+        runner_median = statistics.median(runner_times)
+        loop_median = statistics.median(loop_times)
+        print(f"terraform: {binary.description}")
+        print(f"projects={args.projects} resources/project={args.resources} rounds={args.rounds}")
+        print(f"runner  (gitops-runner plan): {runner_median:6.2f} s  {runner_times}")
+        print(f"loop    (init && plan each) : {loop_median:6.2f} s  {loop_times}")
+        print(f"ratio runner/loop: {runner_median / loop_median:.2f} (target <= 0.70)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""gunicorn configuration for running the web service with the plain gunicorn command.
+
+    gunicorn -c deploy/gunicorn.conf.py 'runner.web.app:create_app_from_env()'
+
+Settings come from the `GITOPS_*` environment (plus the YAML file named by
+`GITOPS_CONFIG_FILE`); the values below are the ones `gitops-runner serve` uses, taken
+from `runner.web.server.gunicorn_options` so the two never drift apart. Command-line
+flags and GUNICORN_CMD_ARGS still override them.
+"""
+
+import os
+
+from runner.settings import load_settings
+from runner.web import server as _server
+
+_options = _server.gunicorn_options(load_settings(os.environ.get("GITOPS_CONFIG_FILE") or None))
+
+bind = _options["bind"]
+workers = _options["workers"]
+worker_class = _options["worker_class"]
+threads = _options["threads"]
+preload_app = _options["preload_app"]  # keep False: each worker builds its own Store and queue
+max_requests = _options["max_requests"]
+timeout = _options["timeout"]
+graceful_timeout = _options["graceful_timeout"]
+keepalive = _options["keepalive"]
+logconfig_dict = _options["logconfig_dict"]
+proc_name = _options["proc_name"]
+control_socket_disable = _options["control_socket_disable"]  # ignored by gunicorn < 25
+
+# Start the job workers of each worker process once its app is loaded; stop them on exit.
+post_worker_init = _server.post_worker_init
+worker_exit = _server.worker_exit

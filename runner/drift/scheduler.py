@@ -1,0 +1,126 @@
+"""The drift scheduler: fires each project's cron schedule once per deployment.
+
+Two guards make "once" hold with several gunicorn workers or replicas: a lease in
+the store (only its holder ticks at all) and a per-project slot claim (a scheduled
+start is claimed atomically before it runs, so a lease hand-over in the middle of a
+tick cannot fire it twice). Start times are spread over the period by a stable hash
+of the project, so 500 projects on `0 * * * *` do not all plan in the same second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import uuid
+from datetime import datetime, timedelta
+
+from croniter import croniter
+
+from runner.config.model import ProjectConfig
+from runner.drift.model import DriftReport
+from runner.drift.scan import DriftRepo
+from runner.drift.service import DriftService
+from runner.store.drift import LeaseStore
+from runner.store.models import utcnow
+
+log = logging.getLogger(__name__)
+
+LEASE_NAME = "drift-scheduler"
+DEFAULT_TICK_S = 30.0
+
+
+def schedule_of(project: ProjectConfig, server_default: str) -> str | None:
+    """The cron expression a project is scanned on, None when it is not scheduled.
+
+    `drift.enabled` set explicitly wins; left out, a server default schedule
+    (GITOPS_DRIFT_SCHEDULE) turns drift on for every project.
+    """
+    drift = project.drift
+    enabled = drift.enabled if "enabled" in drift.model_fields_set else bool(server_default)
+    if not enabled:
+        return None
+    return drift.schedule or server_default or None
+
+
+def spread_offset(key: str, schedule: str, now: datetime) -> timedelta:
+    """A stable offset inside the schedule's period for this project."""
+    cron = croniter(schedule, now)
+    following = cron.get_next(datetime)
+    period = (cron.get_next(datetime) - following).total_seconds()
+    digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+    return timedelta(seconds=digest % max(int(period), 1))
+
+
+def latest_slot(schedule: str, offset: timedelta, now: datetime) -> datetime:
+    """The newest cron time whose spread start (slot + offset) is not in the future."""
+    return croniter(schedule, now - offset).get_prev(datetime)
+
+
+class DriftScheduler:
+    """Call `tick()` periodically (or `start()` a thread); every process may do so."""
+
+    def __init__(
+        self,
+        service: DriftService,
+        *,
+        owner: str | None = None,
+        lease_ttl: timedelta = timedelta(minutes=5),
+    ) -> None:
+        self.service = service
+        self.owner = owner or f"scheduler-{uuid.uuid4().hex[:12]}"
+        self._leases = LeaseStore(service.store)
+        self._ttl = lease_ttl
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def tick(self, now: datetime | None = None) -> list[DriftReport]:
+        """Scan what is due now, if this process holds the lease; returns the reports."""
+        now = now or utcnow()
+        if not self._leases.acquire(LEASE_NAME, self.owner, self._ttl, now):
+            return []
+        reports = []
+        for repo in self.service.resolve_repos(None):
+            try:
+                due = self.due_projects(repo, now)
+            except Exception:  # a repository that cannot be read must not stop the others
+                log.exception("drift scheduler: cannot read %s", repo.name)
+                continue
+            if due:
+                reports.append(self.service.scan(repo, projects=due, trigger="schedule"))
+        return reports
+
+    def due_projects(self, repo: DriftRepo, now: datetime) -> list[str]:
+        """Projects whose next scheduled start has come, each claimed once."""
+        default = self.service.settings.drift_schedule
+        with self.service.scanner.session(repo) as session:
+            projects = list(session.config.projects)
+        due = []
+        for project in projects:
+            schedule = schedule_of(project, default)
+            if schedule is None:
+                continue
+            key = f"{repo.key}:{project.dir}:{project.workspace}"
+            slot = latest_slot(schedule, spread_offset(key, schedule, now), now)
+            if self._leases.claim_slot(key, slot, self.owner):
+                due.append(project.name)
+        return due
+
+    def start(self, interval_s: float = DEFAULT_TICK_S) -> None:
+        """Tick in a daemon thread until `stop()`."""
+
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    self.tick()
+                except Exception:
+                    log.exception("drift scheduler tick failed")
+
+        self._thread = threading.Thread(target=loop, name="drift-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._leases.release(LEASE_NAME, self.owner)

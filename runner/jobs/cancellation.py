@@ -1,0 +1,188 @@
+"""Stopping work that no longer matters: superseded autoplans and lost leases.
+
+A new push (pull request `updated`) or a closed PR makes the PR's pending autoplans
+pointless. `supersede` cancels the queued ones in the store and marks the running
+ones `cancelled` there too. The worker running such a job learns it from the store,
+wherever it runs: its `LeaseKeeper` checks the job's row about once a second and sets
+the job's `cancel` Event when the row is no longer running under its lease (cancelled,
+or taken over after its lease expired). In-process queues also set the Event at once
+through their `CancelRegistry`.
+
+Only autoplans are superseded. A comment command or an apply on merge is something a
+person asked for; it runs to its end.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from runner.events.model import PullRequestEvent
+from runner.jobs.model import UnknownJobFormat, WorkEvent, decode_event, kind_of, pr_group
+from runner.store.jobs import JobRecord, JobStatus
+from runner.store.store import Store
+
+log = logging.getLogger(__name__)
+
+_SUPERSEDING_ACTIONS = frozenset({"updated", "closed"})
+_AUTOPLAN_ACTIONS = frozenset({"opened", "updated", "ready"})
+
+
+def is_autoplan(event: WorkEvent) -> bool:
+    """Planning triggered by the PR itself (not by a person's comment)."""
+    return isinstance(event, PullRequestEvent) and event.action in _AUTOPLAN_ACTIONS
+
+
+def supersedes(new: WorkEvent, old: WorkEvent) -> bool:
+    """Whether `new` (a push or a close) makes `old` (an autoplan of that PR) pointless."""
+    return (
+        isinstance(new, PullRequestEvent)
+        and new.action in _SUPERSEDING_ACTIONS
+        and is_autoplan(old)
+        and pr_group(old) == pr_group(new)
+    )
+
+
+@dataclass(frozen=True)
+class Superseded:
+    queued: list[int] = field(default_factory=list)  # cancelled before they started
+    running: list[int] = field(default_factory=list)  # marked cancelled; their workers stop
+
+
+def supersede(store: Store, event: WorkEvent, new_job_id: int) -> Superseded:
+    """Cancel the autoplans of the PR that `event` (job `new_job_id`) makes pointless."""
+    result = Superseded()
+    if not (isinstance(event, PullRequestEvent) and event.action in _SUPERSEDING_ACTIONS):
+        return result
+    reason = f"superseded by job {new_job_id} (pull request {event.action})"
+    # Queued first, then running: a job claimed in between shows up in the second list.
+    for record in _older_superseded(store, JobStatus.QUEUED, event, new_job_id):
+        if store.jobs.cancel(record.id):
+            result.queued.append(record.id)
+    for record in _older_superseded(store, JobStatus.RUNNING, event, new_job_id):
+        if store.jobs.cancel_running(record.id, reason):
+            result.running.append(record.id)
+    return result
+
+
+def _older_superseded(
+    store: Store, status: JobStatus, event: WorkEvent, new_job_id: int
+) -> list[JobRecord]:
+    records = store.jobs.list(status=status, kind=kind_of(event))
+    return [
+        record
+        for record in records
+        if record.id < new_job_id
+        and (old := _decode(record)) is not None
+        and supersedes(event, old)
+    ]
+
+
+def _decode(record: JobRecord) -> WorkEvent | None:
+    try:
+        return decode_event(record.kind, record.payload, record.version)
+    except (UnknownJobFormat, ValueError):
+        return None
+
+
+class CancelRegistry:
+    """The `cancel` Events of the jobs this process runs, by job id."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._events: dict[int, threading.Event] = {}
+
+    def register(self, job_id: int) -> threading.Event:
+        with self._guard:
+            return self._events.setdefault(job_id, threading.Event())
+
+    def unregister(self, job_id: int) -> None:
+        with self._guard:
+            self._events.pop(job_id, None)
+
+    def cancel(self, job_ids: list[int]) -> list[int]:
+        """Set the Events of those of `job_ids` running here; returns which were."""
+        with self._guard:
+            found = [job_id for job_id in job_ids if job_id in self._events]
+            for job_id in found:
+                self._events[job_id].set()
+        return found
+
+    def cancel_all(self) -> list[int]:
+        with self._guard:
+            for event in self._events.values():
+                event.set()
+            return sorted(self._events)
+
+    def running(self) -> list[int]:
+        with self._guard:
+            return sorted(self._events)
+
+
+class LeaseKeeper:
+    """While a job runs: renew its lease, and set `cancel` once the job is no longer ours.
+
+    A background thread, for the `with` block. It renews every `heartbeat_s` and reads
+    the job's row every `poll_s`; a row that is not running under `owner` any more
+    (cancelled by a newer push, or recovered after our lease ran out) sets `cancel`.
+    A store that is briefly unreachable is logged and retried, never fatal: the lease
+    leaves time for it.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        job_id: int,
+        owner: str,
+        cancel: threading.Event,
+        *,
+        lease_s: float,
+        heartbeat_s: float,
+        poll_s: float,
+    ) -> None:
+        self._store = store
+        self._job_id = job_id
+        self._owner = owner
+        self._cancel = cancel
+        self._lease_s = lease_s
+        self._heartbeat_s = heartbeat_s
+        self._poll_s = poll_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._keep, name=f"lease-job-{job_id}", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _keep(self) -> None:
+        next_heartbeat = time.monotonic() + self._heartbeat_s
+        while not self._done.wait(self._poll_s):
+            try:
+                if time.monotonic() >= next_heartbeat:
+                    next_heartbeat = time.monotonic() + self._heartbeat_s
+                    if not self._store.jobs.heartbeat(self._job_id, self._owner, self._lease_s):
+                        return self._lost("its lease was lost")
+                record = self._store.jobs.get(self._job_id)
+            except Exception:
+                log.warning("job %s: could not reach the store", self._job_id, exc_info=True)
+                continue
+            if record is None or record.status != JobStatus.RUNNING:
+                return self._lost(f"it is now {record.status.value if record else 'gone'}")
+            if record.lease_owner != self._owner:
+                return self._lost("another worker holds it")
+
+    def _lost(self, why: str) -> None:
+        log.info("job %s: stopping, %s", self._job_id, why)
+        self._cancel.set()

@@ -1,0 +1,261 @@
+"""The job queue: one small interface, two implementations, and what both share.
+
+`JobQueue` is all the web layer sees: `submit` an event, `start`/`stop` the workers.
+`InProcessQueue` (runner/jobs/inprocess.py) runs jobs on threads of the web process;
+`RQQueue` (runner/jobs/rq_queue.py) hands them to RQ workers on any machine. Either
+way the job is first persisted in the store (`store.jobs`, format in
+runner/jobs/model.py), so queued work survives restarts, and it is run by the same
+`JobRunner`: claim with a lease, wait for the PR's turn, call the handler, record the
+outcome. See docs/jobs.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from contextlib import ExitStack
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Protocol
+
+from runner.engine.project_mutex import MutexBusy, ProjectMutex
+from runner.jobs.cancellation import CancelRegistry, LeaseKeeper, Superseded, supersede
+from runner.jobs.model import (
+    JOB_FORMAT_VERSION,
+    JobHandler,
+    UnknownJobFormat,
+    WorkEvent,
+    decode_event,
+    encode_event,
+    pr_group,
+)
+from runner.jobs.recovery import new_owner_id
+from runner.store.jobs import JobRecord, JobStatus
+from runner.store.store import Store
+
+if TYPE_CHECKING:
+    from runner.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# The kinds this version can run (see model.kind_of). Claiming only these leaves jobs
+# of a newer runner's new kinds to that runner during a rolling upgrade.
+CLAIMABLE_KINDS = ("pull_request", "comment")
+# Mutex keys of PR groups; project keys (repo|dir|workspace) never start like this.
+GROUP_KEY_PREFIX = "pr-group:"
+
+
+class JobQueue(Protocol):
+    """What the web layer (and the CLI) need from a queue."""
+
+    def submit(self, event: WorkEvent) -> int:
+        """Persist the event as a job, supersede what it makes pointless, wake a worker.
+
+        Returns the job id. Once this returns, the job survives a crash of this process.
+        """
+        ...
+
+    def start(self) -> None:
+        """Start working (in-process: recover orphaned jobs, start the threads)."""
+        ...
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop taking jobs; let running ones finish for `timeout` s, then cancel them.
+
+        True when no job of this queue is still running.
+        """
+        ...
+
+    def running_jobs(self) -> list[int]:
+        """Ids of running jobs, for the dashboard."""
+        ...
+
+
+@dataclass(frozen=True)
+class JobTiming:
+    """Lease arithmetic. The lease is short, so a dead worker's jobs come back quickly;
+    it is renewed four times per lease, so a slow database never costs a live lease."""
+
+    lease_s: float = 60.0
+    heartbeat_s: float = 15.0
+    poll_s: float = 1.0  # status checks, idle polling, waiting for the PR's turn
+    lease_grace_s: float = 30.0  # see recovery.DEFAULT_LEASE_GRACE_S
+
+    @property
+    def recovery_every_s(self) -> float:
+        return self.lease_s / 2
+
+
+DEFAULT_TIMING = JobTiming()
+
+
+class Outcome(StrEnum):
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # superseded, or taken away after the lease ran out
+    RELEASED = "released"  # given back to the queue before it started (shutdown)
+
+
+def submit_event(store: Store, event: WorkEvent) -> tuple[int, Superseded]:
+    """Persist `event` as a job (versioned format), then supersede what it obsoletes."""
+    kind, payload = encode_event(event)
+    job_id = store.jobs.enqueue(kind, payload, version=JOB_FORMAT_VERSION)
+    return job_id, supersede(store, event, job_id)
+
+
+class JobRunner:
+    """Runs one claimed job from start to recorded outcome; both queues use it.
+
+    Jobs of one PR group run one at a time and in id order, across threads, processes
+    and hosts: the runner holds the group's mutex around the handler, and gives its turn
+    to an older job of the group that was claimed first but has not got the mutex yet.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        handler: JobHandler,
+        mutex: ProjectMutex,
+        *,
+        owner_prefix: str,
+        timing: JobTiming = DEFAULT_TIMING,
+        registry: CancelRegistry | None = None,
+        stopping: threading.Event | None = None,
+    ) -> None:
+        self._store = store
+        self._handler = handler
+        self._mutex = mutex
+        self._owner_prefix = owner_prefix
+        self._timing = timing
+        self._registry = registry or CancelRegistry()
+        self._stopping = stopping or threading.Event()
+
+    def has_queued(self) -> bool:
+        """A cheap read, so idle workers poll without taking the database's write lock."""
+        return bool(self._store.jobs.list(status=JobStatus.QUEUED, limit=1))
+
+    def run_next(self, label: str) -> Outcome | None:
+        """Claim the oldest queued job and run it; None if there was none."""
+        owner = new_owner_id(self._owner_prefix, label)
+        record = self._store.jobs.claim(owner, CLAIMABLE_KINDS, self._timing.lease_s)
+        return None if record is None else self._run(record, owner)
+
+    def run_id(self, job_id: int, label: str) -> Outcome | None:
+        """Run this job if it is still queued; None if it was taken, cancelled or ended."""
+        owner = new_owner_id(self._owner_prefix, label)
+        record = self._store.jobs.claim_id(job_id, owner, self._timing.lease_s)
+        return None if record is None else self._run(record, owner)
+
+    def _run(self, record: JobRecord, owner: str) -> Outcome:
+        cancel = self._registry.register(record.id)
+        timing = self._timing
+        keeper = LeaseKeeper(
+            self._store,
+            record.id,
+            owner,
+            cancel,
+            lease_s=timing.lease_s,
+            heartbeat_s=timing.heartbeat_s,
+            poll_s=timing.poll_s,
+        )
+        try:
+            with keeper:
+                return self._run_leased(record, owner, cancel)
+        finally:
+            self._registry.unregister(record.id)
+
+    def _run_leased(self, record: JobRecord, owner: str, cancel: threading.Event) -> Outcome:
+        try:
+            event = decode_event(record.kind, record.payload, record.version)
+        except (UnknownJobFormat, ValueError) as error:
+            self._store.jobs.fail(record.id, f"unreadable job: {error}", owner)
+            return Outcome.FAILED
+        turn = self._wait_for_turn(record.id, event, cancel)
+        if turn is None:
+            return self._give_back(record, owner)
+        with turn:
+            return self._handle(record, owner, event, cancel)
+
+    def _wait_for_turn(
+        self, job_id: int, event: WorkEvent, cancel: threading.Event
+    ) -> ExitStack | None:
+        """Hold the PR group's mutex, once no older job of the group is waiting for it.
+
+        None when the job was cancelled or the queue is stopping before its turn came.
+        """
+        group = pr_group(event)
+        poll_s = self._timing.poll_s
+        while not (cancel.is_set() or self._stopping.is_set()):
+            turn = ExitStack()
+            try:
+                turn.enter_context(self._mutex.hold(GROUP_KEY_PREFIX + group, timeout=poll_s))
+            except MutexBusy:
+                continue
+            try:
+                older = self._older_running_in_group(job_id, group)
+            except BaseException:
+                turn.close()
+                raise
+            if not older:
+                return turn
+            # An older job of this PR was claimed first and waits for the mutex: let it go
+            # first (only the order of claims is in the database, not of mutex waiters).
+            turn.close()
+            cancel.wait(poll_s)
+        return None
+
+    def _older_running_in_group(self, job_id: int, group: str) -> bool:
+        for record in self._store.jobs.list(status=JobStatus.RUNNING):
+            if record.id >= job_id:
+                break
+            try:
+                event = decode_event(record.kind, record.payload, record.version)
+            except (UnknownJobFormat, ValueError):
+                continue
+            if pr_group(event) == group:
+                return True
+        return False
+
+    def _give_back(self, record: JobRecord, owner: str) -> Outcome:
+        # Never started: whatever it is, it may run later (elsewhere, or after a restart).
+        released = self._store.jobs.recover_job(
+            record.id, retry=True, reason="runner stopped before the job started", owner=owner
+        )
+        return Outcome.RELEASED if released is not None else Outcome.CANCELLED
+
+    def _handle(
+        self, record: JobRecord, owner: str, event: WorkEvent, cancel: threading.Event
+    ) -> Outcome:
+        log.info("job %s: running %s", record.id, record.kind)
+        try:
+            self._handler.handle(event, cancel)
+        except Exception as error:
+            log.exception("job %s failed", record.id)
+            recorded = self._store.jobs.fail(record.id, describe(error), owner)
+            return Outcome.FAILED if recorded else Outcome.CANCELLED
+        if self._store.jobs.complete(record.id, owner):
+            return Outcome.DONE
+        return Outcome.CANCELLED
+
+
+def describe(error: BaseException) -> str:
+    """The error text stored with a failed job: type and message, no traceback."""
+    return "".join(traceback.format_exception_only(error)).strip()
+
+
+def build_queue(settings: Settings, store: Store, handler: JobHandler) -> JobQueue:
+    """The queue `settings.queue` names, on `store`.
+
+    `handler` runs the jobs of an in-process queue. An RQ queue only submits; its
+    jobs run in `gitops-runner worker` processes, which build their own handler.
+    """
+    # Imported here: both modules import this one.
+    if settings.queue == "rq":
+        from runner.jobs.rq_queue import RQQueue
+
+        return RQQueue(store, settings.redis_url)
+    from runner.engine.project_mutex import build_mutex
+    from runner.jobs.inprocess import InProcessQueue
+
+    return InProcessQueue(store, handler, settings.workers, mutex=build_mutex(settings, store))

@@ -1,0 +1,168 @@
+"""Jobs whose worker died: who owns a job, how to tell that owner is gone, what to do then.
+
+A job is claimed under a lease-owner id that names the process holding it:
+`host:pid:start:label:nonce.` (`start` is the process start time, so a recycled pid,
+as after a container restart, is not mistaken for the old process). A running job
+is orphaned when its lease expired (plus a grace for clock skew between machines),
+or when its owner was a process of this host that no longer exists: that second
+check lets a restarted runner pick its jobs up at once instead of after the lease.
+
+An orphaned plan goes back to the queue (plans are idempotent). An orphaned apply
+never runs again by itself: it is marked `interrupted` and the handler tells the PR,
+because Terraform may have changed infrastructure and left its state lock held.
+`recover` is idempotent and safe to run from any number of processes at once: each
+job is recovered by exactly one of them (the store checks and changes it atomically).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from runner.jobs.model import JobHandler, UnknownJobFormat, WorkEvent, decode_event
+from runner.store.jobs import JobRecord, JobStatus
+from runner.store.models import utcnow
+from runner.store.store import Store
+
+log = logging.getLogger(__name__)
+
+# Leases are renewed well before they end; the grace absorbs clock skew between hosts
+# and a heartbeat delayed by a busy database.
+DEFAULT_LEASE_GRACE_S = 30.0
+
+_OWNER = re.compile(r"^(?P<host>[^:]+):(?P<pid>\d+):(?P<start>\d+):")
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    requeued: list[int] = field(default_factory=list)
+    interrupted: list[int] = field(default_factory=list)
+
+
+def hostname() -> str:
+    # Owner ids are split on ":"; a host name never has one, but be safe.
+    return socket.gethostname().replace(":", "_") or "localhost"
+
+
+def process_start(pid: int) -> int:
+    """When process `pid` started (clock ticks since boot), or 0 where /proc is missing."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return 0
+    # Field 2 (the command) is parenthesised and may contain spaces; start time is
+    # field 22, the 20th after the closing parenthesis.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return int(fields[19])
+
+
+def process_owner_prefix() -> str:
+    """`host:pid:start`: identifies this process among all processes, past and present."""
+    pid = os.getpid()
+    return f"{hostname()}:{pid}:{process_start(pid)}"
+
+
+def new_owner_id(prefix: str, label: str) -> str:
+    """A lease-owner id unique to one claim.
+
+    The trailing "." ends it, so as a prefix (`JobStore.recover_after_restart`) it
+    can match no other id.
+    """
+    return f"{prefix}:{label}:{uuid.uuid4().hex[:12]}."
+
+
+def owner_is_gone(owner: str | None) -> bool:
+    """True when `owner` names a process of this host that no longer runs.
+
+    False when unsure: another host, an id not made by `new_owner_id`, a pid that runs
+    (without /proc, a recycled pid looks alive). The lease then decides.
+    """
+    match = _OWNER.match(owner or "")
+    if match is None or match["host"] != hostname():
+        return False
+    pid, start = int(match["pid"]), int(match["start"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # it exists, under another user
+    return start != 0 and process_start(pid) not in (0, start)
+
+
+def recover(
+    store: Store, handler: JobHandler, lease_grace: float = DEFAULT_LEASE_GRACE_S
+) -> RecoveryReport:
+    """Re-queue orphaned plans, interrupt (and report) orphaned applies."""
+    report = RecoveryReport()
+    expired_before = utcnow() - timedelta(seconds=lease_grace)
+    for record in store.jobs.list(status=JobStatus.RUNNING):
+        gone = owner_is_gone(record.lease_owner)
+        expired = record.lease_expires_at is not None and record.lease_expires_at < expired_before
+        if not (gone or expired):
+            continue
+        reason = "its worker process is gone" if gone else "its lease expired"
+        recovered, event = _recover_one(store, handler, record, reason, gone, expired_before)
+        if recovered is None:
+            continue  # it finished, or was recovered by another process, meanwhile
+        if recovered.status == JobStatus.QUEUED:
+            report.requeued.append(recovered.id)
+            log.warning("job %s re-queued: %s", recovered.id, reason)
+        else:
+            report.interrupted.append(recovered.id)
+            log.warning("job %s interrupted: %s", recovered.id, reason)
+            if event is not None:
+                _report(handler, recovered.id, event)
+    return report
+
+
+def _recover_one(
+    store: Store,
+    handler: JobHandler,
+    record: JobRecord,
+    reason: str,
+    gone: bool,
+    expired_before: datetime,
+) -> tuple[JobRecord | None, WorkEvent | None]:
+    event = _decode(record)
+    recovered = store.jobs.recover_job(
+        record.id,
+        retry=event is not None and not _is_apply(handler, event),
+        reason=reason,
+        # Only while still held by the owner we judged, and (unless that owner is known
+        # dead) only if its lease really ended: a late heartbeat wins.
+        owner=record.lease_owner,
+        expired_before=None if gone else expired_before,
+    )
+    return recovered, event
+
+
+def _decode(record: JobRecord) -> WorkEvent | None:
+    try:
+        return decode_event(record.kind, record.payload, record.version)
+    except (UnknownJobFormat, ValueError):
+        # Written by another version: whether it applies is unknown, so never re-run it.
+        log.error("job %s has a format this runner cannot read; interrupting it", record.id)
+        return None
+
+
+def _is_apply(handler: JobHandler, event: WorkEvent) -> bool:
+    try:
+        return handler.is_apply(event)
+    except Exception:
+        log.exception("is_apply failed; treating the job as an apply")
+        return True
+
+
+def _report(handler: JobHandler, job_id: int, event: WorkEvent) -> None:
+    try:
+        handler.report_interrupted(event)
+    except Exception:
+        # The job is already marked interrupted; a forge outage must not stop recovery.
+        log.exception("could not report interrupted job %s", job_id)

@@ -1,0 +1,239 @@
+"""`RQQueue`: jobs run by RQ workers (`gitops-runner worker`), on this or other machines.
+
+The store stays the source of truth; Redis only carries "run stored job N" messages.
+`submit` persists the job, then enqueues `run_stored_job(N)`. The worker claims that
+exact row (a duplicate message, or one for a job cancelled meanwhile, does nothing),
+runs it like the in-process queue does (`JobRunner`: lease, PR-group turn, handler,
+outcome) and records the outcome in the store. A message lost with Redis is re-sent
+when a worker starts: it sends one for every queued job that has none.
+
+Message ids are `<queue>:<job id>:<attempt>`: a job re-queued after a crash gets a new
+message, a message already waiting is never sent twice.
+
+The worker process needs a `JobHandler`. `run_worker(settings, handler_factory)`
+builds it once; a plain `rq worker <queue>` builds it on first use from the
+environment: settings from `GITOPS_*` (plus the YAML file named by
+`GITOPS_CONFIG_FILE`), the factory from `GITOPS_JOB_HANDLER_FACTORY`
+(`module:function`, called with (settings, store); default: the pull-request flow).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from redis import Redis
+from rq import Queue, SimpleWorker
+from rq.exceptions import NoSuchJobError
+from rq.job import Job as RQJob
+from rq.job import JobStatus as RQJobStatus
+
+from runner.engine.project_mutex import build_mutex
+from runner.jobs.model import JobHandler, WorkEvent
+from runner.jobs.queue import DEFAULT_TIMING, JobRunner, JobTiming, submit_event
+from runner.jobs.recovery import process_owner_prefix, recover
+from runner.settings import Settings, load_settings
+from runner.store.jobs import JobStatus
+from runner.store.store import Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUEUE_NAME = "gitops-runner"
+HANDLER_FACTORY_ENV = "GITOPS_JOB_HANDLER_FACTORY"
+DEFAULT_HANDLER_FACTORY = "runner.jobs.rq_queue:pull_request_flow_handler"
+# Outcomes are in the store; RQ's own record of a message is only for debugging.
+_RESULT_TTL_S = 24 * 3600
+_PENDING = frozenset(
+    {RQJobStatus.QUEUED, RQJobStatus.STARTED, RQJobStatus.DEFERRED, RQJobStatus.SCHEDULED}
+)
+
+HandlerFactory = Callable[[Settings, Store], JobHandler]
+
+
+class RQQueue:
+    """Submits jobs for RQ workers; runs nothing itself."""
+
+    def __init__(
+        self,
+        store: Store,
+        redis_url: str,
+        queue_name: str = DEFAULT_QUEUE_NAME,
+        *,
+        connection: Redis | None = None,
+    ) -> None:
+        self._store = store
+        self._connection = connection or Redis.from_url(redis_url)
+        self._queue = Queue(queue_name, connection=self._connection)
+
+    @property
+    def rq_queue(self) -> Queue:
+        return self._queue
+
+    def submit(self, event: WorkEvent) -> int:
+        # Persisted before Redis hears of it: if Redis is down, the job still exists and
+        # the next worker start sends its message.
+        job_id, _superseded = submit_event(self._store, event)
+        send_message(self._queue, job_id, attempt=0)
+        return job_id
+
+    def start(self) -> None:
+        """Nothing runs here; fail early if Redis is unreachable."""
+        self._connection.ping()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        self._connection.close()
+        return True
+
+    def running_jobs(self) -> list[int]:
+        # Workers are elsewhere; the store knows what they run.
+        return [record.id for record in self._store.jobs.list(status=JobStatus.RUNNING)]
+
+
+def message_id(queue_name: str, job_id: int, attempt: int) -> str:
+    return f"{queue_name}:{job_id}:{attempt}"
+
+
+def send_message(queue: Queue, job_id: int, attempt: int) -> bool:
+    """Enqueue `run_stored_job(job_id)` unless that message is already waiting."""
+    rq_id = message_id(queue.name, job_id, attempt)
+    try:
+        existing = RQJob.fetch(rq_id, connection=queue.connection)
+    except NoSuchJobError:
+        existing = None
+    if existing is not None:
+        if existing.get_status() in _PENDING:
+            return False
+        existing.delete()  # it ran (or failed) without claiming the job: send again
+    queue.enqueue_call(
+        run_stored_job,
+        args=(job_id,),
+        job_id=rq_id,
+        timeout=-1,  # Terraform steps have their own timeouts; a job has many
+        result_ttl=_RESULT_TTL_S,
+        description=f"gitops-runner job {job_id}",
+    )
+    return True
+
+
+def send_missing_messages(store: Store, queue: Queue) -> int:
+    """One message for every queued job lacking one (Redis lost them, or a crash)."""
+    return sum(
+        send_message(queue, record.id, record.attempts)
+        for record in store.jobs.list(status=JobStatus.QUEUED)
+    )
+
+
+# ---- the worker side ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """What `run_stored_job` needs in a worker process, built once per process."""
+
+    store: Store
+    handler: JobHandler
+    runner: JobRunner
+    timing: JobTiming
+
+
+_context: WorkerContext | None = None
+
+
+def build_context(settings: Settings, handler_factory: HandlerFactory) -> WorkerContext:
+    store = Store.open(settings.resolved_database_url)
+    handler = handler_factory(settings, store)
+    timing = DEFAULT_TIMING
+    runner = JobRunner(
+        store,
+        handler,
+        build_mutex(settings, store),
+        owner_prefix=process_owner_prefix(),
+        timing=timing,
+    )
+    return WorkerContext(store, handler, runner, timing)
+
+
+def _context_from_environment() -> WorkerContext:
+    settings = load_settings(os.environ.get("GITOPS_CONFIG_FILE") or None)
+    path = os.environ.get(HANDLER_FACTORY_ENV) or DEFAULT_HANDLER_FACTORY
+    module_name, _, attribute = path.partition(":")
+    if not attribute:
+        raise ValueError(f"{HANDLER_FACTORY_ENV} must look like module:function, not {path!r}")
+    factory = getattr(importlib.import_module(module_name), attribute)
+    return build_context(settings, factory)
+
+
+def _current_context() -> WorkerContext:
+    global _context
+    if _context is None:
+        _context = _context_from_environment()
+    return _context
+
+
+def run_stored_job(job_id: int) -> str:
+    """What an RQ worker executes for a message: run stored job `job_id` if still queued.
+
+    Returns the outcome ("skipped" if the job was taken, cancelled or already ended).
+    """
+    context = _current_context()
+    _recover(context, _current_queue())
+    outcome = context.runner.run_id(job_id, "rq")
+    return "skipped" if outcome is None else outcome.value
+
+
+def _current_queue() -> Queue | None:
+    from rq import get_current_job
+
+    current = get_current_job()
+    if current is None:
+        return None
+    return Queue(current.origin, connection=current.connection)
+
+
+def _recover(context: WorkerContext, queue: Queue | None) -> None:
+    # Workers have no background thread; every job start is a recovery point.
+    report = recover(context.store, context.handler, context.timing.lease_grace_s)
+    if queue is not None:
+        for job_id in report.requeued:
+            record = context.store.jobs.get(job_id)
+            if record is not None and record.status == JobStatus.QUEUED:
+                send_message(queue, job_id, record.attempts)
+
+
+def run_worker(
+    settings: Settings,
+    handler_factory: HandlerFactory,
+    burst: bool = False,
+    *,
+    queue_name: str = DEFAULT_QUEUE_NAME,
+) -> bool:
+    """Run an RQ worker on `queue_name` until stopped (or, with `burst`, until idle).
+
+    A `SimpleWorker`: jobs run in this process, one at a time, with the handler built
+    once here. A forking worker would hand the handler's open connections (HTTP,
+    database) to one short-lived child after another. Terraform runs in its own
+    processes anyway; a crash of this one is what the store's leases recover from.
+    Must run in the main thread (RQ installs signal handlers: SIGTERM = finish the
+    current job, then exit).
+    """
+    global _context
+    _context = build_context(settings, handler_factory)
+    connection = Redis.from_url(settings.redis_url)
+    queue = Queue(queue_name, connection=connection)
+    _recover(_context, queue)
+    sent = send_missing_messages(_context.store, queue)
+    if sent:
+        log.info("sent %d missing job message(s)", sent)
+    worker = SimpleWorker([queue], connection=connection)
+    return worker.work(burst=burst)
+
+
+def pull_request_flow_handler(settings: Settings, store: Store) -> JobHandler:
+    """The default handler factory: the pull-request flow, wired from settings."""
+    from runner.commands.pr_flow import build_handler
+    from runner.commands.services import build_services
+
+    return build_handler(build_services(settings, store))

@@ -1,0 +1,122 @@
+"""`/`: a small server-rendered status page (recent runs, locks, active jobs).
+
+Plain HTML and CSS from one Jinja template; autoescaped, because repo names, branch
+names and errors come from pull requests anyone may open.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from flask import Blueprint, render_template
+
+from runner.events.model import url_host
+from runner.results.model import PlanSummary
+from runner.settings import Settings
+from runner.store.jobs import JobStatus
+from runner.store.runs import RunRecord, RunStatus
+from runner.web.api import job_subject
+from runner.web.app import web_context
+
+blueprint = Blueprint("dashboard", __name__)
+
+RECENT_RUNS = 50
+ACTIVE_JOBS = 100
+
+# Status → CSS class; anything unknown renders neutral.
+_STATUS_CLASS = {
+    RunStatus.SUCCESS: "ok",
+    RunStatus.NO_CHANGES: "ok",
+    RunStatus.FAILED: "bad",
+    RunStatus.ERRORED: "bad",
+    RunStatus.INTERRUPTED: "bad",
+    RunStatus.RUNNING: "busy",
+    RunStatus.QUEUED: "busy",
+}
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One run as the template shows it: every value already a display string."""
+
+    run: RunRecord
+    pr_url: str | None
+    status_class: str
+    summary: str
+    started: str
+    duration: str
+    log_url: str | None
+
+
+@blueprint.get("/")
+def index() -> str:
+    context = web_context()
+    store = context.services.store
+    runs = [_run_row(run, context.settings) for run in store.runs.list_runs(limit=RECENT_RUNS)]
+    jobs = [
+        job
+        for status in (JobStatus.RUNNING, JobStatus.QUEUED)
+        for job in store.jobs.list(status=status, limit=ACTIVE_JOBS)
+    ]
+    return render_template(
+        "dashboard.html",
+        runs=runs,
+        locks=store.locks.list(),
+        jobs=[(job, job_subject(job)) for job in jobs],
+        format_time=format_time,
+    )
+
+
+def _run_row(run: RunRecord, settings: Settings) -> RunRow:
+    return RunRow(
+        run=run,
+        pr_url=pr_url(run.repo, run.pr_number, settings),
+        status_class=_STATUS_CLASS.get(run.status, ""),
+        summary=format_summary(run.summary),
+        started=format_time(run.started_at),
+        duration=_duration(run.started_at, run.finished_at),
+        log_url=f"/api/runs/{run.id}/log" if run.log_path else None,
+    )
+
+
+def pr_url(repo: str, pr_number: int | None, settings: Settings) -> str | None:
+    """Web URL of a run's PR, from the stored repo key (`host/owner/name`).
+
+    Runs from the CLI store a local path instead, which has no PR to link to.
+    """
+    if pr_number is None or repo.startswith("/") or repo.count("/") < 2:
+        return None
+    host = repo.split("/", 1)[0]
+    if host == url_host(settings.gitlab_url):
+        return f"https://{repo}/-/merge_requests/{pr_number}"
+    return f"https://{repo}/pull/{pr_number}"
+
+
+def format_summary(summary: PlanSummary | None) -> str:
+    if summary is None:
+        return ""
+    parts = [
+        f"+{summary.add}",
+        f"~{summary.change}",
+        f"-{summary.destroy}",
+    ]
+    if summary.replace:
+        parts.append(f"±{summary.replace}")
+    if summary.import_:
+        parts.append(f"import {summary.import_}")
+    if summary.drifted:
+        parts.append(f"drift {summary.drifted}")
+    return " ".join(parts)
+
+
+def format_time(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else ""
+
+
+def _duration(started: datetime, finished: datetime | None) -> str:
+    if finished is None:
+        return ""
+    seconds = max(0, int((finished - started).total_seconds()))
+    minutes, seconds = divmod(seconds, 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"

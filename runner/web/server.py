@@ -1,0 +1,149 @@
+"""`gitops-runner serve`: the web service under gunicorn, started from Python.
+
+Process model: the gunicorn master only listens and supervises; it never builds the
+app, so it holds no database connection and no job thread. Each worker process
+builds its own services (Store, job queue) and app after the fork (`preload_app` is
+off), then `post_worker_init` starts that process's job workers and `worker_exit`
+stops them. The same hooks serve plain `gunicorn -c deploy/gunicorn.conf.py
+'runner.web.app:create_app_from_env()'`, which imports `gunicorn_options` from here.
+
+Defaults favour one worker process with threads: webhooks are answered in
+milliseconds, and every extra process would run its own pool of job workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from runner.settings import Settings
+from runner.web.app import (
+    WebServices,
+    check_webhook_secrets,
+    create_app,
+    start_app_workers,
+    stop_app_workers,
+)
+
+logger = logging.getLogger(__name__)
+
+ServicesFactory = Callable[[Settings], WebServices]
+
+DEFAULT_THREADS = 8
+
+# Application loggers (`runner.*`) go to stderr next to gunicorn's own error log.
+LOGCONFIG: dict[str, Any] = {
+    "root": {"level": "INFO", "handlers": ["error_console"]},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
+    },
+}
+
+
+def post_worker_init(worker: Any) -> None:
+    """Start the job workers of this worker process's app, once the app is loaded.
+
+    Not `post_fork`: that runs before the app, and so before the Store and queue the
+    job workers belong to, exist in the new process.
+    """
+    start_app_workers(getattr(worker, "wsgi", None))
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """Stop this worker process's job workers (also called in the master, app-less)."""
+    stop_app_workers(getattr(worker, "wsgi", None))
+
+
+def bind_address(settings: Settings) -> str:
+    host = settings.host
+    # An IPv6 literal must be bracketed, or its colons read as the port separator.
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{settings.port}"
+
+
+def gunicorn_options(settings: Settings) -> dict[str, Any]:
+    """gunicorn settings for the runner; deploy/gunicorn.conf.py uses the same values.
+
+    `WEB_CONCURRENCY` (gunicorn's usual variable) sets the number of worker processes;
+    `settings.workers` is not used here, it sizes the job worker pool of each process.
+    """
+    return {
+        "bind": [bind_address(settings)],
+        "workers": int(os.environ.get("WEB_CONCURRENCY") or 1),
+        "worker_class": "gthread",
+        "threads": DEFAULT_THREADS,
+        # Building the app after the fork is what keeps DB connections per process.
+        "preload_app": False,
+        # Recycling a worker would cut its running Terraform jobs short.
+        "max_requests": 0,
+        "timeout": 60,
+        # On shutdown, time for job workers to reach a safe point before SIGKILL.
+        "graceful_timeout": 120,
+        "keepalive": 5,
+        "post_worker_init": post_worker_init,
+        "worker_exit": worker_exit,
+        "logconfig_dict": LOGCONFIG,
+        "proc_name": "gitops-runner",
+        # gunicorn >= 25 opens a control socket in $HOME by default: one path shared by
+        # every instance on the host, and a write to $HOME the container need not allow.
+        "control_socket_disable": True,
+    }
+
+
+class RunnerServer(BaseApplication):
+    """gunicorn configured in code; each worker builds services and app in `load()`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        services_factory: ServicesFactory,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._services_factory = services_factory
+        self._overrides = dict(overrides or {})
+        super().__init__(prog="gitops-runner serve")
+
+    def load_config(self) -> None:
+        options = {**gunicorn_options(self._settings), **self._overrides}
+        for name, value in options.items():
+            # Skipped like in a config file: settings newer than the installed gunicorn.
+            if name in self.cfg.settings:
+                self.cfg.set(name, value)
+        self._apply_env_args()
+
+    def _apply_env_args(self) -> None:
+        # GUNICORN_CMD_ARGS is the operator's escape hatch (e.g. "--access-logfile -"),
+        # as with the gunicorn command. A config file is for plain gunicorn instead
+        # (deploy/gunicorn.conf.py), so --config is not read here.
+        parser = self.cfg.parser()
+        args = parser.parse_args(self.cfg.get_cmd_args_from_env())
+        for name, value in vars(args).items():
+            if value is not None and name not in ("args", "config"):
+                self.cfg.set(name.lower(), value)
+
+    def load(self) -> Any:
+        # Runs in the worker process, after the fork: the Store and the queue built
+        # here are this process's own.
+        return create_app(self._settings, self._services_factory(self._settings))
+
+
+def run_server(
+    settings: Settings,
+    services_factory: ServicesFactory,
+    overrides: Mapping[str, Any] | None = None,
+) -> None:
+    """Serve the web app under gunicorn until stopped (SIGTERM/SIGINT); blocks.
+
+    `services_factory(settings)` is called once in each worker process. Raises
+    WebConfigError before starting anything if no webhook secret is configured.
+    """
+    check_webhook_secrets(settings)
+    logger.info("serving on %s", bind_address(settings))
+    RunnerServer(settings, services_factory, overrides).run()
