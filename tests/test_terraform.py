@@ -525,7 +525,8 @@ def test_parallel_inits_share_one_intact_plugin_cache_and_the_provider_detects_d
 
 def test_init_waits_for_the_plugin_cache_lock(tmp_path: Path, make_tf: Callable[..., Terraform]):
     tf = make_tf(timeouts=StepTimeouts(init=0.5))
-    workdir = _project(tmp_path, "p", DATA_TF)
+    # A project that needs a provider may write the cache, so it must wait for the lock.
+    workdir = _project(tmp_path, "p", REQUIRED_PROVIDERS_TF)
     held = FileLock(str(tf.plugin_cache_dir / INIT_LOCK_NAME))
     cancel = threading.Event()
 
@@ -539,7 +540,16 @@ def test_init_waits_for_the_plugin_cache_lock(tmp_path: Path, make_tf: Callable[
     assert timed_out.timed_out and "waiting for the plugin cache lock" in timed_out.stderr
     assert cancelled.cancelled and "waiting for the plugin cache lock" in cancelled.stderr
     assert not (workdir / ".terraform").exists()  # neither init ran
-    assert make_tf().init(workdir).ok  # released
+
+
+def test_an_init_that_only_reads_the_cache_does_not_wait(
+    tmp_path: Path, make_tf: Callable[..., Terraform]
+):
+    tf = make_tf(timeouts=StepTimeouts(init=30))
+    builtin_only = _project(tmp_path, "p", DATA_TF)
+
+    with FileLock(str(tf.plugin_cache_dir / INIT_LOCK_NAME)):
+        assert tf.init(builtin_only).ok
 
 
 # --- CLI configuration -----------------------------------------------------------------------

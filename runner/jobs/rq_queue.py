@@ -7,7 +7,7 @@ runs it like the in-process queue does (`JobRunner`: lease, PR-group turn, handl
 outcome) and records the outcome in the store. A message lost with Redis is re-sent
 when a worker starts: it sends one for every queued job that has none.
 
-Message ids are `<queue>:<job id>:<attempt>`: a job re-queued after a crash gets a new
+Message ids are `<queue>-job-<job id>-<attempt>`: a job re-queued after a crash gets a new
 message, a message already waiting is never sent twice.
 
 The worker process needs a `JobHandler`. `run_worker(settings, handler_factory)`
@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -93,7 +94,8 @@ class RQQueue:
 
 
 def message_id(queue_name: str, job_id: int, attempt: int) -> str:
-    return f"{queue_name}:{job_id}:{attempt}"
+    # RQ allows letters, digits, "_" and "-" in job ids.
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', queue_name)}-job-{job_id}-{attempt}"
 
 
 def send_message(queue: Queue, job_id: int, attempt: int) -> bool:

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from filelock import FileLock, Timeout
 from runner.results.model import PlanStatus
 from runner.terraform.locate import TerraformBinary
 from runner.terraform.process import DEFAULT_GRACE_S, StopReason, not_started, run_process
+from runner.terraform.providers import init_may_write_plugin_cache
 from runner.terraform.result import CommandOutcome
 
 # In the plugin cache dir, so every runner process sharing the cache shares the lock.
@@ -121,15 +122,20 @@ class Terraform:
         env: Mapping[str, str] | None = None,
         cancel: threading.Event | None = None,
     ) -> CommandOutcome:
-        """`terraform init`, serialised with every other init sharing the plugin cache.
+        """`terraform init`, serialised with every other init that may write the plugin cache.
 
         Terraform's plugin cache is not safe for concurrent writers: two inits unpacking
         the same provider corrupt it ("text file busy"). The lock spans only the init
-        process; waiting for it counts against the init timeout.
+        process; waiting for it counts against the init timeout. An init that provably
+        only reads the cache (see providers.py) runs without it, in parallel.
         """
         argv = self._argv("init", "-input=false", "-no-color", *extra_args)
         deadline = _deadline(self.timeouts.init)
-        with self._plugin_cache_lock(deadline, cancel) as stopped:
+        if init_may_write_plugin_cache(workdir, self.plugin_cache_dir):
+            guard = self._plugin_cache_lock(deadline, cancel)
+        else:
+            guard = nullcontext(None)
+        with guard as stopped:
             if stopped is not None:
                 return not_started(argv, f"{stopped} waiting for the plugin cache lock", stopped)
             return self._run(argv, workdir, log, _remaining(deadline), cancel, env)
