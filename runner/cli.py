@@ -15,12 +15,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 import click
+from git import BadName
 
 from runner import __version__
 from runner.config.errors import ConfigError
 from runner.engine.local_plan import ProjectFilter, select_local
 from runner.engine.planner import PlanOptions, build_planner
 from runner.engine.recording import record_plan_results
+from runner.projects.changes import ChangeDetectionError
+from runner.projects.detection import ProjectSelectionError
 from runner.results.model import PlanResult, PlanStatus
 from runner.results.render import render_plan_comment, summary_line
 from runner.settings import Settings, load_settings
@@ -114,10 +117,7 @@ def plan(
             scratch_dir=settings.data_dir / "cli-checkouts",
             extra_args=extra_args,
         )
-    except ConfigError as error:
-        click.echo(f"error: {error}", err=True)
-        sys.exit(EXIT_USAGE)
-    except LookupError as error:
+    except (ConfigError, ProjectSelectionError, ChangeDetectionError, BadName) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(EXIT_USAGE)
 
@@ -210,6 +210,32 @@ def drift(ctx: click.Context, repo: str | None, project: str | None, as_json: bo
     if report.notes or report.with_status(DriftStatus.ERROR):
         sys.exit(EXIT_FAILED)
     sys.exit(EXIT_CHANGES if report.with_status(DriftStatus.DRIFT, DriftStatus.PENDING) else 0)
+
+
+@cli.command()
+@click.pass_context
+def serve(ctx: click.Context) -> None:
+    """Run the webhook server (gunicorn) with the job workers in the same process tree."""
+    from runner.commands.services import build_web_services
+    from runner.web.app import WebConfigError, check_webhook_secrets
+    from runner.web.server import run_server
+
+    settings = _settings(ctx)
+    try:
+        check_webhook_secrets(settings)
+    except WebConfigError as error:
+        raise click.UsageError(str(error)) from error
+    run_server(settings, build_web_services)
+
+
+@cli.command()
+@click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
+@click.pass_context
+def worker(ctx: click.Context, burst: bool) -> None:
+    """Run an RQ job worker (for GITOPS_QUEUE=rq; needs GITOPS_REDIS_URL)."""
+    from runner.jobs.rq_queue import pull_request_flow_handler, run_worker
+
+    run_worker(_settings(ctx), pull_request_flow_handler, burst=burst)
 
 
 def _print_results(results: list[PlanResult], commit: str | None, as_json: bool) -> None:

@@ -552,6 +552,20 @@ def test_running_apply_is_interrupted_and_reported_never_rerun(
     assert "apply-prod" not in handler.tags("start")
 
 
+def test_a_plan_that_keeps_dying_is_interrupted_after_three_attempts(
+    store: Store, handler: RecordingHandler
+) -> None:
+    job_id, _ = submit_event(store, comment(1, "ok-plan"))
+    outcomes = []
+    for _ in range(3):
+        assert store.jobs.claim_id(job_id, "other-host:1:1:w:dead.", lease_s=0) is not None
+        report = recover(store, handler, lease_grace=0)
+        outcomes.append((report.requeued, report.interrupted))
+    assert outcomes == [([job_id], []), ([job_id], []), ([], [job_id])]
+    assert status_of(store, job_id) is JobStatus.INTERRUPTED
+    assert handler.interrupted == []  # report_interrupted is about applies
+
+
 def test_recovery_leaves_live_jobs_alone(store: Store, handler: RecordingHandler) -> None:
     live = _orphan(store, comment(1, "ok"), new_owner_id(process_owner_prefix(), "w"), 3600)
     remote = _orphan(store, comment(2, "ok"), "other-host:1:1:w:x.", lease_s=3600)
@@ -662,6 +676,18 @@ def test_runner_gives_back_a_job_cancelled_while_waiting(store: Store, tmp_path:
     assert runner.run_id(job_id, "t") is None
 
 
+def test_a_dead_workers_job_does_not_hold_up_its_pr(store: Store, tmp_path: Path) -> None:
+    handler = RecordingHandler()
+    runner = JobRunner(
+        store, handler, FileMutex(tmp_path), owner_prefix=process_owner_prefix(), timing=FAST
+    )
+    _orphan(store, comment(7, "ok-orphan"), "other-host:1:1:w:dead.", lease_s=0)
+    submit_event(store, comment(7, "ok-next"))
+    # No recovery has run: the orphan is still "running", older, of the same PR.
+    assert runner.run_next("t") is Outcome.DONE
+    assert handler.tags("start") == ["ok-next"]
+
+
 def test_build_queue_follows_settings(
     store: Store, tmp_path: Path, handler: RecordingHandler
 ) -> None:
@@ -754,6 +780,12 @@ def test_rq_worker_hears_of_a_new_push_through_the_store(
     assert records.index(("cancelled", "block-old")) < records.index(("start", "ok-new"))
     assert status_of(store, running) is JobStatus.CANCELLED
     assert status_of(store, newest) is JobStatus.DONE
+
+
+def test_rq_submit_persists_the_job_even_when_redis_is_down(store: Store) -> None:
+    queue = RQQueue(store, "redis://127.0.0.1:1/0", queue_name=f"gitops-test-{uuid.uuid4().hex}")
+    job_id = queue.submit(comment(1, "ok"))
+    assert status_of(store, job_id) is JobStatus.QUEUED  # a worker start sends its message
 
 
 def test_rq_worker_start_resends_lost_messages_and_recovers(

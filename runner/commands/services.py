@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
+from typing import TYPE_CHECKING
 
 from runner.engine.planner import Planner, build_planner, build_terraform_factory
 from runner.engine.project_mutex import ProjectMutex, build_mutex
@@ -19,6 +20,9 @@ from runner.settings import Settings
 from runner.store.store import Store
 from runner.terraform import Terraform
 from runner.workspace.working_copy import WorkingCopies
+
+if TYPE_CHECKING:
+    from runner.web.app import WebServices
 
 
 @dataclass(frozen=True)
@@ -74,3 +78,24 @@ def _token_for(settings: Settings) -> Callable[[str], str | None]:
         return None
 
     return token_for
+
+
+def build_web_services(settings: Settings) -> WebServices:
+    """What one web process needs: the store, the queue's submit, and its worker hooks.
+
+    Called once per gunicorn worker process, after the fork, so no connection is
+    shared between processes. The in-process queue's threads start with the worker.
+    """
+    from runner.commands.pr_flow import build_handler
+    from runner.jobs.queue import build_queue
+    from runner.web.app import WebServices
+
+    services = build_services(settings)
+    queue = build_queue(settings, services.store, build_handler(services))
+    return WebServices(
+        store=services.store,
+        submit=queue.submit,
+        start_workers=queue.start,
+        # Within gunicorn's graceful timeout: 20 s to finish, then running jobs are cancelled.
+        stop_workers=lambda: queue.stop(timeout=20),
+    )

@@ -43,14 +43,21 @@ if TYPE_CHECKING:
 _ADVISORY_NAMESPACE = b"gitops-runner:mutex:"
 # SQLSTATE lock_not_available: raised when lock_timeout elapses.
 _LOCK_NOT_AVAILABLE = "55P03"
-# libpq keepalives: a lock may be held through an hour-long apply on an otherwise idle
-# connection, which NAT gateways and firewalls would silently drop.
+# Keepalives both ways: a lock may be held through an hour-long apply on an otherwise
+# idle connection, which NAT gateways and firewalls silently drop (client side, libpq);
+# and the server must notice within a minute or two that a holder's machine died, or
+# the lock stays taken for the OS default of two hours (server side, per session).
 _KEEPALIVE_ARGS = {
     "keepalives": 1,
     "keepalives_idle": 30,
     "keepalives_interval": 10,
     "keepalives_count": 3,
 }
+_SERVER_KEEPALIVES = text(
+    "SELECT set_config('tcp_keepalives_idle', '30', false),"
+    " set_config('tcp_keepalives_interval', '10', false),"
+    " set_config('tcp_keepalives_count', '3', false)"
+)
 
 
 class MutexBusy(Exception):
@@ -207,6 +214,7 @@ class PostgresMutex:
             # never "idle in transaction" (which servers are often configured to kill).
             connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             try:
+                connection.execute(_SERVER_KEEPALIVES)
                 _acquire_advisory(connection, key, lock_id, deadline.remaining())
                 try:
                     yield

@@ -75,7 +75,11 @@ class InProcessQueue:
         """Recover what a previous run left behind, then start the threads (once)."""
         if self._threads:
             return
-        self._recover()
+        try:
+            self._recover()
+        except Exception:
+            # The recovery thread tries again; the web service need not wait for it.
+            log.exception("job recovery at start-up failed; retrying later")
         self._threads = [
             threading.Thread(
                 target=self._work, args=(f"w{n}",), name=f"job-worker-{n}", daemon=True

@@ -30,7 +30,7 @@ from runner.jobs.model import (
     encode_event,
     pr_group,
 )
-from runner.jobs.recovery import new_owner_id
+from runner.jobs.recovery import is_orphaned, new_owner_id, orphan_cutoff
 from runner.store.jobs import JobRecord, JobStatus
 from runner.store.store import Store
 
@@ -206,9 +206,14 @@ class JobRunner:
         return None
 
     def _older_running_in_group(self, job_id: int, group: str) -> bool:
+        # An orphaned job (its worker died) would never take its turn: not waited for.
+        # Recovery re-queues it; it then runs after this one.
+        expired_before = orphan_cutoff(self._timing.lease_grace_s)
         for record in self._store.jobs.list(status=JobStatus.RUNNING):
             if record.id >= job_id:
                 break
+            if is_orphaned(record, expired_before):
+                continue
             try:
                 event = decode_event(record.kind, record.payload, record.version)
             except (UnknownJobFormat, ValueError):

@@ -7,9 +7,10 @@ is orphaned when its lease expired (plus a grace for clock skew between machines
 or when its owner was a process of this host that no longer exists: that second
 check lets a restarted runner pick its jobs up at once instead of after the lease.
 
-An orphaned plan goes back to the queue (plans are idempotent). An orphaned apply
-never runs again by itself: it is marked `interrupted` and the handler tells the PR,
-because Terraform may have changed infrastructure and left its state lock held.
+An orphaned plan goes back to the queue (plans are idempotent), up to the store's
+attempt limit. An orphaned apply never runs again by itself: it is marked
+`interrupted` and the handler tells the PR, because Terraform may have changed
+infrastructure and left its state lock held.
 `recover` is idempotent and safe to run from any number of processes at once: each
 job is recovered by exactly one of them (the store checks and changes it atomically).
 """
@@ -96,51 +97,52 @@ def owner_is_gone(owner: str | None) -> bool:
     return start != 0 and process_start(pid) not in (0, start)
 
 
+def orphan_cutoff(lease_grace: float = DEFAULT_LEASE_GRACE_S) -> datetime:
+    """Leases that ended before this moment belong to dead (or hopelessly stuck) workers."""
+    return utcnow() - timedelta(seconds=lease_grace)
+
+
+def is_orphaned(record: JobRecord, expired_before: datetime) -> bool:
+    """A running job whose worker is gone: its lease ran out, or its process is dead."""
+    if record.status != JobStatus.RUNNING:
+        return False
+    expires = record.lease_expires_at
+    return (expires is not None and expires < expired_before) or owner_is_gone(record.lease_owner)
+
+
 def recover(
     store: Store, handler: JobHandler, lease_grace: float = DEFAULT_LEASE_GRACE_S
 ) -> RecoveryReport:
     """Re-queue orphaned plans, interrupt (and report) orphaned applies."""
     report = RecoveryReport()
-    expired_before = utcnow() - timedelta(seconds=lease_grace)
+    expired_before = orphan_cutoff(lease_grace)
     for record in store.jobs.list(status=JobStatus.RUNNING):
-        gone = owner_is_gone(record.lease_owner)
-        expired = record.lease_expires_at is not None and record.lease_expires_at < expired_before
-        if not (gone or expired):
+        if not is_orphaned(record, expired_before):
             continue
+        gone = owner_is_gone(record.lease_owner)
         reason = "its worker process is gone" if gone else "its lease expired"
-        recovered, event = _recover_one(store, handler, record, reason, gone, expired_before)
+        event = _decode(record)
+        apply = event is None or _is_apply(handler, event)
+        recovered = store.jobs.recover_job(
+            record.id,
+            retry=not apply,
+            reason=reason,
+            # Only while still held by the owner we judged, and (unless that owner is
+            # known dead) only if its lease really ended: a late heartbeat wins.
+            owner=record.lease_owner,
+            expired_before=None if gone else expired_before,
+        )
         if recovered is None:
             continue  # it finished, or was recovered by another process, meanwhile
         if recovered.status == JobStatus.QUEUED:
             report.requeued.append(recovered.id)
             log.warning("job %s re-queued: %s", recovered.id, reason)
-        else:
-            report.interrupted.append(recovered.id)
-            log.warning("job %s interrupted: %s", recovered.id, reason)
-            if event is not None:
-                _report(handler, recovered.id, event)
+            continue
+        report.interrupted.append(recovered.id)
+        log.warning("job %s interrupted: %s (attempt %s)", recovered.id, reason, recovered.attempts)
+        if apply and event is not None:
+            _report(handler, recovered.id, event)
     return report
-
-
-def _recover_one(
-    store: Store,
-    handler: JobHandler,
-    record: JobRecord,
-    reason: str,
-    gone: bool,
-    expired_before: datetime,
-) -> tuple[JobRecord | None, WorkEvent | None]:
-    event = _decode(record)
-    recovered = store.jobs.recover_job(
-        record.id,
-        retry=event is not None and not _is_apply(handler, event),
-        reason=reason,
-        # Only while still held by the owner we judged, and (unless that owner is known
-        # dead) only if its lease really ended: a late heartbeat wins.
-        owner=record.lease_owner,
-        expired_before=None if gone else expired_before,
-    )
-    return recovered, event
 
 
 def _decode(record: JobRecord) -> WorkEvent | None:

@@ -23,10 +23,11 @@ import importlib
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from redis import Redis
+from redis import Redis, RedisError
 from rq import Queue, SimpleWorker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
@@ -68,16 +69,28 @@ class RQQueue:
         self._store = store
         self._connection = connection or Redis.from_url(redis_url)
         self._queue = Queue(queue_name, connection=self._connection)
+        self._guard = threading.Lock()
+        self._unsent: list[int] = []  # persisted, but Redis was unreachable
 
     @property
     def rq_queue(self) -> Queue:
         return self._queue
 
     def submit(self, event: WorkEvent) -> int:
-        # Persisted before Redis hears of it: if Redis is down, the job still exists and
-        # the next worker start sends its message.
+        # Persisted before Redis hears of it. If Redis is down the job still exists: its
+        # message goes with the next submit that reaches Redis, or when a worker starts.
         job_id, _superseded = submit_event(self._store, event)
-        send_message(self._queue, job_id, attempt=0)
+        with self._guard:
+            self._unsent.append(job_id)
+            pending, self._unsent = self._unsent, []
+        for index, pending_id in enumerate(pending):
+            try:
+                send_message(self._queue, pending_id, attempt=0)
+            except RedisError:
+                log.exception("Redis unreachable; job %s waits for its message", pending_id)
+                with self._guard:
+                    self._unsent.extend(pending[index:])
+                break
         return job_id
 
     def start(self) -> None:

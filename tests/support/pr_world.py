@@ -106,13 +106,17 @@ class PullRequestWorld:
 
     def merge(self, number: int) -> str:
         """Merge the PR's branch into main for real (a merge commit), then deliver `closed`."""
+        merge_sha = self.merge_without_event(number)
+        self.deliver_pr("closed", number)
+        return merge_sha
+
+    def merge_without_event(self, number: int) -> str:
         branch = self._branches[number]
         self.origin.checkout("main")
         self.origin.repo.git.merge("--no-ff", "-m", f"Merge pull request #{number}", branch)
         merge_sha = self.origin.head
         self.origin.push("origin", "main")
         self.github.merge(FULL_NAME, number, merge_commit_sha=merge_sha)
-        self.deliver_pr("closed", number)
         return merge_sha
 
     def close(self, number: int) -> None:
@@ -186,3 +190,44 @@ def make_world(root: Path, config: str = "gitops-runner", **settings: object) ->
         services=services,
         flow=PullRequestFlow(services),
     )
+
+
+class ServedRunner:
+    """The runner as `serve` runs it (app + in-process queue), on a real HTTP port."""
+
+    def __init__(self, settings: Settings, *, start_workers: bool = True) -> None:
+        from werkzeug.serving import make_server
+
+        from runner.commands.services import build_web_services
+        from runner.web.app import create_app
+
+        self.web = build_web_services(settings)
+        self.app = create_app(settings, self.web)
+        self._server = make_server("127.0.0.1", 0, self.app, threaded=True)
+        self.url = f"http://127.0.0.1:{self._server.server_port}/events"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        if start_workers and self.web.start_workers:
+            self.web.start_workers()
+
+    def wait_idle(self, timeout: float = 240.0) -> None:
+        """Wait until no job is queued or running (generous: real Terraform runs)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            busy = [
+                job
+                for job in self.web.store.jobs.list()
+                if job.status.value in ("queued", "running")
+            ]
+            if not busy:
+                return
+            time.sleep(0.1)
+        raise TimeoutError("jobs still running")
+
+    def stop(self, *, workers: bool = True) -> None:
+        if workers and self.web.stop_workers:
+            self.web.stop_workers()
+        self._server.shutdown()
+        self.web.store.close()
