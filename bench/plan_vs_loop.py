@@ -1,21 +1,31 @@
 """`gitops-runner plan` on N changed projects versus a shell loop of init + plan.
 
+Two workloads: `cpu` (many `terraform_data` resources: pure CPU, the worst case for
+any runner on 2 cores since there is no waiting to overlap) and `latency` (each project
+reads `terraform_remote_state` data sources from a local HTTP backend that answers
+after a delay, in chained levels: what real plans spend their time on is waiting for
+cloud APIs).
+
 Both sides use the same Terraform (the one the runner would pick: GITOPS_TERRAFORM_BIN,
 `terraform`/`tofu` on PATH, else the embedded one) and start from a clean tree each
 round (no `.terraform`). Rounds alternate runner/loop so machine noise hits both.
 
-    python bench/plan_vs_loop.py [--projects 8] [--resources 40] [--rounds 3] [--embedded]
+    python bench/plan_vs_loop.py [--workload cpu|latency] [--projects 8] [--rounds 3]
+                                 [--resources 40] [--latency-ms 150] [--embedded]
 """
 
 from __future__ import annotations
 
 import argparse
+import http.server
+import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -23,7 +33,7 @@ import git
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runner.terraform import embedded_terraform, locate_terraform  # noqa: E402
+from runner.terraform import embedded_terraform, locate_terraform
 
 MODULE = """variable "name" {
   type = string
@@ -43,12 +53,71 @@ def project_tf(index: int, resources: int, version: str) -> str:
     for number in range(resources):
         blocks.append(
             f'resource "terraform_data" "r{number}" {{\n'
-            f'  input = {{ n = {number}, release = var.release, tags = module.tags.tags }}\n}}\n'
+            f"  input = {{ n = {number}, release = var.release, tags = module.tags.tags }}\n}}\n"
         )
     return "\n".join(blocks)
 
 
-def build_repo(root: Path, projects: int, resources: int) -> Path:
+_EMPTY_STATE = json.dumps(
+    {
+        "version": 4,
+        "terraform_version": "1.5.0",
+        "serial": 1,
+        "lineage": "bench",
+        "outputs": {"value": {"value": "ok", "type": "string"}},
+        "resources": [],
+    }
+).encode()
+
+
+class LatencyBackend:
+    """A Terraform `http` state backend on 127.0.0.1 that answers after a delay."""
+
+    def __init__(self, latency_s: float) -> None:
+        delay = latency_s
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                time.sleep(delay)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(_EMPTY_STATE)))
+                self.end_headers()
+                self.wfile.write(_EMPTY_STATE)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+
+
+def latency_project_tf(index: int, port: int, version: str, levels: int = 3, fan: int = 4) -> str:
+    """`levels` chained rounds of `fan` parallel remote-state reads, then resources."""
+    blocks = [f'variable "release" {{\n  default = "{version}"\n}}\n']
+    previous = "start"
+    for level in range(levels):
+        for reader in range(fan):
+            blocks.append(
+                f'data "terraform_remote_state" "l{level}r{reader}" {{\n  backend = "http"\n'
+                f'  config = {{ address = "http://127.0.0.1:{port}/p{index}/{level}/{reader}'
+                f'?after={previous}" }}\n}}\n'
+            )
+        previous = f"${{data.terraform_remote_state.l{level}r0.outputs.value}}"
+    for number in range(fan):
+        blocks.append(
+            f'resource "terraform_data" "r{number}" {{\n'
+            f'  input = {{ n = {number}, release = var.release, seen = "{previous}" }}\n}}\n'
+        )
+    return "\n".join(blocks)
+
+
+def build_repo(root: Path, projects: int, resources: int, latency_port: int | None = None) -> Path:
     """A repo whose `feature` branch changes every one of `projects` projects."""
     repo_dir = root / "repo"
     repo = git.Repo.init(repo_dir, initial_branch="main")
@@ -57,15 +126,21 @@ def build_repo(root: Path, projects: int, resources: int) -> Path:
         config.set_value("user", "email", "bench@example.com")
     (repo_dir / "modules/tags").mkdir(parents=True)
     (repo_dir / "modules/tags/main.tf").write_text(MODULE)
+
+    def text(index: int, version: str) -> str:
+        if latency_port is None:
+            return project_tf(index, resources, version)
+        return latency_project_tf(index, latency_port, version)
+
     for index in range(projects):
         path = repo_dir / f"infra/svc{index}"
         path.mkdir(parents=True)
-        (path / "main.tf").write_text(project_tf(index, resources, "v1"))
+        (path / "main.tf").write_text(text(index, "v1"))
     repo.git.add(A=True)
     repo.index.commit("base")
     repo.git.checkout("-b", "feature")
     for index in range(projects):
-        (repo_dir / f"infra/svc{index}/main.tf").write_text(project_tf(index, resources, "v2"))
+        (repo_dir / f"infra/svc{index}/main.tf").write_text(text(index, "v2"))
     repo.git.add(A=True)
     repo.index.commit("change every project")
     repo.git.checkout("main")
@@ -113,6 +188,8 @@ def run_runner(repo_dir: Path, data_dir: Path, env: dict[str, str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", choices=("cpu", "latency"), default="cpu")
+    parser.add_argument("--latency-ms", type=int, default=150)
     parser.add_argument("--projects", type=int, default=8)
     parser.add_argument("--resources", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
@@ -134,7 +211,10 @@ def main() -> None:
         }
         if not env["GITOPS_TERRAFORM_BIN"]:
             env.pop("GITOPS_TERRAFORM_BIN")
-        repo_dir = build_repo(root, args.projects, args.resources)
+        backend = LatencyBackend(args.latency_ms / 1000) if args.workload == "latency" else None
+        repo_dir = build_repo(
+            root, args.projects, args.resources, backend.port if backend else None
+        )
         runner_times, loop_times = [], []
         for round_number in range(args.rounds):
             runner_times.append(run_runner(repo_dir, root / f"data{round_number}", env))
@@ -142,8 +222,11 @@ def main() -> None:
             loop_times.append(run_loop(tree, binary.argv, env))
         runner_median = statistics.median(runner_times)
         loop_median = statistics.median(loop_times)
-        print(f"terraform: {binary.description}")
+        if backend is not None:
+            backend.close()
+        print(f"terraform: {binary.description}; workload: {args.workload}")
         print(f"projects={args.projects} resources/project={args.resources} rounds={args.rounds}")
+        print(f"load average: {os.getloadavg()[0]:.2f}")
         print(f"runner  (gitops-runner plan): {runner_median:6.2f} s  {runner_times}")
         print(f"loop    (init && plan each) : {loop_median:6.2f} s  {loop_times}")
         print(f"ratio runner/loop: {runner_median / loop_median:.2f} (target <= 0.70)")

@@ -68,7 +68,8 @@ class Settings(BaseSettings):
 
     terraform_bin: str | None = None
     terraform_timeout: int = Field(default=3600, ge=1, description="seconds per Terraform step")
-    parallelism: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1)
+    # Plans mostly wait on provider APIs, so more run at once than there are cores.
+    parallelism: int = Field(default_factory=lambda: max(4, os.cpu_count() or 2), ge=1)
     secret_env_vars: CommaList = ()
 
     slack_webhook_url: SecretStr | None = None
