@@ -192,18 +192,34 @@ def stop_server(server: subprocess.Popen) -> None:
         server.wait()
 
 
-def run_round(url: str, batches: list[list[Delivery]], keep_alive: bool) -> RoundResult:
-    """All clients start together (barrier) and send their deliveries back to back."""
+def run_round(
+    url: str, batches: list[list[Delivery]], keep_alive: bool, rate: float | None = None
+) -> RoundResult:
+    """All clients start together and send their deliveries.
+
+    Closed loop (default): each client sends its next delivery as soon as the previous
+    one is answered, so the server sees `clients` requests in flight all the time.
+    Open loop (`rate`): delivery k of client i is due at t0 + (k * clients + i) / rate
+    and its latency counts from that due time, so time spent waiting for a free client
+    (the server falling behind) is not hidden (no coordinated omission).
+    """
+    clients = len(batches)
     latencies: list[list[float]] = [[] for _ in batches]
     failures: list[str] = []
-    barrier = threading.Barrier(len(batches) + 1)
+    barrier = threading.Barrier(clients + 1)
+    t0 = 0.0
 
     def client(index: int) -> None:
         session = requests.Session() if keep_alive else None
         barrier.wait()
-        for delivery in batches[index]:
+        for number, delivery in enumerate(batches[index]):
             headers = delivery.headers if keep_alive else delivery.headers | {"Connection": "close"}
-            start = time.perf_counter()
+            if rate is not None:
+                due = t0 + (number * clients + index) / rate
+                time.sleep(max(0.0, due - time.perf_counter()))
+                start = due
+            else:
+                start = time.perf_counter()
             try:
                 if session is not None:
                     reply = session.post(url, data=delivery.body, headers=headers, timeout=30)
@@ -218,15 +234,32 @@ def run_round(url: str, batches: list[list[Delivery]], keep_alive: bool) -> Roun
         if session is not None:
             session.close()
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(batches))]
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for thread in threads:
         thread.start()
+    t0 = time.perf_counter() + 0.05  # read by the clients only after the barrier
     barrier.wait()
-    start = time.perf_counter()
     for thread in threads:
         thread.join()
-    wall = time.perf_counter() - start
+    wall = time.perf_counter() - t0
     return RoundResult([value for values in latencies for value in values], wall, failures)
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of `pid` and its children so far (Linux /proc; else 0).
+
+    Tells how the two cores were shared between the server and this load generator.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        total = 0
+        for member in [str(pid), *children]:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / ticks
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def describe(latencies: list[float], wall_s: float | None) -> str:
@@ -289,6 +322,9 @@ def main() -> None:
         help="pull_request action; synchronize (a push) also supersedes queued autoplans",
     )
     parser.add_argument("--keep-alive", action="store_true", help="one connection per client")
+    parser.add_argument(
+        "--rate", type=float, help="open loop: deliveries per second over all clients"
+    )
     parser.add_argument("--smoke", action="store_true", help="5 clients x 4, one round (CI)")
     args = parser.parse_args()
     if args.smoke:
@@ -296,6 +332,8 @@ def main() -> None:
 
     load_before = os.getloadavg()
     github = start_fake_github(args.clients)
+    results: list[RoundResult] = []
+    cpu: list[tuple[float, float]] = []  # (server, this process) per round
     with tempfile.TemporaryDirectory(prefix="gitops-bench-ack-") as scratch:
         root = Path(scratch)
         port = free_port()
@@ -307,12 +345,18 @@ def main() -> None:
             # Warm-up (not measured): first request per code path, SQLite file creation.
             warm = build_deliveries(github, min(args.clients, 5), 1, args.action, -1)
             run_round(f"{base_url}/events", warm, args.keep_alive)
-            results = []
             for round_number in range(args.rounds):
                 batches = build_deliveries(
                     github, args.clients, args.requests, args.action, round_number
                 )
-                results.append(run_round(f"{base_url}/events", batches, args.keep_alive))
+                server_cpu, own_cpu = process_tree_cpu_s(server.pid), time.process_time()
+                results.append(run_round(f"{base_url}/events", batches, args.keep_alive, args.rate))
+                cpu.append(
+                    (
+                        process_tree_cpu_s(server.pid) - server_cpu,
+                        time.process_time() - own_cpu,
+                    )
+                )
             histogram = server_histogram(base_url)
             jobs = job_counts(root / "data")
         finally:
@@ -321,19 +365,24 @@ def main() -> None:
     load_after = os.getloadavg()
 
     connection = "keep-alive" if args.keep_alive else "new connection per delivery"
+    loop = f"open loop at {args.rate:g} req/s" if args.rate else "closed loop"
     print(
-        f"gitops-runner serve (gunicorn gthread x8, 1 job worker), {args.clients} clients x "
-        f"{args.requests} `{args.action}` deliveries x {args.rounds} round(s), {connection}"
+        f"gitops-runner serve (gunicorn gthread x8, 1 job worker): {args.clients} clients x "
+        f"{args.requests} `{args.action}` deliveries x {args.rounds} round(s), {loop}, "
+        f"{connection}"
     )
     print(
         f"load average before {load_before[0]:.2f} / after {load_after[0]:.2f} "
         f"(cpus: {os.cpu_count()})"
     )
-    for number, result in enumerate(results, 1):
-        print(f"round {number}: {describe(result.latencies, result.wall_s)}")
+    for number, (result, (server_cpu, own_cpu)) in enumerate(zip(results, cpu, strict=True), 1):
+        print(
+            f"round {number}: {describe(result.latencies, result.wall_s)}  "
+            f"cpu server {server_cpu:4.1f} s / bench {own_cpu:4.1f} s in {result.wall_s:4.1f} s"
+        )
     everything = [value for result in results for value in result.latencies]
     wall = sum(result.wall_s for result in results)
-    print(f"all     : {describe(everything, wall)}")
+    print(f"all    : {describe(everything, wall)}")
     p99_per_round = [percentile(sorted(r.latencies), 0.99) for r in results]
     print(
         f"median p99 over rounds: {statistics.median(p99_per_round) * 1000:.1f} ms "

@@ -8,7 +8,7 @@ and applies only when its changes equal those of the PR's last plan.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from runner.commands.apply_requirements import RequirementContext, unmet_requirements
@@ -25,6 +25,7 @@ from runner.engine.project_mutex import MutexBusy
 from runner.engine.recording import record_plan_result
 from runner.events.model import RepoRef
 from runner.forge.base import CommitState, PullRequestInfo
+from runner.notify.events import ApplyEvents
 from runner.results.model import ApplyResult, ApplyStatus, PlanResult, PlanStatus, PlanSummary
 from runner.results.render import render_apply_comment, render_message
 from runner.results.summary import normalized_changes_hash
@@ -46,6 +47,12 @@ class PullRequestApplier:
     def __init__(self, services: Services, feedback: PullRequestFeedback) -> None:
         self._services = services
         self._feedback = feedback
+        self._events = ApplyEvents(
+            services.notifier,
+            services.store,
+            public_url=services.settings.public_url,
+            masker=feedback.masker,
+        )
 
     # ---- gitops apply -------------------------------------------------------------------
 
@@ -173,6 +180,7 @@ class PullRequestApplier:
                     details="\n".join(attention),
                 )
             )
+            self._events.needs_attention(repo, pr, author, attention, merge_sha)
         if not candidates:
             return []
         return self._apply_and_report(repo, pr, author, checkout, candidates, Trigger.MERGE)
@@ -269,6 +277,7 @@ class PullRequestApplier:
         self._feedback.status(
             commit, APPLY_CONTEXT, state, f"{len(results) - len(failed)}/{len(results)} applied"
         )
+        self._events.applied(repo, pr, author, results, trigger)
         return results
 
     def _apply_one(
@@ -317,10 +326,12 @@ class PullRequestApplier:
                 commit=candidate.plan.commit_sha,
                 log_path=str(log_path),
                 duration_s=outcome.duration_s,
+                run_id=run_id,
             )
         error = masker.mask(outcome.stderr_tail()) or f"exit code {outcome.exit_code}"
         services.store.runs.finish(run_id, RunStatus.FAILED, error=error, log_path=str(log_path))
-        return _failed(candidate, error, output=masker.mask(outcome.stdout))
+        failed = _failed(candidate, error, output=masker.mask(outcome.stdout))
+        return replace(failed, run_id=run_id)
 
     def _after_apply(
         self,

@@ -16,6 +16,8 @@ from runner.engine.planner import Planner, build_planner, build_terraform_factor
 from runner.engine.project_mutex import ProjectMutex, build_mutex
 from runner.forge.base import Forge
 from runner.forge.factory import build_forge
+from runner.notify.base import Notifier, NullNotifier
+from runner.notify.slack import build_notifier
 from runner.settings import Settings
 from runner.store.store import Store
 from runner.terraform import Terraform
@@ -37,6 +39,8 @@ class Services:
     terraform_for: Callable[[str | None], Terraform]
     mutex: ProjectMutex
     secret_values: tuple[str, ...] = field(default=())
+    # Chat messages about applies (runner/notify/events.py); silent unless Slack is set up.
+    notifier: Notifier = field(default_factory=NullNotifier)
 
 
 def build_services(settings: Settings, store: Store | None = None) -> Services:
@@ -57,6 +61,7 @@ def build_services(settings: Settings, store: Store | None = None) -> Services:
         terraform_for=terraform_for,
         mutex=build_mutex(settings, store),
         secret_values=settings.secret_values(),
+        notifier=build_notifier(settings),
     )
 
 

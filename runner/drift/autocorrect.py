@@ -11,7 +11,6 @@ Policy checks are not part of the runner yet; when they are, they go in `refusal
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, time
@@ -20,11 +19,10 @@ from pathlib import Path
 from runner.config.model import ProjectConfig
 from runner.drift.model import Correction, DriftResult, DriftStatus
 from runner.engine.planner import file_checksum
-from runner.settings import Settings
 from runner.store.locks import LockOwner
 from runner.store.runs import RunStatus
 from runner.store.store import Store
-from runner.terraform import StepTimeouts, Terraform, locate_terraform
+from runner.terraform import Terraform
 
 TerraformFor = Callable[[str | None], Terraform]
 LOCK_USER = "gitops-runner drift auto-correct"
@@ -34,26 +32,6 @@ _WINDOW = re.compile(
     r"(?P<h1>\d{1,2}):(?P<m1>\d{2})-(?P<h2>\d{1,2}):(?P<m2>\d{2})\s*$",
     re.IGNORECASE,
 )
-
-
-def terraform_factory(settings: Settings) -> TerraformFor:
-    """One Terraform per requested version, like the Planner's (applies use the same one)."""
-    made: dict[str | None, Terraform] = {}
-    lock = threading.Lock()
-    timeouts = StepTimeouts(plan=settings.terraform_timeout, apply=settings.terraform_timeout)
-
-    def terraform_for(version: str | None) -> Terraform:
-        with lock:
-            if version not in made:
-                made[version] = Terraform(
-                    locate_terraform(settings.terraform_bin, version),
-                    settings.plugin_cache_dir,
-                    settings.data_dir,
-                    timeouts=timeouts,
-                )
-            return made[version]
-
-    return terraform_for
 
 
 def in_window(window: str | None, now: datetime) -> bool:

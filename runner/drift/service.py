@@ -13,13 +13,13 @@ from dataclasses import replace
 from datetime import datetime
 
 from runner.config.model import ProjectConfig
-from runner.drift.autocorrect import AutoCorrector, after_rescan, refusal, terraform_factory
+from runner.drift.autocorrect import AutoCorrector, after_rescan, refusal
 from runner.drift.history import Tracked, record_results
 from runner.drift.issues import DriftIssues, ForgeFor
 from runner.drift.model import Correction, DriftReport, DriftResult, DriftStatus
 from runner.drift.reports import drift_message
 from runner.drift.scan import DriftRepo, DriftScanner, ScanSession
-from runner.engine.planner import Planner, build_planner
+from runner.engine.planner import Planner, build_planner, build_terraform_factory
 from runner.forge.base import Forge
 from runner.notify.base import Delivery, Notifier
 from runner.notify.slack import build_notifier
@@ -74,13 +74,14 @@ class DriftService:
         self.history = DriftStore(store)
         self.notifier = notifier or build_notifier(settings)
         self._clock = clock
+        terraform_for = build_terraform_factory(settings)
         self.scanner = DriftScanner(
-            planner or build_planner(settings),
+            planner or build_planner(settings, terraform_for=terraform_for),
             working_copies or WorkingCopies(settings.repos_dir),
             store,
             secret_values=secret_values,
         )
-        self.corrector = AutoCorrector(store, terraform_factory(settings), settings.logs_dir)
+        self.corrector = AutoCorrector(store, terraform_for, settings.logs_dir)
         self.issues = DriftIssues(forge_for or _default_forge_for(settings), self.history)
         self.last_delivery: Delivery | None = None
 

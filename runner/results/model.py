@@ -89,3 +89,4 @@ class ApplyResult:
     commit: str | None = None
     log_path: str | None = None
     duration_s: float = 0.0
+    run_id: int | None = None  # the stored apply run, for links; None when it never started

@@ -46,6 +46,8 @@ class Trigger(StrEnum):
     MERGE = "merge"
     SCHEDULE = "schedule"
     CLI = "cli"
+    API = "api"  # a person asked through the web API (POST /api/drift)
+    RECONCILE = "reconcile"  # pull-mode reconcile of the default branch (no PR)
 
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, current_app
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -24,13 +24,19 @@ from runner.settings import Settings, load_settings
 from runner.store.jobs import JobStatus
 from runner.store.store import Store
 
+if TYPE_CHECKING:
+    from runner.drift.model import DriftResult
+    from runner.drift.triggers import ScanTicket
+
 logger = logging.getLogger(__name__)
 
 EXTENSION_KEY = "gitops_runner"
 
-# Drift endpoints come later; these are their seams (see WebServices).
-DriftTrigger = Callable[..., Any]
-DriftReport = Callable[..., Any]
+# The drift API's seams (see WebServices and runner/drift/triggers.py).
+# (repo, project) -> the scan job, started in the background; never waits for the scan.
+DriftTrigger = Callable[[str | None, str | None], "ScanTicket"]
+# repo -> the newest stored result of every project (of that repository).
+DriftReport = Callable[[str | None], "Sequence[DriftResult]"]
 
 # A webhook acknowledgement should take milliseconds; the top buckets catch regressions.
 _ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -57,13 +63,16 @@ class WebServices:
     `submit` is the job queue's submit: it persists the event and returns the job id,
     and must not call the forge or git (the webhook answers in milliseconds).
     `start_workers` / `stop_workers` run the job workers behind `submit` in this
-    process; the gunicorn hooks call them once the app is loaded in a worker and when
-    the worker exits (see runner/web/server.py). None when jobs run elsewhere (RQ).
+    process (and the drift scheduler, when drift is scheduled); the gunicorn hooks call
+    them once the app is loaded in a worker and when the worker exits (see
+    runner/web/server.py). None when jobs run elsewhere (RQ).
+    `drift_trigger` starts a drift scan in the background (POST /api/drift; None: the
+    endpoint answers 503); `drift_report` reads the latest results (GET /api/drift;
+    None: read straight from the store).
     """
 
     store: Store
     submit: Callable[[WorkEvent], int]
-    # Seams for the drift API (not served yet): trigger a drift run, read the last report.
     drift_trigger: DriftTrigger | None = None
     drift_report: DriftReport | None = None
     start_workers: Callable[[], None] | None = None
@@ -183,10 +192,11 @@ def create_app(settings: Settings, services: WebServices) -> Flask:
 def _register_blueprints(app: Flask) -> None:
     # Imported here, not at the top: the blueprint modules import `web_context` from
     # this module, and a top-level import would be circular.
-    from runner.web import api, dashboard, webhooks
+    from runner.web import api, dashboard, drift_api, webhooks
 
     app.register_blueprint(webhooks.blueprint)
     app.register_blueprint(api.blueprint)
+    app.register_blueprint(drift_api.blueprint)
     app.register_blueprint(dashboard.blueprint)
 
 

@@ -38,7 +38,6 @@ from flask import Flask, Response, request
 from github import Auth, Github
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from tests.support.github_payloads import (
     Comment,
@@ -59,6 +58,7 @@ from tests.support.github_payloads import (
     stable_id,
     user_json,
 )
+from tests.support.local_server import LocalServer
 
 ENTERPRISE_PREFIX = "/api/v3"
 DOCS_URL = "https://docs.github.com/rest"
@@ -208,13 +208,6 @@ class _RepoState:
         return sum(1 for c in self.comments.values() if c.issue_number == number)
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """Werkzeug logs every request to stderr; the request log here is the useful one."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
-
-
 class FakeGitHub:
     """In-memory GitHub with a real HTTP front; see the module docstring for usage."""
 
@@ -226,39 +219,19 @@ class FakeGitHub:
         self._repos: dict[str, _RepoState] = {}
         self._requests: list[RecordedRequest] = []
         self._faults: list[_Fault] = []
-        self._server: BaseWSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = LocalServer("fake-github")
         self.app = self._build_app()
 
     # --- lifecycle ------------------------------------------------------------
 
     def start(self) -> Self:
         """Serve on 127.0.0.1 at a free port in a daemon thread."""
-        if self._server is not None:
-            return self
-        wsgi = DispatcherMiddleware(self.app, {ENTERPRISE_PREFIX: self.app})
-        self._server = make_server(
-            "127.0.0.1", 0, wsgi, threaded=True, request_handler=_QuietHandler
-        )
-        # A short poll interval keeps stop() (and so every test teardown) fast.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fake-github",
-            daemon=True,
-        )
-        self._thread.start()
+        self._http.start(DispatcherMiddleware(self.app, {ENTERPRISE_PREFIX: self.app}))
         return self
 
     def stop(self) -> None:
         """Stop serving and free the port; safe to call twice."""
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = self._thread = None
+        self._http.stop()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -269,9 +242,7 @@ class FakeGitHub:
     @property
     def url(self) -> str:
         """Server root; also a valid PyGithub ``base_url`` (github.com style paths)."""
-        if self._server is None:
-            raise RuntimeError("FakeGitHub is not started")
-        return f"http://127.0.0.1:{self._server.server_port}"
+        return self._http.url
 
     @property
     def api_url(self) -> str:

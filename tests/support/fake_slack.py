@@ -17,8 +17,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
+
+from tests.support.local_server import LocalServer
 
 WEBHOOK_PATH = "/services/T000/B000/XXXX"
 
@@ -38,11 +39,6 @@ class SlackMessage:
         return json.dumps(self.blocks)
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
-
-
 class FakeSlack:
     """Records accepted messages; answers faults when told to."""
 
@@ -53,32 +49,16 @@ class FakeSlack:
         self._faults: list[int] = []
         self._down_status: int | None = None
         self.requests = 0
-        self._server: BaseWSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = LocalServer("fake-slack")
 
     # --- lifecycle --------------------------------------------------------------
 
     def start(self) -> Self:
-        self._server = make_server(
-            "127.0.0.1", 0, self._wsgi, threaded=True, request_handler=_QuietHandler
-        )
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fake-slack",
-            daemon=True,
-        )
-        self._thread.start()
+        self._http.start(self._wsgi)
         return self
 
     def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = self._thread = None
+        self._http.stop()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -88,9 +68,7 @@ class FakeSlack:
 
     @property
     def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("FakeSlack is not started")
-        return f"http://127.0.0.1:{self._server.server_port}"
+        return self._http.url
 
     @property
     def webhook_url(self) -> str:

@@ -21,6 +21,7 @@ from runner.settings import Settings, load_settings
 from tests.support.fake_github import FakeGitHub
 from tests.support.git_repo import GitRepo, sample_repo
 from tests.support.github_payloads import issue_comment_event, pull_request_event
+from tests.support.local_server import LocalServer
 
 FULL_NAME = "acme/infra"
 WEBHOOK_SECRET = "webhook-secret"
@@ -196,17 +197,14 @@ class ServedRunner:
     """The runner as `serve` runs it (app + in-process queue), on a real HTTP port."""
 
     def __init__(self, settings: Settings, *, start_workers: bool = True) -> None:
-        from werkzeug.serving import make_server
-
         from runner.commands.services import build_web_services
         from runner.web.app import create_app
 
         self.web = build_web_services(settings)
         self.app = create_app(settings, self.web)
-        self._server = make_server("127.0.0.1", 0, self.app, threaded=True)
-        self.url = f"http://127.0.0.1:{self._server.server_port}/events"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._http = LocalServer("gitops-runner")
+        self._http.start(self.app)
+        self.url = f"{self._http.url}/events"
         if start_workers and self.web.start_workers:
             self.web.start_workers()
 
@@ -229,5 +227,5 @@ class ServedRunner:
     def stop(self, *, workers: bool = True) -> None:
         if workers and self.web.stop_workers:
             self.web.stop_workers()
-        self._server.shutdown()
+        self._http.stop()
         self.web.store.close()
