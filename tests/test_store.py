@@ -26,7 +26,7 @@ from runner.store.db import (
     normalize_url,
 )
 from runner.store.models import Base
-from runner.store.runs import sha256_file
+from runner.terraform.planfile import plan_checksum
 
 REPO = "github.com/acme/infra"
 SHA_A = "a" * 40
@@ -278,7 +278,7 @@ def _plan(store: Store, tmp_path: Path, commit: str, project: str = "prod", **ru
         ResourceChange("aws_iam_role.app", ("delete", "create")),
     )
     return store.runs.record_plan(
-        run_id, path=str(plan_file), checksum=sha256_file(plan_file), changes=changes
+        run_id, path=str(plan_file), checksum=plan_checksum(plan_file), changes=changes
     )
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from runner.config.model import ProjectConfig
 from runner.drift.model import Correction, DriftResult, DriftStatus
-from runner.engine.planner import file_checksum
 from runner.store.locks import LockOwner
 from runner.store.runs import RunStatus
 from runner.store.store import Store
 from runner.terraform import Terraform
+from runner.terraform.planfile import plan_checksum
 
 TerraformFor = Callable[[str | None], Terraform]
 LOCK_USER = "gitops-runner drift auto-correct"
@@ -75,7 +75,7 @@ def refusal(result: DriftResult, project: ProjectConfig, head_now: str, now: dat
     if not result.plan_path or not result.plan_checksum:
         return "the scan kept no plan file"
     path = Path(result.plan_path)
-    if not path.is_file() or file_checksum(path) != result.plan_checksum:
+    if not path.is_file() or plan_checksum(path) != result.plan_checksum:
         return "the plan file changed since the scan"
     return ""
 

@@ -8,7 +8,6 @@ the same wherever it was made.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ from runner.results.model import PlanResult, PlanStatus
 from runner.results.summary import PlanDigest, summarize_plan
 from runner.settings import Settings
 from runner.terraform import StepTimeouts, Terraform, TerraformError, locate_terraform
+from runner.terraform.planfile import plan_checksum
 from runner.terraform.result import CommandOutcome
 
 # Terraform's -detailed-exitcode: 0 = no changes, 2 = changes, anything else = error.
@@ -52,15 +52,6 @@ class PlanOptions:
 def plan_file_path(checkout: Path, project: ProjectConfig) -> Path:
     """Where the plan of a project lives: in its own directory, beside `.terraform`."""
     return checkout / project.dir / f"gitops-{project.workspace}.tfplan"
-
-
-def file_checksum(path: Path) -> str:
-    """sha256 of a plan file, so an apply can prove it applies what was reviewed."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Planner:
@@ -207,7 +198,7 @@ class _ResultBase:
         fields: dict[str, object] = {
             "output": masker.mask(outcome.stdout),
             "plan_path": str(plan_path),
-            "plan_checksum": file_checksum(plan_path),
+            "plan_checksum": plan_checksum(plan_path),
             "duration_s": outcome.duration_s,
         }
         if digest is not None:

@@ -8,7 +8,6 @@ Newer pushes discard older plans; discarded plans are kept for history.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Iterable
@@ -23,6 +22,7 @@ from sqlalchemy.orm import Session
 from runner.results.model import PlanSummary, ResourceChange
 from runner.store.db import Database
 from runner.store.models import Plan, Run, utcnow
+from runner.terraform.planfile import plan_checksum
 
 
 class RunStatus(StrEnum):
@@ -96,16 +96,7 @@ class PlanRecord:
         applied.
         """
         path = Path(self.path)
-        return path.is_file() and sha256_file(path) == self.checksum
-
-
-def sha256_file(path: Path) -> str:
-    """The checksum stored with a plan (hex sha256 of the plan file's bytes)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return path.is_file() and plan_checksum(path) == self.checksum
 
 
 class RunStore:
