@@ -31,6 +31,7 @@ from runner.terraform import (
     plan_status,
     run_process,
 )
+from runner.terraform.providers import init_inputs_digest
 from runner.terraform.terraform import EMPTY_CLI_CONFIG_NAME, INIT_LOCK_NAME
 from tests.support.files_provider import (
     EXECUTABLE,
@@ -540,6 +541,29 @@ def test_init_waits_for_the_plugin_cache_lock(tmp_path: Path, make_tf: Callable[
     assert timed_out.timed_out and "waiting for the plugin cache lock" in timed_out.stderr
     assert cancelled.cancelled and "waiting for the plugin cache lock" in cancelled.stderr
     assert not (workdir / ".terraform").exists()  # neither init ran
+
+
+def test_init_is_skipped_while_nothing_it_depends_on_changed(
+    tmp_path: Path, make_tf: Callable[..., Terraform]
+):
+    tf = make_tf()
+    workdir = _project(tmp_path, "p", DATA_TF)
+
+    first = tf.init(workdir)
+    again = tf.init(workdir)
+    (workdir / "more.tf").write_text('output "o" {\n  value = 1\n}\n')
+    after_change = tf.init(workdir)
+
+    assert first.ok and "Terraform has been successfully initialized" in first.stdout
+    assert again.ok and "init skipped" in again.stdout
+    assert after_change.ok and "successfully initialized" in after_change.stdout
+    assert plan_status(tf.plan(workdir, out=Path("p.tfplan"))) is PlanStatus.CHANGES
+
+
+def test_init_always_runs_with_a_remote_module(tmp_path: Path, make_tf: Callable[..., Terraform]):
+    workdir = _project(tmp_path, "p", 'module "m" {\n  source = "example.com/a/b/c"\n}\n')
+
+    assert init_inputs_digest(workdir, "identity") is None
 
 
 def test_an_init_that_only_reads_the_cache_does_not_wait(

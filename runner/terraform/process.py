@@ -121,6 +121,11 @@ def not_started(
     )
 
 
+def skipped(argv: Sequence[str], why: str) -> CommandOutcome:
+    """The outcome of a step that did not need to run: a success that ran nothing."""
+    return CommandOutcome(argv=tuple(argv), exit_code=0, stdout=why, stderr="", duration_s=0.0)
+
+
 def _has_exited(proc: subprocess.Popen[bytes]) -> bool:
     # WNOWAIT leaves the exited leader unreaped: its pid, which is the process group
     # id, cannot be reused before the stragglers in the group have been killed.

@@ -1,4 +1,9 @@
-"""Whether `terraform init` in a directory can write to the shared plugin cache.
+"""What `terraform init` in a directory depends on, read without running Terraform.
+
+Two questions: whether init can write to the shared plugin cache, and whether the
+inputs of a previous successful init are unchanged (so it need not run again).
+
+Whether init can write to the shared plugin cache:
 
 Inits are serialised on the plugin cache because two writers corrupt it. But an
 init only writes there when it must install a provider that is not cached yet;
@@ -10,6 +15,7 @@ means "may write" and the lock is taken.
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import re
 from collections.abc import Iterator
@@ -81,3 +87,24 @@ def _platform() -> str:
         machine, machine
     )
     return f"{platform.system().lower()}_{arch}"
+
+
+def init_inputs_digest(workdir: Path, identity: str) -> str | None:
+    """A digest of everything a successful init depended on; None when unknowable.
+
+    The root module's and its local modules' configuration, the dependency lock file,
+    and `identity` (the Terraform binary and CLI configuration). Registry or git
+    modules make it unknowable: their remote content may have moved.
+    """
+    digest = hashlib.sha256(identity.encode())
+    try:
+        for text in _module_texts(workdir, set(), 0):
+            if text is None:
+                return None
+            digest.update(text.encode())
+        lock_file = workdir / LOCK_FILE
+        if lock_file.is_file():
+            digest.update(lock_file.read_bytes())
+    except (OSError, UnicodeDecodeError):
+        return None
+    return digest.hexdigest()

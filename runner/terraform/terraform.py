@@ -22,8 +22,14 @@ from filelock import FileLock, Timeout
 
 from runner.results.model import PlanStatus
 from runner.terraform.locate import TerraformBinary
-from runner.terraform.process import DEFAULT_GRACE_S, StopReason, not_started, run_process
-from runner.terraform.providers import init_may_write_plugin_cache
+from runner.terraform.process import (
+    DEFAULT_GRACE_S,
+    StopReason,
+    not_started,
+    run_process,
+    skipped,
+)
+from runner.terraform.providers import init_inputs_digest, init_may_write_plugin_cache
 from runner.terraform.result import CommandOutcome
 
 # In the plugin cache dir, so every runner process sharing the cache shares the lock.
@@ -130,6 +136,9 @@ class Terraform:
         only reads the cache (see providers.py) runs without it, in parallel.
         """
         argv = self._argv("init", "-input=false", "-no-color", *extra_args)
+        digest = None if extra_args or env else self._init_digest(workdir)
+        if digest is not None and _read_marker(workdir) == digest:
+            return skipped(argv, "init skipped: nothing it depends on changed since the last init")
         deadline = _deadline(self.timeouts.init)
         if init_may_write_plugin_cache(workdir, self.plugin_cache_dir):
             guard = self._plugin_cache_lock(deadline, cancel)
@@ -138,7 +147,16 @@ class Terraform:
         with guard as stopped:
             if stopped is not None:
                 return not_started(argv, f"{stopped} waiting for the plugin cache lock", stopped)
-            return self._run(argv, workdir, log, _remaining(deadline), cancel, env)
+            outcome = self._run(argv, workdir, log, _remaining(deadline), cancel, env)
+        if outcome.ok and digest is not None:
+            _write_marker(workdir, digest)
+        return outcome
+
+    def _init_digest(self, workdir: Path) -> str | None:
+        # Arguments Terraform takes from the environment change what init does, too.
+        from_env = (f"{key}={self._env.get(key, '')}" for key in _INIT_ENV_KEYS)
+        identity = "\0".join((*self.binary.argv, str(self.cli_config_file), *from_env))
+        return init_inputs_digest(workdir, identity)
 
     def select_workspace(
         self,
@@ -347,3 +365,22 @@ def _failure(what: str, outcome: CommandOutcome) -> str:
     if outcome.cancelled:
         return f"{what} was cancelled"
     return f"{what} failed (exit code {outcome.exit_code}):\n{outcome.stderr_tail()}"
+
+
+# Inside `.terraform`, so it goes wherever Terraform's own init state goes (a working
+# copy moved to another commit drops it along with the backend record).
+_INIT_ENV_KEYS = ("TF_CLI_ARGS", "TF_CLI_ARGS_init", "TF_DATA_DIR")
+_INIT_MARKER = Path(".terraform") / "gitops-runner-init.sha256"
+
+
+def _read_marker(workdir: Path) -> str | None:
+    try:
+        return (workdir / _INIT_MARKER).read_text().strip()
+    except OSError:
+        return None
+
+
+def _write_marker(workdir: Path, digest: str) -> None:
+    marker = workdir / _INIT_MARKER
+    marker.parent.mkdir(exist_ok=True)  # a root module without providers has none yet
+    marker.write_text(digest)
