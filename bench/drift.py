@@ -9,8 +9,14 @@ then times, in one run:
   scan  `DriftService.scan()`: fetch, checkout, init, plan -out, show -json for the
         changed ones, classify, store (warm: the drift tree already initialised).
 
-    .venv/bin/python bench/drift.py             # 50 in sync + 5 drifted, parallelism 2
+    .venv/bin/python bench/drift.py             # 50 in sync + 5 drifted
     .venv/bin/python bench/drift.py --smoke     # 4 + 1
+    .venv/bin/python bench/drift.py --workload latency
+
+Workloads: `files` (every project manages files through the Python test provider:
+CPU-bound, each plan starts a Python provider process) and `latency` (the in-sync
+projects read `terraform_remote_state` from a local HTTP backend that answers after
+a delay, like cloud API calls; the drifted ones still use the files provider).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.plan_vs_loop import LatencyBackend, latency_project_tf
 from runner.drift.model import DriftStatus
 from runner.drift.scan import DriftRepo
 from runner.drift.service import DriftService
@@ -37,7 +44,13 @@ from tests.support.files_provider import install_files_provider
 from tests.support.git_repo import GitRepo
 
 
-def build(root: Path, in_sync: int, drifted: int, settings: Settings) -> tuple[GitRepo, list[str]]:
+def build(
+    root: Path,
+    in_sync: int,
+    drifted: int,
+    settings: Settings,
+    latency_port: int | None = None,
+) -> tuple[GitRepo, list[str]]:
     os.environ["TF_CLI_CONFIG_FILE"] = str(install_files_provider(root / "provider"))
     state, world = root / "state", root / "world"
     state.mkdir()
@@ -45,7 +58,15 @@ def build(root: Path, in_sync: int, drifted: int, settings: Settings) -> tuple[G
     repo = GitRepo.init(root / "repo")
     names = [f"p{i:03d}" for i in range(in_sync + drifted)]
     files = {".gitignore": ".terraform/\n*.tfplan\n.terraform.lock.hcl\n"}
-    files |= {f"{n}/main.tf": project_tf(state, world, n, n) for n in names}
+    for index, name in enumerate(names):
+        if latency_port is not None and index < in_sync:
+            backend = (
+                f'terraform {{\n  backend "local" {{\n    path = "{state}/{name}.tfstate"\n'
+                "  }\n}\n"
+            )
+            files[f"{name}/main.tf"] = backend + latency_project_tf(index, latency_port, "v1")
+        else:
+            files[f"{name}/main.tf"] = project_tf(state, world, name, name)
     repo.write(files).commit("projects")
     terraform = Terraform(
         locate_terraform(settings.terraform_bin), settings.plugin_cache_dir, settings.data_dir
@@ -76,13 +97,17 @@ def shell_loop(repo: GitRepo, names: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--parallelism", type=int, default=2)
+    parser.add_argument("--parallelism", type=int, default=None, help="default: the server's")
+    parser.add_argument("--workload", choices=("files", "latency"), default="files")
+    parser.add_argument("--latency-ms", type=int, default=150)
     args = parser.parse_args()
     in_sync, drifted = (4, 1) if args.smoke else (50, 5)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        settings = Settings(data_dir=root / "data", parallelism=args.parallelism)
-        repo, names = build(root, in_sync, drifted, settings)
+        overrides = {"parallelism": args.parallelism} if args.parallelism else {}
+        settings = Settings(data_dir=root / "data", **overrides)
+        backend = LatencyBackend(args.latency_ms / 1000) if args.workload == "latency" else None
+        repo, names = build(root, in_sync, drifted, settings, backend.port if backend else None)
         store = Store.open(settings.resolved_database_url)
         service = DriftService(settings, store, notifier=NullNotifier())
         target = DriftRepo.from_url(str(repo.path))
@@ -95,12 +120,17 @@ def main() -> None:
         warm = time.perf_counter() - warm_start
         counts = report.counts()
         assert counts["drift"] == drifted and counts["in_sync"] == in_sync, counts
-        print(f"projects: {in_sync} in sync + {drifted} drifted, parallelism {args.parallelism}")
+        print(
+            f"projects: {in_sync} in sync + {drifted} drifted, workload {args.workload}, "
+            f"parallelism {settings.parallelism}, load {os.getloadavg()[0]:.2f}"
+        )
         print(f"shell loop (plan only, pre-initialised): {loop:7.2f} s")
         print(f"drift scan, first (checkout + init):     {cold:7.2f} s  ({cold / loop:.2f} x loop)")
         print(f"drift scan, warm:                        {warm:7.2f} s  ({warm / loop:.2f} x loop)")
         assert all(r.status is not DriftStatus.ERROR for r in report.results)
         store.close()
+        if backend is not None:
+            backend.close()
 
 
 if __name__ == "__main__":
