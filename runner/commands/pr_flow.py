@@ -38,10 +38,31 @@ class PullRequestFlow:
     # ---- JobHandler -----------------------------------------------------------------------
 
     def handle(self, event: WorkEvent, cancel: threading.Event) -> None:
-        if isinstance(event, PullRequestEvent):
-            self._on_pull_request(event, cancel)
-        else:
-            self._on_comment(event, cancel)
+        try:
+            if isinstance(event, PullRequestEvent):
+                self._on_pull_request(event, cancel)
+            else:
+                self._on_comment(event, cancel)
+        except Exception as error:
+            # The job is recorded as failed by the queue; the PR must hear about it too.
+            self._report_crash(event, error)
+            raise
+
+    def _report_crash(self, event: WorkEvent, error: Exception) -> None:
+        number = event.pr.number if isinstance(event, PullRequestEvent) else event.pr_number
+        try:
+            feedback = self._planner.feedback(event.repo, number)
+            feedback.comment(
+                render_message(
+                    "error",
+                    message="gitops-runner could not finish this job; nothing more was done. "
+                    "Locks this pull request holds are kept. Comment the command again to retry.",
+                    details=f"{type(error).__name__}: {error}",
+                ),
+                kind="error",
+            )
+        except Exception:  # the forge itself may be what failed
+            log.exception("could not report a failed job on %s#%s", event.repo.key, number)
 
     def is_apply(self, event: WorkEvent) -> bool:
         if isinstance(event, PullRequestEvent):
