@@ -9,10 +9,11 @@ the same wherever it was made.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from runner.config.model import ProjectConfig
@@ -95,8 +96,11 @@ class Planner:
         """Plan one project. Terraform failures become ERROR results, never exceptions."""
         options = options or PlanOptions()
         guard = options.guard(target.project) if options.guard else nullcontext()
+        started = time.monotonic()
         with guard:
-            return self._plan_unguarded(checkout, target, commit, options)
+            result = self._plan_unguarded(checkout, target, commit, options)
+        # The whole project (init, workspace, plan, show), as run records report it.
+        return replace(result, duration_s=time.monotonic() - started)
 
     def _plan_unguarded(
         self, checkout: Path, target: PlanTarget, commit: str | None, options: PlanOptions

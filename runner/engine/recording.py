@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 from runner.results.model import PlanResult, PlanStatus
+from runner.store.models import utcnow
 from runner.store.runs import RunStatus, Trigger
 from runner.store.store import Store
 
@@ -42,6 +44,7 @@ def record_plan_result(
             commit_sha=result.commit,
             author=author,
             log_path=result.log_path,
+            started_at=utcnow() - timedelta(seconds=result.duration_s),
         )
     status = _RUN_STATUS[result.status]
     summary = None if result.status is PlanStatus.ERROR else result.summary

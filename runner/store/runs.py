@@ -119,8 +119,12 @@ class RunStore:
         author: str | None = None,
         status: RunStatus | str = RunStatus.RUNNING,
         log_path: str | None = None,
+        started_at: datetime | None = None,
     ) -> int:
-        """Record that a run began (or was queued); returns its id for `finish`."""
+        """Record that a run began (or was queued); returns its id for `finish`.
+
+        `started_at` is for runs recorded once they are over (default: now).
+        """
         status = RunStatus(status)
         if status.finished:
             raise ValueError(f"a run starts queued or running, not {status}")
@@ -135,7 +139,7 @@ class RunStore:
             commit_sha=commit_sha,
             author=author,
             status=status.value,
-            started_at=utcnow(),
+            started_at=started_at or utcnow(),
             log_path=log_path,
         )
         with self._db.write() as session:
