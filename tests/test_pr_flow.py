@@ -224,3 +224,4 @@ def test_a_job_that_crashes_is_reported_on_the_pr_and_keeps_the_locks(world):
 
     assert "could not finish" in world.last_comment(number)
     assert world.services.store.locks.list()  # the PR still holds what it held
+

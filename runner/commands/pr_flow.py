@@ -117,7 +117,9 @@ class PullRequestFlow:
         """Merged or not, a closed PR's plans are void; its locks go unless an apply failed."""
         store = self._services.store
         number = event.pr.number
-        store.runs.discard_plans(event.repo.key, number)
+        # After a merge, the merge commit's plans stay: a failed apply is retried with them.
+        keep = event.merge_commit_sha if event.merged else None
+        store.runs.discard_plans(event.repo.key, number, except_commit=keep)
         if not event.merged:
             store.locks.release_all(event.repo.key, number)
         if not any(lock.owner_pr == number for lock in store.locks.list(event.repo.key)):
