@@ -213,6 +213,62 @@ def drift(ctx: click.Context, repo: str | None, project: str | None, as_json: bo
 
 
 @cli.command()
+@click.option(
+    "--repo",
+    help="Repository URL or path (a plain directory is snapshotted into a git repository "
+    "under the data dir); default: the settings' repos.",
+)
+@click.option("--once", is_flag=True, help="Reconcile now and exit: 0 ok, 1 a failure.")
+@click.option(
+    "--interval",
+    type=click.IntRange(min=1),
+    help="Seconds between polls (default: each repository's poll_interval; 60 with --repo).",
+)
+@click.pass_context
+def reconcile(ctx: click.Context, repo: str | None, once: bool, interval: int | None) -> None:
+    """Pull mode: apply what changed on the default branch, now (--once) or on an interval.
+
+    A new commit plans and applies the projects it changed since the last reconciled
+    commit (every project the first time), with the PR flow's locks and run records;
+    Slack hears about applies, and the commit gets a `gitops/apply` status when the
+    repository is on a forge the runner has a token for.
+    """
+    import signal
+    import threading
+
+    from runner.commands.services import build_services
+    from runner.reconcile.model import ReconcileReport
+    from runner.reconcile.reconciler import Reconciler
+    from runner.reconcile.reports import render_text
+    from runner.reconcile.targets import configured_targets, target_for
+
+    settings = _settings(ctx)
+    seconds = float(interval) if interval else None
+    targets = (
+        [target_for(repo, settings, seconds)] if repo else configured_targets(settings, seconds)
+    )
+    if not targets:
+        raise click.UsageError("nothing to reconcile: pass --repo, or list repos: in the settings")
+    reconciler = Reconciler(build_services(settings), targets=targets)
+    if once:
+        reports = [reconciler.reconcile_once(target) for target in targets]
+        click.echo("\n".join(render_text(report) for report in reports))
+        sys.exit(0 if all(report.ok for report in reports) else EXIT_FAILED)
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+
+    def show(report: ReconcileReport) -> None:
+        if not report.up_to_date:
+            click.echo(render_text(report))
+
+    names = ", ".join(target.name for target in targets)
+    click.echo(f"reconciling {names} (Ctrl-C stops; one process per deployment polls)")
+    reconciler.run_forever(stop, on_report=show)
+
+
+@cli.command()
 @click.pass_context
 def serve(ctx: click.Context) -> None:
     """Run the webhook server (gunicorn) with the job workers in the same process tree."""

@@ -21,7 +21,7 @@ from runner.drift.model import Correction, DriftResult, DriftStatus
 from runner.store.locks import LockOwner
 from runner.store.runs import RunStatus
 from runner.store.store import Store
-from runner.terraform import Terraform
+from runner.terraform import Terraform, workspace_env
 from runner.terraform.planfile import plan_checksum
 
 TerraformFor = Callable[[str | None], Terraform]
@@ -134,7 +134,12 @@ class AutoCorrector:
         terraform = self._terraform_for(project.terraform_version)
         self._log_dir.mkdir(parents=True, exist_ok=True)
         log = self._log_dir / f"drift-apply-{run_id}.log"
-        outcome = terraform.apply(tree / project.dir, Path(result.plan_path or ""), log=log)
+        outcome = terraform.apply(
+            tree / project.dir,
+            Path(result.plan_path or ""),
+            log=log,
+            env=workspace_env(project.workspace),
+        )
         if outcome.ok:
             self._store.runs.finish(run_id, RunStatus.SUCCESS, summary=result.summary)
             return ApplyOutcome(ok=True)

@@ -23,6 +23,7 @@ from runner.engine.planner import Planner, build_planner, build_terraform_factor
 from runner.forge.base import Forge
 from runner.notify.base import Delivery, Notifier
 from runner.notify.slack import build_notifier
+from runner.reconcile.snapshot import repository_url
 from runner.settings import Settings
 from runner.store.drift import DriftStore
 from runner.store.models import utcnow
@@ -135,7 +136,9 @@ class DriftService:
         for candidate in known:
             if repo in (candidate.url, candidate.key, candidate.full_name):
                 return [candidate]
-        return [DriftRepo.from_url(repo)]
+        # A plain directory (no git) is scanned through its snapshot: the repository
+        # `gitops-runner reconcile --repo DIR` applies (runner/reconcile/snapshot.py).
+        return [DriftRepo.from_url(repository_url(repo, self.settings.data_dir))]
 
     # --- steps ----------------------------------------------------------------------
 

@@ -21,7 +21,13 @@ from runner.results.masking import Masker
 from runner.results.model import PlanResult, PlanStatus
 from runner.results.summary import PlanDigest, summarize_plan
 from runner.settings import Settings
-from runner.terraform import StepTimeouts, Terraform, TerraformError, locate_terraform
+from runner.terraform import (
+    StepTimeouts,
+    Terraform,
+    TerraformError,
+    locate_terraform,
+    workspace_env,
+)
 from runner.terraform.planfile import plan_checksum
 from runner.terraform.result import CommandOutcome
 
@@ -75,16 +81,25 @@ class Planner:
         commit: str | None = None,
         options: PlanOptions | None = None,
     ) -> list[PlanResult]:
-        """Plan every target; results come back in the order of `targets`."""
+        """Plan every target; results come back in the order of `targets`.
+
+        Workspaces of one directory share its `.terraform`, so they take turns; different
+        directories plan in parallel.
+        """
         options = options or PlanOptions()
-        if len(targets) <= 1 or self._parallelism == 1:
-            return [self.plan(checkout, target, commit, options) for target in targets]
-        workers = min(self._parallelism, len(targets))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="plan") as pool:
-            futures = [
-                pool.submit(self.plan, checkout, target, commit, options) for target in targets
+        by_dir: dict[str, list[tuple[int, PlanTarget]]] = {}
+        for index, target in enumerate(targets):
+            by_dir.setdefault(target.project.dir, []).append((index, target))
+
+        def plan_dir(group: list[tuple[int, PlanTarget]]) -> list[tuple[int, PlanResult]]:
+            return [
+                (index, self.plan(checkout, target, commit, options)) for index, target in group
             ]
-            return [future.result() for future in futures]
+
+        workers = min(self._parallelism, len(by_dir)) or 1
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="plan") as pool:
+            results = dict(pair for pairs in pool.map(plan_dir, by_dir.values()) for pair in pairs)
+        return [results[index] for index in range(len(targets))]
 
     def plan(
         self,
@@ -130,6 +145,7 @@ class Planner:
             extra_args=target.extra_args,
             lock=options.lock,
             log=log_path,
+            env=workspace_env(project.workspace),
             cancel=options.cancel,
         )
         if outcome.exit_code == EXIT_NO_CHANGES and outcome.ok:

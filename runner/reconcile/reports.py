@@ -8,6 +8,7 @@ that finds no new commit says nothing, or the channel would fill up every minute
 from __future__ import annotations
 
 from runner.notify.base import Block, Message
+from runner.notify.events import RunLinks
 from runner.reconcile.model import ProjectOutcome, ProjectStatus, ReconcileReport
 
 _SECTION_CAP = 2900  # Slack rejects section texts over 3000 characters
@@ -46,25 +47,28 @@ def needs_message(report: ReconcileReport) -> bool:
     return bool(report.with_status(ProjectStatus.BUSY)) and not report.retry
 
 
-def reconcile_message(report: ReconcileReport, run_url: str = "") -> Message:
+def reconcile_message(report: ReconcileReport, links: RunLinks | None = None) -> Message:
     """The pass's Slack message: apply succeeded or failed, one line per project.
 
-    `run_url` is a prefix (the public URL's run API) the run id is appended to.
+    Run ids become links when the runner's public URL is known (`RunLinks`).
     """
+    links = links or RunLinks()
     headline = _headline(report)
-    context = f"*{report.name}* `{report.branch or '?'}` @ `{short(report.head)}`"
+    context = f"*{_escape(report.name)}* `{report.branch or '?'}` @ `{short(report.head)}`"
     if report.base:
         context += f" (since `{short(report.base)}`)"
     blocks: list[Block] = [
         {"type": "header", "text": {"type": "plain_text", "text": headline[:150]}},
         {"type": "context", "elements": [{"type": "mrkdwn", "text": context}]},
     ]
-    lines = [_line(p, run_url) for p in report.projects if p.status is not ProjectStatus.NO_CHANGES]
+    lines = [_line(p, links) for p in report.projects if p.status is not ProjectStatus.NO_CHANGES]
     if report.error:
-        lines.append(f":x: {report.error}")
+        lines.append(f":x: {_escape(report.error)}")
     blocks += _sections(lines)
     kind = "apply_failed" if not report.ok else "apply_succeeded"
-    return Message(text=f"{headline}: {report.name} @ {short(report.head)}", blocks=tuple(blocks), kind=kind)
+    return Message(
+        text=f"{headline}: {report.name} @ {short(report.head)}", blocks=tuple(blocks), kind=kind
+    )
 
 
 def _headline(report: ReconcileReport) -> str:
@@ -79,12 +83,15 @@ def _headline(report: ReconcileReport) -> str:
     return f"Apply succeeded: {applied} project(s) applied{tail}"
 
 
-def _line(outcome: ProjectOutcome, run_url: str) -> str:
-    line = f"{_ICON[outcome.status]} `{outcome.label}`: {describe(outcome)}"
-    run_id = outcome.apply_run_id or outcome.plan_run_id
-    if run_url and run_id is not None:
-        line += f" <{run_url}{run_id}|run {run_id}>"
-    return line[:_SECTION_CAP]
+def _line(outcome: ProjectOutcome, links: RunLinks) -> str:
+    line = f"{_ICON[outcome.status]} `{_escape(outcome.label)}`: {_escape(describe(outcome))}"
+    run = links.run(outcome.apply_run_id or outcome.plan_run_id)
+    return (line + (f" · {run}" if run else ""))[:_SECTION_CAP]
+
+
+def _escape(text: str) -> str:
+    """Slack mrkdwn control characters (errors and names come from the repository)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _sections(lines: list[str]) -> list[Block]:

@@ -128,6 +128,12 @@ def snapshot_root(source: Path, data_dir: Path) -> Path:
     return Path(data_dir).expanduser().absolute() / SNAPSHOTS_DIR / digest
 
 
+def snapshot_repository(source: Path, data_dir: Path) -> Path:
+    """The snapshot repository of `source` (its clone URL), whether or not it exists yet."""
+    source = Path(source).expanduser().absolute()
+    return snapshot_root(source, data_dir) / source.name
+
+
 def snapshot_directory(source: Path, data_dir: Path) -> Snapshot:
     """Commit the files of `source` on `main` of its snapshot repository (when changed)."""
     source = Path(source).expanduser().absolute()
@@ -135,7 +141,7 @@ def snapshot_directory(source: Path, data_dir: Path) -> Snapshot:
         raise SnapshotError(f"{source} is not a directory")
     root = snapshot_root(source, data_dir)
     root.mkdir(parents=True, exist_ok=True)
-    repo = root / source.name
+    repo = snapshot_repository(source, data_dir)
     state_dir = root / "state"
     with FileLock(str(root / ".lock")):
         git = _Git(repo, source)
@@ -152,7 +158,9 @@ def snapshot_directory(source: Path, data_dir: Path) -> Snapshot:
         parents = ["-p", parent] if parent else []
         message = f"snapshot of {source}"
         commit = git.run("commit-tree", "--no-gpg-sign", tree, *parents, "-m", message).strip()
-        git.run("update-ref", f"refs/heads/{SNAPSHOT_BRANCH}", commit, *([parent] if parent else []))
+        git.run(
+            "update-ref", f"refs/heads/{SNAPSHOT_BRANCH}", commit, *([parent] if parent else [])
+        )
         return Snapshot(source, repo, commit, True, state_dir, _dirs(overrides))
 
 

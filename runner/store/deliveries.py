@@ -2,17 +2,64 @@
 
 The unique constraint on `delivery_id` decides: the first INSERT wins, every later
 one (in any thread or process, before or after a restart) is a duplicate.
+
+A delivery that queues work is recorded in the same transaction as its job
+(`JobStore.enqueue(..., delivery=...)`, via `add_delivery`): either both are stored or
+neither is, so a failed enqueue never leaves a delivery that makes the forge's
+redelivery look like a duplicate, and a duplicate never enqueues anything.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from runner.store.db import Database
 from runner.store.models import Delivery, utcnow
+
+
+@dataclass(frozen=True)
+class DeliveryRef:
+    """A webhook delivery to remember: the forge's delivery id, the forge, the event name."""
+
+    delivery_id: str
+    forge: str
+    event: str
+
+
+class DuplicateDelivery(Exception):
+    """The delivery was recorded before; the transaction that tried again wrote nothing."""
+
+    def __init__(self, delivery_id: str) -> None:
+        super().__init__(f"delivery {delivery_id!r} was already handled")
+        self.delivery_id = delivery_id
+
+
+def add_delivery(session: Session, delivery: DeliveryRef) -> None:
+    """Record `delivery` in `session`'s (write) transaction.
+
+    Raises `DuplicateDelivery` if it was recorded before; the caller's transaction is
+    then unusable and must end (leaving the `Database.write()` block rolls it back).
+    The INSERT is flushed here, so the duplicate is found before anything else is written.
+    """
+    if not delivery.delivery_id:
+        raise ValueError("a delivery id is required to deduplicate deliveries")
+    session.add(
+        Delivery(
+            delivery_id=delivery.delivery_id,
+            forge=delivery.forge,
+            event=delivery.event,
+            received_at=utcnow(),
+        )
+    )
+    try:
+        session.flush()
+    except IntegrityError as error:
+        raise DuplicateDelivery(delivery.delivery_id) from error
 
 
 class DeliveryStore:
@@ -23,13 +70,10 @@ class DeliveryStore:
 
     def record_delivery(self, delivery_id: str, forge: str, event: str) -> bool:
         """True if this delivery is new (handle it), False if it was seen before (skip it)."""
-        if not delivery_id:
-            raise ValueError("a delivery id is required to deduplicate deliveries")
-        row = Delivery(delivery_id=delivery_id, forge=forge, event=event, received_at=utcnow())
         try:
             with self._db.write() as session:
-                session.add(row)
-        except IntegrityError:
+                add_delivery(session, DeliveryRef(delivery_id, forge, event))
+        except DuplicateDelivery:
             return False
         return True
 

@@ -21,18 +21,19 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, delete, select, true, update
+from sqlalchemy import ColumnElement, Select, and_, delete, insert, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 
 from runner.store.db import Database
+from runner.store.deliveries import DeliveryRef, add_delivery
 from runner.store.models import ACTIVE_JOB_STATUSES, Job, utcnow
 
 JOB_FORMAT_VERSION = 1
 # Long enough for a typical Terraform step; workers heartbeat for longer ones.
 DEFAULT_LEASE_S = 600.0
 DEFAULT_MAX_ATTEMPTS = 3
-# See enqueue(): the active job holding a dedupe key can finish between our failed
-# INSERT and the lookup; then we try again, a bounded number of times.
+# See enqueue(): on PostgreSQL another transaction can insert a dedupe key between our
+# lookup and our INSERT (or release it again); then we try again, a bounded number of times.
 _MAX_ENQUEUE_ROUNDS = 50
 
 
@@ -53,6 +54,7 @@ class JobRecord:
     payload: dict[str, Any]
     status: JobStatus
     dedupe_key: str | None
+    group_key: str | None  # the PR group; None for jobs written before migration 0004
     attempts: int
     created_at: datetime
     started_at: datetime | None
@@ -75,49 +77,59 @@ class JobStore:
         dedupe_key: str | None = None,
         *,
         version: int = JOB_FORMAT_VERSION,
+        group_key: str | None = None,
+        delivery: DeliveryRef | None = None,
     ) -> int:
         """Persist a job as queued and return its id.
 
         With a `dedupe_key`, at most one queued-or-running job has that key (a unique
         partial index enforces it across processes); enqueueing again returns the
         existing job's id instead of creating a second one.
+
+        `group_key` (the job's PR group) lets `active_in_group` find the job without
+        decoding payloads. With a `delivery`, the webhook delivery is recorded in the
+        same transaction as the job: one write (one commit) per webhook, and either both
+        are stored or neither. A delivery recorded before raises `DuplicateDelivery` and
+        nothing is enqueued.
         """
-        encoded = json.dumps(dict(payload), sort_keys=True, separators=(",", ":"))
+        row = {
+            "kind": kind,
+            "version": version,
+            "payload": json.dumps(dict(payload), sort_keys=True, separators=(",", ":")),
+            "status": JobStatus.QUEUED.value,
+            "dedupe_key": dedupe_key,
+            "group_key": group_key,
+            "attempts": 0,
+            "created_at": utcnow(),
+        }
         conflict: IntegrityError | None = None
         for _ in range(_MAX_ENQUEUE_ROUNDS):
             try:
-                return self._insert(kind, version, encoded, dedupe_key)
+                return self._insert(row, delivery)
             except IntegrityError as error:
                 if dedupe_key is None:
                     raise
+                # PostgreSQL: another transaction inserted the key after our lookup.
                 conflict = error
-            existing = self._active_with_key(dedupe_key)
-            if existing is not None:
-                return existing
         assert conflict is not None
         raise conflict
 
-    def _insert(self, kind: str, version: int, payload: str, dedupe_key: str | None) -> int:
-        row = Job(
-            kind=kind,
-            version=version,
-            payload=payload,
-            status=JobStatus.QUEUED.value,
-            dedupe_key=dedupe_key,
-            attempts=0,
-            created_at=utcnow(),
-        )
+    def _insert(self, row: dict[str, Any], delivery: DeliveryRef | None) -> int:
+        # Core INSERTs, not ORM objects: this is the webhook's only write, and the unit
+        # of work costs more CPU than the statement itself.
         with self._db.write() as session:
-            session.add(row)
-            session.flush()
-            return row.id
-
-    def _active_with_key(self, dedupe_key: str) -> int | None:
-        statement = select(Job.id).where(
-            Job.dedupe_key == dedupe_key, Job.status.in_(ACTIVE_JOB_STATUSES)
-        )
-        with self._db.read() as session:
-            return session.scalar(statement)
+            if delivery is not None:
+                add_delivery(session, delivery)
+            if row["dedupe_key"] is not None:
+                # Looked up inside the write transaction, so the delivery is recorded
+                # with the job it resolves to. On SQLite the write lock makes lookup and
+                # INSERT atomic; on PostgreSQL a concurrent INSERT of the same key fails
+                # ours with IntegrityError and enqueue() tries again.
+                existing = session.scalar(_active_with_key(row["dedupe_key"]))
+                if existing is not None:
+                    return existing
+            result = session.execute(insert(Job).values(**row))
+            return result.inserted_primary_key[0]
 
     def claim(
         self,
@@ -342,6 +354,29 @@ class JobStore:
         with self._db.read() as session:
             return [_record(row) for row in session.scalars(statement)]
 
+    def active_in_group(
+        self, group_key: str, kind: str, before_id: int
+    ) -> builtins.list[JobRecord]:
+        """Queued and running jobs of `kind` older than job `before_id` in a PR group.
+
+        An indexed read of one PR's few jobs, for superseding. Jobs of unknown group
+        (NULL: written before migration 0004, or by an older runner during a rolling
+        upgrade) are included too: the caller decodes them to tell their group.
+        Oldest first.
+        """
+        statement = (
+            select(Job)
+            .where(
+                or_(Job.group_key == group_key, Job.group_key.is_(None)),
+                Job.status.in_(ACTIVE_JOB_STATUSES),
+                Job.kind == kind,
+                Job.id < before_id,
+            )
+            .order_by(Job.id)
+        )
+        with self._db.read() as session:
+            return [_record(row) for row in session.scalars(statement)]
+
     def prune(self, older_than: datetime) -> int:
         """Delete finished jobs that ended before `older_than`; returns how many."""
         statement = delete(Job).where(
@@ -349,6 +384,10 @@ class JobStore:
         )
         with self._db.write() as session:
             return session.execute(statement).rowcount
+
+
+def _active_with_key(dedupe_key: str) -> Select[tuple[int]]:
+    return select(Job.id).where(Job.dedupe_key == dedupe_key, Job.status.in_(ACTIVE_JOB_STATUSES))
 
 
 def _kind_in(kinds: Collection[str]) -> Callable[[str], bool]:
@@ -364,6 +403,7 @@ def _record(row: Job) -> JobRecord:
         payload=json.loads(row.payload),
         status=JobStatus(row.status),
         dedupe_key=row.dedupe_key,
+        group_key=row.group_key,
         attempts=row.attempts,
         created_at=row.created_at,
         started_at=row.started_at,

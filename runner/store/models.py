@@ -178,6 +178,8 @@ class Job(Base):
     payload: Mapped[str] = mapped_column(Text)  # JSON object
     status: Mapped[str] = mapped_column(String(32))
     dedupe_key: Mapped[str | None] = mapped_column(String(512))
+    # The PR group (`jobs.model.pr_group`); NULL for rows written before 0004.
+    group_key: Mapped[str | None] = mapped_column(String(512))
     attempts: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
@@ -188,6 +190,8 @@ class Job(Base):
 
     __table_args__ = (
         Index("ix_jobs_status_id", "status", "id"),
+        # Superseding reads the active jobs of one PR group (runner/jobs/cancellation.py).
+        Index("ix_jobs_group_key_status", "group_key", "status"),
         # At most one queued-or-running job per dedupe key; enforced by the database so
         # two processes enqueueing the same work at once still create one job.
         Index(

@@ -8,7 +8,13 @@ from runner.terraform.locate import (
 )
 from runner.terraform.process import run_process
 from runner.terraform.result import CommandOutcome
-from runner.terraform.terraform import StepTimeouts, Terraform, TerraformError, plan_status
+from runner.terraform.terraform import (
+    StepTimeouts,
+    Terraform,
+    TerraformError,
+    plan_status,
+    workspace_env,
+)
 
 __all__ = [
     "CommandOutcome",
@@ -21,4 +27,5 @@ __all__ = [
     "locate_terraform",
     "plan_status",
     "run_process",
+    "workspace_env",
 ]

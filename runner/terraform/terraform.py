@@ -56,6 +56,15 @@ class StepTimeouts:
     version: float | None = 60.0
 
 
+def workspace_env(workspace: str) -> dict[str, str]:
+    """Environment that pins a step to `workspace`, whatever `.terraform/environment` says.
+
+    Several workspaces of one directory share its `.terraform`; the selected workspace
+    stored there is whatever ran last, so plan and apply name theirs explicitly.
+    """
+    return {"TF_WORKSPACE": workspace}
+
+
 class TerraformError(RuntimeError):
     """A step whose output the runner needs (show, version) failed."""
 

@@ -15,7 +15,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 # Tables defined outside models.py register on the same metadata when imported.
-import runner.store.drift_models  # noqa: F401
+import runner.store.drift_models
 import runner.store.reconcile_models  # noqa: F401
 from runner.store.db import make_engine, normalize_url
 from runner.store.models import Base
