@@ -7,6 +7,7 @@ settings or the environment on its own.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -24,7 +25,11 @@ from runner.terraform import Terraform
 from runner.workspace.working_copy import WorkingCopies
 
 if TYPE_CHECKING:
+    from runner.drift.scheduler import DriftScheduler
+    from runner.drift.triggers import DriftScans
     from runner.web.app import WebServices
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -85,11 +90,72 @@ def _token_for(settings: Settings) -> Callable[[str], str | None]:
     return token_for
 
 
+@dataclass(frozen=True)
+class DriftWiring:
+    """Drift in a web process: scans on request, and the scheduler when drift is scheduled."""
+
+    scans: DriftScans
+    scheduler: DriftScheduler | None
+
+    def start(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.start()
+
+    def stop(self) -> None:
+        """Stop ticking (and give the lease up), then stop the scans this process runs."""
+        if self.scheduler is not None:
+            _quietly(self.scheduler.stop, "drift scheduler")
+        _quietly(lambda: self.scans.stop(timeout=5), "drift scans")
+
+
+def drift_scheduled(settings: Settings) -> bool:
+    """Whether this deployment has anything to scan on a schedule.
+
+    Project schedules live in the repositories' own config (`drift:`), read at every
+    tick, so any configured repository may have some; without repositories a server
+    default (GITOPS_DRIFT_SCHEDULE) has nothing to apply to.
+    """
+    if settings.drift_schedule and not settings.repos:
+        log.warning("GITOPS_DRIFT_SCHEDULE is set but no repos are configured: nothing to scan")
+    return bool(settings.repos)
+
+
+def build_drift(settings: Settings, services: Services) -> DriftWiring:
+    """The drift service on this process's store, planner, working copies and notifier.
+
+    Every web process gets a scheduler when drift is scheduled; the scheduler's lease
+    in the store makes exactly one of them scan (see runner/drift/scheduler.py).
+    """
+    from runner.drift.scheduler import DriftScheduler
+    from runner.drift.service import DriftService
+    from runner.drift.triggers import DriftScans
+
+    service = DriftService(
+        settings,
+        services.store,
+        notifier=services.notifier,
+        planner=services.planner,
+        working_copies=services.working_copies,
+        secret_values=services.secret_values,
+    )
+    scheduler = DriftScheduler(service) if drift_scheduled(settings) else None
+    return DriftWiring(DriftScans(service), scheduler)
+
+
+def _quietly(stop: Callable[[], object], what: str) -> None:
+    # Shutdown goes on whatever one part does: the job workers must still be stopped.
+    try:
+        stop()
+    except Exception:
+        log.exception("stopping the %s failed", what)
+
+
 def build_web_services(settings: Settings) -> WebServices:
-    """What one web process needs: the store, the queue's submit, and its worker hooks.
+    """What one web process needs: the store, the queue's submit, drift, and worker hooks.
 
     Called once per gunicorn worker process, after the fork, so no connection is
-    shared between processes. The in-process queue's threads start with the worker.
+    shared between processes. The in-process queue's threads and the drift scheduler
+    start with the worker (`start_workers`) and stop when it exits.
     """
     from runner.commands.pr_flow import build_handler
     from runner.jobs.queue import build_queue
@@ -97,10 +163,22 @@ def build_web_services(settings: Settings) -> WebServices:
 
     services = build_services(settings)
     queue = build_queue(settings, services.store, build_handler(services))
+    drift = build_drift(settings, services)
+
+    def start_workers() -> None:
+        queue.start()
+        drift.start()
+
+    def stop_workers() -> None:
+        drift.stop()
+        # Within gunicorn's graceful timeout: 20 s to finish, then running jobs are cancelled.
+        queue.stop(timeout=20)
+
     return WebServices(
         store=services.store,
         submit=queue.submit,
-        start_workers=queue.start,
-        # Within gunicorn's graceful timeout: 20 s to finish, then running jobs are cancelled.
-        stop_workers=lambda: queue.stop(timeout=20),
+        drift_trigger=drift.scans.submit,
+        drift_report=drift.scans.latest,
+        start_workers=start_workers,
+        stop_workers=stop_workers,
     )

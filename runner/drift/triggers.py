@@ -280,4 +280,3 @@ def _problems(report: DriftReport) -> list[str]:
     if not report.results and not problems:
         problems.append("nothing was scanned")
     return problems
-

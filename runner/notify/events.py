@@ -69,7 +69,8 @@ class RunLinks:
             return ""
         if not self.base:
             return f"run {run_id}"
-        return f"<{self.base}/api/runs/{run_id}|run {run_id}> · <{self.base}/api/runs/{run_id}/log|log>"
+        run = f"{self.base}/api/runs/{run_id}"
+        return f"<{run}|run {run_id}> · <{run}/log|log>"
 
 
 # ---- messages -------------------------------------------------------------------------------
@@ -266,7 +267,8 @@ class ApplyEvents:
         """The newest plan run of each project at the merge commit, oldest project first."""
         newest: dict[tuple[str, str], RunRecord] = {}
         for run in self._store.runs.list_runs(repo.key, pr.number, limit=200):
-            if run.command == "plan" and run.trigger is Trigger.MERGE and run.commit_sha == merge_sha:
+            merge_plan = run.command == "plan" and run.trigger is Trigger.MERGE
+            if merge_plan and run.commit_sha == merge_sha:
                 newest.setdefault((run.project, run.workspace), run)
         return sorted(newest.values(), key=lambda run: run.id)
 
@@ -279,4 +281,3 @@ class ApplyEvents:
         if not delivery.ok:
             log.warning("apply notification not delivered: %s", delivery.error)
         return delivery
-

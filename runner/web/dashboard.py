@@ -1,4 +1,4 @@
-"""`/`: a small server-rendered status page (recent runs, locks, active jobs).
+"""`/`: a small server-rendered status page (active jobs, locks, drift, recent runs).
 
 Plain HTML and CSS from one Jinja template; autoescaped, because repo names, branch
 names and errors come from pull requests anyone may open.
@@ -11,6 +11,8 @@ from datetime import datetime
 
 from flask import Blueprint, render_template
 
+from runner.drift.model import DriftResult, DriftStatus
+from runner.drift.reports import describe
 from runner.events.model import url_host
 from runner.results.model import PlanSummary
 from runner.settings import Settings
@@ -18,6 +20,7 @@ from runner.store.jobs import JobStatus
 from runner.store.runs import RunRecord, RunStatus
 from runner.web.api import job_subject
 from runner.web.app import web_context
+from runner.web.drift_api import drift_overview
 
 blueprint = Blueprint("dashboard", __name__)
 
@@ -34,6 +37,13 @@ _STATUS_CLASS = {
     RunStatus.RUNNING: "busy",
     RunStatus.QUEUED: "busy",
 }
+_DRIFT_CLASS = {
+    DriftStatus.IN_SYNC: "ok",
+    DriftStatus.DRIFT: "bad",
+    DriftStatus.ERROR: "bad",
+    DriftStatus.PENDING: "busy",
+    DriftStatus.BUSY: "busy",
+}
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,16 @@ class RunRow:
     started: str
     duration: str
     log_url: str | None
+
+
+@dataclass(frozen=True)
+class DriftRow:
+    """One project's latest drift result, as the template shows it."""
+
+    result: DriftResult
+    status_class: str
+    what: str
+    scanned: str
 
 
 @blueprint.get("/")
@@ -64,6 +84,7 @@ def index() -> str:
         runs=runs,
         locks=store.locks.list(),
         jobs=[(job, job_subject(job)) for job in jobs],
+        drift=[_drift_row(result) for result in drift_overview(context).results],
         format_time=format_time,
     )
 
@@ -77,6 +98,15 @@ def _run_row(run: RunRecord, settings: Settings) -> RunRow:
         started=format_time(run.started_at),
         duration=_duration(run.started_at, run.finished_at),
         log_url=f"/api/runs/{run.id}/log" if run.log_path else None,
+    )
+
+
+def _drift_row(result: DriftResult) -> DriftRow:
+    return DriftRow(
+        result=result,
+        status_class=_DRIFT_CLASS.get(result.status, ""),
+        what=describe(result).replace("`", ""),  # Slack markup, not HTML
+        scanned=format_time(result.scanned_at),
     )
 
 

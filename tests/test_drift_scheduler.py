@@ -1,0 +1,122 @@
+"""The drift scheduler fires once per deployment: separate OS processes, one SQLite database.
+
+Like gunicorn workers (or replicas on one volume), each process builds its own store,
+service and scheduler from the same settings; nothing is shared but the database. A
+barrier lines the processes up so they tick at the same moment, for the same `now`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.drift.scheduler import DriftScheduler
+from runner.drift.service import DriftService
+from runner.notify.base import NullNotifier
+from runner.settings import Settings
+from runner.store.drift import DriftStore
+from runner.store.store import Store
+from tests.support.drift_world import World, make_world
+
+NOW = datetime(2024, 12, 2, 13, 59, tzinfo=UTC)
+WAIT_S = 300  # generous: each process may plan real projects
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GITOPS_* variables win over values passed to Settings; the host's must not leak in.
+    for name in list(os.environ):
+        if name.startswith("GITOPS_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    w = make_world(
+        tmp_path,
+        monkeypatch,
+        {"alpha": "a", "beta": "b"},
+        repos=({"url": str(tmp_path / "repo")},),
+        drift_schedule="0 * * * *",
+    )
+    yield w
+    w.store.close()
+
+
+def tick_in_a_process(
+    values: dict[str, Any], now: datetime, barrier: Any, results: Any, release: bool
+) -> None:
+    """What one worker process does: build everything itself, then tick with the others."""
+    settings = Settings(**values)
+    store = Store.open(settings.resolved_database_url)
+    try:
+        service = DriftService(settings, store, notifier=NullNotifier())
+        scheduler = DriftScheduler(service, owner=f"process-{os.getpid()}")
+        barrier.wait(WAIT_S)
+        reports = scheduler.tick(now)
+        if release:
+            scheduler.stop()  # gives the lease up, as a worker does at exit
+        results.put([sorted(r.project for r in report.results) for report in reports])
+    finally:
+        store.close()
+
+
+def tick_in_processes(world: World, now: datetime, *, release: bool = False) -> list[list]:
+    """Two spawned processes tick at once; returns what each one scanned."""
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(2)
+    results = context.Queue()
+    values = {
+        "data_dir": str(world.settings.data_dir),
+        "repos": [{"url": str(world.repo.path)}],
+        "drift_schedule": world.settings.drift_schedule,
+        "parallelism": 2,
+    }
+    processes = [
+        context.Process(target=tick_in_a_process, args=(values, now, barrier, results, release))
+        for _ in range(2)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        outcomes = [results.get(timeout=WAIT_S) for _ in processes]
+    except queue.Empty:
+        raise AssertionError("a scheduler process did not report back") from None
+    finally:
+        for process in processes:
+            process.join(WAIT_S)
+    assert [process.exitcode for process in processes] == [0, 0]
+    return sorted(outcomes, key=len)
+
+
+def stored_results(world: World) -> int:
+    return len(DriftStore(world.store).history(world.drift_repo().key))
+
+
+def test_two_processes_fire_a_slot_exactly_once(world: World) -> None:
+    first = tick_in_processes(world, NOW, release=True)
+
+    assert first == [[], [["alpha", "beta"]]]
+    assert stored_results(world) == 2
+
+    # The lease is free again, but the slot was claimed: nobody fires it a second time.
+    again = tick_in_processes(world, NOW)
+
+    assert again == [[], []]
+    assert stored_results(world) == 2
+
+
+def test_the_next_slot_fires_once_after_the_lease_holder_is_gone(world: World) -> None:
+    tick_in_processes(world, NOW)  # the lease stays with a process that has exited
+
+    later = tick_in_processes(world, NOW + timedelta(hours=1))
+
+    assert later == [[], [["alpha", "beta"]]]
+    assert stored_results(world) == 4
