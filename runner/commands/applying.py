@@ -30,6 +30,7 @@ from runner.results.model import ApplyResult, ApplyStatus, PlanResult, PlanStatu
 from runner.results.render import render_apply_comment, render_message
 from runner.results.summary import normalized_changes_hash
 from runner.store.runs import PlanRecord, RunStatus, Trigger
+from runner.terraform import workspace_env
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,7 @@ class PullRequestApplier:
                 failed.add(project.name)
             results.append(result)
         self._after_apply(repo, pr, candidates, results)
+        self._feedback.apply_statuses(commit, results)
         self._feedback.comment(
             render_apply_comment(results, commit=commit, masker=self._feedback.masker),
             kind="apply",
@@ -307,7 +309,10 @@ class PullRequestApplier:
                 terraform = services.terraform_for(project.terraform_version)
                 log_path = services.settings.logs_dir / f"apply-{run_id}.log"
                 outcome = terraform.apply(
-                    checkout / project.dir, Path(candidate.plan.path), log=log_path
+                    checkout / project.dir,
+                    Path(candidate.plan.path),
+                    log=log_path,
+                    env=workspace_env(project.workspace),
                 )
         except MutexBusy:
             return _failed(candidate, "already running: another Terraform run holds this state")
@@ -340,10 +345,13 @@ class PullRequestApplier:
         candidates: list[ApplyCandidate],
         results: list[ApplyResult],
     ) -> None:
-        """A merged PR's applied projects are done: release their locks, keep failed ones."""
+        """An applied plan is spent; a merged PR's applied projects also give up their locks."""
+        applied = {r.project for r in results if r.status is ApplyStatus.APPLIED}
+        for candidate in candidates:
+            if candidate.project.name in applied:
+                self._services.store.runs.discard_plan(candidate.plan.id)
         if pr.state != "merged":
             return
-        applied = {r.project for r in results if r.status is ApplyStatus.APPLIED}
         for candidate in candidates:
             if candidate.project.name in applied:
                 project = candidate.project

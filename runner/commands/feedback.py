@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from runner.events.model import RepoRef
 from runner.forge.base import CommitState, Forge, ForgeError
 from runner.results.masking import Masker
-from runner.results.model import PlanResult, PlanStatus
+from runner.results.model import ApplyResult, ApplyStatus, PlanResult, PlanStatus
 from runner.results.render import short_sha, summary_line
 from runner.results.split import split_comment
 from runner.store.store import Store
@@ -88,6 +88,17 @@ class PullRequestFeedback:
         else:
             self.status(
                 sha, PLAN_CONTEXT, CommitState.SUCCESS, f"{len(results)} project(s) planned"
+            )
+
+    def apply_statuses(self, sha: str, results: Iterable[ApplyResult]) -> None:
+        """One `gitops/apply: <project>` status per applied or failed project."""
+        for result in results:
+            applied = result.status is ApplyStatus.APPLIED
+            self.status(
+                sha,
+                project_context(APPLY_CONTEXT, result.project),
+                CommitState.SUCCESS if applied else CommitState.FAILURE,
+                "applied" if applied else "apply failed",
             )
 
     def _quietly(self, call: Callable[[], object]) -> None:

@@ -267,6 +267,16 @@ class RunStore:
         with self._db.write() as session:
             return session.execute(statement).rowcount
 
+    def discard_plan(self, plan_id: int) -> bool:
+        """Invalidate one plan once it was applied: a saved plan is applied at most once."""
+        statement = (
+            update(Plan)
+            .where(Plan.id == plan_id, Plan.discarded_at.is_(None))
+            .values(discarded_at=utcnow())
+        )
+        with self._db.write() as session:
+            return session.execute(statement).rowcount > 0
+
 
 def _run_row(session: Session, run_id: int) -> Run:
     row = session.get(Run, run_id)
