@@ -30,7 +30,9 @@ class PolledRepo(BaseSettings):
     model_config = SettingsConfigDict(extra="forbid")
 
     url: str
-    poll_interval: int = Field(default=60, ge=5, description="seconds between fetches")
+    # Set: the server reconciles the repository (pull mode) every this many seconds.
+    # Unset: it is only scanned for drift (e.g. a repository applied on merge by webhooks).
+    poll_interval: int | None = Field(default=None, ge=5, description="seconds between polls")
     branch: str | None = None
     # "owner/name" on the forge, for drift issues and commit statuses when the URL
     # does not tell (a mirror, a file:// URL); forge defaults to github.

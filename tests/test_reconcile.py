@@ -398,3 +398,26 @@ def test_cli_once_on_a_file_url_exits_1_when_a_project_fails(tmp_path: Path) -> 
     failed = run_cli(*once, data_dir=w.settings.data_dir)
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "failed     broken/default" in failed.stdout and "alpha" not in failed.stdout
+
+
+def test_the_server_reconciles_repos_that_have_a_poll_interval(tmp_path: Path) -> None:
+    import time
+
+    from runner.commands.services import build_web_services
+    from runner.settings import PolledRepo
+
+    w = make_world(tmp_path, {"alpha": "a"})
+    polled = PolledRepo(url=str(w.repo.path), poll_interval=5)
+    settings = w.settings.model_copy(update={"repos": (polled,)})
+    web = build_web_services(settings)
+    assert web.start_workers is not None and web.stop_workers is not None
+    web.start_workers()
+    try:
+        deadline = time.monotonic() + 120
+        while w.applied("alpha") is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        web.stop_workers()
+        web.store.close()
+        w.store.close()
+    assert w.applied("alpha") == "a"

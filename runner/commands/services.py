@@ -159,17 +159,25 @@ def build_web_services(settings: Settings) -> WebServices:
     """
     from runner.commands.pr_flow import build_handler
     from runner.jobs.queue import build_queue
+    from runner.reconcile.reconciler import Reconciler
     from runner.web.app import WebServices
 
     services = build_services(settings)
     queue = build_queue(settings, services.store, build_handler(services))
     drift = build_drift(settings, services)
+    # Pull mode: repositories in `repos:` with a `poll_interval` follow their default branch.
+    polled = any(repo.poll_interval is not None for repo in settings.repos)
+    reconciler = Reconciler(services) if polled else None
 
     def start_workers() -> None:
         queue.start()
         drift.start()
+        if reconciler is not None:
+            reconciler.start()
 
     def stop_workers() -> None:
+        if reconciler is not None:
+            reconciler.stop()
         drift.stop()
         # Within gunicorn's graceful timeout: 20 s to finish, then running jobs are cancelled.
         queue.stop(timeout=20)

@@ -13,8 +13,13 @@ DEFAULT_INTERVAL_S = 60.0
 
 
 def configured_targets(settings: Settings, interval_s: float | None = None) -> list[PollTarget]:
-    """Every repository of the server config, each on its own `poll_interval`."""
-    return [_from_setting(entry, settings.data_dir, interval_s) for entry in settings.repos]
+    """The repositories of the server config that have a `poll_interval` (or all, with an
+    explicit `interval_s`), each on its own interval."""
+    return [
+        _from_setting(entry, settings.data_dir, interval_s)
+        for entry in settings.repos
+        if interval_s is not None or entry.poll_interval is not None
+    ]
 
 
 def target_for(spec: str, settings: Settings, interval_s: float | None = None) -> PollTarget:
@@ -33,7 +38,7 @@ def _from_setting(entry: PolledRepo, data_dir: Path, interval_s: float | None) -
     return _target(
         entry.url,
         data_dir,
-        interval_s or float(entry.poll_interval),
+        interval_s or float(entry.poll_interval or DEFAULT_INTERVAL_S),
         branch=entry.branch,
         full_name=entry.full_name,
         forge=entry.forge,
