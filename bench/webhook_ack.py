@@ -141,7 +141,9 @@ def build_deliveries(
     return batches
 
 
-def start_server(data_dir: Path, port: int, github: FakeGitHub, log: Path) -> subprocess.Popen:
+def start_server(
+    data_dir: Path, port: int, github: FakeGitHub, log: Path, processes: int = 1
+) -> subprocess.Popen:
     """`gitops-runner serve` configured through the environment, as an operator would."""
     env = {
         key: value
@@ -156,6 +158,8 @@ def start_server(data_dir: Path, port: int, github: FakeGitHub, log: Path) -> su
         "GITOPS_GITHUB_TOKEN": TOKEN,
         "GITOPS_GITHUB_API_URL": github.api_url,
         "GITOPS_WORKERS": "1",
+        # gunicorn worker processes; `serve` reads the usual variable (runner/web/server.py).
+        "WEB_CONCURRENCY": str(processes),
     }
     argv = [str(Path(sys.executable).parent / "gitops-runner"), "serve"]
     with log.open("wb") as sink:
@@ -325,6 +329,9 @@ def main() -> None:
     parser.add_argument(
         "--rate", type=float, help="open loop: deliveries per second over all clients"
     )
+    parser.add_argument(
+        "--processes", type=int, default=1, help="gunicorn worker processes (WEB_CONCURRENCY)"
+    )
     parser.add_argument("--smoke", action="store_true", help="5 clients x 4, one round (CI)")
     args = parser.parse_args()
     if args.smoke:
@@ -339,7 +346,7 @@ def main() -> None:
         port = free_port()
         base_url = f"http://127.0.0.1:{port}"
         log = root / "serve.log"
-        server = start_server(root / "data", port, github, log)
+        server = start_server(root / "data", port, github, log, args.processes)
         try:
             wait_ready(base_url, server, log)
             # Warm-up (not measured): first request per code path, SQLite file creation.
@@ -357,6 +364,7 @@ def main() -> None:
                         time.process_time() - own_cpu,
                     )
                 )
+            # With several processes this is whichever process answers: its share only.
             histogram = server_histogram(base_url)
             jobs = job_counts(root / "data")
         finally:
@@ -367,7 +375,8 @@ def main() -> None:
     connection = "keep-alive" if args.keep_alive else "new connection per delivery"
     loop = f"open loop at {args.rate:g} req/s" if args.rate else "closed loop"
     print(
-        f"gitops-runner serve (gunicorn gthread x8, 1 job worker): {args.clients} clients x "
+        f"gitops-runner serve (gunicorn: {args.processes} process(es) x 8 threads, 1 job worker "
+        f"each): {args.clients} clients x "
         f"{args.requests} `{args.action}` deliveries x {args.rounds} round(s), {loop}, "
         f"{connection}"
     )
@@ -378,7 +387,8 @@ def main() -> None:
     for number, (result, (server_cpu, own_cpu)) in enumerate(zip(results, cpu, strict=True), 1):
         print(
             f"round {number}: {describe(result.latencies, result.wall_s)}  "
-            f"cpu server {server_cpu:4.1f} s / bench {own_cpu:4.1f} s in {result.wall_s:4.1f} s"
+            f"cpu server {server_cpu:4.1f} s ({server_cpu / len(result.latencies) * 1000:.1f} "
+            f"ms/delivery) / bench {own_cpu:4.1f} s in {result.wall_s:4.1f} s"
         )
     everything = [value for result in results for value in result.latencies]
     wall = sum(result.wall_s for result in results)

@@ -29,9 +29,17 @@ from runner.events.model import (
     PullRequestRef,
     RepoRef,
 )
+from runner.jobs import cancellation
 from runner.jobs.inprocess import InProcessQueue
 from runner.jobs.model import WorkEvent, encode_event, pr_group
-from runner.jobs.queue import JobRunner, JobTiming, Outcome, build_queue, submit_event
+from runner.jobs.queue import (
+    JobRunner,
+    JobTiming,
+    Outcome,
+    build_queue,
+    enqueue_event,
+    submit_event,
+)
 from runner.jobs.recovery import (
     new_owner_id,
     owner_is_gone,
@@ -40,6 +48,7 @@ from runner.jobs.recovery import (
 )
 from runner.jobs.rq_queue import RQQueue, send_message
 from runner.settings import Settings
+from runner.store.deliveries import DeliveryRef, DuplicateDelivery
 from runner.store.jobs import JobRecord, JobStatus
 from runner.store.store import Store
 
@@ -443,6 +452,66 @@ def test_pr_groups_keep_order_and_exclusion_across_two_queues(
         assert [tag for tag in started if tag in tags] == tags
 
 
+def test_submit_does_not_wait_for_superseding(
+    store: Store, make_queue: Callable[..., InProcessQueue], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = threading.Event()
+    real_supersede = cancellation.supersede
+
+    def gated_supersede(*args: Any) -> cancellation.Superseded:
+        gate.wait(DEADLINE_S)
+        return real_supersede(*args)
+
+    monkeypatch.setattr(cancellation, "supersede", gated_supersede)
+    queue = make_queue(workers=1, start=False)  # no worker: the jobs stay where they are
+    old = queue.submit(pr_event(1, "opened", "ok-old"))
+
+    newest = queue.submit(pr_event(1, "updated", "ok-new"))  # returns; superseding waits
+
+    assert status_of(store, old) is JobStatus.QUEUED
+    gate.set()
+    record = wait_for_status(store, old, JobStatus.CANCELLED)
+    assert f"superseded by job {newest}" in (record.error or "")
+    assert status_of(store, newest) is JobStatus.QUEUED
+
+
+def test_a_burst_of_pushes_leaves_only_the_newest_autoplan(
+    store: Store, make_queue: Callable[..., InProcessQueue]
+) -> None:
+    queue = make_queue(workers=1, start=False)
+    opened = queue.submit(pr_event(1, "opened", "ok-0"))
+    command = queue.submit(comment(1, "ok-command"))  # asked for by a person: kept
+    other_pr = queue.submit(pr_event(2, "opened", "ok-other"))
+    pushes = [queue.submit(pr_event(1, "updated", f"ok-{n}")) for n in range(1, 30)]
+
+    older = [opened, *pushes[:-1]]
+    _wait_for(
+        lambda: all(status_of(store, job) is JobStatus.CANCELLED for job in older),
+        "the older autoplans to be cancelled",
+    )
+    kept = (command, other_pr, pushes[-1])
+    assert [status_of(store, job) for job in kept] == [JobStatus.QUEUED] * 3
+
+
+def test_jobs_carry_their_pr_group(store: Store) -> None:
+    event = pr_event(4, "opened", "ok")
+    record = store.jobs.get(enqueue_event(store, event))
+    assert record is not None and record.group_key == pr_group(event) == pr_group(comment(4, "x"))
+
+
+def test_a_duplicate_delivery_is_not_queued_again(
+    store: Store, make_queue: Callable[..., InProcessQueue]
+) -> None:
+    queue = make_queue(workers=1, start=False)
+    delivery = DeliveryRef("d-1", "github", "pull_request")
+    first = queue.submit(pr_event(1, "opened", "ok"), delivery=delivery)
+
+    with pytest.raises(DuplicateDelivery):
+        queue.submit(pr_event(1, "updated", "ok-again"), delivery=delivery)
+
+    assert [record.id for record in store.jobs.list()] == [first]
+
+
 def test_new_push_cancels_queued_autoplan_and_signals_the_running_one(
     store: Store, handler: RecordingHandler, make_queue: Callable[..., InProcessQueue]
 ) -> None:
@@ -676,6 +745,29 @@ def test_runner_gives_back_a_job_cancelled_while_waiting(store: Store, tmp_path:
     assert runner.run_id(job_id, "t") is None
 
 
+def test_a_running_job_without_a_group_still_holds_its_prs_turn(
+    store: Store, tmp_path: Path
+) -> None:
+    handler = RecordingHandler()
+    runner = JobRunner(
+        store, handler, FileMutex(tmp_path), owner_prefix=process_owner_prefix(), timing=FAST
+    )
+    old = store.jobs.enqueue(*encode_event(comment(9, "ok-old")))  # as before 0004: no group
+    assert store.jobs.claim_id(old, "other-host:1:1:w:alive.", lease_s=3600) is not None
+    newer = enqueue_event(store, comment(9, "ok-new"))
+    outcome: list[Outcome | None] = []
+    thread = threading.Thread(target=lambda: outcome.append(runner.run_id(newer, "t")))
+    thread.start()
+    wait_for_status(store, newer, JobStatus.RUNNING)  # claimed, waiting for its turn
+    time.sleep(20 * FAST.poll_s)  # many turns offered; the older job of the PR keeps it
+
+    assert handler.tags("start") == []
+    store.jobs.complete(old)
+    thread.join(DEADLINE_S)
+    assert outcome == [Outcome.DONE]
+    assert handler.tags("start") == ["ok-new"]
+
+
 def test_a_dead_workers_job_does_not_hold_up_its_pr(store: Store, tmp_path: Path) -> None:
     handler = RecordingHandler()
     runner = JobRunner(
@@ -786,6 +878,19 @@ def test_rq_submit_persists_the_job_even_when_redis_is_down(store: Store) -> Non
     queue = RQQueue(store, "redis://127.0.0.1:1/0", queue_name=f"gitops-test-{uuid.uuid4().hex}")
     job_id = queue.submit(comment(1, "ok"))
     assert status_of(store, job_id) is JobStatus.QUEUED  # a worker start sends its message
+
+
+def test_rq_submit_records_the_delivery_with_the_job_and_supersedes(store: Store) -> None:
+    queue = RQQueue(store, "redis://127.0.0.1:1/0", queue_name=f"gitops-test-{uuid.uuid4().hex}")
+    old = queue.submit(pr_event(1, "opened", "ok-old"))
+    delivery = DeliveryRef("d-rq", "github", "pull_request")
+    newest = queue.submit(pr_event(1, "updated", "ok-new"), delivery=delivery)
+    with pytest.raises(DuplicateDelivery):
+        queue.submit(pr_event(1, "updated", "ok-new"), delivery=delivery)
+    wait_for_status(store, old, JobStatus.CANCELLED)
+    assert status_of(store, newest) is JobStatus.QUEUED
+    assert [record.id for record in store.jobs.list()] == [old, newest]
+    assert queue.stop(timeout=DEADLINE_S)
 
 
 def test_rq_worker_start_resends_lost_messages_and_recovers(

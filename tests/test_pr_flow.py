@@ -226,7 +226,6 @@ def test_a_job_that_crashes_is_reported_on_the_pr_and_keeps_the_locks(world):
     assert world.services.store.locks.list()  # the PR still holds what it held
 
 
-
 def test_an_applied_plan_is_spent_and_each_project_gets_an_apply_status(world):
     number = world.open_pr("feature", APP_CHANGE)
     world.comment(number, "gitops apply")

@@ -14,8 +14,11 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import event, inspect, text
+from sqlalchemy.exc import DBAPIError, OperationalError
 
+import runner.store.db as store_db
+import runner.store.jobs as store_jobs
 from runner.results.model import PlanSummary, ResourceChange
 from runner.store import JobStatus, RunStatus, Store, Trigger, default_database_url, migrate
 from runner.store.db import (
@@ -25,6 +28,7 @@ from runner.store.db import (
     make_engine,
     normalize_url,
 )
+from runner.store.deliveries import DeliveryRef, DuplicateDelivery
 from runner.store.models import Base
 from runner.terraform.planfile import plan_checksum
 
@@ -67,6 +71,16 @@ def test_sqlite_connections_use_wal_busy_timeout_and_foreign_keys(sqlite_url: st
             assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
             assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_syncs_at_checkpoints_not_at_every_commit(sqlite_url: str) -> None:
+    """synchronous=NORMAL in WAL mode: see docs/store.md for the trade-off."""
+    engine = make_engine(sqlite_url)
+    try:
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
     finally:
         engine.dispose()
 
@@ -603,3 +617,232 @@ def test_comments_are_marked_outdated_once(store: Store) -> None:
     assert store.comments.mark_outdated(REPO, 12, "plan", current_commit=SHA_B) == []
     assert [c.id for c in store.comments.list(REPO, 12, kind="plan")] == [old, current]
     assert len(store.comments.list(REPO, 12)) == 3
+
+
+# --- one write per webhook: delivery + job, group key, writer lock -----------------------
+
+
+def _commits(store: Store) -> list[int]:
+    """A list that grows by one at every COMMIT of `store`'s engine."""
+    commits: list[int] = []
+    event.listen(store.engine, "commit", lambda _connection: commits.append(1))
+    return commits
+
+
+def test_enqueue_with_a_delivery_records_both_in_one_transaction(store: Store) -> None:
+    commits = _commits(store)
+
+    job_id = store.jobs.enqueue(
+        "pull_request", {"n": 1}, group_key="g#1", delivery=DeliveryRef("d-1", "github", "pr")
+    )
+
+    assert len(commits) == 1
+    record = store.jobs.get(job_id)
+    assert record is not None and record.group_key == "g#1"
+    assert record.status is JobStatus.QUEUED
+    assert not store.deliveries.record_delivery("d-1", "github", "pr")  # it was recorded
+
+
+def test_a_duplicate_delivery_enqueues_nothing(store: Store) -> None:
+    delivery = DeliveryRef("d-dup", "github", "pull_request")
+    first = store.jobs.enqueue("pull_request", {"n": 1}, delivery=delivery)
+
+    with pytest.raises(DuplicateDelivery):
+        store.jobs.enqueue("pull_request", {"n": 2}, delivery=delivery)
+
+    assert [record.id for record in store.jobs.list()] == [first]
+
+
+def test_a_delivery_recorded_on_its_own_is_a_duplicate_for_enqueue(store: Store) -> None:
+    assert store.deliveries.record_delivery("d-old", "github", "pull_request")
+    with pytest.raises(DuplicateDelivery):
+        store.jobs.enqueue("pull_request", {}, delivery=DeliveryRef("d-old", "github", "x"))
+    assert store.jobs.list() == []
+
+
+def test_a_failed_job_insert_leaves_no_delivery_behind(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The INSERT of the job fails after the delivery's: both roll back together.
+    monkeypatch.setattr(store_jobs, "_INSERT_JOB", text("INSERT INTO no_such_table VALUES (1)"))
+    with pytest.raises(DBAPIError):
+        store.jobs.enqueue("pull_request", {}, delivery=DeliveryRef("d-f", "github", "pr"))
+    monkeypatch.undo()
+
+    assert store.deliveries.record_delivery("d-f", "github", "pr")  # not recorded before
+
+
+def test_delivery_dedupe_with_jobs_survives_a_restart(migrated_url: str) -> None:
+    delivery = DeliveryRef("d-restart", "github", "pull_request")
+    with Store.open(migrated_url) as before:
+        job_id = before.jobs.enqueue("pull_request", {}, delivery=delivery)
+    with Store.open(migrated_url) as after:
+        with pytest.raises(DuplicateDelivery):
+            after.jobs.enqueue("pull_request", {}, delivery=delivery)
+        assert [record.id for record in after.jobs.list()] == [job_id]
+
+
+def test_concurrent_enqueues_of_one_delivery_create_one_job(store: Store) -> None:
+    barrier = threading.Barrier(8)
+
+    def enqueue(index: int) -> int | None:
+        barrier.wait(timeout=_WAIT_S)
+        try:
+            delivery = DeliveryRef("same", "github", "pull_request")
+            return store.jobs.enqueue("pull_request", {"i": index}, delivery=delivery)
+        except DuplicateDelivery:
+            return None
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(enqueue, range(8)))
+    assert len([job for job in outcomes if job is not None]) == 1
+    assert len(store.jobs.list()) == 1
+
+
+def test_dedupe_key_with_deliveries(store: Store) -> None:
+    first = store.jobs.enqueue("plan", {}, "plan#1", delivery=DeliveryRef("a", "github", "x"))
+    # Another delivery for the same active work: recorded, and resolved to the same job.
+    assert store.jobs.enqueue("plan", {}, "plan#1", delivery=DeliveryRef("b", "github", "x")) == (
+        first
+    )
+    assert not store.deliveries.record_delivery("b", "github", "x")
+    with pytest.raises(DuplicateDelivery):
+        store.jobs.enqueue("plan", {}, "plan#1", delivery=DeliveryRef("a", "github", "x"))
+
+
+def test_active_jobs_of_a_group_and_cancelling_queued_ones(store: Store) -> None:
+    def enqueue(group: str | None, kind: str = "pull_request") -> int:
+        return store.jobs.enqueue(kind, {}, group_key=group)
+
+    done, running, queued = enqueue("g#1"), enqueue("g#1"), enqueue("g#1")
+    other_group, other_kind, no_group = enqueue("g#2"), enqueue("g#1", "comment"), enqueue(None)
+    store.jobs.claim_id(done, "w")
+    store.jobs.complete(done)
+    store.jobs.claim_id(running, "w")
+    newest = enqueue("g#1")
+
+    active = store.jobs.active_in_group("g#1", "pull_request", newest)
+    assert [(record.id, record.status) for record in active] == [
+        (running, JobStatus.RUNNING),
+        (queued, JobStatus.QUEUED),
+    ]
+    assert store.jobs.cancel_queued([running, queued], "superseded") == [queued]
+    assert store.jobs.get(queued).error == "superseded"
+    assert store.jobs.get(running).status is JobStatus.RUNNING
+    assert store.jobs.cancel_queued([], "nothing") == []
+    untouched = (other_group, other_kind, no_group, newest)
+    assert all(store.jobs.get(job).status is JobStatus.QUEUED for job in untouched)
+
+
+def test_running_jobs_of_a_group_include_those_without_a_group(store: Store) -> None:
+    ids = {
+        name: store.jobs.enqueue("pull_request", {}, group_key=group)
+        for name, group in [("mine", "g#1"), ("legacy", None), ("other", "g#2"), ("queued", "g#1")]
+    }
+    for name in ("mine", "legacy", "other"):
+        store.jobs.claim_id(ids[name], "w")
+    newest = store.jobs.enqueue("pull_request", {}, group_key="g#1")
+
+    running = store.jobs.running_in_group("g#1", newest)
+
+    assert [record.id for record in running] == [ids["mine"], ids["legacy"]]
+    assert store.jobs.running_in_group("g#1", ids["legacy"]) == running[:1]
+
+
+def test_any_queued(store: Store) -> None:
+    assert not store.jobs.any_queued()
+    job_id = store.jobs.enqueue("plan", {})
+    assert store.jobs.any_queued()
+    store.jobs.claim_id(job_id, "w")
+    assert not store.jobs.any_queued()
+
+
+def test_group_key_migration_keeps_existing_jobs(db_url: str) -> None:
+    migrate(db_url, "0003")
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO jobs (kind, version, payload, status, attempts, created_at)"
+                    " VALUES ('pull_request', 1, '{}', 'queued', 0, CURRENT_TIMESTAMP)"
+                )
+            )
+    finally:
+        engine.dispose()
+    with Store.open(db_url) as store:
+        [record] = store.jobs.list()
+        assert record.group_key is None
+        assert record.status is JobStatus.QUEUED
+
+
+def test_threads_of_one_process_take_turns_at_writing(sqlite_url: str) -> None:
+    """Many threads writing at once all succeed, queued on the process's writer lock."""
+    with Store.open(sqlite_url) as store:
+
+        def write(index: int) -> int:
+            return store.jobs.enqueue("plan", {"i": index}, group_key=f"g#{index % 3}")
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            ids = list(pool.map(write, range(400)))
+        assert len(set(ids)) == 400
+
+
+def test_writer_lock_gives_up_like_sqlite_busy_timeout(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_db, "SQLITE_BUSY_TIMEOUT_MS", 100)
+    with Store.open(sqlite_url) as store:
+        holding, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with store.write():
+                holding.set()
+                release.wait(_WAIT_S)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        try:
+            holding.wait(_WAIT_S)
+            with pytest.raises(OperationalError, match="database is locked"):
+                store.deliveries.record_delivery("blocked", "github", "push")
+        finally:
+            release.set()
+            holder.join(_WAIT_S)
+        assert store.deliveries.record_delivery("after", "github", "push")
+
+
+def _take_lock_in_forked_child(lock: Any, results: Any) -> None:
+    with lock:
+        results.put(True)
+
+
+def test_forked_child_gets_the_writer_lock_back_unlocked(sqlite_url: str) -> None:
+    """A child forked while a parent thread holds the lock must not inherit it held.
+
+    (Only the Python lock: forking while a SQLite transaction is open is unsafe anyway.)
+    """
+    engine = make_engine(sqlite_url)
+    lock = store_db._process_writer_lock(engine)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            holding.set()
+            release.wait(_WAIT_S)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        holding.wait(_WAIT_S)
+        context = multiprocessing.get_context("fork")
+        results = context.Queue()
+        child = context.Process(target=_take_lock_in_forked_child, args=(lock, results))
+        child.start()
+        assert results.get(timeout=_WAIT_S) is True
+        child.join(timeout=_WAIT_S)
+        assert child.exitcode == 0
+    finally:
+        release.set()
+        holder.join(_WAIT_S)
+        engine.dispose()

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,16 @@ import pytest
 import requests
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
+from runner.engine.project_mutex import FileMutex
+from runner.jobs.inprocess import InProcessQueue
 from runner.jobs.model import WorkEvent, encode_event
 from runner.results.model import PlanSummary
 from runner.settings import Settings, load_settings
+from runner.store.deliveries import DeliveryRef
+from runner.store.jobs import JobStatus
 from runner.store.locks import LockOwner
 from runner.store.runs import RunStatus
 from runner.store.store import Store
@@ -402,6 +408,119 @@ def test_failed_submit_answers_503_and_forgets_the_delivery(tmp_path: Path, stor
     # The forge's redelivery is handled, not dropped as a duplicate.
     redelivered = deliver(client, "pull_request", pr_payload(), delivery_id="d-x")
     assert redelivered.json == {"status": "queued", "job": 42}
+
+
+# --- with the real in-process queue: one write per delivery ---------------------------------
+
+
+class IdleHandler:
+    """The queue below is never started: its jobs stay queued (or get superseded)."""
+
+    def handle(self, event: WorkEvent, cancel: threading.Event) -> None:
+        raise AssertionError("no job runs in these tests")
+
+    def is_apply(self, event: WorkEvent) -> bool:
+        return False
+
+    def report_interrupted(self, event: WorkEvent) -> None:
+        pass
+
+
+@pytest.fixture
+def served(tmp_path: Path):
+    """Build an app around a real `InProcessQueue` (workers not started) on a store."""
+    queues: list[InProcessQueue] = []
+
+    def _served(store_: Store, **values: Any) -> FlaskClient:
+        queue = InProcessQueue(store_, IdleHandler(), 1, mutex=FileMutex(tmp_path / "locks"))
+        queues.append(queue)
+        services = WebServices(store=store_, submit=queue.submit)
+        return create_app(make_settings(tmp_path, **values), services).test_client()
+
+    yield _served
+    for queue in queues:
+        queue.stop(timeout=5)
+
+
+def _wait_for_status(store: Store, job_id: int, status: JobStatus) -> None:
+    deadline = time.monotonic() + 60
+    while (record := store.jobs.get(job_id)) is None or record.status is not status:
+        assert time.monotonic() < deadline, f"job {job_id} never became {status}"
+        time.sleep(0.01)
+
+
+def test_delivery_and_job_are_one_write(served, store: Store) -> None:
+    commits: list[int] = []
+    event.listen(store.engine, "commit", lambda _connection: commits.append(1))
+    client = served(store)
+
+    response = deliver(client, "pull_request", pr_payload(), delivery_id="one-write")
+
+    assert response.status_code == 202
+    assert len(commits) == 1  # opened: nothing to supersede, no other write
+    record = store.jobs.get(response.json["job"])
+    assert record is not None and record.group_key == "github.com/acme/infra#7"
+    assert not store.deliveries.record_delivery("one-write", "github", "pull_request")
+
+
+def test_redelivery_queues_nothing_before_or_after_a_restart(
+    served, store: Store, sqlite_url: str
+) -> None:
+    first = deliver(served(store), "pull_request", pr_payload(), delivery_id="d-q")
+    assert first.status_code == 202
+
+    again = deliver(served(store), "pull_request", pr_payload(), delivery_id="d-q")
+    with Store.open(sqlite_url) as reopened:  # a restart: new store, queue and app
+        after_restart = deliver(served(reopened), "pull_request", pr_payload(), delivery_id="d-q")
+
+    assert again.status_code == after_restart.status_code == 200
+    assert again.json == after_restart.json == {"status": "duplicate"}
+    assert [record.id for record in store.jobs.list()] == [first.json["job"]]
+
+
+def test_a_push_cancels_the_older_queued_autoplan_shortly_after(served, store: Store) -> None:
+    client = served(store)
+    opened = deliver(client, "pull_request", pr_payload(), delivery_id="p-1").json["job"]
+    pull = Pull(number=7, head_sha="1" * 40, head_ref="feature", base_sha=BASE_SHA)
+    pushed = pull_request_event("synchronize", REPO, pull, sender="alice", before=HEAD_SHA)
+    newest = deliver(client, "pull_request", pushed, delivery_id="p-2").json["job"]
+
+    _wait_for_status(store, opened, JobStatus.CANCELLED)
+    assert store.jobs.get(newest).status is JobStatus.QUEUED
+
+
+def test_events_without_work_write_nothing(served, store: Store) -> None:
+    client = served(store)
+    payload = issue_comment_event("created", REPO, 7, "looks good to me", "alice", 103)
+
+    first = deliver(client, "issue_comment", payload, delivery_id="c-1")
+    again = deliver(client, "issue_comment", payload, delivery_id="c-1")
+
+    assert first.json["status"] == again.json["status"] == "ignored"
+    assert store.jobs.list() == []
+    assert store.deliveries.record_delivery("c-1", "github", "issue_comment")  # not recorded
+
+
+def test_failed_queue_write_answers_503_and_the_redelivery_is_queued(
+    tmp_path: Path, store: Store
+) -> None:
+    calls: list[DeliveryRef | None] = []
+
+    def submit(event: WorkEvent, *, delivery: DeliveryRef | None = None) -> int:
+        calls.append(delivery)
+        if len(calls) == 1:
+            raise RuntimeError("database unavailable")
+        return store.jobs.enqueue(*encode_event(event), delivery=delivery)
+
+    client = create_app(make_settings(tmp_path), WebServices(store=store, submit=submit))
+    client = client.test_client()
+
+    assert deliver(client, "pull_request", pr_payload(), delivery_id="d-503").status_code == 503
+    redelivered = deliver(client, "pull_request", pr_payload(), delivery_id="d-503")
+
+    assert redelivered.status_code == 202
+    assert calls == [DeliveryRef("d-503", "github", "pull_request")] * 2
+    assert [record.id for record in store.jobs.list()] == [redelivered.json["job"]]
 
 
 def test_github_delivery_is_refused_when_only_gitlab_has_a_secret(build, queue: FakeQueue) -> None:

@@ -8,6 +8,11 @@ the job's `cancel` Event when the row is no longer running under its lease (canc
 or taken over after its lease expired). In-process queues also set the Event at once
 through their `CancelRegistry`.
 
+The queues do not supersede while a webhook waits: `submit` only persists the job;
+a `Superseder` thread runs `supersede` right after, reading just the PR group's active
+jobs (`JobStore.active_in_group`). Nothing depends on it being done: a stale autoplan
+that runs anyway sees that the PR's head moved on and skips.
+
 Only autoplans are superseded. A comment command or an apply on merge is something a
 person asked for; it runs to its end.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -52,33 +58,37 @@ class Superseded:
     running: list[int] = field(default_factory=list)  # marked cancelled; their workers stop
 
 
+def is_superseding(event: WorkEvent) -> bool:
+    """Whether `event` (a push or a close) can make older autoplans of its PR pointless."""
+    return isinstance(event, PullRequestEvent) and event.action in _SUPERSEDING_ACTIONS
+
+
 def supersede(store: Store, event: WorkEvent, new_job_id: int) -> Superseded:
-    """Cancel the autoplans of the PR that `event` (job `new_job_id`) makes pointless."""
+    """Cancel the autoplans of the PR that `event` (job `new_job_id`) makes pointless.
+
+    Reads only the PR group's active jobs (the indexed `group_key`), not the whole
+    queue, so its cost does not grow with the queue.
+    """
     result = Superseded()
-    if not (isinstance(event, PullRequestEvent) and event.action in _SUPERSEDING_ACTIONS):
+    if not is_superseding(event):
         return result
     reason = f"superseded by job {new_job_id} (pull request {event.action})"
-    # Queued first, then running: a job claimed in between shows up in the second list.
-    for record in _older_superseded(store, JobStatus.QUEUED, event, new_job_id):
-        if store.jobs.cancel(record.id):
-            result.queued.append(record.id)
-    for record in _older_superseded(store, JobStatus.RUNNING, event, new_job_id):
-        if store.jobs.cancel_running(record.id, reason):
+    candidates = store.jobs.active_in_group(pr_group(event), kind_of(event), new_job_id)
+    obsolete = [record for record in candidates if _superseded_by(event, record)]
+    # Queued ones first (one statement): a worker freed by cancelling a running one
+    # must not claim them.
+    queued = [record.id for record in obsolete if record.status == JobStatus.QUEUED]
+    result.queued.extend(store.jobs.cancel_queued(queued, reason))
+    for record in obsolete:
+        # Running, or claimed since it was read: marked cancelled, its worker stops.
+        if record.id not in result.queued and store.jobs.cancel_running(record.id, reason):
             result.running.append(record.id)
     return result
 
 
-def _older_superseded(
-    store: Store, status: JobStatus, event: WorkEvent, new_job_id: int
-) -> list[JobRecord]:
-    records = store.jobs.list(status=status, kind=kind_of(event))
-    return [
-        record
-        for record in records
-        if record.id < new_job_id
-        and (old := _decode(record)) is not None
-        and supersedes(event, old)
-    ]
+def _superseded_by(event: WorkEvent, record: JobRecord) -> bool:
+    old = _decode(record)
+    return old is not None and supersedes(event, old)
 
 
 def _decode(record: JobRecord) -> WorkEvent | None:
@@ -86,6 +96,85 @@ def _decode(record: JobRecord) -> WorkEvent | None:
         return decode_event(record.kind, record.payload, record.version)
     except (UnknownJobFormat, ValueError):
         return None
+
+
+class Superseder:
+    """Runs `supersede` for newly queued jobs on a thread of its own, off the request path.
+
+    Superseding only saves work: an autoplan that runs anyway finds that its head is
+    no longer the PR's head and skips (the PR flow checks), so a webhook need not wait
+    for it. Requests of one PR group coalesce: the newest superseding job cancels every
+    autoplan an older one would (the older one's own job included, if it was a push).
+    After each pass `on_done` gets the result (the in-process queue signals its running
+    jobs and wakes its workers). The thread starts with the first request and ends with
+    `stop`, which first finishes what is pending. A failed pass is logged and dropped.
+    """
+
+    def __init__(self, store: Store, on_done: Callable[[Superseded], None]) -> None:
+        self._store = store
+        self._on_done = on_done
+        self._guard = threading.Condition()
+        self._pending: dict[str, tuple[int, WorkEvent]] = {}
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def request(self, job_id: int, event: WorkEvent) -> bool:
+        """Supersede for job `job_id` soon. False if `event` supersedes nothing."""
+        if not is_superseding(event):
+            return False
+        with self._guard:
+            if not self._stopped:
+                group = pr_group(event)
+                newest = self._pending.get(group)
+                if newest is None or newest[0] < job_id:
+                    self._pending[group] = (job_id, event)
+                self._start_once()
+                self._guard.notify()
+                return True
+        # Stopped (the process is shutting down): no thread is left to do it later.
+        self._run(job_id, event)
+        return True
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Finish the pending requests, then end the thread; True once it has ended."""
+        with self._guard:
+            self._stopped = True
+            self._guard.notify_all()
+            thread = self._thread
+        if thread is None:
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def _start_once(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="job-supersede", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            with self._guard:
+                while not (self._pending or self._stopped):
+                    self._guard.wait()
+                if not self._pending:
+                    return
+                batch = sorted(self._pending.values(), key=lambda pending: pending[0])
+                self._pending.clear()
+            for job_id, event in batch:
+                self._run(job_id, event)
+
+    def _run(self, job_id: int, event: WorkEvent) -> None:
+        try:
+            result = supersede(self._store, event, job_id)
+        except Exception:
+            log.exception("superseding for job %s failed; older autoplans skip themselves", job_id)
+            result = Superseded()
+        if result.queued or result.running:
+            log.info("job %s superseded jobs %s", job_id, result.queued + result.running)
+        try:
+            self._on_done(result)
+        except Exception:
+            log.exception("handling the superseding result of job %s failed", job_id)
 
 
 class CancelRegistry:

@@ -13,16 +13,19 @@ import threading
 import time
 
 from runner.engine.project_mutex import ProjectMutex
-from runner.jobs.cancellation import CancelRegistry
+from runner.jobs.cancellation import CancelRegistry, Superseded, Superseder
 from runner.jobs.model import JobHandler, WorkEvent
-from runner.jobs.queue import DEFAULT_TIMING, JobRunner, JobTiming, submit_event
+from runner.jobs.queue import DEFAULT_TIMING, JobRunner, JobTiming, enqueue_event
 from runner.jobs.recovery import process_owner_prefix, recover
+from runner.store.deliveries import DeliveryRef
 from runner.store.store import Store
 
 log = logging.getLogger(__name__)
 
 # After stop()'s timeout, handlers get this long to stop Terraform once cancelled.
 DEFAULT_INTERRUPT_GRACE_S = 10.0
+# stop() lets the superseding thread finish what is pending for at most this long.
+_SUPERSEDER_STOP_S = 5.0
 
 
 class InProcessQueue:
@@ -62,14 +65,27 @@ class InProcessQueue:
             registry=self._registry,
             stopping=self._stopping,
         )
+        self._superseder = Superseder(store, self._superseded)
 
-    def submit(self, event: WorkEvent) -> int:
-        job_id, superseded = submit_event(self._store, event)
+    def submit(self, event: WorkEvent, *, delivery: DeliveryRef | None = None) -> int:
+        """Persist the job (one transaction, with `delivery`) and return; see JobQueue.
+
+        A push or close wakes a worker only once its superseding pass is done, so the
+        worker does not first claim an older autoplan that is about to be cancelled.
+        """
+        job_id = enqueue_event(self._store, event, delivery)
+        if not self._superseder.request(job_id, event):
+            self._wake_one()
+        return job_id
+
+    def _superseded(self, result: Superseded) -> None:
         # Jobs running in this process hear it now; elsewhere, from the store within ~1 s.
-        self._registry.cancel(superseded.running)
+        self._registry.cancel(result.running)
+        self._wake_one()
+
+    def _wake_one(self) -> None:
         with self._wake:
             self._wake.notify()
-        return job_id
 
     def start(self) -> None:
         """Recover what a previous run left behind, then start the threads (once)."""
@@ -93,6 +109,8 @@ class InProcessQueue:
             thread.start()
 
     def stop(self, timeout: float | None = None) -> bool:
+        grace = _SUPERSEDER_STOP_S if timeout is None else min(timeout, _SUPERSEDER_STOP_S)
+        self._superseder.stop(grace)
         self._stopping.set()
         with self._wake:
             self._wake.notify_all()

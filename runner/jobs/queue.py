@@ -31,7 +31,8 @@ from runner.jobs.model import (
     pr_group,
 )
 from runner.jobs.recovery import is_orphaned, new_owner_id, orphan_cutoff
-from runner.store.jobs import JobRecord, JobStatus
+from runner.store.deliveries import DeliveryRef
+from runner.store.jobs import JobRecord
 from runner.store.store import Store
 
 if TYPE_CHECKING:
@@ -49,10 +50,14 @@ GROUP_KEY_PREFIX = "pr-group:"
 class JobQueue(Protocol):
     """What the web layer (and the CLI) need from a queue."""
 
-    def submit(self, event: WorkEvent) -> int:
-        """Persist the event as a job, supersede what it makes pointless, wake a worker.
+    def submit(self, event: WorkEvent, *, delivery: DeliveryRef | None = None) -> int:
+        """Persist the event as a job and wake a worker; supersede what it makes pointless.
 
         Returns the job id. Once this returns, the job survives a crash of this process.
+        With `delivery` (the webhook that carried the event), the delivery is recorded in
+        the same transaction as the job; `DuplicateDelivery` if it was recorded before,
+        and then nothing is queued. Superseding happens shortly after, not before this
+        returns (the webhook must not wait for it; see cancellation.Superseder).
         """
         ...
 
@@ -97,10 +102,27 @@ class Outcome(StrEnum):
     RELEASED = "released"  # given back to the queue before it started (shutdown)
 
 
-def submit_event(store: Store, event: WorkEvent) -> tuple[int, Superseded]:
-    """Persist `event` as a job (versioned format), then supersede what it obsoletes."""
+def enqueue_event(store: Store, event: WorkEvent, delivery: DeliveryRef | None = None) -> int:
+    """Persist `event` as a queued job (versioned format, with its PR group); its id.
+
+    One write transaction, with the webhook `delivery` if given (`DuplicateDelivery`
+    when it was recorded before). What the queues' `submit` does while a webhook waits.
+    """
     kind, payload = encode_event(event)
-    job_id = store.jobs.enqueue(kind, payload, version=JOB_FORMAT_VERSION)
+    return store.jobs.enqueue(
+        kind, payload, version=JOB_FORMAT_VERSION, group_key=pr_group(event), delivery=delivery
+    )
+
+
+def submit_event(
+    store: Store, event: WorkEvent, delivery: DeliveryRef | None = None
+) -> tuple[int, Superseded]:
+    """`enqueue_event`, then supersede what the job obsoletes, synchronously.
+
+    For callers that want the superseding done when this returns (tests, tools); the
+    queues supersede in the background instead.
+    """
+    job_id = enqueue_event(store, event, delivery)
     return job_id, supersede(store, event, job_id)
 
 
@@ -133,7 +155,7 @@ class JobRunner:
 
     def has_queued(self) -> bool:
         """A cheap read, so idle workers poll without taking the database's write lock."""
-        return bool(self._store.jobs.list(status=JobStatus.QUEUED, limit=1))
+        return self._store.jobs.any_queued()
 
     def run_next(self, label: str) -> Outcome | None:
         """Claim the oldest queued job and run it; None if there was none."""
@@ -209,17 +231,13 @@ class JobRunner:
         # An orphaned job (its worker died) would never take its turn: not waited for.
         # Recovery re-queues it; it then runs after this one.
         expired_before = orphan_cutoff(self._timing.lease_grace_s)
-        for record in self._store.jobs.list(status=JobStatus.RUNNING):
-            if record.id >= job_id:
-                break
+        for record in self._store.jobs.running_in_group(group, job_id):
             if is_orphaned(record, expired_before):
                 continue
-            try:
-                event = decode_event(record.kind, record.payload, record.version)
-            except (UnknownJobFormat, ValueError):
+            # Rows from before migration 0004 have no group_key: decoded to tell.
+            if record.group_key is None and _group_of(record) != group:
                 continue
-            if pr_group(event) == group:
-                return True
+            return True
         return False
 
     def _give_back(self, record: JobRecord, owner: str) -> Outcome:
@@ -242,6 +260,13 @@ class JobRunner:
         if self._store.jobs.complete(record.id, owner):
             return Outcome.DONE
         return Outcome.CANCELLED
+
+
+def _group_of(record: JobRecord) -> str | None:
+    try:
+        return pr_group(decode_event(record.kind, record.payload, record.version))
+    except (UnknownJobFormat, ValueError):
+        return None
 
 
 def describe(error: BaseException) -> str:

@@ -34,10 +34,12 @@ from rq.job import Job as RQJob
 from rq.job import JobStatus as RQJobStatus
 
 from runner.engine.project_mutex import build_mutex
+from runner.jobs.cancellation import Superseder
 from runner.jobs.model import JobHandler, WorkEvent
-from runner.jobs.queue import DEFAULT_TIMING, JobRunner, JobTiming, submit_event
+from runner.jobs.queue import DEFAULT_TIMING, JobRunner, JobTiming, enqueue_event
 from runner.jobs.recovery import process_owner_prefix, recover
 from runner.settings import Settings, load_settings
+from runner.store.deliveries import DeliveryRef
 from runner.store.jobs import JobStatus
 from runner.store.store import Store
 
@@ -71,15 +73,18 @@ class RQQueue:
         self._queue = Queue(queue_name, connection=self._connection)
         self._guard = threading.Lock()
         self._unsent: list[int] = []  # persisted, but Redis was unreachable
+        # Workers elsewhere learn of superseded jobs from the store: nothing to signal.
+        self._superseder = Superseder(store, lambda _result: None)
 
     @property
     def rq_queue(self) -> Queue:
         return self._queue
 
-    def submit(self, event: WorkEvent) -> int:
+    def submit(self, event: WorkEvent, *, delivery: DeliveryRef | None = None) -> int:
         # Persisted before Redis hears of it. If Redis is down the job still exists: its
         # message goes with the next submit that reaches Redis, or when a worker starts.
-        job_id, _superseded = submit_event(self._store, event)
+        job_id = enqueue_event(self._store, event, delivery)
+        self._superseder.request(job_id, event)
         with self._guard:
             self._unsent.append(job_id)
             pending, self._unsent = self._unsent, []
@@ -98,6 +103,7 @@ class RQQueue:
         self._connection.ping()
 
     def stop(self, timeout: float | None = None) -> bool:
+        self._superseder.stop(timeout)
         self._connection.close()
         return True
 

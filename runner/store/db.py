@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import threading
 import weakref
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -177,17 +179,18 @@ def _process_writer_lock(engine: Engine) -> AbstractContextManager[Any]:
     not wait on the lock: its busy handler sleeps and retries, in steps growing to
     100 ms, so under contention a writer may sleep long after the lock was freed (the
     webhook benchmark saw a quarter of all request time there). A Python lock hands
-    over at once; SQLite's busy timeout is then only met between processes. Reentrant,
-    so a nested write still fails at SQLite's busy timeout as it always did instead of
-    hanging. PostgreSQL writers do not exclude each other: no lock.
+    over at once; SQLite's busy timeout is then only met between processes. It gives up
+    after the same busy timeout as SQLite, with the same error. Reentrant, so a nested
+    write still fails at SQLite's busy timeout as it always did instead of hanging.
+    PostgreSQL writers do not exclude each other: no lock.
     """
     if engine.dialect.name != "sqlite":
         return nullcontext()
-    return _ForkSafeRLock()
+    return _WriterLock()
 
 
-class _ForkSafeRLock:
-    """An RLock that a forked child gets back unlocked.
+class _WriterLock:
+    """A reentrant lock with SQLite's busy timeout, that a forked child gets back unlocked.
 
     A child forked while another thread held the lock would inherit it held, by a
     thread that does not exist in the child, and never get it. Like the pooled
@@ -206,7 +209,12 @@ class _ForkSafeRLock:
         os.register_at_fork(after_in_child=reset_in_child)
 
     def __enter__(self) -> bool:
-        return self._lock.acquire()
+        if not self._lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
+            # What SQLite itself raises once its busy timeout has run out.
+            raise OperationalError(
+                "BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked")
+            )
+        return True
 
     def __exit__(self, *exc_info: object) -> None:
         self._lock.release()

@@ -14,6 +14,7 @@ payload it was written with, so a newer runner can read (or refuse) older jobs.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -21,7 +22,19 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, delete, insert, or_, select, true, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    delete,
+    insert,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
 from runner.store.db import Database
@@ -62,6 +75,62 @@ class JobRecord:
     lease_owner: str | None
     lease_expires_at: datetime | None
     error: str | None
+
+
+# Built once: the webhook and superseding paths run these many times a second, and
+# building a statement costs more CPU than SQLite needs to run it.
+_JOBS = Job.__table__
+_INSERT_JOB = insert(_JOBS)
+_ANY_QUEUED = select(_JOBS.c.id).where(_JOBS.c.status == JobStatus.QUEUED.value).limit(1)
+_OLDEST_QUEUED = (
+    select(_JOBS)
+    .where(_JOBS.c.status == JobStatus.QUEUED.value)
+    .order_by(_JOBS.c.id)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+)
+_OLDEST_QUEUED_OF_KINDS = _OLDEST_QUEUED.where(_JOBS.c.kind.in_(bindparam("kinds", expanding=True)))
+_QUEUED_BY_ID = (
+    select(_JOBS)
+    .where(_JOBS.c.id == bindparam("job_id"), _JOBS.c.status == JobStatus.QUEUED.value)
+    .with_for_update(skip_locked=True)
+)
+# UPDATEs without .values(): the columns set are the keys of the parameters passed.
+_UPDATE_BY_ID = update(_JOBS).where(_JOBS.c.id == bindparam("job_id"))
+_UPDATE_RUNNING = _UPDATE_BY_ID.where(_JOBS.c.status == JobStatus.RUNNING.value)
+_UPDATE_RUNNING_OWNED = _UPDATE_RUNNING.where(_JOBS.c.lease_owner == bindparam("owner"))
+_RUNNING_IN_GROUP = (
+    select(_JOBS)
+    .where(
+        _JOBS.c.status == JobStatus.RUNNING.value,
+        _JOBS.c.id < bindparam("before_id"),
+        or_(_JOBS.c.group_key == bindparam("group_key"), _JOBS.c.group_key.is_(None)),
+    )
+    .order_by(_JOBS.c.id)
+)
+_ACTIVE_IN_GROUP = (
+    select(_JOBS)
+    .where(
+        _JOBS.c.group_key == bindparam("group_key"),
+        _JOBS.c.status.in_(ACTIVE_JOB_STATUSES),
+        _JOBS.c.kind == bindparam("kind"),
+        _JOBS.c.id < bindparam("before_id"),
+    )
+    .order_by(_JOBS.c.id)
+)
+_CANCEL_QUEUED = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id.in_(bindparam("ids", expanding=True)),
+        _JOBS.c.status == JobStatus.QUEUED.value,
+    )
+    .values(
+        status=JobStatus.CANCELLED.value,
+        finished_at=bindparam("finished_at", type_=_JOBS.c.finished_at.type),
+        error=bindparam("error"),
+    )
+    .returning(_JOBS.c.id)
+)
 
 
 class JobStore:
@@ -115,8 +184,8 @@ class JobStore:
         raise conflict
 
     def _insert(self, row: dict[str, Any], delivery: DeliveryRef | None) -> int:
-        # Core INSERTs, not ORM objects: this is the webhook's only write, and the unit
-        # of work costs more CPU than the statement itself.
+        # Prebuilt Core statements, not ORM objects: this is the webhook's only write, and
+        # building statements and the unit of work cost more CPU than SQLite does.
         with self._db.write() as session:
             if delivery is not None:
                 add_delivery(session, delivery)
@@ -128,8 +197,7 @@ class JobStore:
                 existing = session.scalar(_active_with_key(row["dedupe_key"]))
                 if existing is not None:
                     return existing
-            result = session.execute(insert(Job).values(**row))
-            return result.inserted_primary_key[0]
+            return session.execute(_INSERT_JOB, row).inserted_primary_key[0]
 
     def claim(
         self,
@@ -141,16 +209,9 @@ class JobStore:
 
         Two concurrent claimers never get the same job.
         """
-        statement = (
-            select(Job)
-            .where(Job.status == JobStatus.QUEUED.value)
-            .order_by(Job.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        )
-        if kinds is not None:
-            statement = statement.where(Job.kind.in_(list(kinds)))
-        return self._take(statement, worker_id, lease_s)
+        if kinds is None:
+            return self._take(_OLDEST_QUEUED, {}, worker_id, lease_s)
+        return self._take(_OLDEST_QUEUED_OF_KINDS, {"kinds": list(kinds)}, worker_id, lease_s)
 
     def claim_id(
         self, job_id: int, worker_id: str, lease_s: float = DEFAULT_LEASE_S
@@ -160,28 +221,27 @@ class JobStore:
         For queues whose messages name their job (RQ): a message delivered twice, or for
         a job cancelled meanwhile, then does nothing.
         """
-        statement = (
-            select(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
-            .with_for_update(skip_locked=True)
-        )
-        return self._take(statement, worker_id, lease_s)
+        return self._take(_QUEUED_BY_ID, {"job_id": job_id}, worker_id, lease_s)
 
     def _take(
-        self, statement: Select[tuple[Job]], worker_id: str, lease_s: float
+        self, statement: Select[Any], values: dict[str, Any], worker_id: str, lease_s: float
     ) -> JobRecord | None:
+        # Core statements: every job pays for its claim, on the same GIL as the webhooks.
         now = utcnow()
         with self._db.write() as session:
-            row = session.scalar(statement)
+            row = session.execute(statement, values).first()
             if row is None:
                 return None
-            row.status = JobStatus.RUNNING.value
-            row.lease_owner = worker_id
-            row.lease_expires_at = now + timedelta(seconds=lease_s)
-            row.started_at = now
-            row.attempts += 1
-            row.error = None
-            return _record(row)
+            claimed = {
+                "status": JobStatus.RUNNING.value,
+                "lease_owner": worker_id,
+                "lease_expires_at": now + timedelta(seconds=lease_s),
+                "started_at": now,
+                "attempts": row.attempts + 1,
+                "error": None,
+            }
+            session.execute(_UPDATE_BY_ID, claimed | {"job_id": row.id})
+        return dataclasses.replace(_record(row), **claimed | {"status": JobStatus.RUNNING})
 
     def heartbeat(self, job_id: int, worker_id: str, lease_s: float = DEFAULT_LEASE_S) -> bool:
         """Extend a running job's lease; False means the lease was lost (stop working on it)."""
@@ -205,6 +265,18 @@ class JobStore:
         )
         with self._db.write() as session:
             return session.execute(statement).rowcount > 0
+
+    def cancel_queued(self, job_ids: Collection[int], reason: str) -> builtins.list[int]:
+        """Cancel those of `job_ids` that have not started yet, in one statement.
+
+        Returns the ids it cancelled; the others had started or ended meanwhile. For
+        superseding, where one push cancels several queued autoplans at once.
+        """
+        if not job_ids:
+            return []
+        values = {"ids": list(job_ids), "finished_at": utcnow(), "error": reason}
+        with self._db.write() as session:
+            return sorted(session.scalars(_CANCEL_QUEUED, values))
 
     def cancel_running(self, job_id: int, reason: str) -> bool:
         """Cancel a running job (superseded work); False if it is not running.
@@ -234,11 +306,14 @@ class JobStore:
     def _transition(self, job_id: int, worker_id: str | None, values: dict[str, Any]) -> bool:
         # Guarded on status (and owner): a worker whose lease expired and whose job was
         # handed to another worker must not overwrite that worker's outcome.
-        statement = update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
-        if worker_id is not None:
-            statement = statement.where(Job.lease_owner == worker_id)
+        # Prebuilt Core UPDATEs (the columns set are the keys of `values`): the ORM's
+        # bulk-update path costs more CPU than the statement.
+        if worker_id is None:
+            statement, guard = _UPDATE_RUNNING, {"job_id": job_id}
+        else:
+            statement, guard = _UPDATE_RUNNING_OWNED, {"job_id": job_id, "owner": worker_id}
         with self._db.write() as session:
-            return session.execute(statement.values(**values)).rowcount > 0
+            return session.execute(statement, values | guard).rowcount > 0
 
     def requeue_expired(
         self,
@@ -354,28 +429,34 @@ class JobStore:
         with self._db.read() as session:
             return [_record(row) for row in session.scalars(statement)]
 
+    def any_queued(self) -> bool:
+        """Whether some job waits to be claimed: the idle workers' poll, a read that
+        neither takes the write lock nor decodes a payload."""
+        with self._db.read() as session:
+            return session.execute(_ANY_QUEUED).first() is not None
+
+    def running_in_group(self, group_key: str, before_id: int) -> builtins.list[JobRecord]:
+        """Running jobs older than `before_id` of a PR group, oldest first, for the
+        per-PR order. Jobs without a group (written before migration 0004) are included:
+        the caller decodes them, since missing one would break the order. Running jobs
+        are few (one per worker), so the `IS NULL` costs nothing here."""
+        values = {"group_key": group_key, "before_id": before_id}
+        with self._db.read() as session:
+            return [_record(row) for row in session.execute(_RUNNING_IN_GROUP, values)]
+
     def active_in_group(
         self, group_key: str, kind: str, before_id: int
     ) -> builtins.list[JobRecord]:
-        """Queued and running jobs of `kind` older than job `before_id` in a PR group.
+        """Queued and running jobs of `kind` in a PR group that are older than `before_id`.
 
-        An indexed read of one PR's few jobs, for superseding. Jobs of unknown group
-        (NULL: written before migration 0004, or by an older runner during a rolling
-        upgrade) are included too: the caller decodes them to tell their group.
-        Oldest first.
+        An indexed read of one PR's few jobs, for superseding; oldest first. Jobs without
+        a group (written before migration 0004, or by an older runner during a rolling
+        upgrade) are not found: superseding only saves work, such a job runs and skips.
+        (An `OR group_key IS NULL` would make SQLite scan every queued job instead.)
         """
-        statement = (
-            select(Job)
-            .where(
-                or_(Job.group_key == group_key, Job.group_key.is_(None)),
-                Job.status.in_(ACTIVE_JOB_STATUSES),
-                Job.kind == kind,
-                Job.id < before_id,
-            )
-            .order_by(Job.id)
-        )
+        values = {"group_key": group_key, "kind": kind, "before_id": before_id}
         with self._db.read() as session:
-            return [_record(row) for row in session.scalars(statement)]
+            return [_record(row) for row in session.execute(_ACTIVE_IN_GROUP, values)]
 
     def prune(self, older_than: datetime) -> int:
         """Delete finished jobs that ended before `older_than`; returns how many."""
@@ -395,7 +476,7 @@ def _kind_in(kinds: Collection[str]) -> Callable[[str], bool]:
     return lambda kind: kind in chosen
 
 
-def _record(row: Job) -> JobRecord:
+def _record(row: Job | Row[Any]) -> JobRecord:
     return JobRecord(
         id=row.id,
         kind=row.kind,

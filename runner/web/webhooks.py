@@ -4,12 +4,17 @@ The answer must come in milliseconds (forges time out after ~10 s and redeliver)
 nothing here calls the forge or git: the handler only checks, records and enqueues.
 The checks run in a fixed order, each cheap and each before anything that trusts the
 payload: size cap, signature over the raw bytes, JSON, event parsing, allowlist,
-dedupe (recorded only once the signature was verified), relevance, submit.
+delivery id, relevance, then one write: the delivery (dedupe) and its job in one
+transaction (`JobQueue.submit(event, delivery=...)`). A redelivered delivery is answered
+"duplicate" and queues nothing, before or after a restart. Events that are no work are
+answered without writing anything (a redelivery of one is simply ignored again).
+Superseding older autoplans happens after the answer, in the queue.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import logging
 import time
@@ -35,7 +40,8 @@ from runner.events.model import (
 )
 from runner.events.signature import verify_github_signature, verify_gitlab_token
 from runner.settings import Settings
-from runner.web.app import WebContext, web_context
+from runner.store.deliveries import DeliveryRef, DuplicateDelivery
+from runner.web.app import EXTENSION_KEY, WebContext, web_context
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +52,7 @@ _MAX_DELIVERY_ID = 255
 _MAX_EVENT_NAME = 64
 
 _FORGES_KEY = "gitops_runner.forges"
+_SUBMIT_TAKES_DELIVERY_KEY = "gitops_runner.submit_takes_delivery"
 
 Parser = Callable[[str, dict], Event]
 
@@ -129,6 +136,22 @@ def forge_hooks() -> tuple[ForgeHooks, ...]:
 @blueprint.record_once
 def _resolve_forges(state: Any) -> None:
     state.app.extensions[_FORGES_KEY] = forge_hooks()
+    services = state.app.extensions[EXTENSION_KEY].services
+    state.app.extensions[_SUBMIT_TAKES_DELIVERY_KEY] = submit_takes_delivery(services.submit)
+
+
+def submit_takes_delivery(submit: Callable[..., int]) -> bool:
+    """Whether `submit` records the delivery with the job (`JobQueue.submit(..., delivery=)`).
+
+    The queues do; a plain `Callable[[WorkEvent], int]` (test fakes, other embedders)
+    does not, and then the delivery is recorded first, in a write of its own. Asked
+    once per app, not per request.
+    """
+    try:
+        parameters = inspect.signature(submit).parameters
+    except (TypeError, ValueError):
+        return False
+    return "delivery" in parameters
 
 
 @blueprint.post("/events")
@@ -189,9 +212,9 @@ def _handle(context: WebContext, forge: ForgeHooks | None) -> Reply:
     if isinstance(event, IgnoredEvent):
         raise _ignored(event.reason)
     _check_allowlist(event.repo, settings.repo_allowlist)
-    _dedupe(context, forge, event_name)
+    delivery = _delivery(forge, event_name)
     _check_relevance(event, settings)
-    return _submit(context, forge, event)
+    return _submit(context, event, delivery)
 
 
 def _read_body(limit: int) -> bytes:
@@ -285,12 +308,15 @@ def _check_allowlist(repo: RepoRef, patterns: tuple[str, ...]) -> None:
         raise _error(403, "forbidden", "repository not allowed")
 
 
-def _dedupe(context: WebContext, forge: ForgeHooks, event_name: str) -> None:
-    delivery = request.headers.get(forge.delivery_header, "")
-    if not delivery or len(delivery) > _MAX_DELIVERY_ID:
+def _delivery(forge: ForgeHooks, event_name: str) -> DeliveryRef:
+    delivery_id = request.headers.get(forge.delivery_header, "")
+    if not delivery_id or len(delivery_id) > _MAX_DELIVERY_ID:
         raise _error(400, "bad_request", f"missing or invalid {forge.delivery_header} header")
-    if not context.services.store.deliveries.record_delivery(delivery, forge.name, event_name):
-        raise _Stop(Reply(200, {"status": "duplicate"}, "duplicate"))
+    return DeliveryRef(delivery_id, forge.name, event_name)
+
+
+def _duplicate() -> _Stop:
+    return _Stop(Reply(200, {"status": "duplicate"}, "duplicate"))
 
 
 def _check_relevance(event: PullRequestEvent | CommentEvent, settings: Settings) -> None:
@@ -311,16 +337,40 @@ def _check_relevance(event: PullRequestEvent | CommentEvent, settings: Settings)
 
 
 def _submit(
-    context: WebContext, forge: ForgeHooks, event: PullRequestEvent | CommentEvent
+    context: WebContext, event: PullRequestEvent | CommentEvent, delivery: DeliveryRef
 ) -> Reply:
+    if not current_app.extensions[_SUBMIT_TAKES_DELIVERY_KEY]:
+        return _record_then_submit(context, event, delivery)
+    try:
+        # One transaction: the delivery and its job are both stored, or neither is.
+        job_id = context.services.submit(event, delivery=delivery)
+    except DuplicateDelivery:
+        raise _duplicate() from None
+    except Exception:
+        logger.exception("could not queue a %s event", delivery.forge)
+        raise _error(503, "error", "could not queue the event; redeliver it later") from None
+    return _queued(job_id)
+
+
+def _record_then_submit(
+    context: WebContext, event: PullRequestEvent | CommentEvent, delivery: DeliveryRef
+) -> Reply:
+    """For a `submit` that takes the event alone: record the delivery, then submit."""
+    deliveries = context.services.store.deliveries
+    if not deliveries.record_delivery(delivery.delivery_id, delivery.forge, delivery.event):
+        raise _duplicate()
     try:
         job_id = context.services.submit(event)
     except Exception:
-        logger.exception("could not queue a %s event", forge.name)
+        logger.exception("could not queue a %s event", delivery.forge)
         # Forget the delivery so the forge's redelivery is handled, not dropped as a
         # duplicate of an event that was never queued.
-        _forget_delivery(context, request.headers.get(forge.delivery_header, ""))
+        _forget_delivery(context, delivery.delivery_id)
         raise _error(503, "error", "could not queue the event; redeliver it later") from None
+    return _queued(job_id)
+
+
+def _queued(job_id: int) -> Reply:
     return Reply(202, {"status": "queued", "job": job_id}, "queued")
 
 
