@@ -219,7 +219,7 @@ def test_a_job_that_crashes_is_reported_on_the_pr_and_keeps_the_locks(world):
     number = world.open_pr("feature", APP_CHANGE)
     world.github.fail_next("GET", rf"/repos/{FULL_NAME}/pulls/{number}", status=500, times=20)
 
-    with pytest.raises(Exception, match="500|pull request"):
+    with pytest.raises(Exception, match=r"500|pull request"):
         world.comment(number, "gitops plan")
 
     assert "could not finish" in world.last_comment(number)
