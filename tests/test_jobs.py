@@ -901,9 +901,12 @@ def test_rq_worker_start_resends_lost_messages_and_recovers(
     host = process_owner_prefix().split(":")[0]
     dead_here = f"{host}:{2**22 + 7}:1:rq:dead."  # a process of this host that is gone
     orphan = _orphan(store, comment(2, "ok-orphan"), dead_here, lease_s=3600)
+    # A row of another kind (an API-triggered drift scan) is not the RQ workers' to run.
+    other_kind = store.jobs.enqueue("drift_scan", {"repo": None})
     worker = _start_worker(rq_queue, migrated_url, redis_url, tmp_path, record)
     assert worker.wait(DEADLINE_S) == 0
     assert status_of(store, lost) is JobStatus.DONE
+    assert status_of(store, other_kind) is JobStatus.QUEUED
     record_of_orphan = store.jobs.get(orphan)
     assert record_of_orphan is not None
     assert (record_of_orphan.status, record_of_orphan.attempts) == (JobStatus.DONE, 2)

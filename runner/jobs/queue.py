@@ -165,6 +165,9 @@ class JobRunner:
 
     def run_id(self, job_id: int, label: str) -> Outcome | None:
         """Run this job if it is still queued; None if it was taken, cancelled or ended."""
+        stored = self._store.jobs.get(job_id)
+        if stored is None or stored.kind not in CLAIMABLE_KINDS:
+            return None
         owner = new_owner_id(self._owner_prefix, label)
         record = self._store.jobs.claim_id(job_id, owner, self._timing.lease_s)
         return None if record is None else self._run(record, owner)

@@ -36,7 +36,13 @@ from rq.job import JobStatus as RQJobStatus
 from runner.engine.project_mutex import build_mutex
 from runner.jobs.cancellation import Superseder
 from runner.jobs.model import JobHandler, WorkEvent
-from runner.jobs.queue import DEFAULT_TIMING, JobRunner, JobTiming, enqueue_event
+from runner.jobs.queue import (
+    CLAIMABLE_KINDS,
+    DEFAULT_TIMING,
+    JobRunner,
+    JobTiming,
+    enqueue_event,
+)
 from runner.jobs.recovery import process_owner_prefix, recover
 from runner.settings import Settings, load_settings
 from runner.store.deliveries import DeliveryRef
@@ -140,10 +146,15 @@ def send_message(queue: Queue, job_id: int, attempt: int) -> bool:
 
 
 def send_missing_messages(store: Store, queue: Queue) -> int:
-    """One message for every queued job lacking one (Redis lost them, or a crash)."""
+    """One message for every queued job lacking one (Redis lost them, or a crash).
+
+    Only the kinds the queue runs: other rows of the jobs table (e.g. drift scans
+    triggered through the API) belong to the process that wrote them.
+    """
     return sum(
         send_message(queue, record.id, record.attempts)
         for record in store.jobs.list(status=JobStatus.QUEUED)
+        if record.kind in CLAIMABLE_KINDS
     )
 
 
