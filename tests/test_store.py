@@ -846,3 +846,13 @@ def test_forked_child_gets_the_writer_lock_back_unlocked(sqlite_url: str) -> Non
         release.set()
         holder.join(_WAIT_S)
         engine.dispose()
+
+
+def test_job_counts_by_status(store) -> None:
+    first = store.jobs.enqueue("comment", {"n": 1})
+    store.jobs.enqueue("comment", {"n": 2})
+    store.jobs.cancel(first)
+
+    assert store.jobs.count("queued") == 1
+    assert store.jobs.count("cancelled") == 1
+    assert store.jobs.count("running") == 0

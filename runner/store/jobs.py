@@ -28,6 +28,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    func,
     insert,
     or_,
     select,
@@ -411,6 +412,14 @@ class JobStore:
         with self._db.read() as session:
             row = session.get(Job, job_id)
             return _record(row) if row is not None else None
+
+    def count(self, status: JobStatus | str) -> int:
+        """How many jobs have `status` (metrics: no row is loaded or decoded)."""
+        statement = (
+            select(func.count()).select_from(Job).where(Job.status == JobStatus(status).value)
+        )
+        with self._db.read() as session:
+            return session.scalar(statement) or 0
 
     def list(
         self,

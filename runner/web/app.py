@@ -127,7 +127,7 @@ class _StoreCollector(Collector):
     def collect(self) -> list:
         jobs = GaugeMetricFamily("gitops_jobs", "Jobs queued or running.", labels=["status"])
         for status in (JobStatus.QUEUED, JobStatus.RUNNING):
-            jobs.add_metric([status.value], len(self._store.jobs.list(status=status)))
+            jobs.add_metric([status.value], self._store.jobs.count(status))
         locks = GaugeMetricFamily("gitops_locks_held", "Project locks currently held.")
         locks.add_metric([], len(self._store.locks.list()))
         return [jobs, locks]
