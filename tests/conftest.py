@@ -121,3 +121,13 @@ def store(migrated_url: str) -> Iterator[Store]:
         yield opened
     finally:
         opened.close()
+
+
+@pytest.fixture(autouse=True)
+def _host_settings_do_not_leak(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`GITOPS_*` variables win over values a test passes to Settings: the host's must
+    not leak in (the test database URLs, `GITOPS_TEST_*`, are kept)."""
+    for name in list(os.environ):
+        runner_setting = name.startswith("GITOPS_") and not name.startswith("GITOPS_TEST_")
+        if runner_setting or name in ("WEB_CONCURRENCY", "GUNICORN_CMD_ARGS"):
+            monkeypatch.delenv(name)

@@ -9,7 +9,6 @@ durations.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -33,14 +32,6 @@ from tests.support.git_repo import GitRepo
 
 SECRET = "drift-api-secret"
 JSON = {"Content-Type": "application/json"}
-
-
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    # GITOPS_* variables win over values passed to Settings; the host's must not leak in.
-    for name in list(os.environ):
-        if name.startswith("GITOPS_"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture

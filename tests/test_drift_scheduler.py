@@ -29,14 +29,6 @@ NOW = datetime(2024, 12, 2, 13, 59, tzinfo=UTC)
 WAIT_S = 300  # generous: each process may plan real projects
 
 
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    # GITOPS_* variables win over values passed to Settings; the host's must not leak in.
-    for name in list(os.environ):
-        if name.startswith("GITOPS_"):
-            monkeypatch.delenv(name)
-
-
 @pytest.fixture
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     w = make_world(

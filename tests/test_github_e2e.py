@@ -28,9 +28,7 @@ APP_CHANGE = {
 
 
 @pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PullRequestWorld]:
-    for name in [n for n in __import__("os").environ if n.startswith("GITOPS_")]:
-        monkeypatch.delenv(name)
+def world(tmp_path: Path) -> Iterator[PullRequestWorld]:
     built = make_world(tmp_path, workers=2)
     try:
         yield built

@@ -61,14 +61,6 @@ BASE_SHA = "f95f852bd8fca8fcc58a9a2d6c842781e32a215e"
 # --- fixtures ------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    # GITOPS_* variables win over values passed to Settings; the host's must not leak in.
-    for name in list(os.environ):
-        if name.startswith("GITOPS_") or name in ("WEB_CONCURRENCY", "GUNICORN_CMD_ARGS"):
-            monkeypatch.delenv(name)
-
-
 class FakeQueue:
     """Stands in for JobQueue.submit: remembers events, hands out job ids."""
 
