@@ -25,7 +25,8 @@ def _by_name(report):  # type: ignore[no-untyped-def]
 
 def test_in_sync_after_apply(world: World) -> None:
     report = world.service().scan(world.drift_repo())
-    assert [r.status for r in report.results] == [DriftStatus.IN_SYNC, DriftStatus.IN_SYNC]
+    statuses = [r.status for r in report.results]
+    assert statuses == [DriftStatus.IN_SYNC, DriftStatus.IN_SYNC], [r.error for r in report.results]
     assert report.all_in_sync
 
 

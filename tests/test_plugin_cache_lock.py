@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner.terraform.providers import _platform, init_may_write_plugin_cache
+from runner.terraform.providers import init_may_write_plugin_cache
 
 BUILTIN_ONLY = 'resource "terraform_data" "x" {\n  input = "a"\n}\n'
 LOCK = """provider "registry.terraform.io/hashicorp/random" {
@@ -27,30 +27,28 @@ def test_builtin_resources_and_local_modules_need_no_lock(tmp_path):
     write(tmp_path / "mod/main.tf", BUILTIN_ONLY)
     write(tmp_path / "root/main.tf", BUILTIN_ONLY + 'module "m" {\n  source = "../mod"\n}\n')
 
-    assert init_may_write_plugin_cache(tmp_path / "root", tmp_path / "cache") is False
+    assert init_may_write_plugin_cache(tmp_path / "root") is False
 
 
 def test_a_provider_resource_in_a_local_module_takes_the_lock(tmp_path):
     write(tmp_path / "mod/main.tf", 'resource "aws_s3_bucket" "b" {}\n')
     write(tmp_path / "root/main.tf", 'module "m" {\n  source = "../mod"\n}\n')
 
-    assert init_may_write_plugin_cache(tmp_path / "root", tmp_path / "cache") is True
+    assert init_may_write_plugin_cache(tmp_path / "root") is True
 
 
 def test_required_providers_or_remote_modules_take_the_lock(tmp_path):
     write(tmp_path / "a/main.tf", "terraform {\n  required_providers {}\n}\n")
     write(tmp_path / "b/main.tf", 'module "vpc" {\n  source = "terraform-aws-modules/vpc/aws"\n}\n')
 
-    assert init_may_write_plugin_cache(tmp_path / "a", tmp_path / "cache") is True
-    assert init_may_write_plugin_cache(tmp_path / "b", tmp_path / "cache") is True
+    assert init_may_write_plugin_cache(tmp_path / "a") is True
+    assert init_may_write_plugin_cache(tmp_path / "b") is True
 
 
-def test_locked_providers_already_cached_need_no_lock(tmp_path):
+def test_a_dependency_lock_file_always_takes_the_lock(tmp_path):
+    # Even with the provider cached: a mirror install re-links the cache entry.
     root = tmp_path / "root"
-    write(root / "main.tf", 'resource "random_id" "x" {\n  byte_length = 2\n}\n')
+    write(root / "main.tf", BUILTIN_ONLY)
     write(root / ".terraform.lock.hcl", LOCK)
-    cache = tmp_path / "cache"
 
-    assert init_may_write_plugin_cache(root, cache) is True
-    (cache / "registry.terraform.io/hashicorp/random/3.6.0" / _platform()).mkdir(parents=True)
-    assert init_may_write_plugin_cache(root, cache) is False
+    assert init_may_write_plugin_cache(root) is True

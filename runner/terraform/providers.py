@@ -16,14 +16,12 @@ means "may write" and the lock is taken.
 from __future__ import annotations
 
 import hashlib
-import platform
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 LOCK_FILE = ".terraform.lock.hcl"
 
-_LOCKED_PROVIDER = re.compile(r'provider\s+"([^"]+)"\s*\{[^}]*?version\s*=\s*"([^"]+)"', re.S)
 _NEEDS_PROVIDER = re.compile(
     r'required_providers|^\s*provider\s+"|^\s*(?:resource|data|ephemeral)\s+"(?!terraform_)',
     re.M,
@@ -32,23 +30,20 @@ _MODULE_SOURCE = re.compile(r'^\s*source\s*=\s*"([^"]*)"', re.M)
 _MAX_MODULE_DEPTH = 20
 
 
-def init_may_write_plugin_cache(workdir: Path, plugin_cache_dir: Path) -> bool:
-    """False only when init provably needs nothing that is missing from the cache."""
-    lock_file = workdir / LOCK_FILE
+def init_may_write_plugin_cache(workdir: Path) -> bool:
+    """False only when init provably needs no provider at all.
+
+    A provider already in the cache is not enough: installing from a filesystem
+    mirror re-links the cache entry even when it exists, and a parallel init then
+    finds it missing ("Failed to load plugin schemas"). So any lock file, and any
+    provider use in the configuration, means the lock is taken.
+    """
     try:
-        if lock_file.is_file():
-            return not _all_locked_providers_cached(lock_file.read_text(), plugin_cache_dir)
+        if (workdir / LOCK_FILE).is_file():
+            return True
         return _needs_any_provider(workdir)
     except (OSError, UnicodeDecodeError):
         return True
-
-
-def _all_locked_providers_cached(lock_text: str, cache: Path) -> bool:
-    platform_dir = _platform()
-    for address, version in _LOCKED_PROVIDER.findall(lock_text):
-        if not (cache / address / version / platform_dir).is_dir():
-            return False
-    return True
 
 
 def _needs_any_provider(workdir: Path) -> bool:
@@ -79,14 +74,6 @@ def _module_texts(directory: Path, seen: set[Path], depth: int) -> Iterator[str 
                 yield from _module_texts(directory / source, seen, depth + 1)
             else:
                 yield None  # a registry or git module may need any provider
-
-
-def _platform() -> str:
-    machine = platform.machine().lower()
-    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(
-        machine, machine
-    )
-    return f"{platform.system().lower()}_{arch}"
 
 
 def init_inputs_digest(workdir: Path, identity: str) -> str | None:

@@ -149,7 +149,7 @@ class Terraform:
         if digest is not None and _read_marker(workdir) == digest:
             return skipped(argv, "init skipped: nothing it depends on changed since the last init")
         deadline = _deadline(self.timeouts.init)
-        if init_may_write_plugin_cache(workdir, self.plugin_cache_dir):
+        if init_may_write_plugin_cache(workdir):
             guard = self._plugin_cache_lock(deadline, cancel)
         else:
             guard = nullcontext(None)
