@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from runner.drift.history import Tracked
 from runner.drift.model import Correction, DriftReport, DriftResult, DriftStatus
 from runner.notify.base import Block, Message
+from runner.notify.blocks import sections
 
 MAX_RESOURCES_PER_LINE = 5
-_SECTION_CAP = 2900  # Slack rejects section texts over 3000 characters
 _ICON = {
     DriftStatus.IN_SYNC: ":white_check_mark:",
     DriftStatus.DRIFT: ":warning:",
@@ -92,7 +92,7 @@ def drift_message(
         {"type": "header", "text": {"type": "plain_text", "text": "Drift report"}},
         {"type": "context", "elements": [{"type": "mrkdwn", "text": summary}]},
     ]
-    blocks += _sections(lines)
+    blocks += sections(lines)
     return Message(text=f"Drift report: {summary}", blocks=tuple(blocks), kind="drift")
 
 
@@ -108,24 +108,6 @@ def _heartbeat(summary: str, unchanged: list[DriftResult]) -> Message:
     icon = ":white_check_mark:" if not unchanged else ":large_yellow_circle:"
     block = {"type": "context", "elements": [{"type": "mrkdwn", "text": f"{icon} {text}"}]}
     return Message(text=text, blocks=(block,), kind="heartbeat")
-
-
-def _sections(lines: Sequence[str]) -> list[Block]:
-    """Pack lines into sections under Slack's per-section size limit."""
-    sections: list[Block] = []
-    chunk: list[str] = []
-    for line in lines:
-        if chunk and len("\n".join([*chunk, line])) > _SECTION_CAP:
-            sections.append(_section("\n".join(chunk)))
-            chunk = []
-        chunk.append(line[:_SECTION_CAP])
-    if chunk:
-        sections.append(_section("\n".join(chunk)))
-    return sections
-
-
-def _section(text: str) -> Block:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
 
 
 def render_text(report: DriftReport) -> str:

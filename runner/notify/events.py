@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from runner.events.model import RepoRef
 from runner.forge.base import PullRequestInfo
 from runner.notify.base import Block, Delivery, Message, Notifier
+from runner.notify.blocks import escape, section, sections
 from runner.results.masking import Masker
 from runner.results.model import ApplyResult, ApplyStatus, PlanSummary
 from runner.store.runs import RunRecord, Trigger
@@ -23,7 +24,6 @@ from runner.store.store import Store
 
 log = logging.getLogger(__name__)
 
-_SECTION_CAP = 2900  # Slack refuses section texts over 3000 characters
 _MAX_SECTIONS = 40  # and messages over 50 blocks; the rest is summarised
 _ERROR_CAP = 300
 
@@ -90,8 +90,8 @@ def apply_message(
     lines = [mask(_apply_line(result, links)) for result in results]
     blocks: list[Block] = [
         _header(f"{icon} {outcome}"),
-        _section(mask(_subject_line(subject)) + f"\n{count}"),
-        *_sections(lines),
+        section(mask(_subject_line(subject)) + f"\n{count}"),
+        *sections(lines, _MAX_SECTIONS, ": see the pull request"),
         *_buttons(subject, links),
     ]
     text = f"{outcome}: {subject.repo}#{subject.number} by @{subject.author} ({count})"
@@ -107,17 +107,17 @@ def needs_attention_message(
     mask: Callable[[str], str] = str,
 ) -> Message:
     """A merged PR whose merge commit plans differently than what was reviewed."""
-    lines = [mask(_escape(reason)) for reason in reasons]
+    lines = [mask(escape(reason)) for reason in reasons]
     if runs:
-        plans = ", ".join(f"`{_escape(run.project)}` {links.run(run.id)}" for run in runs)
+        plans = ", ".join(f"`{escape(run.project)}` {links.run(run.id)}" for run in runs)
         lines.append(f"Plans of the merge commit: {plans}")
     blocks: list[Block] = [
         _header(":warning: Needs attention after merge"),
-        _section(
+        section(
             mask(_subject_line(subject))
             + "\nNot applied: the plan of the merge commit differs from the reviewed plan."
         ),
-        *_sections(lines),
+        *sections(lines, _MAX_SECTIONS, ": see the pull request"),
         *_buttons(subject, links),
     ]
     text = (
@@ -128,22 +128,22 @@ def needs_attention_message(
 
 
 def _subject_line(subject: PullRequestSubject) -> str:
-    name = _escape(f"{subject.repo}#{subject.number}")
+    name = escape(f"{subject.repo}#{subject.number}")
     pr = f"<{subject.url}|{name}>" if _is_web_url(subject.url) else name
     how = "merged by" if subject.trigger is Trigger.MERGE else "applied by"
     commit = f" at `{subject.commit[:7]}`" if subject.commit else ""
-    return f"*{pr}* by @{_escape(subject.author)}, {how} @{_escape(subject.actor)}{commit}"
+    return f"*{pr}* by @{escape(subject.author)}, {how} @{escape(subject.actor)}{commit}"
 
 
 def _apply_line(result: ApplyResult, links: RunLinks) -> str:
-    name = f"`{_escape(result.project)}`" + (
-        f" ({_escape(result.workspace)})" if result.workspace != "default" else ""
+    name = f"`{escape(result.project)}`" + (
+        f" ({escape(result.workspace)})" if result.workspace != "default" else ""
     )
     run = links.run(result.run_id)
     tail = f" · {run}" if run else ""
     if result.status is ApplyStatus.APPLIED:
         return f":white_check_mark: {name}: {_counts(result.summary)}{tail}"
-    return f":x: {name}: {_escape(_first_line(result.error))}{tail}"
+    return f":x: {name}: {escape(_first_line(result.error))}{tail}"
 
 
 def _counts(summary: PlanSummary) -> str:
@@ -176,34 +176,6 @@ def _button(label: str, url: str) -> Block:
 
 def _header(text: str) -> Block:
     return {"type": "header", "text": {"type": "plain_text", "text": text, "emoji": True}}
-
-
-def _section(text: str) -> Block:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text[:_SECTION_CAP]}}
-
-
-def _sections(lines: Sequence[str]) -> list[Block]:
-    """Pack lines into sections under Slack's size limits; summarise what does not fit."""
-    chunks: list[str] = []
-    current: list[str] = []
-    for line in lines:
-        line = line[:_SECTION_CAP]
-        if current and len("\n".join([*current, line])) > _SECTION_CAP:
-            chunks.append("\n".join(current))
-            current = []
-        current.append(line)
-    if current:
-        chunks.append("\n".join(current))
-    blocks = [_section(chunk) for chunk in chunks[:_MAX_SECTIONS]]
-    if len(chunks) > _MAX_SECTIONS:
-        left = sum(chunk.count("\n") + 1 for chunk in chunks[_MAX_SECTIONS:])
-        blocks.append(_section(f"… and {left} more lines: see the pull request."))
-    return blocks
-
-
-def _escape(text: str) -> str:
-    """Slack mrkdwn control characters; project names and errors come from PRs."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _is_web_url(url: str) -> bool:

@@ -8,10 +8,10 @@ that finds no new commit says nothing, or the channel would fill up every minute
 from __future__ import annotations
 
 from runner.notify.base import Block, Message
+from runner.notify.blocks import escape, sections
 from runner.notify.events import RunLinks
 from runner.reconcile.model import ProjectOutcome, ProjectStatus, ReconcileReport
 
-_SECTION_CAP = 2900  # Slack rejects section texts over 3000 characters
 _ICON = {
     ProjectStatus.APPLIED: ":white_check_mark:",
     ProjectStatus.NO_CHANGES: ":white_circle:",
@@ -54,7 +54,7 @@ def reconcile_message(report: ReconcileReport, links: RunLinks | None = None) ->
     """
     links = links or RunLinks()
     headline = _headline(report)
-    context = f"*{_escape(report.name)}* `{report.branch or '?'}` @ `{short(report.head)}`"
+    context = f"*{escape(report.name)}* `{report.branch or '?'}` @ `{short(report.head)}`"
     if report.base:
         context += f" (since `{short(report.base)}`)"
     blocks: list[Block] = [
@@ -63,8 +63,8 @@ def reconcile_message(report: ReconcileReport, links: RunLinks | None = None) ->
     ]
     lines = [_line(p, links) for p in report.projects if p.status is not ProjectStatus.NO_CHANGES]
     if report.error:
-        lines.append(f":x: {_escape(report.error)}")
-    blocks += _sections(lines)
+        lines.append(f":x: {escape(report.error)}")
+    blocks += sections(lines)
     kind = "apply_failed" if not report.ok else "apply_succeeded"
     return Message(
         text=f"{headline}: {report.name} @ {short(report.head)}", blocks=tuple(blocks), kind=kind
@@ -84,31 +84,9 @@ def _headline(report: ReconcileReport) -> str:
 
 
 def _line(outcome: ProjectOutcome, links: RunLinks) -> str:
-    line = f"{_ICON[outcome.status]} `{_escape(outcome.label)}`: {_escape(describe(outcome))}"
+    line = f"{_ICON[outcome.status]} `{escape(outcome.label)}`: {escape(describe(outcome))}"
     run = links.run(outcome.apply_run_id or outcome.plan_run_id)
-    return (line + (f" · {run}" if run else ""))[:_SECTION_CAP]
-
-
-def _escape(text: str) -> str:
-    """Slack mrkdwn control characters (errors and names come from the repository)."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _sections(lines: list[str]) -> list[Block]:
-    sections: list[Block] = []
-    chunk: list[str] = []
-    for line in lines:
-        if chunk and len("\n".join([*chunk, line])) > _SECTION_CAP:
-            sections.append(_section("\n".join(chunk)))
-            chunk = []
-        chunk.append(line)
-    if chunk:
-        sections.append(_section("\n".join(chunk)))
-    return sections
-
-
-def _section(text: str) -> Block:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+    return line + (f" · {run}" if run else "")  # sections() caps each line
 
 
 def render_text(report: ReconcileReport) -> str:
