@@ -31,7 +31,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any
 from urllib.parse import urlencode
 
 from flask import Flask, Response, request
@@ -58,7 +58,7 @@ from tests.support.github_payloads import (
     stable_id,
     user_json,
 )
-from tests.support.local_server import LocalServer
+from tests.support.local_server import ServedFake
 
 ENTERPRISE_PREFIX = "/api/v3"
 DOCS_URL = "https://docs.github.com/rest"
@@ -208,10 +208,11 @@ class _RepoState:
         return sum(1 for c in self.comments.values() if c.issue_number == number)
 
 
-class FakeGitHub:
+class FakeGitHub(ServedFake):
     """In-memory GitHub with a real HTTP front; see the module docstring for usage."""
 
     def __init__(self, token: str = "test-token", login: str = "gitops-bot") -> None:
+        super().__init__("fake-github")
         self.token = token
         self.login = login
         self._lock = threading.RLock()
@@ -219,30 +220,13 @@ class FakeGitHub:
         self._repos: dict[str, _RepoState] = {}
         self._requests: list[RecordedRequest] = []
         self._faults: list[_Fault] = []
-        self._http = LocalServer("fake-github")
         self.app = self._build_app()
 
     # --- lifecycle ------------------------------------------------------------
 
-    def start(self) -> Self:
-        """Serve on 127.0.0.1 at a free port in a daemon thread."""
-        self._http.start(DispatcherMiddleware(self.app, {ENTERPRISE_PREFIX: self.app}))
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and free the port; safe to call twice."""
-        self._http.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """Server root; also a valid PyGithub ``base_url`` (github.com style paths)."""
-        return self._http.url
+    def wsgi_app(self) -> Any:
+        # PyGithub may be given the root or the GitHub Enterprise style /api/v3 prefix.
+        return DispatcherMiddleware(self.app, {ENTERPRISE_PREFIX: self.app})
 
     @property
     def api_url(self) -> str:

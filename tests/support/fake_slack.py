@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
-from tests.support.local_server import LocalServer
+from tests.support.local_server import ServedFake
 
 WEBHOOK_PATH = "/services/T000/B000/XXXX"
 
@@ -39,36 +39,22 @@ class SlackMessage:
         return json.dumps(self.blocks)
 
 
-class FakeSlack:
+class FakeSlack(ServedFake):
     """Records accepted messages; answers faults when told to."""
 
     def __init__(self, token: str = "xoxb-test-token") -> None:
+        super().__init__("fake-slack")
         self.token = token
         self._lock = threading.Lock()
         self._messages: list[SlackMessage] = []
         self._faults: list[int] = []
         self._down_status: int | None = None
         self.requests = 0
-        self._http = LocalServer("fake-slack")
 
     # --- lifecycle --------------------------------------------------------------
 
-    def start(self) -> Self:
-        self._http.start(self._wsgi)
-        return self
-
-    def stop(self) -> None:
-        self._http.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        return self._http.url
+    def wsgi_app(self) -> Any:
+        return self._wsgi
 
     @property
     def webhook_url(self) -> str:

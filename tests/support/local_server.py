@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
@@ -60,3 +60,33 @@ class LocalServer:
         if self._server is None:
             raise RuntimeError(f"{self._name} is not started")
         return f"http://127.0.0.1:{self._server.server_port}"
+
+
+class ServedFake:
+    """Base of the fakes: `start()`/`stop()` or `with`, and `url`, around `wsgi_app()`."""
+
+    def __init__(self, name: str) -> None:
+        self._http = LocalServer(name)
+
+    def wsgi_app(self) -> Callable[..., Any]:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        """Serve on 127.0.0.1 at a free port in a daemon thread."""
+        self._http.start(self.wsgi_app())
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and free the port; safe to call twice."""
+        self._http.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """Server root."""
+        return self._http.url
