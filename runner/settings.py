@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import Field, SecretStr, field_validator
@@ -60,8 +61,25 @@ class Settings(BaseSettings):
 
     repo_allowlist: CommaList = ()
     allow_fork_prs: bool = False
+    # Requirements every project must meet to apply, on top of the default branch's config.
+    apply_requirements: Annotated[
+        tuple[Literal["approved", "mergeable", "undiverged"], ...], NoDecode
+    ] = ()
+    # Branches whose merges apply (besides the repository's default branch).
+    apply_branches: CommaList = ()
+    # A pull request touching more projects than this is refused, not planned.
+    max_projects_per_pr: int = Field(default=50, ge=1)
     plan_drafts: bool = True
     max_body_bytes: int = 25 * 1024 * 1024  # GitHub's own cap on a webhook payload
+    # Deliveries older than this are forgotten; forges stop redelivering within days.
+    delivery_retention_days: int = Field(default=14, ge=1)
+    # When set, every /api/ route needs `Authorization: Bearer <token>`; without it the
+    # run-log route is refused, since logs hold plan output.
+    api_token: SecretStr | None = None
+    # Terraform output kept per run (comment, result); the full masked log stays on disk.
+    max_output_bytes: int = Field(default=1024 * 1024, ge=4096)
+    # Comments one command may post; the last one summarises what was left out.
+    max_comments_per_command: int = Field(default=10, ge=2)
 
     database_url: str | None = None
     queue: Literal["inprocess", "rq"] = "inprocess"
@@ -70,6 +88,8 @@ class Settings(BaseSettings):
 
     terraform_bin: str | None = None
     terraform_timeout: int = Field(default=3600, ge=1, description="seconds per Terraform step")
+    # Names or globs (AWS_*) Terraform may see besides its fixed allowlist; never GITOPS_*.
+    terraform_env_passthrough: CommaList = ()
     # Plans mostly wait on provider APIs, so more run at once than there are cores.
     parallelism: int = Field(default_factory=lambda: max(4, os.cpu_count() or 2), ge=1)
     secret_env_vars: CommaList = ()
@@ -82,7 +102,14 @@ class Settings(BaseSettings):
     drift_schedule: str = ""
     repos: tuple[PolledRepo, ...] = ()
 
-    @field_validator("repo_allowlist", "secret_env_vars", mode="before")
+    @field_validator(
+        "repo_allowlist",
+        "secret_env_vars",
+        "terraform_env_passthrough",
+        "apply_requirements",
+        "apply_branches",
+        mode="before",
+    )
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -111,10 +138,21 @@ class Settings(BaseSettings):
             self.gitlab_webhook_secret,
             self.slack_bot_token,
             self.slack_webhook_url,
+            self.api_token,
         ):
             if secret is not None and secret.get_secret_value():
                 values.append(secret.get_secret_value())
         return tuple(values)
+
+    def forge_hosts(self) -> dict[str, str]:
+        """The web host of each forge's repositories: what its webhooks' `html_url` carry.
+
+        Configured repositories (`repos:`) are keyed with it, so their locks are the
+        ones the PR flow takes for the same repository.
+        """
+        github = (urlsplit(self.github_api_url).netloc or "").lower()
+        gitlab = (urlsplit(self.gitlab_url).netloc or "").lower()
+        return {"github": "github.com" if github == "api.github.com" else github, "gitlab": gitlab}
 
     @property
     def plugin_cache_dir(self) -> Path:

@@ -156,6 +156,26 @@ def test_fork_pull_has_its_own_head_repo(gh: FakeGitHub) -> None:
     assert head_repo.clone_url == "file:///elsewhere.git"
 
 
+def test_a_deleted_fork_leaves_head_repo_null(gh: FakeGitHub) -> None:
+    number = open_pr(gh, fork=True)
+    gh.delete_head_repo(REPO, number)
+
+    head = gh.client().get_repo(REPO).get_pull(number).head
+
+    assert (head.repo, head.sha, head.ref) == (None, HEAD, "feature")
+
+
+def test_a_review_is_given_at_the_head_of_its_time(gh: FakeGitHub) -> None:
+    number = open_pr(gh)
+    gh.add_review(REPO, number, "bob")
+    gh.push(REPO, number, "c" * 40)
+    gh.add_review(REPO, number, "carol")
+
+    reviews = gh.client().get_repo(REPO).get_pull(number).get_reviews()
+
+    assert [(r.user.login, r.commit_id) for r in reviews] == [("bob", HEAD), ("carol", "c" * 40)]
+
+
 def test_push_merge_and_close_change_the_pull(gh: FakeGitHub) -> None:
     first, second = open_pr(gh), open_pr(gh, head_ref="other")
     assert gh.push(REPO, first, "c" * 40) == HEAD

@@ -12,7 +12,7 @@ import pytest
 from github import GithubException
 
 from runner.events.model import RepoRef
-from runner.forge.base import CommitState, Forge, ForgeError
+from runner.forge.base import Approval, CommitState, Forge, ForgeError
 from runner.forge.factory import ForgeNotConfigured, build_forge
 from runner.forge.github import STATUS_DESCRIPTION_CAP, GitHubForge
 from runner.settings import Settings
@@ -75,6 +75,24 @@ def test_pull_request_fields(fake: FakeGitHub, forge: GitHubForge, repo: RepoRef
     assert (info.base_ref, info.base_sha) == ("main", BASE)
     assert (info.state, info.draft, info.mergeable) == ("open", False, True)
     assert {r.prefix for r in fake.requests} == {"/api/v3"}  # Enterprise root kept
+
+
+def test_a_pull_request_from_the_same_repository_is_not_a_fork(
+    forge: GitHubForge, repo: RepoRef, pr: int
+) -> None:
+    assert forge.pull_request(repo, pr).is_fork is False
+
+
+def test_a_pull_request_from_a_fork_or_a_deleted_one_is_a_fork(
+    fake: FakeGitHub, forge: GitHubForge, repo: RepoRef
+) -> None:
+    fork = fake.open_pull(
+        NAME, head_sha=HEAD, head_ref="feature", base_sha=BASE, user="mallory", fork=True
+    )
+    assert forge.pull_request(repo, fork).is_fork is True
+
+    fake.delete_head_repo(NAME, fork)
+    assert forge.pull_request(repo, fork).is_fork is True
 
 
 def test_pull_request_draft_closed_and_merged(
@@ -225,7 +243,7 @@ def test_bot_login_is_fetched_once(fake: FakeGitHub, forge: GitHubForge) -> None
     assert len(requests_to(fake, "GET", "/user")) == 1
 
 
-def test_approvers_follow_each_users_latest_review(
+def test_approvals_follow_each_users_latest_review(
     fake: FakeGitHub, forge: GitHubForge, repo: RepoRef, pr: int
 ) -> None:
     fake.add_review(NAME, pr, "alice", "APPROVED")
@@ -239,11 +257,25 @@ def test_approvers_follow_each_users_latest_review(
     fake.add_review(NAME, pr, "erin", "APPROVED")
     fake.add_review(NAME, pr, "frank", "COMMENTED")
 
-    assert forge.approvers(repo, pr) == frozenset({"alice", "carol", "erin"})
+    assert {a.user for a in forge.approvals(repo, pr)} == {"alice", "carol", "erin"}
 
 
-def test_no_reviews_no_approvers(forge: GitHubForge, repo: RepoRef, pr: int) -> None:
-    assert forge.approvers(repo, pr) == frozenset()
+def test_an_approval_carries_the_commit_it_was_given_at(
+    fake: FakeGitHub, forge: GitHubForge, repo: RepoRef, pr: int
+) -> None:
+    fake.add_review(NAME, pr, "bob", "APPROVED")
+    fake.push(NAME, pr, "c" * 40)
+    fake.add_review(NAME, pr, "carol", "APPROVED")
+    fake.add_review(NAME, pr, "bob", "COMMENTED")  # at the new head: the approval stays old
+
+    assert sorted(forge.approvals(repo, pr), key=lambda a: a.user) == [
+        Approval("bob", HEAD),
+        Approval("carol", "c" * 40),
+    ]
+
+
+def test_no_reviews_no_approvals(forge: GitHubForge, repo: RepoRef, pr: int) -> None:
+    assert forge.approvals(repo, pr) == []
 
 
 # --- mergeability -------------------------------------------------------------------------

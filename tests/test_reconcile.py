@@ -20,15 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from runner.commands.planning import project_mutex_key
 from runner.commands.services import Services, build_services
 from runner.config.model import ProjectConfig
 from runner.drift.scan import DriftRepo
+from runner.engine.project_mutex import state_key
 from runner.events.model import RepoRef
 from runner.notify.base import Notifier, NullNotifier
 from runner.notify.slack import RetryPolicy, SlackWebhookNotifier
 from runner.reconcile.model import PollTarget, ProjectStatus, ReconcileReport
-from runner.reconcile.reconciler import Reconciler, mutex_key
+from runner.reconcile.reconciler import Reconciler
 from runner.reconcile.snapshot import snapshot_directory
 from runner.settings import Settings
 from runner.store.locks import LockOwner
@@ -300,11 +300,17 @@ def test_the_lease_makes_two_reconcilers_run_once(world: World) -> None:
     assert [r for reconciler in reconcilers for r in reconciler.tick(now)] == []
 
 
-def test_the_mutex_key_is_the_pr_flows() -> None:
-    repo = DriftRepo.from_url("https://github.com/acme/infra.git")
-    ref = RepoRef("github", FULL_NAME, repo.url, "https://github.com/acme/infra", "main")
+def test_a_configured_repo_takes_the_pr_flows_lock_whatever_its_spelling() -> None:
+    """Attack (row 11): `Acme/Infra` from the payload and `acme/infra` from the config
+    used to be two keys, so a PR apply and a correction of one state did not exclude
+    each other."""
+    ref = RepoRef("github", "Acme/Infra", "file:///x", "https://github.com/Acme/Infra", "main")
+    by_url = DriftRepo.from_url("https://GitHub.com/acme/infra.git")
+    by_name = DriftRepo.from_url("file:///srv/mirror.git", full_name="ACME/infra")
     project = ProjectConfig(name="app", dir="infra/app", workspace="staging")
-    assert mutex_key(repo, project) == project_mutex_key(ref, project)
+    keys = {ref.key, by_url.key, by_name.key}
+    assert keys == {"github.com/acme/infra"}
+    assert len({state_key(key, project.dir, project.workspace) for key in keys}) == 1
 
 
 # --- plain directories and the CLI ---------------------------------------------------------

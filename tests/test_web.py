@@ -73,6 +73,9 @@ class FakeQueue:
         return next(self._ids)
 
 
+API_TOKEN = "api-token-for-tests"
+
+
 def make_settings(tmp_path: Path, **values: Any) -> Settings:
     values.setdefault("github_webhook_secret", SECRET)
     return Settings(data_dir=tmp_path / "data", **values)
@@ -663,7 +666,9 @@ def test_api_lists_runs_newest_first_and_filters(
     assert client.get("/api/runs?limit=abc").status_code == 400
 
 
-def test_api_run_and_its_log(client: FlaskClient, store: Store, tmp_path: Path) -> None:
+def test_api_run_and_its_log(build, store: Store, tmp_path: Path) -> None:
+    client = build(api_token=API_TOKEN).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {API_TOKEN}"
     run_id = _record_run(store, tmp_path / "data")
 
     run = client.get(f"/api/runs/{run_id}")
@@ -680,9 +685,9 @@ def test_api_run_and_its_log(client: FlaskClient, store: Store, tmp_path: Path) 
     assert client.get("/api/runs/9999/log").status_code == 404
 
 
-def test_api_never_serves_a_log_outside_the_data_dir(
-    client: FlaskClient, store: Store, tmp_path: Path
-) -> None:
+def test_api_never_serves_a_log_outside_the_data_dir(build, store: Store, tmp_path: Path) -> None:
+    client = build(api_token=API_TOKEN).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {API_TOKEN}"
     outside = tmp_path / "elsewhere.txt"
     outside.write_text("not a log")
     run_id = store.runs.start(
@@ -740,7 +745,9 @@ def test_dashboard_shows_runs_locks_and_jobs(
     html = response.get_data(as_text=True)
     assert "github.com/acme/infra" in html
     assert 'href="https://github.com/acme/infra/pull/7"' in html
-    assert f'href="/api/runs/{run_id}/log"' in html
+    # Shown, not linked: the route needs the API token, which a browser does not send.
+    assert f"/api/runs/{run_id}/log</code>" in html
+    assert f'href="/api/runs/{run_id}/log"' not in html
     assert "+1 ~2 -0" in html
     assert 'href="https://github.com/acme/infra/pull/9"' in html
     assert "queued" in html

@@ -1,7 +1,8 @@
 """Whether a project's `apply_requirements` hold for a pull request right now.
 
 Each requirement is checked against the forge's live state and the working copy,
-and every failure is named, so a refused apply says exactly what is missing.
+and every failure is named, so a refused apply says exactly what is missing. This
+is the one place that decides what counts as an approval.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 from runner.commands.feedback import APPLY_CONTEXT
 from runner.events.model import RepoRef
-from runner.forge.base import Forge, PullRequestInfo
+from runner.forge.base import WRITE_PERMISSIONS, Approval, Forge, PullRequestInfo, same_user
 from runner.workspace.working_copy import WorkingCopies
 
 
@@ -40,10 +41,31 @@ def unmet_requirements(requirements: Iterable[str], context: RequirementContext)
 
 
 def _approved(context: RequirementContext) -> str | None:
-    approvers = context.forge.approvers(context.repo, context.pr.number) - {context.pr.author}
-    if approvers:
+    if any(_counts(approval, context) for approval in _approvals(context)):
         return None
-    return "`approved`: the pull request needs an approving review by someone other than its author"
+    return (
+        "`approved`: the pull request needs an approving review at its current head "
+        f"(`{context.pr.head_sha[:7]}`) by someone with write permission other than its author"
+    )
+
+
+def _approvals(context: RequirementContext) -> list[Approval]:
+    return context.forge.approvals(context.repo, context.pr.number)
+
+
+def _counts(approval: Approval, context: RequirementContext) -> bool:
+    """An approval counts when given at the head, not by the author, by a writer.
+
+    At the head: a push after the review voids it (GitHub's "dismiss stale reviews"),
+    so nobody applies code the reviewer never saw. Not the author: nobody reviews
+    their own change. A writer: anyone can review a public repository. The cheap
+    checks go first; the permission costs a forge request.
+    """
+    return (
+        approval.commit_sha == context.pr.head_sha
+        and not same_user(approval.user, context.pr.author)
+        and context.forge.permission(context.repo, approval.user) in WRITE_PERMISSIONS
+    )
 
 
 def _mergeable(context: RequirementContext) -> str | None:

@@ -1,45 +1,60 @@
 """Apply a pull request's reviewed plans: by `gitops apply`, and on merge.
 
-Nothing unreviewed is ever applied: a comment apply uses the saved plan made at
-the PR's current head (checksum verified); a merge apply re-plans the merge commit
-and applies only when its changes equal those of the PR's last plan.
+Both go through the one guarded apply path (`engine/apply.py`) with the PR's gates
+(`commands/apply_gates.py`); what differs is how the plans are chosen:
+
+- by comment: the saved plans made at the PR's current head (requested by someone
+  with write permission), gated by the default branch's requirements and modes;
+- on merge into the default branch (or a branch the server names): the merge commit
+  is planned again and applied only where the requirements held at merge time and
+  the new plan equals the reviewed one in addresses, actions and attribute values.
+  A plan that differs is never kept as appliable: the PR is told what differs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 
-from runner.commands.apply_requirements import RequirementContext, unmet_requirements
+from runner.commands.apply_gates import (
+    FreshPlanGate,
+    HoldsLockGate,
+    ModeGate,
+    RequirementsGate,
+    TrustedPlanGate,
+    TrustedRules,
+    UntrustedConfig,
+    load_trusted_rules,
+)
+from runner.commands.apply_requirements import RequirementContext
 from runner.commands.feedback import APPLY_CONTEXT, PullRequestFeedback
 from runner.commands.model import Command
-from runner.commands.planning import project_mutex_key, worktree_key
+from runner.commands.planning import worktree_key
 from runner.commands.services import Services
 from runner.config.errors import ConfigError
 from runner.config.loader import load_repo_config
 from runner.config.model import ProjectConfig, RepoConfig
-from runner.engine.execution_order import apply_order
+from runner.engine.apply import ApplyItem, ApplyRequest, Gate, LockHolder
 from runner.engine.planner import PlanOptions, PlanTarget
-from runner.engine.project_mutex import MutexBusy
+from runner.engine.project_mutex import state_key
 from runner.engine.recording import record_plan_result
 from runner.events.model import RepoRef
 from runner.forge.base import CommitState, PullRequestInfo
 from runner.notify.events import ApplyEvents
-from runner.results.model import ApplyResult, ApplyStatus, PlanResult, PlanStatus, PlanSummary
+from runner.results.model import ApplyResult, PlanResult, PlanStatus, PlanSummary
 from runner.results.render import render_apply_comment, render_message
-from runner.results.summary import normalized_changes_hash
+from runner.results.summary import changes_content_hash, content_differences
 from runner.store.runs import PlanRecord, RunStatus, Trigger
-from runner.terraform import workspace_env
+from runner.workspace.working_copy import WorkingCopyError
 
 
-@dataclass(frozen=True)
-class ApplyCandidate:
-    """A saved plan and the project config it belongs to."""
+class _Refused(Exception):
+    """Nothing is applied; `message` (and `details`) tell the PR why."""
 
-    plan: PlanRecord
-    project: ProjectConfig
-    summary: PlanSummary
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
 
 
 class PullRequestApplier:
@@ -61,33 +76,47 @@ class PullRequestApplier:
         self, repo: RepoRef, pr: PullRequestInfo, author: str, command: Command
     ) -> list[ApplyResult]:
         """Check everything first, then apply in dependency order; say exactly what failed."""
+        try:
+            return self._apply_by_comment(repo, pr, author, command)
+        except _Refused as refused:
+            self._feedback.comment(
+                render_message("error", message=refused.message, details=refused.details)
+            )
+            return []
+
+    def _apply_by_comment(
+        self, repo: RepoRef, pr: PullRequestInfo, author: str, command: Command
+    ) -> list[ApplyResult]:
         forge = self._feedback.forge
         if forge.permission(repo, author) not in ("admin", "write"):
-            return self._refuse(f"@{author} needs write permission on the repository to apply.")
+            raise _Refused(f"@{author} needs write permission on the repository to apply.")
         if pr.state == "closed":
-            return self._refuse("This pull request is closed without merging: nothing to apply.")
+            raise _Refused("This pull request is closed without merging: nothing to apply.")
         plans = self._selected_plans(repo, pr, command)
         if not plans:
-            return self._refuse(
+            raise _Refused(
                 "There is no plan to apply for this selection. Comment `gitops plan` first."
             )
-        checkout = self._services.working_copies.checkout(
-            repo.clone_url, worktree_key(pr.number), plans[0].commit_sha
-        )
-        config = self._config(checkout)
-        if config is None:
-            return []
-        candidates, problems = self._candidates(plans, config, pr)
+        checkout = self._checkout(repo, pr, plans[0].commit_sha)
+        items = self._items(plans, self._config(checkout), pr.number)
+        rules = self._trusted_rules(repo, repo.default_branch)
         context = RequirementContext(forge, self._services.working_copies, repo, pr)
-        for candidate in candidates:
-            for reason in unmet_requirements(candidate.project.apply_requirements, context):
-                problems.append(f"`{candidate.project.name}`: {reason}")
-        if problems:
-            return self._refuse(
-                "Not applied: " + ("; ".join(problems) if len(problems) == 1 else "see below"),
-                details="\n".join(problems) if len(problems) > 1 else "",
+        gates: list[Gate] = [
+            FreshPlanGate(pr),
+            TrustedPlanGate(),
+            ModeGate(rules, on_merge=pr.state == "merged"),
+            HoldsLockGate(self._services.store),
+            RequirementsGate(rules, context),
+        ]
+        request = self._request(repo, pr, author, checkout, items, Trigger.COMMENT)
+        refusals = self._services.executor.refusals(request, gates)
+        if refusals:
+            lines = [str(refusal) for refusal in refusals]
+            raise _Refused(
+                "Not applied: " + (lines[0] if len(lines) == 1 else "see below"),
+                details="\n".join(lines) if len(lines) > 1 else "",
             )
-        return self._apply_and_report(repo, pr, author, checkout, candidates, Trigger.COMMENT)
+        return self._apply_and_report(repo, pr, author, request)
 
     def _selected_plans(
         self, repo: RepoRef, pr: PullRequestInfo, command: Command
@@ -101,90 +130,144 @@ class PullRequestApplier:
             and (command.workspace is None or plan.workspace == command.workspace)
         ]
 
-    def _candidates(
-        self, plans: Sequence[PlanRecord], config: RepoConfig, pr: PullRequestInfo
-    ) -> tuple[list[ApplyCandidate], list[str]]:
-        candidates: list[ApplyCandidate] = []
-        problems: list[str] = []
-        store = self._services.store
-        for plan in plans:
-            project = config.project(plan.project)
-            if project is None:
-                problems.append(f"`{plan.project}`: no such project in the configuration")
-            elif pr.state == "open" and plan.commit_sha != pr.head_sha:
-                problems.append(
-                    f"`{plan.project}`: the plan is stale (made at `{plan.commit_sha[:7]}`, the "
-                    f"head is `{pr.head_sha[:7]}`); comment `gitops plan` again"
-                )
-            elif not plan.file_matches():
-                problems.append(
-                    f"`{plan.project}`: the saved plan file is missing or was modified; "
-                    "comment `gitops plan` again"
-                )
-            elif not self._holds_lock(plan, pr):
-                problems.append(f"`{plan.project}`: this pull request does not hold its lock")
-            else:
-                run = store.runs.get_run(plan.run_id)
-                summary = run.summary if run and run.summary else PlanSummary()
-                candidates.append(ApplyCandidate(plan, project, summary))
-        return candidates, problems
+    def _items(
+        self, plans: Sequence[PlanRecord], config: RepoConfig, pr_number: int
+    ) -> list[ApplyItem]:
+        missing = [plan.project for plan in plans if config.project(plan.project) is None]
+        if missing:
+            names = ", ".join(f"`{name}`" for name in missing)
+            raise _Refused(f"Not applied: no such project in the configuration: {names}")
+        return [self._item(plan, _project(config, plan), pr_number) for plan in plans]
 
-    def _holds_lock(self, plan: PlanRecord, pr: PullRequestInfo) -> bool:
-        lock = self._services.store.locks.get(plan.repo, plan.dir, plan.workspace)
-        return lock is not None and lock.owner_pr == pr.number
+    def _item(self, plan: PlanRecord, project: ProjectConfig, pr_number: int) -> ApplyItem:
+        run = self._services.store.runs.get_run(plan.run_id)
+        summary = run.summary if run and run.summary else PlanSummary()
+        return ApplyItem(
+            project=project,
+            plan_path=Path(plan.path),
+            plan_checksum=plan.checksum,
+            commit=plan.commit_sha,
+            summary=summary,
+            holder=LockHolder(pr_number=pr_number),
+            plan_id=plan.id,
+            trusted=plan.trusted,
+        )
 
     # ---- apply on merge -----------------------------------------------------------------
 
     def apply_on_merge(
         self, repo: RepoRef, pr: PullRequestInfo, merge_sha: str, author: str
     ) -> list[ApplyResult]:
-        """Re-plan the merge commit per planned project; apply only what was reviewed."""
-        services = self._services
+        """Re-plan the merge commit per reviewed project; apply only what was reviewed."""
+        try:
+            return self._apply_on_merge(repo, pr, merge_sha, author)
+        except _Refused as refused:
+            self._needs_attention(repo, pr, author, merge_sha, refused.message, [refused.details])
+            return []
+
+    def _apply_on_merge(
+        self, repo: RepoRef, pr: PullRequestInfo, merge_sha: str, author: str
+    ) -> list[ApplyResult]:
+        store = self._services.store
+        if not self._applies_merges_into(repo, pr.base_ref):
+            store.locks.release_all(repo.key, pr.number)
+            return []
         reviewed = {
             plan.project: plan
-            for plan in services.store.runs.latest_plans(repo.key, pr.number)
+            for plan in store.runs.latest_plans(repo.key, pr.number)
             if plan.changes and not self._already_applied(repo, pr, plan)
         }
         if not reviewed:
-            self._release_all(repo, pr)
+            store.locks.release_all(repo.key, pr.number)
             return []
-        checkout = services.working_copies.checkout(
-            repo.clone_url, worktree_key(pr.number), merge_sha
-        )
+        checkout = self._checkout(repo, pr, merge_sha)
         config = self._config(checkout)
-        if config is None:
-            return []
+        rules = self._trusted_rules(repo, self._base_before(repo, merge_sha))
+        on_merge = ModeGate(rules, on_merge=True)
         projects = [
-            p for p in config.projects if p.name in reviewed and p.apply in ("on_merge", "both")
+            project
+            for project in config.projects
+            if (plan := reviewed.get(project.name)) is not None
+            and project.key == (plan.dir, plan.workspace)
+            and on_merge.allows(project)
         ]
         if not projects:
             return []
-        merge_plans = self._plan_merge(repo, pr, checkout, projects, merge_sha, author)
-        candidates: list[ApplyCandidate] = []
-        attention: list[str] = []
-        for project, result in zip(projects, merge_plans, strict=True):
-            verdict = self._compare(reviewed[project.name], result)
-            if verdict is not None:
-                attention.append(f"`{project.name}`: {verdict}")
-            elif result.status is PlanStatus.NO_CHANGES:
-                services.store.locks.release(repo.key, project.dir, project.workspace, pr.number)
-            else:
-                plan = services.store.runs.latest_plans(repo.key, pr.number)
-                record = next(p for p in plan if p.project == project.name)
-                candidates.append(ApplyCandidate(record, project, result.summary))
+        attention = self._unmet_at_merge(repo, pr, projects, reviewed, rules)
+        to_plan = [project for project in projects if project.name not in attention]
+        items = self._verified_merge_plans(
+            repo, pr, checkout, to_plan, reviewed, merge_sha, author, attention
+        )
         if attention:
-            self._feedback.comment(
-                render_message(
-                    "error",
-                    message="Needs attention: not applied after merge, because the plan of the "
-                    "merge commit differs from the reviewed plan.",
-                    details="\n".join(attention),
-                )
+            lines = [f"`{name}`: {why}" for name, why in attention.items()]
+            message = (
+                "Needs attention: not applied after merge. A new reviewed change is the "
+                "way forward."
             )
-            self._events.needs_attention(repo, pr, author, attention, merge_sha)
-        if not candidates:
+            self._needs_attention(repo, pr, author, merge_sha, message, lines)
+        if not items:
             return []
-        return self._apply_and_report(repo, pr, author, checkout, candidates, Trigger.MERGE)
+        request = self._request(repo, pr, author, checkout, items, Trigger.MERGE)
+        return self._apply_and_report(repo, pr, author, request)
+
+    def _applies_merges_into(self, repo: RepoRef, branch: str) -> bool:
+        """Merges apply into the default branch and the branches the server names only."""
+        return branch == repo.default_branch or branch in self._services.settings.apply_branches
+
+    def _base_before(self, repo: RepoRef, merge_sha: str) -> str:
+        try:
+            return self._services.working_copies.first_parent(repo.clone_url, merge_sha)
+        except WorkingCopyError as error:
+            raise _Refused("Cannot read the base branch before the merge.", str(error)) from error
+
+    def _unmet_at_merge(
+        self,
+        repo: RepoRef,
+        pr: PullRequestInfo,
+        projects: Sequence[ProjectConfig],
+        reviewed: dict[str, PlanRecord],
+        rules: TrustedRules,
+    ) -> dict[str, str]:
+        """Projects whose reviewed plan may not be applied, and why."""
+        context = RequirementContext(self._feedback.forge, self._services.working_copies, repo, pr)
+        gates: list[Gate] = [TrustedPlanGate(), RequirementsGate(rules, context)]
+        unmet: dict[str, str] = {}
+        for project in projects:
+            item = self._item(reviewed[project.name], project, pr.number)
+            request = ApplyRequest(repo.key, Path(), (item,), Trigger.MERGE, pr.author)
+            reasons = [str(r.reason) for r in self._services.executor.refusals(request, gates)]
+            if reasons:
+                unmet[project.name] = "; ".join(reasons)
+        return unmet
+
+    def _verified_merge_plans(
+        self,
+        repo: RepoRef,
+        pr: PullRequestInfo,
+        checkout: Path,
+        projects: list[ProjectConfig],
+        reviewed: dict[str, PlanRecord],
+        merge_sha: str,
+        author: str,
+        attention: dict[str, str],
+    ) -> list[ApplyItem]:
+        """Plan the merge commit; keep only plans equal to the reviewed ones as appliable."""
+        store = self._services.store
+        results = self._plan_merge(repo, pr, checkout, projects, merge_sha, author)
+        fresh = {plan.project: plan for plan in store.runs.latest_plans(repo.key, pr.number)}
+        items: list[ApplyItem] = []
+        for project, result in zip(projects, results, strict=True):
+            verdict = _compare(reviewed[project.name], result)
+            plan = fresh.get(project.name)
+            if verdict is not None:
+                attention[project.name] = verdict
+                if plan is not None and plan.commit_sha == merge_sha:
+                    store.runs.discard_plan(plan.id)  # never appliable: nobody reviewed it
+            elif result.status is PlanStatus.NO_CHANGES:
+                store.locks.release(repo.key, project.dir, project.workspace, pr.number)
+            elif plan is not None:
+                items.append(self._item(plan, project, pr.number))
+        return items
 
     def _plan_merge(
         self,
@@ -198,7 +281,9 @@ class PullRequestApplier:
         services = self._services
         options = PlanOptions(
             secret_values=services.secret_values,
-            guard=lambda project: services.mutex.hold(project_mutex_key(repo, project)),
+            guard=lambda project: services.mutex.hold(
+                state_key(repo.key, project.dir, project.workspace)
+            ),
         )
         targets = [PlanTarget(p, "merged") for p in projects]
         results = services.planner.plan_all(checkout, targets, merge_sha, options)
@@ -227,162 +312,111 @@ class PullRequestApplier:
             self._services.store.locks.release(repo.key, plan.dir, plan.workspace, pr.number)
         return applied
 
-    @staticmethod
-    def _compare(reviewed: PlanRecord, merged: PlanResult) -> str | None:
-        """None when the merge plan does what was reviewed; else what differs."""
-        if merged.status is PlanStatus.ERROR:
-            return f"the merge commit failed to plan: {merged.error.splitlines()[0:1]}"
-        if normalized_changes_hash(reviewed.changes) == normalized_changes_hash(merged.changes):
-            return None
-        before = {(c.address, c.actions) for c in reviewed.changes}
-        after = {(c.address, c.actions) for c in merged.changes}
-        lines = [f"+ {a} {'/'.join(x)}" for a, x in sorted(after - before)]
-        lines += [f"- {a} {'/'.join(x)}" for a, x in sorted(before - after)]
-        return "changes differ from the reviewed plan (+ only after merge, - only reviewed): " + (
-            "; ".join(lines) or "same resources, different details"
-        )
+    def _needs_attention(
+        self,
+        repo: RepoRef,
+        pr: PullRequestInfo,
+        author: str,
+        merge_sha: str,
+        message: str,
+        lines: list[str],
+    ) -> None:
+        details = "\n".join(line for line in lines if line)
+        self._feedback.comment(render_message("error", message=message, details=details))
+        self._events.needs_attention(repo, pr, author, lines, merge_sha)
 
     # ---- shared ---------------------------------------------------------------------------
 
-    def _apply_and_report(
+    def _request(
         self,
         repo: RepoRef,
         pr: PullRequestInfo,
         author: str,
         checkout: Path,
-        candidates: list[ApplyCandidate],
+        items: Sequence[ApplyItem],
         trigger: Trigger,
+    ) -> ApplyRequest:
+        return ApplyRequest(
+            repo_key=repo.key,
+            tree=checkout,
+            items=tuple(items),
+            trigger=trigger,
+            author=author,
+            pr_number=pr.number,
+        )
+
+    def _apply_and_report(
+        self, repo: RepoRef, pr: PullRequestInfo, author: str, request: ApplyRequest
     ) -> list[ApplyResult]:
-        commit = candidates[0].plan.commit_sha
+        commit = request.items[0].commit
         self._feedback.status(commit, APPLY_CONTEXT, CommitState.PENDING, "applying")
-        by_name = {c.project.name: c for c in candidates}
-        results: list[ApplyResult] = []
-        failed: set[str] = set()
-        for project in apply_order([c.project for c in candidates]):
-            candidate = by_name[project.name]
-            blocked = [d for d in project.depends_on if d in failed]
-            if blocked:
-                result = _failed(candidate, f"not applied: depends on {', '.join(blocked)}")
-            else:
-                result = self._apply_one(repo, pr, author, checkout, candidate, trigger)
-            if result.status is ApplyStatus.FAILED:
-                failed.add(project.name)
-            results.append(result)
-        self._after_apply(repo, pr, candidates, results)
+        results = list(self._services.executor.run(request).results)
+        self._release_after_merge(repo, pr, results)
         self._feedback.apply_statuses(commit, results)
         self._feedback.comment(
             render_apply_comment(results, commit=commit, masker=self._feedback.masker),
             kind="apply",
             commit=commit,
         )
+        failed = [r for r in results if not r.status.applied]
         state = CommitState.FAILURE if failed else CommitState.SUCCESS
         self._feedback.status(
             commit, APPLY_CONTEXT, state, f"{len(results) - len(failed)}/{len(results)} applied"
         )
-        self._events.applied(repo, pr, author, results, trigger)
+        self._events.applied(repo, pr, author, results, request.trigger)
         return results
 
-    def _apply_one(
-        self,
-        repo: RepoRef,
-        pr: PullRequestInfo,
-        author: str,
-        checkout: Path,
-        candidate: ApplyCandidate,
-        trigger: Trigger,
-    ) -> ApplyResult:
-        services = self._services
-        project = candidate.project
-        try:
-            with services.mutex.hold(project_mutex_key(repo, project), wait=False):
-                run_id = services.store.runs.start(
-                    repo=repo.key,
-                    project=project.name,
-                    dir=project.dir,
-                    workspace=project.workspace,
-                    command="apply",
-                    trigger=trigger,
-                    pr_number=pr.number,
-                    commit_sha=candidate.plan.commit_sha,
-                    author=author,
-                )
-                terraform = services.terraform_for(project.terraform_version)
-                log_path = services.settings.logs_dir / f"apply-{run_id}.log"
-                outcome = terraform.apply(
-                    checkout / project.dir,
-                    Path(candidate.plan.path),
-                    log=log_path,
-                    env=workspace_env(project.workspace),
-                )
-        except MutexBusy:
-            return _failed(candidate, "already running: another Terraform run holds this state")
-        masker = self._feedback.masker
-        if outcome.ok:
-            services.store.runs.finish(
-                run_id, RunStatus.SUCCESS, candidate.summary, log_path=str(log_path)
-            )
-            return ApplyResult(
-                project=project.name,
-                dir=project.dir,
-                workspace=project.workspace,
-                status=ApplyStatus.APPLIED,
-                summary=candidate.summary,
-                output=masker.mask(outcome.stdout),
-                commit=candidate.plan.commit_sha,
-                log_path=str(log_path),
-                duration_s=outcome.duration_s,
-                run_id=run_id,
-            )
-        error = masker.mask(outcome.stderr_tail()) or f"exit code {outcome.exit_code}"
-        services.store.runs.finish(run_id, RunStatus.FAILED, error=error, log_path=str(log_path))
-        failed = _failed(candidate, error, output=masker.mask(outcome.stdout))
-        return replace(failed, run_id=run_id)
-
-    def _after_apply(
-        self,
-        repo: RepoRef,
-        pr: PullRequestInfo,
-        candidates: list[ApplyCandidate],
-        results: list[ApplyResult],
+    def _release_after_merge(
+        self, repo: RepoRef, pr: PullRequestInfo, results: list[ApplyResult]
     ) -> None:
-        """An applied plan is spent; a merged PR's applied projects also give up their locks."""
-        applied = {r.project for r in results if r.status is ApplyStatus.APPLIED}
-        for candidate in candidates:
-            if candidate.project.name in applied:
-                self._services.store.runs.discard_plan(candidate.plan.id)
+        """A merged PR's applied projects give up their locks."""
         if pr.state != "merged":
             return
-        for candidate in candidates:
-            if candidate.project.name in applied:
-                project = candidate.project
+        for result in results:
+            if result.status.applied:
                 self._services.store.locks.release(
-                    repo.key, project.dir, project.workspace, pr.number
+                    repo.key, result.dir, result.workspace, pr.number
                 )
 
-    def _release_all(self, repo: RepoRef, pr: PullRequestInfo) -> None:
-        self._services.store.locks.release_all(repo.key, pr.number)
+    def _checkout(self, repo: RepoRef, pr: PullRequestInfo, commit: str) -> Path:
+        return self._services.working_copies.checkout(
+            repo.clone_url, worktree_key(pr.number), commit
+        )
 
-    def _config(self, checkout: Path) -> RepoConfig | None:
+    def _config(self, checkout: Path) -> RepoConfig:
         try:
             return load_repo_config(checkout)
         except ConfigError as error:
-            self._refuse(f"The repository configuration is invalid: {error}")
-            return None
+            raise _Refused(f"The repository configuration is invalid: {error}") from error
 
-    def _refuse(self, message: str, details: str = "") -> list[ApplyResult]:
-        self._feedback.comment(render_message("error", message=message, details=details))
-        return []
+    def _trusted_rules(self, repo: RepoRef, commit_or_branch: str) -> TrustedRules:
+        services = self._services
+        try:
+            commit = services.working_copies.resolve(repo.clone_url, commit_or_branch)
+            return load_trusted_rules(
+                services.working_copies,
+                repo.clone_url,
+                commit,
+                services.settings.apply_requirements,
+            )
+        except (UntrustedConfig, WorkingCopyError) as error:
+            raise _Refused(f"Not applied: {error}") from error
 
 
-def _failed(candidate: ApplyCandidate, error: str, output: str = "") -> ApplyResult:
-    project = candidate.project
-    return ApplyResult(
-        project=project.name,
-        dir=project.dir,
-        workspace=project.workspace,
-        status=ApplyStatus.FAILED,
-        summary=candidate.summary,
-        output=output,
-        error=error,
-        commit=candidate.plan.commit_sha,
+def _project(config: RepoConfig, plan: PlanRecord) -> ProjectConfig:
+    project = config.project(plan.project)
+    assert project is not None  # checked by _items
+    return project
+
+
+def _compare(reviewed: PlanRecord, merged: PlanResult) -> str | None:
+    """None when the merge plan does exactly what was reviewed; else what differs."""
+    if merged.status is PlanStatus.ERROR:
+        first = (merged.error.splitlines() or ["see the log"])[0]
+        return f"the merge commit failed to plan: {first}"
+    if reviewed.content_hash and reviewed.content_hash == changes_content_hash(merged.changes):
+        return None
+    lines = content_differences(reviewed.changes, merged.changes)
+    return "the plan of the merge commit differs from the reviewed plan: " + (
+        "; ".join(lines) or "the reviewed plan predates value checks; plan it again"
     )

@@ -1,17 +1,18 @@
 """What the PR sees: comments (split to the forge's cap) and commit statuses.
 
-One place posts, so every comment is masked, split and recorded the same way,
-and older plan comments are marked outdated when a newer plan is posted.
+One place posts, so every comment is masked, split, capped in number and recorded
+the same way, and older plan comments are marked outdated when a newer plan is posted.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from runner.events.model import RepoRef
 from runner.forge.base import CommitState, Forge, ForgeError
+from runner.results.limits import OutputLimits, cap_comments
 from runner.results.masking import Masker
 from runner.results.model import ApplyResult, ApplyStatus, PlanResult, PlanStatus
 from runner.results.render import short_sha, summary_line
@@ -38,11 +39,16 @@ class PullRequestFeedback:
     repo: RepoRef
     number: int
     masker: Masker
+    # Build with `OutputLimits.from_settings(settings)`; the defaults are the settings'.
+    limits: OutputLimits = field(default_factory=OutputLimits)
 
     def comment(self, body: str, *, kind: str = "reply", commit: str | None = None) -> list[int]:
-        """Post `body` (masked, split to the forge's cap); returns the comment ids."""
+        """Post `body` (masked, split to the forge's cap, at most `limits.max_comments`
+        comments, the last summarising what was left out); returns the comment ids."""
+        parts = split_comment(self.masker.mask(body), self.forge.comment_cap)
+        where = self.limits.runs_location(self.repo.key, self.number)
         ids = []
-        for part in split_comment(self.masker.mask(body), self.forge.comment_cap):
+        for part in cap_comments(parts, self.limits.max_comments, where):
             comment_id = self.forge.post_comment(self.repo, self.number, part)
             self.store.comments.record(self.repo.key, self.number, comment_id, kind, commit)
             ids.append(comment_id)

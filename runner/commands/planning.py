@@ -15,8 +15,9 @@ from runner.commands.model import Command
 from runner.commands.services import Services
 from runner.config.errors import ConfigError
 from runner.config.loader import load_repo_config
-from runner.config.model import ProjectConfig, RepoConfig
+from runner.config.model import RepoConfig
 from runner.engine.planner import PlanOptions, PlanTarget
+from runner.engine.project_mutex import state_key
 from runner.engine.recording import record_plan_result
 from runner.events.model import RepoRef
 from runner.forge.base import CommitState, PullRequestInfo
@@ -38,15 +39,12 @@ class PlanRequest:
     trigger: Trigger
     author: str
     command: Command | None = None  # None: autoplan of the changed projects
+    # False when someone without write permission asked: such a plan is shown, never applied.
+    trusted: bool = True
 
 
 def worktree_key(number: int) -> str:
     return f"pr-{number}"
-
-
-def project_mutex_key(repo: RepoRef, project: ProjectConfig) -> str:
-    """The mutex every Terraform run of one state (repo, dir, workspace) holds."""
-    return f"{repo.key}|{project.dir}|{project.workspace}"
 
 
 class PullRequestPlanner:
@@ -75,6 +73,10 @@ class PullRequestPlanner:
             return []
         if not targets:
             self._report_nothing_to_plan(feedback, request)
+            return []
+        limit = services.settings.max_projects_per_pr
+        if len(targets) > limit:
+            self._report_too_many(feedback, head, len(targets), limit)
             return []
         feedback.status(head, PLAN_CONTEXT, CommitState.PENDING, "planning")
         services.store.runs.discard_plans(request.repo.key, request.pr.number, except_commit=head)
@@ -133,7 +135,9 @@ class PullRequestPlanner:
         options = PlanOptions(
             secret_values=services.secret_values,
             cancel=cancel,
-            guard=lambda project: services.mutex.hold(project_mutex_key(request.repo, project)),
+            guard=lambda project: services.mutex.hold(
+                state_key(request.repo.key, project.dir, project.workspace)
+            ),
         )
         planned = services.planner.plan_all(checkout, locked, request.pr.head_sha, options)
         by_name = {result.project: result for result in planned}
@@ -146,6 +150,7 @@ class PullRequestPlanner:
                     trigger=request.trigger,
                     pr_number=request.pr.number,
                     author=request.author,
+                    trusted=request.trusted,
                 )
         return [by_name.get(t.project.name) or conflicts[t.project.name] for t in targets]
 
@@ -190,6 +195,20 @@ class PullRequestPlanner:
             )
         )
         feedback.status(head, PLAN_CONTEXT, CommitState.FAILURE, f"invalid {error.file}")
+
+    def _report_too_many(
+        self, feedback: PullRequestFeedback, head: str, count: int, limit: int
+    ) -> None:
+        """A change touching hundreds of states is refused rather than planned for hours."""
+        feedback.comment(
+            render_message(
+                "error",
+                message=f"Not planned: this change touches {count} projects, more than the "
+                f"{limit} this server plans for one pull request (GITOPS_MAX_PROJECTS_PER_PR). "
+                "Split the change, or plan projects one by one with `gitops plan -p PROJECT`.",
+            )
+        )
+        feedback.status(head, PLAN_CONTEXT, CommitState.FAILURE, f"{count} projects: too many")
 
     def _report_nothing_to_plan(self, feedback: PullRequestFeedback, request: PlanRequest) -> None:
         """Say "no projects" once per PR (and every time it is asked for by comment)."""

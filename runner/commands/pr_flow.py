@@ -2,7 +2,8 @@
 
 pull request opened/updated/ready → autoplan; closed+merged → apply on merge;
 closed → discard plans, release locks, delete the working copy; a `gitops ...`
-comment → plan / apply / unlock / help. Forge, queue and database are whatever
+comment → plan / apply / unlock / help, once `authorization.py` has accepted who
+asked on which PR (forks, permissions). Forge, queue and database are whatever
 `Services` holds: nothing here knows which.
 """
 
@@ -12,13 +13,14 @@ import logging
 import threading
 
 from runner.commands.applying import PullRequestApplier
+from runner.commands.authorization import is_trusted, refusal
 from runner.commands.comment_parser import help_text, parse_comment
 from runner.commands.feedback import APPLY_CONTEXT, PullRequestFeedback
 from runner.commands.model import Command, CommandError
 from runner.commands.planning import PlanRequest, PullRequestPlanner, worktree_key
 from runner.commands.services import Services
 from runner.events.model import CommentEvent, PullRequestEvent
-from runner.forge.base import CommitState
+from runner.forge.base import CommitState, PullRequestInfo, same_user
 from runner.jobs.model import WorkEvent
 from runner.results.render import render_message
 from runner.store.runs import Trigger
@@ -102,6 +104,11 @@ class PullRequestFlow:
         if pr.head_sha != event.pr.head_sha or pr.state != "open":
             log.info("skipping superseded autoplan of %s#%s", event.repo.key, pr.number)
             return
+        if pr.is_fork and not self._services.settings.allow_fork_prs:
+            # The webhook already drops these; an event queued some other way must not
+            # run a fork's code either.
+            log.info("not autoplanning fork pull request %s#%s", event.repo.key, pr.number)
+            return
         request = PlanRequest(event.repo, pr, Trigger.AUTOPLAN, event.sender)
         self._planner.run(request, cancel)
 
@@ -136,37 +143,69 @@ class PullRequestFlow:
         feedback = self._planner.feedback(event.repo, event.pr_number)
         if isinstance(parsed, CommandError):
             feedback.comment(parsed.message)
-            return
-        if parsed.name == "help":
+        elif parsed.name == "help":
             feedback.comment(help_text())
-        elif parsed.name == "unlock":
-            self._unlock(event, feedback)
-        elif parsed.name == "plan":
-            pr = forge.pull_request(event.repo, event.pr_number)
-            if pr.state != "open":
-                feedback.comment(render_message("error", message="The pull request is closed."))
-                return
-            request = PlanRequest(event.repo, pr, Trigger.COMMENT, event.author, parsed)
-            self._planner.run(request, cancel)
         else:
-            pr = forge.pull_request(event.repo, event.pr_number)
-            applier = PullRequestApplier(self._services, feedback)
-            results = applier.apply_by_comment(event.repo, pr, event.author, parsed)
-            if not results:
-                feedback.status(pr.head_sha, APPLY_CONTEXT, CommitState.FAILURE, "not applied")
+            self._on_command(event, parsed, feedback, cancel)
+
+    def _on_command(
+        self,
+        event: CommentEvent,
+        command: Command,
+        feedback: PullRequestFeedback,
+        cancel: threading.Event,
+    ) -> None:
+        """Who asked and on which PR decide first: nothing is checked out or locked before."""
+        pr = feedback.forge.pull_request(event.repo, event.pr_number)
+        permission = feedback.forge.permission(event.repo, event.author)
+        allow_forks = self._services.settings.allow_fork_prs
+        refused = refusal(command, pr, event.author, permission, allow_forks=allow_forks)
+        if refused is not None:
+            log.info(
+                "refused %s by %s on %s#%s", command.name, event.author, event.repo.key, pr.number
+            )
+            feedback.comment(render_message("error", message=refused))
+        elif command.name == "unlock":
+            self._unlock(event, feedback)
+        elif command.name == "plan":
+            self._plan(event, command, pr, is_trusted(permission), feedback, cancel)
+        else:
+            self._apply(event, command, pr, feedback)
+
+    def _plan(
+        self,
+        event: CommentEvent,
+        command: Command,
+        pr: PullRequestInfo,
+        trusted: bool,
+        feedback: PullRequestFeedback,
+        cancel: threading.Event,
+    ) -> None:
+        if pr.state != "open":
+            feedback.comment(render_message("error", message="The pull request is closed."))
+            return
+        request = PlanRequest(event.repo, pr, Trigger.COMMENT, event.author, command, trusted)
+        self._planner.run(request, cancel)
+
+    def _apply(
+        self,
+        event: CommentEvent,
+        command: Command,
+        pr: PullRequestInfo,
+        feedback: PullRequestFeedback,
+    ) -> None:
+        applier = PullRequestApplier(self._services, feedback)
+        results = applier.apply_by_comment(event.repo, pr, event.author, command)
+        if not results:
+            feedback.status(pr.head_sha, APPLY_CONTEXT, CommitState.FAILURE, "not applied")
 
     def _from_a_bot(self, event: CommentEvent) -> bool:
         if event.author_is_bot:
             return True
         forge = self._services.forge_for(event.repo.forge)
-        return event.author == forge.bot_login()
+        return same_user(event.author, forge.bot_login())
 
     def _unlock(self, event: CommentEvent, feedback: PullRequestFeedback) -> None:
-        if feedback.forge.permission(event.repo, event.author) not in ("admin", "write"):
-            feedback.comment(
-                render_message("error", message=f"@{event.author} needs write permission.")
-            )
-            return
         store = self._services.store
         released = store.locks.release_all(event.repo.key, event.pr_number)
         discarded = store.runs.discard_plans(event.repo.key, event.pr_number)

@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING
 
+from runner.engine.apply import ApplyExecutor
 from runner.engine.planner import Planner, build_planner, build_terraform_factory
 from runner.engine.project_mutex import ProjectMutex, build_mutex
 from runner.forge.base import Forge
 from runner.forge.factory import build_forge
 from runner.notify.base import Notifier, NullNotifier
 from runner.notify.slack import build_notifier
+from runner.results.masking import Masker
 from runner.settings import Settings
 from runner.store.store import Store
 from runner.terraform import Terraform
@@ -43,6 +45,8 @@ class Services:
     planner: Planner
     terraform_for: Callable[[str | None], Terraform]
     mutex: ProjectMutex
+    # The one guarded path every apply takes (PR comment, merge, reconcile).
+    executor: ApplyExecutor
     secret_values: tuple[str, ...] = field(default=())
     # Chat messages about applies (runner/notify/events.py); silent unless Slack is set up.
     notifier: Notifier = field(default_factory=NullNotifier)
@@ -57,6 +61,11 @@ def build_services(settings: Settings, store: Store | None = None) -> Services:
     def forge_for(name: str) -> Forge:
         return build_forge(settings, name)  # type: ignore[arg-type]
 
+    mutex = build_mutex(settings, store)
+    secret_values = settings.secret_values()
+    executor = ApplyExecutor(
+        store, terraform_for, mutex, settings.logs_dir, Masker.from_secrets(secret_values)
+    )
     return Services(
         settings=settings,
         store=store,
@@ -64,28 +73,42 @@ def build_services(settings: Settings, store: Store | None = None) -> Services:
         working_copies=WorkingCopies(settings.repos_dir, token_for=_token_for(settings)),
         planner=build_planner(settings, terraform_for=terraform_for),
         terraform_for=terraform_for,
-        mutex=build_mutex(settings, store),
-        secret_values=settings.secret_values(),
+        mutex=mutex,
+        executor=executor,
+        secret_values=secret_values,
         notifier=build_notifier(settings),
     )
 
 
 def _token_for(settings: Settings) -> Callable[[str], str | None]:
-    """HTTPS clone token by host: GitHub's token for GitHub hosts, GitLab's for GitLab's."""
+    """HTTPS clone token by exact host: GitHub's token for GitHub's hosts, GitLab's for GitLab's.
+
+    Exact, because a suffix match hands the token to `evilgithub.com`. The clone host
+    of GitHub Enterprise is its API URL's host (`https://ghe.example.com/api/v3`); an
+    API at a host's root named `api.<host>` (`api.github.com`, GHE.com's
+    `api.<name>.ghe.com`) clones from `<host>`. A token only travels over https, or
+    over the scheme its forge's URL is configured with (a test or air-gapped forge).
+    """
     from urllib.parse import urlsplit
 
-    github_hosts = {"github.com", urlsplit(settings.github_api_url).hostname}
-    gitlab_host = urlsplit(settings.gitlab_url).hostname
+    api = urlsplit(settings.github_api_url)
+    api_host = (api.hostname or "").lower()
+    github_hosts = {"github.com": "https", api_host: api.scheme}
+    if api.path.strip("/") == "" and api_host.startswith("api."):
+        github_hosts[api_host.removeprefix("api.")] = api.scheme
+    gitlab = urlsplit(settings.gitlab_url)
+    by_host = {
+        host: (scheme, settings.github_token) for host, scheme in github_hosts.items() if host
+    }
+    if gitlab.hostname:
+        by_host[gitlab.hostname.lower()] = (gitlab.scheme, settings.gitlab_token)
 
     def token_for(url: str) -> str | None:
-        host = urlsplit(url).hostname
-        if host is None:
+        parts = urlsplit(url)
+        scheme, token = by_host.get((parts.hostname or "").lower(), ("", None))
+        if token is None or parts.scheme.lower() not in {"https", scheme.lower()}:
             return None
-        if host == gitlab_host and settings.gitlab_token:
-            return settings.gitlab_token.get_secret_value()
-        if (host in github_hosts or host.endswith("github.com")) and settings.github_token:
-            return settings.github_token.get_secret_value()
-        return None
+        return token.get_secret_value() or None
 
     return token_for
 
@@ -137,6 +160,8 @@ def build_drift(settings: Settings, services: Services) -> DriftWiring:
         planner=services.planner,
         working_copies=services.working_copies,
         secret_values=services.secret_values,
+        mutex=services.mutex,
+        executor=services.executor,
     )
     scheduler = DriftScheduler(service) if drift_scheduled(settings) else None
     return DriftWiring(DriftScans(service), scheduler)

@@ -1,30 +1,31 @@
 """Auto-correction: apply exactly the scan's plan, only when that is provably safe.
 
-Safe means: the project opted in (`auto_correct: true`); the default branch has not
-moved since the scan; the plan deletes and replaces nothing (unless
-`allow_destroy: true`); the plan file is the one the scan checksummed; we are inside
-the project's correction window; and the project lock is free (taken for the apply).
-Anything else leaves the drift for a human, with the reason in the report.
-Policy checks are not part of the runner yet; when they are, they go in `refusal`.
+Safe means: the project opted in (`auto_correct: true`); the plan does nothing but
+revert what drifted (a change nobody applied yet is "pending", never corrected); the
+default branch has not moved since the scan; the plan deletes and replaces nothing
+(unless `allow_destroy: true`); we are inside the project's correction window; and
+the project lock is free (taken for the apply). The apply itself goes through the
+one guarded path (`engine/apply.py`: mutex, lock, checksum, run record, masking),
+with these conditions as its `CorrectionGate`. Anything else leaves the drift for a
+human, with the reason in the report.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, time
 from pathlib import Path
 
 from runner.config.model import ProjectConfig
 from runner.drift.model import Correction, DriftResult, DriftStatus
+from runner.engine.apply import ApplyExecutor, ApplyItem, ApplyRequest, Gate, LockHolder
+from runner.results.model import DriftedResource, ResourceChange
 from runner.store.locks import LockOwner
-from runner.store.runs import RunStatus
+from runner.store.runs import Trigger
 from runner.store.store import Store
-from runner.terraform import Terraform, workspace_env
 from runner.terraform.planfile import plan_checksum
 
-TerraformFor = Callable[[str | None], Terraform]
 LOCK_USER = "gitops-runner drift auto-correct"
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _WINDOW = re.compile(
@@ -62,6 +63,8 @@ def in_window(window: str | None, now: datetime) -> bool:
 
 def refusal(result: DriftResult, project: ProjectConfig, head_now: str, now: datetime) -> str:
     """Why the scan's plan must not be applied automatically ("" when it may be)."""
+    if pending := _not_reverting_drift(result):
+        return "pending changes, not corrected: the plan also changes " + ", ".join(pending)
     if head_now != result.commit:
         moved = f"{_short(result.commit)} → {_short(head_now)}"
         return f"the default branch moved since the scan ({moved})"
@@ -80,72 +83,91 @@ def refusal(result: DriftResult, project: ProjectConfig, head_now: str, now: dat
     return ""
 
 
+def _not_reverting_drift(result: DriftResult) -> list[str]:
+    """Planned changes that are not the reversal of a drift (sorted addresses).
+
+    A reversal puts back what changed outside Terraform: an object deleted outside is
+    created again, an object edited outside is updated on the attributes that moved
+    (or replaced, which `allow_destroy` judges). Anything more is a pending change.
+    """
+    drifted = {resource.address: resource for resource in result.drifted}
+    pending: list[str] = []
+    for change in result.changes:
+        drift = drifted.get(change.address)
+        if drift is None or not _reverts(change, drift):
+            pending.append(change.address)
+    return sorted(pending)
+
+
+def _reverts(change: ResourceChange, drift: DriftedResource) -> bool:
+    if drift.actions == ("delete",):
+        return change.actions == ("create",)
+    if change.actions == ("update",):
+        return set(change.attributes) <= set(drift.changed_attributes)
+    return "delete" in change.actions  # a replacement; `allow_destroy` decides
+
+
 def _short(sha: str | None) -> str:
     return (sha or "?")[:12]
 
 
 @dataclass(frozen=True)
-class ApplyOutcome:
-    ok: bool
-    error: str = ""
+class CorrectionGate:
+    """The scan's safety rules (`refusal`) as a gate of the one apply path."""
+
+    result: DriftResult
+    head_now: str
+    now: datetime
+
+    def refusal(self, item: ApplyItem, request: ApplyRequest) -> str | None:
+        return refusal(self.result, item.project, self.head_now, self.now) or None
 
 
 class AutoCorrector:
-    """Applies a scan's plan under the project lock and records the apply as a run."""
+    """Applies a scan's plan under the project lock, through the one apply path."""
 
-    def __init__(self, store: Store, terraform_for: TerraformFor, log_dir: Path) -> None:
+    def __init__(self, store: Store, executor: ApplyExecutor) -> None:
         self._store = store
-        self._terraform_for = terraform_for
-        self._log_dir = log_dir
+        self._executor = executor
 
     def apply(
-        self, tree: Path, repo_key: str, project: ProjectConfig, result: DriftResult
+        self, tree: Path, repo_key: str, project: ProjectConfig, result: DriftResult, gate: Gate
     ) -> DriftResult:
         """Apply under the lock; returns the result marked NEEDS_APPROVAL or FAILED, or as is."""
-        assert result.plan_path is not None
-        run_id = self._store.runs.start(
-            repo=repo_key,
-            project=project.name,
-            dir=project.dir,
-            workspace=project.workspace,
-            command="apply",
-            trigger="schedule",
-            commit_sha=result.commit,
-            author=LOCK_USER,
-        )
+        # The lock names the scan's plan run, so the apply path can tell it is ours.
+        run_id = result.plan_run_id
         owner = LockOwner(pr_number=None, user=LOCK_USER, run_id=run_id)
         taken = self._store.locks.acquire(repo_key, project.dir, project.workspace, owner)
         if not taken.acquired:
             holder = taken.lock.owner_pr
             why = f"locked by PR #{holder}" if holder is not None else "the project is locked"
-            self._store.runs.finish(run_id, RunStatus.CANCELLED, error=why)
             return replace(result, correction=Correction.NEEDS_APPROVAL, correction_reason=why)
         try:
-            outcome = self._apply_plan(tree, project, result, run_id)
+            batch = self._executor.run(_request(tree, repo_key, project, result), [gate])
         finally:
             self._store.locks.release(repo_key, project.dir, project.workspace)
-        if not outcome.ok:
-            return replace(result, correction=Correction.FAILED, correction_reason=outcome.error)
+        if batch.refused:
+            why = "; ".join(refusal.reason for refusal in batch.refusals)
+            return replace(result, correction=Correction.NEEDS_APPROVAL, correction_reason=why)
+        applied = batch.results[0]
+        if not applied.status.applied:
+            why = f"apply failed: {applied.error}".strip()
+            return replace(result, correction=Correction.FAILED, correction_reason=why)
         return result
 
-    def _apply_plan(
-        self, tree: Path, project: ProjectConfig, result: DriftResult, run_id: int
-    ) -> ApplyOutcome:
-        terraform = self._terraform_for(project.terraform_version)
-        self._log_dir.mkdir(parents=True, exist_ok=True)
-        log = self._log_dir / f"drift-apply-{run_id}.log"
-        outcome = terraform.apply(
-            tree / project.dir,
-            Path(result.plan_path or ""),
-            log=log,
-            env=workspace_env(project.workspace),
-        )
-        if outcome.ok:
-            self._store.runs.finish(run_id, RunStatus.SUCCESS, summary=result.summary)
-            return ApplyOutcome(ok=True)
-        error = f"apply exited with code {outcome.exit_code}: {outcome.stderr_tail()}".strip()
-        self._store.runs.finish(run_id, RunStatus.FAILED, error=error, log_path=str(log))
-        return ApplyOutcome(ok=False, error=error)
+
+def _request(
+    tree: Path, repo_key: str, project: ProjectConfig, result: DriftResult
+) -> ApplyRequest:
+    item = ApplyItem(
+        project=project,
+        plan_path=Path(result.plan_path or ""),
+        plan_checksum=result.plan_checksum or "",
+        commit=result.commit or "",
+        summary=result.summary,
+        holder=LockHolder(run_id=result.plan_run_id),
+    )
+    return ApplyRequest(repo_key, tree, (item,), Trigger.SCHEDULE, LOCK_USER)
 
 
 def after_rescan(original: DriftResult, rescanned: DriftResult) -> DriftResult:

@@ -43,6 +43,7 @@ class DriftResult:
     changes: tuple[ResourceChange, ...] = ()  # what an apply of the scan's plan would do
     plan_checksum: str | None = None
     plan_path: str | None = None  # only meaningful during the scan that made it
+    plan_run_id: int | None = None  # the scan's plan run, during the scan that made it
     error: str = ""
     correction: Correction | None = None
     correction_reason: str = ""

@@ -8,7 +8,7 @@ changes nobody applied); a failed plan is an error, never "no drift".
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,8 +20,9 @@ from runner.config.loader import load_repo_config
 from runner.config.model import ProjectConfig, RepoConfig
 from runner.drift.model import DriftResult, DriftStatus
 from runner.engine.planner import Planner, PlanOptions, PlanTarget
+from runner.engine.project_mutex import ProjectMutex, state_key
 from runner.engine.recording import record_plan_result
-from runner.events.model import RepoRef
+from runner.events.model import RepoRef, canonical_repo_key
 from runner.results.model import DriftedResource, PlanResult, PlanStatus
 from runner.store.drift import DriftStore
 from runner.store.models import utcnow
@@ -36,6 +37,7 @@ from runner.workspace.working_copy import (
 DRIFT_TREE_KEY = "drift"
 DEFAULT_BRANCHES = ("main", "master")
 _DRIFT_LOCK = "drift.lock"
+_PUBLIC_HOSTS = {"github": "github.com", "gitlab": "gitlab.com"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class DriftRepo:
     full_name: str | None = None  # "acme/infra" on the forge, for issues and statuses
     forge: Literal["github", "gitlab"] | None = None
 
+    forge_host: str | None = None  # "github.com", "ghe.example": where full_name lives
+
     @classmethod
     def from_url(
         cls,
@@ -56,19 +60,28 @@ class DriftRepo:
         branch: str | None = None,
         full_name: str | None = None,
         forge: Literal["github", "gitlab"] | None = None,
+        forge_hosts: Mapping[str, str] | None = None,
     ) -> DriftRepo:
-        """Derive the lock key from the URL the way the PR flow does (`host/owner/name`)."""
+        """Key the repository the way the PR flow does: `host/owner/name`, lower-cased.
+
+        With a `full_name` the repository is the forge's (`forge_hosts[forge]/full_name`)
+        whichever URL it is fetched from (a mirror, a file:// URL), so a PR apply and a
+        drift correction of the same state take the same lock and mutex.
+        """
+        hosts = {**_PUBLIC_HOSTS, **(forge_hosts or {})}
         location = repo_location(url)
-        if location.host == LOCAL_HOST_DIR:
-            key = f"{location.owner}/{location.name}"
-        else:
-            key = f"{location.host}/{location.owner}/{location.name}"
-            if full_name is None and location.host.startswith(("github.", "gitlab.")):
-                full_name = f"{location.owner}/{location.name}"
-                forge = forge or ("github" if location.host.startswith("github.") else "gitlab")
-        if full_name is not None and forge is None:
-            forge = "github"
-        return cls(url=url, key=key, branch=branch, full_name=full_name, forge=forge)
+        if full_name is None and location.host.startswith(("github.", "gitlab.")):
+            full_name = f"{location.owner}/{location.name}"
+            forge = forge or ("github" if location.host.startswith("github.") else "gitlab")
+            hosts[forge] = location.host
+        if full_name is not None:
+            forge = forge or "github"
+            host = hosts[forge]
+            key = canonical_repo_key(host, full_name)
+            return cls(url, key, branch, full_name, forge, forge_host=host)
+        host = "" if location.host == LOCAL_HOST_DIR else location.host
+        key = canonical_repo_key(host, f"{location.owner}/{location.name}")
+        return cls(url=url, key=key, branch=branch)
 
     @property
     def name(self) -> str:
@@ -79,7 +92,7 @@ class DriftRepo:
         """The forge's view of the repository, when it has one (issues, statuses)."""
         if self.full_name is None or self.forge is None:
             return None
-        host = "github.com" if self.forge == "github" else "gitlab.com"
+        host = self.forge_host or _PUBLIC_HOSTS[self.forge]
         return RepoRef(
             forge=self.forge,
             full_name=self.full_name,
@@ -114,12 +127,14 @@ class DriftScanner:
         planner: Planner,
         working_copies: WorkingCopies,
         store: Store,
+        mutex: ProjectMutex,
         *,
         secret_values: tuple[str, ...] = (),
     ) -> None:
         self._planner = planner
         self._copies = working_copies
         self._store = store
+        self._mutex = mutex
         self._drift = DriftStore(store)
         self._secret_values = secret_values
 
@@ -161,7 +176,14 @@ class DriftScanner:
             session.tree,
             targets,
             session.commit,
-            PlanOptions(lock=False, secret_values=self._secret_values),
+            PlanOptions(
+                lock=False,
+                secret_values=self._secret_values,
+                # Never beside an apply of the same state: the plan would read it half-written.
+                guard=lambda project: self._mutex.hold(
+                    state_key(session.repo.key, project.dir, project.workspace)
+                ),
+            ),
         )
         by_name = {plan.project: plan for plan in plans}
         session.plans.update(by_name)
@@ -171,10 +193,10 @@ class DriftScanner:
                 results.append(_busy(session, project, busy[project.name]))
                 continue
             plan = by_name[project.name]
-            record_plan_result(
+            run_id = record_plan_result(
                 self._store, plan, repo=session.repo.key, trigger=trigger, command="drift"
             )
-            results.append(classify(plan, session.repo.key))
+            results.append(replace(classify(plan, session.repo.key), plan_run_id=run_id))
         return results
 
     def busy_reason(self, repo: DriftRepo, project: ProjectConfig) -> str:

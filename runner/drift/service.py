@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from datetime import datetime
 
 from runner.config.model import ProjectConfig
-from runner.drift.autocorrect import AutoCorrector, after_rescan, refusal
+from runner.drift.autocorrect import AutoCorrector, CorrectionGate, after_rescan
 from runner.drift.history import Tracked, record_results
 from runner.drift.issues import DriftIssues, ForgeFor
-from runner.drift.model import Correction, DriftReport, DriftResult, DriftStatus
+from runner.drift.model import DriftReport, DriftResult, DriftStatus
 from runner.drift.reports import drift_message
 from runner.drift.scan import DriftRepo, DriftScanner, ScanSession
+from runner.engine.apply import ApplyExecutor
 from runner.engine.planner import Planner, build_planner, build_terraform_factory
+from runner.engine.project_mutex import ProjectMutex, build_mutex
 from runner.forge.base import Forge
 from runner.notify.base import Delivery, Notifier
 from runner.notify.slack import build_notifier
 from runner.reconcile.snapshot import repository_url
+from runner.results.masking import Masker
 from runner.settings import Settings
 from runner.store.drift import DriftStore
 from runner.store.models import utcnow
@@ -36,7 +38,13 @@ log = logging.getLogger(__name__)
 def configured_repos(settings: Settings) -> list[DriftRepo]:
     """The repositories of the server config (`repos:`), as drift scans see them."""
     return [
-        DriftRepo.from_url(r.url, branch=r.branch, full_name=r.full_name, forge=r.forge)
+        DriftRepo.from_url(
+            r.url,
+            branch=r.branch,
+            full_name=r.full_name,
+            forge=r.forge,
+            forge_hosts=settings.forge_hosts(),
+        )
         for r in settings.repos
     ]
 
@@ -69,6 +77,8 @@ class DriftService:
         working_copies: WorkingCopies | None = None,
         secret_values: tuple[str, ...] = (),
         clock: Callable[[], datetime] = utcnow,
+        mutex: ProjectMutex | None = None,
+        executor: ApplyExecutor | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -76,13 +86,17 @@ class DriftService:
         self.notifier = notifier or build_notifier(settings)
         self._clock = clock
         terraform_for = build_terraform_factory(settings)
+        mutex = mutex or build_mutex(settings, store)
         self.scanner = DriftScanner(
             planner or build_planner(settings, terraform_for=terraform_for),
             working_copies or WorkingCopies(settings.repos_dir),
             store,
+            mutex,
             secret_values=secret_values,
         )
-        self.corrector = AutoCorrector(store, terraform_for, settings.logs_dir)
+        masker = Masker.from_secrets(secret_values)
+        executor = executor or ApplyExecutor(store, terraform_for, mutex, settings.logs_dir, masker)
+        self.corrector = AutoCorrector(store, executor)
         self.issues = DriftIssues(forge_for or _default_forge_for(settings), self.history)
         self.last_delivery: Delivery | None = None
 
@@ -169,13 +183,8 @@ class DriftService:
         applied: list[ProjectConfig] = []
         for result in wanted:
             project = by_name[result.project]
-            why = refusal(result, project, head_now, self._clock())
-            if why:
-                decided[result.project] = replace(
-                    result, correction=Correction.NEEDS_APPROVAL, correction_reason=why
-                )
-                continue
-            outcome = self.corrector.apply(session.tree, session.repo.key, project, result)
+            gate = CorrectionGate(result, head_now, self._clock())
+            outcome = self.corrector.apply(session.tree, session.repo.key, project, result, gate)
             decided[result.project] = outcome
             if outcome.correction is None:
                 applied.append(project)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from runner.config.model import ProjectConfig
+from runner.results.limits import OutputLimits, cap_output
 from runner.results.masking import Masker
 from runner.results.model import PlanResult, PlanStatus
 from runner.results.summary import PlanDigest, summarize_plan
@@ -69,10 +70,12 @@ class Planner:
         terraform_for: Callable[[str | None], Terraform],
         log_dir: Path,
         parallelism: int,
+        limits: OutputLimits | None = None,
     ) -> None:
         self._terraform_for = terraform_for
         self._log_dir = log_dir
         self._parallelism = max(1, parallelism)
+        self._limits = limits or OutputLimits()
 
     def plan_all(
         self,
@@ -124,7 +127,7 @@ class Planner:
         workdir = checkout / project.dir
         terraform = self._terraform_for(project.terraform_version)
         log_path = self._log_path(project, commit)
-        base = _ResultBase(target, commit, str(log_path))
+        base = _ResultBase(target, commit, str(log_path), self._limits)
 
         if not workdir.is_dir():
             return base.error(f"project directory {project.dir!r} does not exist at this commit")
@@ -176,6 +179,12 @@ class _ResultBase:
     target: PlanTarget
     commit: str | None
     log_path: str
+    limits: OutputLimits
+
+    def _output(self, outcome: CommandOutcome, masker: Masker) -> str:
+        """Terraform's output, masked, capped; the full masked text stays in the log."""
+        where = self.limits.log_location()
+        return cap_output(masker.mask(outcome.stdout), self.limits.max_output_bytes, where)
 
     def _result(self, status: PlanStatus, **fields: object) -> PlanResult:
         project = self.target.project
@@ -202,7 +211,7 @@ class _ResultBase:
             headline = f"Terraform exited with code {outcome.exit_code}"
         return self._result(
             PlanStatus.ERROR,
-            output=masker.mask(outcome.stdout),
+            output=self._output(outcome, masker),
             error=masker.mask(f"{headline}\n{outcome.stderr_tail()}".strip()),
             duration_s=outcome.duration_s,
         )
@@ -216,7 +225,7 @@ class _ResultBase:
         digest: PlanDigest | None = None,
     ) -> PlanResult:
         fields: dict[str, object] = {
-            "output": masker.mask(outcome.stdout),
+            "output": self._output(outcome, masker),
             "plan_path": str(plan_path),
             "plan_checksum": plan_checksum(plan_path),
             "duration_s": outcome.duration_s,
@@ -235,10 +244,15 @@ def _subcommand(argv: Sequence[str]) -> str:
 
 
 def build_terraform_factory(settings: Settings) -> Callable[[str | None], Terraform]:
-    """Terraform per requested `terraform_version`, built once and reused."""
+    """Terraform per requested `terraform_version`, built once and reused.
+
+    Every Terraform the server runs comes from here: this is where its environment
+    allowlist and the masking of its logs are configured.
+    """
     terraforms: dict[str | None, Terraform] = {}
     lock = threading.Lock()
     timeouts = StepTimeouts(plan=settings.terraform_timeout, apply=settings.terraform_timeout)
+    mask = Masker.from_secrets(settings.secret_values()).mask
 
     def terraform_for(version: str | None) -> Terraform:
         with lock:
@@ -248,6 +262,8 @@ def build_terraform_factory(settings: Settings) -> Callable[[str | None], Terraf
                     settings.plugin_cache_dir,
                     settings.data_dir,
                     timeouts=timeouts,
+                    env_passthrough=settings.terraform_env_passthrough,
+                    mask=mask,
                 )
             return terraforms[version]
 
@@ -264,4 +280,5 @@ def build_planner(
         terraform_for or build_terraform_factory(settings),
         settings.logs_dir,
         parallelism or settings.parallelism,
+        OutputLimits.from_settings(settings),
     )

@@ -60,6 +60,15 @@ _SERVER_KEEPALIVES = text(
 )
 
 
+def state_key(repo_key: str, dir: str, workspace: str) -> str:
+    """The mutex of one Terraform state: `repo|dir|workspace`, for every trigger.
+
+    `repo_key` is the canonical repository key (`events.model.canonical_repo_key`):
+    a PR apply and a drift correction of one state must contend for the same key.
+    """
+    return f"{repo_key}|{dir}|{workspace}"
+
+
 class MutexBusy(Exception):
     """The key is held by someone else (and the caller chose not to wait, or gave up)."""
 

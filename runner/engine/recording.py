@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from runner.results.model import PlanResult, PlanStatus
+from runner.results.summary import changes_content_hash
 from runner.store.models import utcnow
 from runner.store.runs import RunStatus, Trigger
 from runner.store.store import Store
@@ -27,10 +28,12 @@ def record_plan_result(
     pr_number: int | None = None,
     author: str | None = None,
     run_id: int | None = None,
+    trusted: bool = True,
 ) -> int:
     """Finish (or create) the run of one plan and remember its plan file; returns the run id.
 
-    Pass `run_id` when the run was started before planning so it showed as running.
+    Pass `run_id` when the run was started before planning so it showed as running;
+    `trusted=False` when someone without write permission asked (shown, never applied).
     """
     if run_id is None:
         run_id = store.runs.start(
@@ -58,6 +61,8 @@ def record_plan_result(
             checksum=result.plan_checksum,
             changes=result.changes,
             commit_sha=result.commit,
+            content_hash=changes_content_hash(result.changes),
+            trusted=trusted,
         )
     return run_id
 

@@ -34,6 +34,17 @@ def url_host(url: str) -> str | None:
     return parts.hostname + (f":{port}" if port else "")
 
 
+def canonical_repo_key(host: str, path: str) -> str:
+    """The one spelling of a repository's id: `host/owner/name`, host and path lower-cased.
+
+    Locks, per-state mutexes, plans and runs are scoped by it. GitHub and GitLab treat
+    `Acme/Infra` and `acme/infra` as one repository, so two spellings of it must
+    exclude each other: every path that builds a repository key goes through here.
+    """
+    path = path.strip("/").removesuffix(".git").lower()
+    return f"{host.lower()}/{path}" if host else path
+
+
 @dataclass(frozen=True)
 class RepoRef:
     """The repository the webhook is about (for a PR: the base repository)."""
@@ -56,7 +67,7 @@ class RepoRef:
         The host comes from html_url so that two GitHub Enterprise instances with an
         `acme/infra` each never share locks or allowlist entries.
         """
-        return f"{self.host}/{self.full_name}"
+        return canonical_repo_key(self.host, self.full_name)
 
 
 @dataclass(frozen=True)

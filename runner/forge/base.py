@@ -15,6 +15,13 @@ from typing import Literal, Protocol
 from runner.events.model import RepoRef
 
 Permission = Literal["admin", "write", "read", "none"]
+# The permissions that may change infrastructure: apply, unlock, plan with flags, approve.
+WRITE_PERMISSIONS: frozenset[Permission] = frozenset({"admin", "write"})
+
+
+def same_user(login: str, other: str) -> bool:
+    """Whether two logins name one account: GitHub and GitLab ignore their case."""
+    return login.casefold() == other.casefold()
 
 
 class CommitState(StrEnum):
@@ -51,6 +58,22 @@ class PullRequestInfo:
     state: Literal["open", "closed", "merged"]
     draft: bool = False
     mergeable: bool | None = None  # None: the forge has not computed it yet
+    # The head branch lives in another repository (or one since deleted): its code and
+    # config are a stranger's. Defaults to True so a forge that cannot tell fails closed.
+    is_fork: bool = True
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A reviewer's standing approval of a pull request, and the commit it was given at.
+
+    The forge says who approves (its own rules on later reviews); whether an approval
+    counts (at the head, by a writer, not by the author) is decided by the caller
+    (`commands/apply_requirements.py`), so every forge is judged alike.
+    """
+
+    user: str
+    commit_sha: str
 
 
 @dataclass(frozen=True)
@@ -92,8 +115,8 @@ class Forge(Protocol):
 
     def permission(self, repo: RepoRef, user: str) -> Permission: ...
 
-    def approvers(self, repo: RepoRef, number: int) -> frozenset[str]:
-        """Users whose latest review approves the PR."""
+    def approvals(self, repo: RepoRef, number: int) -> list[Approval]:
+        """The approvals standing now: one per user whose latest deciding review approves."""
         ...
 
     def is_mergeable(self, repo: RepoRef, number: int, ignore_contexts: Sequence[str]) -> bool:

@@ -23,7 +23,14 @@ from github.Repository import Repository
 from urllib3.exceptions import MaxRetryError, ProtocolError, ReadTimeoutError
 
 from runner.events.model import RepoRef
-from runner.forge.base import CommitState, ForgeError, IssueRef, Permission, PullRequestInfo
+from runner.forge.base import (
+    Approval,
+    CommitState,
+    ForgeError,
+    IssueRef,
+    Permission,
+    PullRequestInfo,
+)
 
 DEFAULT_TIMEOUT = 15  # seconds per HTTP request (PyGithub insists on an int)
 STATUS_DESCRIPTION_CAP = 140  # GitHub rejects longer commit status descriptions
@@ -31,6 +38,8 @@ STATUS_DESCRIPTION_CAP = 140  # GitHub rejects longer commit status descriptions
 _MERGEABLE_STATES = frozenset({"clean", "unstable", "has_hooks"})
 # A finished check run that does not stand in a merge's way.
 _PASSING_CONCLUSIONS = frozenset({"success", "neutral", "skipped"})
+# Review states that change a reviewer's verdict; COMMENTED leaves it as it was.
+_DECIDING_REVIEW_STATES = frozenset({"APPROVED", "CHANGES_REQUESTED", "DISMISSED"})
 _PERMISSIONS: dict[str, Permission] = {
     "admin": "admin",
     "maintain": "write",
@@ -180,22 +189,27 @@ class GitHubForge:
             state="merged" if pr.merged else "open" if pr.state == "open" else "closed",
             draft=bool(pr.draft),
             mergeable=pr.mergeable,
+            is_fork=_is_fork(pr),
         )
 
     @_forge_call("list the reviews")
-    def approvers(self, repo: RepoRef, number: int) -> frozenset[str]:
-        """Users whose latest approving/rejecting review approves.
+    def approvals(self, repo: RepoRef, number: int) -> list[Approval]:
+        """Each user whose latest deciding review approves, with that review's commit.
 
         A later COMMENTED review leaves an approval standing, as on GitHub; a later
-        CHANGES_REQUESTED or a dismissal withdraws it.
+        CHANGES_REQUESTED or a dismissal withdraws it. GitHub lists reviews oldest first.
         """
-        latest: dict[str, str] = {}
+        latest: dict[str, Any] = {}
         for review in self._repo(repo).get_pull(number).get_reviews():
             if review.user is None:  # a deleted account
                 continue
-            if review.state in ("APPROVED", "CHANGES_REQUESTED", "DISMISSED"):
-                latest[review.user.login] = review.state
-        return frozenset(user for user, state in latest.items() if state == "APPROVED")
+            if review.state in _DECIDING_REVIEW_STATES:
+                latest[review.user.login] = review
+        return [
+            Approval(user=user, commit_sha=review.commit_id)
+            for user, review in latest.items()
+            if review.state == "APPROVED"
+        ]
 
     @_forge_call("check mergeability")
     def is_mergeable(self, repo: RepoRef, number: int, ignore_contexts: Sequence[str]) -> bool:
@@ -346,6 +360,17 @@ class GitHubForge:
         code = f"HTTP {status}" if status is not None else "no response"
         message = f"GitHub ({self.api_url}): could not {what}: {code}: {detail}"
         return ForgeError(message.replace(self._token, "***"), status=status)
+
+
+def _is_fork(pr: PullRequest) -> bool:
+    """Whether the head is outside the base repository; a deleted head repo counts as one.
+
+    GitHub repository names are case-insensitive, so `Acme/Infra` is `acme/infra`.
+    """
+    head_repo = pr.head.repo
+    if head_repo is None:
+        return True
+    return head_repo.full_name.casefold() != pr.base.repo.full_name.casefold()
 
 
 def _cap(description: str) -> str:

@@ -115,6 +115,9 @@ def recover(
 ) -> RecoveryReport:
     """Re-queue orphaned plans, interrupt (and report) orphaned applies."""
     report = RecoveryReport()
+    # A run (apply or plan) left "running" by a dead process, whatever started it.
+    for run_id in store.runs.interrupt_orphaned(lambda owner: owner_is_gone(owner + ":")):
+        log.warning("run %s interrupted: its process is gone", run_id)
     expired_before = orphan_cutoff(lease_grace)
     for record in store.jobs.list(status=JobStatus.RUNNING):
         if not is_orphaned(record, expired_before):

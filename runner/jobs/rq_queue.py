@@ -10,6 +10,11 @@ when a worker starts: it sends one for every queued job that has none.
 Message ids are `<queue>-job-<job id>-<attempt>`: a job re-queued after a crash gets a new
 message, a message already waiting is never sent twice.
 
+Messages are JSON (RQ's `JSONSerializer`), never pickle: whoever can write to Redis
+must not be able to run code in a worker by unpickling. A message carries only the
+job id; the job itself is the versioned JSON row in the store (`runner/jobs/model.py`).
+A plain `rq worker` must be started with `--serializer rq.serializers.JSONSerializer`.
+
 The worker process needs a `JobHandler`. `run_worker(settings, handler_factory)`
 builds it once; a plain `rq worker <queue>` builds it on first use from the
 environment: settings from `GITOPS_*` (plus the YAML file named by
@@ -32,6 +37,7 @@ from rq import Queue, SimpleWorker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQJobStatus
+from rq.serializers import JSONSerializer
 
 from runner.engine.project_mutex import build_mutex
 from runner.jobs.cancellation import Superseder
@@ -61,6 +67,8 @@ _PENDING = frozenset(
 )
 
 HandlerFactory = Callable[[Settings, Store], JobHandler]
+# Every queue, worker and fetch names it: RQ's default would be pickle.
+SERIALIZER = JSONSerializer
 
 
 class RQQueue:
@@ -76,7 +84,7 @@ class RQQueue:
     ) -> None:
         self._store = store
         self._connection = connection or Redis.from_url(redis_url)
-        self._queue = Queue(queue_name, connection=self._connection)
+        self._queue = Queue(queue_name, connection=self._connection, serializer=SERIALIZER)
         self._guard = threading.Lock()
         self._unsent: list[int] = []  # persisted, but Redis was unreachable
         # Workers elsewhere learn of superseded jobs from the store: nothing to signal.
@@ -127,7 +135,7 @@ def send_message(queue: Queue, job_id: int, attempt: int) -> bool:
     """Enqueue `run_stored_job(job_id)` unless that message is already waiting."""
     rq_id = message_id(queue.name, job_id, attempt)
     try:
-        existing = RQJob.fetch(rq_id, connection=queue.connection)
+        existing = RQJob.fetch(rq_id, connection=queue.connection, serializer=SERIALIZER)
     except NoSuchJobError:
         existing = None
     if existing is not None:
@@ -222,7 +230,7 @@ def _current_queue() -> Queue | None:
     current = get_current_job()
     if current is None:
         return None
-    return Queue(current.origin, connection=current.connection)
+    return Queue(current.origin, connection=current.connection, serializer=SERIALIZER)
 
 
 def _recover(context: WorkerContext, queue: Queue | None) -> None:
@@ -254,12 +262,12 @@ def run_worker(
     global _context
     _context = build_context(settings, handler_factory)
     connection = Redis.from_url(settings.redis_url)
-    queue = Queue(queue_name, connection=connection)
+    queue = Queue(queue_name, connection=connection, serializer=SERIALIZER)
     _recover(_context, queue)
     sent = send_missing_messages(_context.store, queue)
     if sent:
         log.info("sent %d missing job message(s)", sent)
-    worker = SimpleWorker([queue], connection=connection)
+    worker = SimpleWorker([queue], connection=connection, serializer=SERIALIZER)
     return worker.work(burst=burst)
 
 

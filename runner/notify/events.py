@@ -83,7 +83,7 @@ def apply_message(
     mask: Callable[[str], str] = str,
 ) -> Message:
     """One message per apply: a header saying how it went, a line per project."""
-    failed = [r for r in results if r.status is ApplyStatus.FAILED]
+    failed = [r for r in results if not r.status.applied]
     outcome = "Apply failed" if failed else "Apply succeeded"
     icon = ":x:" if failed else ":white_check_mark:"
     count = f"{len(results) - len(failed)}/{len(results)} projects applied"

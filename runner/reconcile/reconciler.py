@@ -36,8 +36,9 @@ from runner.config.errors import ConfigError
 from runner.config.loader import load_repo_config
 from runner.config.model import ProjectConfig, RepoConfig
 from runner.drift.scan import DEFAULT_BRANCHES, DriftRepo
-from runner.engine.execution_order import apply_order
+from runner.engine.apply import ApplyItem, ApplyRequest, LockHolder
 from runner.engine.planner import PlanOptions, PlanTarget
+from runner.engine.project_mutex import state_key
 from runner.engine.recording import record_plan_result
 from runner.forge.base import CommitState, Forge
 from runner.notify.base import Delivery, Notifier
@@ -55,14 +56,12 @@ from runner.reconcile.reports import needs_message, reconcile_message
 from runner.reconcile.snapshot import snapshot_directory
 from runner.reconcile.targets import configured_targets, target_for
 from runner.results.masking import Masker
-from runner.results.model import PlanResult, PlanStatus, PlanSummary
+from runner.results.model import ApplyResult, ApplyStatus, PlanResult, PlanStatus, PlanSummary
 from runner.store.drift import LeaseStore
 from runner.store.locks import LockInfo, LockOwner
 from runner.store.models import utcnow
 from runner.store.reconcile import ReconcileState, ReconcileStateStore
 from runner.store.runs import RunStatus, Trigger
-from runner.terraform import workspace_env
-from runner.terraform.planfile import plan_checksum
 from runner.workspace.working_copy import WorkingCopyError
 
 log = logging.getLogger(__name__)
@@ -75,11 +74,6 @@ RECONCILE_USER = "gitops-runner reconcile"
 DEFAULT_LEASE_TTL = timedelta(minutes=10)
 _REPO_LOCK = "reconcile.lock"
 _MIN_SLEEP_S = 1.0
-
-
-def mutex_key(repo: DriftRepo, project: ProjectConfig) -> str:
-    """The per-state mutex key; equal to `project_mutex_key` of the PR flow's RepoRef."""
-    return f"{repo.key}|{project.dir}|{project.workspace}"
 
 
 @dataclass(frozen=True)
@@ -368,7 +362,8 @@ class Reconciler:
     @contextmanager
     def _plan_guard(self, current: _Pass, tree: Path, project: ProjectConfig) -> Iterator[None]:
         """The per-state mutex (workspaces of one directory take turns in the planner)."""
-        with self.services.mutex.hold(mutex_key(current.repo, project)):
+        key = state_key(current.repo.key, project.dir, project.workspace)
+        with self.services.mutex.hold(key):
             yield
 
     def _apply_all(
@@ -379,75 +374,35 @@ class Reconciler:
         plans: dict[str, PlanResult],
         outcomes: dict[str, ProjectOutcome],
     ) -> dict[str, ProjectOutcome]:
-        """Apply the plans with changes in apply_order; a failure blocks its dependents."""
+        """Apply the plans with changes through the one apply path (engine/apply.py)."""
         done: dict[str, ProjectOutcome] = {}
-        failed = {n for n, o in outcomes.items() if o.status in FAILURES}
-        busy = {n for n, o in outcomes.items() if o.status is ProjectStatus.BUSY}
-        targets = {target.project.name: (target, run_id) for target, run_id in held}
-        to_apply: list[ProjectConfig] = []
-        for name, (target, run_id) in targets.items():
-            plan = plans[name]
+        settled = {name: _SETTLED[o.status] for name, o in outcomes.items() if o.status in _SETTLED}
+        items: list[ApplyItem] = []
+        by_name: dict[str, tuple[PlanTarget, int]] = {}
+        for target, run_id in held:
+            name, plan = target.project.name, plans[target.project.name]
             if plan.status is PlanStatus.ERROR:
                 detail = f"plan failed: {plan.error or 'see the log'}"
                 done[name] = _outcome(target, ProjectStatus.FAILED, detail, plan, run_id)
-                failed.add(name)
+                settled[name] = ApplyStatus.FAILED
             elif plan.status is PlanStatus.NO_CHANGES:
                 done[name] = _outcome(target, ProjectStatus.NO_CHANGES, "", plan, run_id)
             else:
-                to_apply.append(target.project)
-        for project in apply_order(to_apply):
-            target, run_id = targets[project.name]
-            plan = plans[project.name]
-            if blocking := [d for d in project.depends_on if d in failed]:
-                detail = f"not applied: depends on {', '.join(blocking)}, which failed"
-                done[project.name] = _outcome(target, ProjectStatus.BLOCKED, detail, plan, run_id)
-            elif waiting := [d for d in project.depends_on if d in busy]:
-                detail = f"not applied yet: depends on {', '.join(waiting)}, which is busy"
-                done[project.name] = _outcome(target, ProjectStatus.BUSY, detail, plan, run_id)
-            else:
-                done[project.name] = self._apply_one(current, tree, target, plan, run_id)
-            status = done[project.name].status
-            if status in FAILURES:
-                failed.add(project.name)
-            elif status is ProjectStatus.BUSY:
-                busy.add(project.name)
+                items.append(_item(current, target, plan, run_id))
+                by_name[name] = (target, run_id)
+        request = ApplyRequest(
+            repo_key=current.repo.key,
+            tree=tree,
+            items=tuple(items),
+            trigger=Trigger.RECONCILE,
+            author=RECONCILE_USER,
+            wait_for_state=True,
+            settled=settled,
+        )
+        for result in self.services.executor.run(request).results:
+            target, run_id = by_name[result.project]
+            done[result.project] = _applied_outcome(target, plans[result.project], run_id, result)
         return done
-
-    def _apply_one(
-        self, current: _Pass, tree: Path, target: PlanTarget, plan: PlanResult, plan_run_id: int
-    ) -> ProjectOutcome:
-        """Apply exactly the plan file just made (checksum checked under the mutex)."""
-        services, project = self.services, target.project
-        with services.mutex.hold(mutex_key(current.repo, project)):
-            path = Path(plan.plan_path or "")
-            if not path.is_file() or plan_checksum(path) != plan.plan_checksum:
-                detail = "the plan file is missing or changed since it was made"
-                return _outcome(target, ProjectStatus.FAILED, detail, plan, plan_run_id)
-            run_id = services.store.runs.start(
-                repo=current.repo.key,
-                project=project.name,
-                dir=project.dir,
-                workspace=project.workspace,
-                command="apply",
-                trigger=Trigger.RECONCILE,
-                commit_sha=current.head,
-                author=RECONCILE_USER,
-            )
-            log_path = self.settings.logs_dir / f"apply-{run_id}.log"
-            self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
-            terraform = services.terraform_for(project.terraform_version)
-            outcome = terraform.apply(
-                tree / project.dir, path, log=log_path, env=workspace_env(project.workspace)
-            )
-        runs = services.store.runs
-        applied = _outcome(target, ProjectStatus.APPLIED, "", plan, plan_run_id)
-        if outcome.ok:
-            runs.finish(run_id, RunStatus.SUCCESS, plan.summary, log_path=str(log_path))
-            return replace(applied, apply_run_id=run_id)
-        error = self._masker.mask(outcome.stderr_tail()) or f"exit code {outcome.exit_code}"
-        runs.finish(run_id, RunStatus.FAILED, error=error, log_path=str(log_path))
-        detail = f"apply failed: {error}"
-        return replace(applied, status=ProjectStatus.FAILED, detail=detail, apply_run_id=run_id)
 
     # --- bookkeeping and reports ----------------------------------------------------------
 
@@ -597,6 +552,42 @@ def _outcome(
         summary=plan.summary if plan is not None else PlanSummary(),
         plan_run_id=plan_run_id,
     )
+
+
+_SETTLED = {
+    ProjectStatus.FAILED: ApplyStatus.FAILED,
+    ProjectStatus.BLOCKED: ApplyStatus.BLOCKED,
+    ProjectStatus.BUSY: ApplyStatus.BUSY,
+}
+_OUTCOME = {
+    ApplyStatus.APPLIED: ProjectStatus.APPLIED,
+    ApplyStatus.FAILED: ProjectStatus.FAILED,
+    ApplyStatus.BLOCKED: ProjectStatus.BLOCKED,
+    ApplyStatus.BUSY: ProjectStatus.BUSY,
+}
+
+
+def _item(current: _Pass, target: PlanTarget, plan: PlanResult, run_id: int) -> ApplyItem:
+    """The plan just made, held by this pass's lock (owned by the plan run)."""
+    return ApplyItem(
+        project=target.project,
+        plan_path=Path(plan.plan_path or ""),
+        plan_checksum=plan.plan_checksum or "",
+        commit=current.head,
+        summary=plan.summary,
+        holder=LockHolder(run_id=run_id),
+    )
+
+
+def _applied_outcome(
+    target: PlanTarget, plan: PlanResult, plan_run_id: int, result: ApplyResult
+) -> ProjectOutcome:
+    status = _OUTCOME[result.status]
+    detail = result.error
+    if status is ProjectStatus.FAILED and result.run_id is not None:
+        detail = f"apply failed: {result.error}"
+    outcome = _outcome(target, status, detail, plan, plan_run_id)
+    return replace(outcome, apply_run_id=result.run_id)
 
 
 def _one_line(error: BaseException) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from runner.drift.scan import DriftRepo
 from runner.reconcile.model import PollTarget
 from runner.reconcile.snapshot import needs_snapshot, snapshot_repository
@@ -16,7 +14,7 @@ def configured_targets(settings: Settings, interval_s: float | None = None) -> l
     """The repositories of the server config that have a `poll_interval` (or all, with an
     explicit `interval_s`), each on its own interval."""
     return [
-        _from_setting(entry, settings.data_dir, interval_s)
+        _from_setting(entry, settings, interval_s)
         for entry in settings.repos
         if interval_s is not None or entry.poll_interval is not None
     ]
@@ -28,16 +26,16 @@ def target_for(spec: str, settings: Settings, interval_s: float | None = None) -
     A plain directory (not a git repository) is polled through its snapshot.
     """
     for entry in settings.repos:
-        target = _from_setting(entry, settings.data_dir, interval_s)
+        target = _from_setting(entry, settings, interval_s)
         if spec in (entry.url, target.repo.key, target.repo.full_name):
             return target
-    return _target(spec, settings.data_dir, interval_s or DEFAULT_INTERVAL_S)
+    return _target(spec, settings, interval_s or DEFAULT_INTERVAL_S)
 
 
-def _from_setting(entry: PolledRepo, data_dir: Path, interval_s: float | None) -> PollTarget:
+def _from_setting(entry: PolledRepo, settings: Settings, interval_s: float | None) -> PollTarget:
     return _target(
         entry.url,
-        data_dir,
+        settings,
         interval_s or float(entry.poll_interval or DEFAULT_INTERVAL_S),
         branch=entry.branch,
         full_name=entry.full_name,
@@ -47,7 +45,7 @@ def _from_setting(entry: PolledRepo, data_dir: Path, interval_s: float | None) -
 
 def _target(
     spec: str,
-    data_dir: Path,
+    settings: Settings,
     interval_s: float,
     *,
     branch: str | None = None,
@@ -55,12 +53,13 @@ def _target(
     forge: str | None = None,
 ) -> PollTarget:
     directory = needs_snapshot(spec)
-    url = spec if directory is None else str(snapshot_repository(directory, data_dir))
+    url = spec if directory is None else str(snapshot_repository(directory, settings.data_dir))
     repo = DriftRepo.from_url(
         url,
         branch=branch,
         full_name=full_name,
         forge=forge,  # type: ignore[arg-type]
+        forge_hosts=settings.forge_hosts(),
     )
     label = spec if directory is not None else ""
     return PollTarget(repo=repo, interval_s=interval_s, label=label, snapshot_of=directory)

@@ -36,6 +36,11 @@ class ResourceChange:
     actions: tuple[str, ...]  # e.g. ("create",), ("delete", "create")
     # An import is planned even when its actions are ("no-op",), so it is kept apart.
     importing: bool = field(default=False, kw_only=True)
+    # sha256 of the object's before/after values and what is unknown until apply; ""
+    # when not known. Values themselves are never kept (they may be secrets).
+    values: str = field(default="", kw_only=True, compare=False)
+    # Top-level attributes the action sets to another (or a not yet known) value.
+    attributes: tuple[str, ...] = field(default=(), kw_only=True, compare=False)
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,13 @@ class PlanResult:
 
 class ApplyStatus(StrEnum):
     APPLIED = "applied"
-    FAILED = "failed"
+    FAILED = "failed"  # refused by a check, or Terraform failed
+    BLOCKED = "blocked"  # not tried: a project it depends on failed
+    BUSY = "busy"  # not tried: another run holds the state; may be retried
+
+    @property
+    def applied(self) -> bool:
+        return self is ApplyStatus.APPLIED
 
 
 @dataclass(frozen=True)

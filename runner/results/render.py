@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import cache
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, TemplateNotFound
 
+from runner.results.limits import OutputLimits, cap_output
 from runner.results.masking import Masker
 from runner.results.model import ApplyResult, ApplyStatus, PlanResult, PlanStatus, PlanSummary
 
 MessageKind = Literal["lock_conflict", "help", "error", "no_projects"]
+_Result = TypeVar("_Result", PlanResult, ApplyResult)
 
 # What users type to talk to the runner; the comment parser also accepts "atlantis".
 COMMAND_WORD = "gitops"
@@ -38,13 +41,16 @@ def render_plan_comment(
     commit: str | None = None,
     command: str = "plan",
     masker: Masker | None = None,
+    limits: OutputLimits | None = None,
 ) -> str:
     """One comment for the plans of one command: header, a section per project, next steps.
 
     `commit` and `command` make the header ("gitops plan at abc1234, 3 projects");
     without `masker` only URL passwords are hidden, so callers pass the one built
-    from their plans and secret env vars.
+    from their plans and secret env vars. Each project's output is capped by `limits`.
     """
+    limits = limits or OutputLimits()
+    results = [_capped(result, limits, None) for result in results]
     return _render(
         "plan.md.j2",
         masker,
@@ -62,15 +68,18 @@ def render_apply_comment(
     *,
     commit: str | None = None,
     masker: Masker | None = None,
+    limits: OutputLimits | None = None,
 ) -> str:
     """One comment for an apply: which projects were applied, which failed and why."""
+    limits = limits or OutputLimits()
+    results = [_capped(result, limits, result.run_id) for result in results]
     return _render(
         "apply.md.j2",
         masker,
         results=results,
         commit=commit,
         applied=[r for r in results if r.status is ApplyStatus.APPLIED],
-        failed=[r for r in results if r.status is ApplyStatus.FAILED],
+        failed=[r for r in results if not r.status.applied],
     )
 
 
@@ -86,6 +95,13 @@ def render_message(kind: MessageKind, *, masker: Masker | None = None, **context
         return _render(f"message_{kind}.md.j2", masker, **context)
     except TemplateNotFound:
         raise ValueError(f"unknown message kind {kind!r}") from None
+
+
+def _capped(result: _Result, limits: OutputLimits, run_id: int | None) -> _Result:
+    """The result with its output cut to the limit (the planner caps too; this is the
+    backstop for results made elsewhere)."""
+    output = cap_output(result.output, limits.max_output_bytes, limits.log_location(run_id))
+    return result if output is result.output else replace(result, output=output)
 
 
 def summary_line(summary: PlanSummary) -> str:

@@ -36,6 +36,10 @@ class PlanDigest:
     def drift_hash(self) -> str:
         return normalized_changes_hash(self.drift)
 
+    @property
+    def content_hash(self) -> str:
+        return changes_content_hash(self.changes)
+
 
 def summarize_plan(plan_json: Mapping[str, Any]) -> PlanDigest:
     """Count and list what a plan would do and what drifted since the last apply."""
@@ -58,6 +62,48 @@ def normalized_changes_hash(changes: Iterable[ResourceChange]) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
+def changes_content_hash(changes: Iterable[ResourceChange]) -> str:
+    """A sha256 over addresses, actions, imports **and attribute values**, order-free.
+
+    What a merge plan must equal to be applied: the same objects changed the same way
+    to the same values. Values unknown until apply compare as unknown.
+    """
+    lines = sorted(
+        json.dumps([change.address, list(change.actions), change.importing, change.values])
+        for change in changes
+    )
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def content_differences(
+    reviewed: Iterable[ResourceChange], planned: Iterable[ResourceChange]
+) -> list[str]:
+    """What `planned` does that `reviewed` did not, one line per object, for people.
+
+    `+` only in the new plan, `-` only in the reviewed one, `~` the same action with
+    other attribute values (or values the reviewed plan did not record).
+    """
+    before = {change.address: change for change in reviewed}
+    after = {change.address: change for change in planned}
+    lines: list[str] = []
+    for address in sorted(before.keys() | after.keys()):
+        old, new = before.get(address), after.get(address)
+        if old is None or new is None or old.actions != new.actions:
+            if old is not None:
+                lines.append(f"- `{address}` {'/'.join(old.actions)}")
+            if new is not None:
+                lines.append(f"+ `{address}` {'/'.join(new.actions)}")
+        elif old.importing != new.importing or not old.values or old.values != new.values:
+            lines.append(f"~ `{address}` {'/'.join(new.actions)}: other attribute values")
+    return lines
+
+
+def _values_digest(change: Mapping[str, Any]) -> str:
+    keys = ("before", "after", "after_unknown", "before_sensitive", "after_sensitive")
+    material = json.dumps({key: change.get(key) for key in keys}, sort_keys=True)
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
 def _planned_changes(entries: Iterable[Mapping[str, Any]]) -> Iterable[ResourceChange]:
     for entry in entries:
         change = entry.get("change") or {}
@@ -65,7 +111,13 @@ def _planned_changes(entries: Iterable[Mapping[str, Any]]) -> Iterable[ResourceC
         importing = bool(change.get("importing"))
         if actions in _INERT and not importing:
             continue
-        yield ResourceChange(entry["address"], actions, importing=importing)
+        yield ResourceChange(
+            entry["address"],
+            actions,
+            importing=importing,
+            values=_values_digest(change),
+            attributes=_planned_attributes(change),
+        )
 
 
 def _drifted_resources(entries: Iterable[Mapping[str, Any]]) -> Iterable[DriftedResource]:
@@ -81,6 +133,14 @@ def _drifted_resources(entries: Iterable[Mapping[str, Any]]) -> Iterable[Drifted
             continue
         attributes = _changed_attributes(change.get("before"), change.get("after"))
         yield DriftedResource(entry["address"], actions, attributes)
+
+
+def _planned_attributes(change: Mapping[str, Any]) -> tuple[str, ...]:
+    """Attributes an update sets: changed values, and values known only after apply."""
+    unknown = change.get("after_unknown")
+    later = {k for k, v in unknown.items() if v} if isinstance(unknown, Mapping) else set()
+    changed = set(_changed_attributes(change.get("before"), change.get("after")))
+    return tuple(sorted(changed | later))
 
 
 def _changed_attributes(before: Any, after: Any) -> tuple[str, ...]:

@@ -7,19 +7,32 @@ A delivery that queues work is recorded in the same transaction as its job
 (`JobStore.enqueue(..., delivery=...)`, via `add_delivery`): either both are stored or
 neither is, so a failed enqueue never leaves a delivery that makes the forge's
 redelivery look like a duplicate, and a duplicate never enqueues anything.
+
+Forges stop redelivering after a few days, so deliveries older than a retention
+period (`GITOPS_DELIVERY_RETENTION_DAYS`) are forgotten by a `DeliveryPruner`: at most
+once an hour per process, in a thread of its own, never in a webhook's transaction.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from runner.store.db import Database
 from runner.store.models import Delivery, utcnow
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RETENTION = timedelta(days=14)
+PRUNE_INTERVAL_S = 3600.0
 
 # Built once, a Core statement: on the webhook path, building statements and the ORM
 # unit of work would cost more CPU than the INSERT itself.
@@ -91,3 +104,48 @@ class DeliveryStore:
         statement = delete(Delivery).where(Delivery.received_at < older_than)
         with self._db.write() as session:
             return session.execute(statement).rowcount
+
+
+class DeliveryPruner:
+    """Forgets deliveries older than `retention`, at most once per `interval_s`.
+
+    `prune_if_due` is cheap enough to call after every webhook: it compares a clock
+    reading and, when a prune is due, starts it in a daemon thread and returns.
+    """
+
+    def __init__(
+        self,
+        deliveries: DeliveryStore,
+        retention: timedelta = DEFAULT_RETENTION,
+        *,
+        interval_s: float = PRUNE_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._deliveries = deliveries
+        self._retention = retention
+        self._interval_s = interval_s
+        self._clock = clock
+        self._guard = threading.Lock()
+        self._next_at: float | None = None  # None: due now (the first call prunes)
+
+    def prune_if_due(self) -> threading.Thread | None:
+        """Start a prune in the background if one is due; the thread, or None."""
+        with self._guard:
+            now = self._clock()
+            if self._next_at is not None and now < self._next_at:
+                return None
+            self._next_at = now + self._interval_s
+        thread = threading.Thread(target=self.prune_now, name="delivery-prune", daemon=True)
+        thread.start()
+        return thread
+
+    def prune_now(self) -> int:
+        """Forget the expired deliveries now; a failure is logged and retried next time."""
+        try:
+            removed = self._deliveries.prune(utcnow() - self._retention)
+        except SQLAlchemyError:
+            log.exception("could not prune old webhook deliveries")
+            return 0
+        if removed:
+            log.info("forgot %d webhook deliveries older than %s", removed, self._retention)
+        return removed

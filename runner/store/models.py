@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     text,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -102,6 +103,9 @@ class Run(Base):
     drifted_count: Mapped[int | None]
     log_path: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
+    # `host:pid:start` of the process running it: a run still "running" whose process
+    # is gone was interrupted (runner/jobs/recovery.py).
+    owner: Mapped[str | None] = mapped_column(String(255))
 
     __table_args__ = (
         Index("ix_runs_repo_pr_number", "repo", "pr_number"),
@@ -125,6 +129,11 @@ class Plan(Base):
     commit_sha: Mapped[str] = mapped_column(String(64))
     checksum: Mapped[str] = mapped_column(String(64))  # sha256 hex of the plan file
     changes_json: Mapped[str] = mapped_column(Text)  # [{"address": ..., "actions": [...]}]
+    # sha256 over addresses, actions and attribute values (runner/results/summary.py):
+    # what a merge plan is compared on. NULL for plans recorded before 0005.
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    # False: asked for by someone without write permission; shown, never applied.
+    trusted: Mapped[bool] = mapped_column(default=True, server_default=true())
     created_at: Mapped[datetime]
     discarded_at: Mapped[datetime | None]
 

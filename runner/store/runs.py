@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -88,6 +88,8 @@ class PlanRecord:
     changes: tuple[ResourceChange, ...]
     created_at: datetime
     discarded_at: datetime | None
+    content_hash: str | None = None  # changes with attribute values; None before 0005
+    trusted: bool = True  # False: asked for without write permission, never applied
 
     def file_matches(self) -> bool:
         """Whether the plan file on disk is still the one that was reviewed.
@@ -120,10 +122,12 @@ class RunStore:
         status: RunStatus | str = RunStatus.RUNNING,
         log_path: str | None = None,
         started_at: datetime | None = None,
+        owner: str | None = None,
     ) -> int:
         """Record that a run began (or was queued); returns its id for `finish`.
 
-        `started_at` is for runs recorded once they are over (default: now).
+        `started_at` is for runs recorded once they are over (default: now). `owner`
+        (`host:pid:start`) lets a later process see that the run's process died.
         """
         status = RunStatus(status)
         if status.finished:
@@ -141,6 +145,7 @@ class RunStore:
             status=status.value,
             started_at=started_at or utcnow(),
             log_path=log_path,
+            owner=owner,
         )
         with self._db.write() as session:
             session.add(row)
@@ -178,6 +183,23 @@ class RunStore:
                 _set_summary(row, summary)
             return _run_record(row)
 
+    def interrupt_orphaned(self, is_gone: Callable[[str], bool]) -> list[int]:
+        """Mark runs still "running" whose process `is_gone` as interrupted; their ids.
+
+        An apply cut off by a crash may have changed real infrastructure and left
+        Terraform's state lock held: it must read "interrupted", never "running" forever.
+        """
+        statement = select(Run).where(Run.status == RunStatus.RUNNING.value, Run.owner.is_not(None))
+        interrupted: list[int] = []
+        with self._db.write() as session:
+            for row in session.scalars(statement):
+                if row.owner is not None and is_gone(row.owner):
+                    row.status = RunStatus.INTERRUPTED.value
+                    row.finished_at = utcnow()
+                    row.error = "the runner process running it stopped (crash or restart)"
+                    interrupted.append(row.id)
+        return interrupted
+
     def get_run(self, run_id: int) -> RunRecord | None:
         with self._db.read() as session:
             row = session.get(Run, run_id)
@@ -203,6 +225,8 @@ class RunStore:
         checksum: str,
         changes: Iterable[ResourceChange] = (),
         commit_sha: str | None = None,
+        content_hash: str | None = None,
+        trusted: bool = True,
     ) -> int:
         """Remember a saved plan file of a run; repo, PR, project and commit come from the run.
 
@@ -227,6 +251,8 @@ class RunStore:
                 commit_sha=commit,
                 checksum=checksum,
                 changes_json=_changes_to_json(changes),
+                content_hash=content_hash,
+                trusted=trusted,
                 created_at=utcnow(),
             )
             session.add(row)
@@ -334,14 +360,27 @@ def _run_record(row: Run) -> RunRecord:
 
 def _changes_to_json(changes: Iterable[ResourceChange]) -> str:
     return json.dumps(
-        [{"address": c.address, "actions": list(c.actions)} for c in changes],
+        [
+            {
+                "address": c.address,
+                "actions": list(c.actions),
+                "importing": c.importing,
+                "values": c.values,
+            }
+            for c in changes
+        ],
         separators=(",", ":"),
     )
 
 
 def _changes_from_json(text: str) -> tuple[ResourceChange, ...]:
     return tuple(
-        ResourceChange(address=item["address"], actions=tuple(item["actions"]))
+        ResourceChange(
+            address=item["address"],
+            actions=tuple(item["actions"]),
+            importing=item.get("importing", False),
+            values=item.get("values", ""),
+        )
         for item in json.loads(text)
     )
 
@@ -361,4 +400,6 @@ def _plan_record(row: Plan) -> PlanRecord:
         changes=_changes_from_json(row.changes_json),
         created_at=row.created_at,
         discarded_at=row.discarded_at,
+        content_hash=row.content_hash,
+        trusted=row.trusted,
     )

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from runner.config.model import check_terraform_version
+
 BinaryKind = Literal["configured", "path", "embedded"]
 
 PATH_NAMES = ("terraform", "tofu")
@@ -85,6 +87,11 @@ def _configured(configured: str, search_path: str | None) -> TerraformBinary:
 
 
 def _versioned(version: str, search_path: str | None) -> TerraformBinary | None:
+    try:
+        check_terraform_version(version)
+    except ValueError as error:
+        # Repo configs are validated on load; this guards any other way a version gets here.
+        raise TerraformNotFoundError(f"terraform_version {error}") from None
     for name in (f"terraform{version}", f"terraform_{version}"):
         found = shutil.which(name, path=search_path)
         if found:

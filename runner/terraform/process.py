@@ -7,7 +7,8 @@ because a newer commit arrived. So a step is run:
   process and everything it starts (providers, local-exec commands) can be
   signalled together;
 - with its output written to a log file as it comes (someone can watch a long
-  apply) and captured for the result;
+  apply), line by line and with the runner's secrets masked, and captured for the
+  result;
 - with a timeout and a cancellation event: both send SIGINT to the group
   (Terraform then stops gracefully and releases its state lock), wait a grace
   period, then SIGKILL the group.
@@ -25,7 +26,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Literal
@@ -40,6 +41,13 @@ _CHUNK = 64 * 1024
 _READER_JOIN_S = 5.0
 # Exit code reported for a step that never started (cancelled or timed out before it ran).
 NOT_STARTED_EXIT_CODE = 1
+# A line longer than this is written in parts so a process printing without newlines
+# cannot fill memory; the last _LINE_TAIL bytes wait for the rest of the line, so a
+# secret split at the cut is still masked unless it is longer than that.
+_MAX_PENDING = 1 << 20
+_LINE_TAIL = 4096
+
+Mask = Callable[[str], str]
 
 StopReason = Literal["timed_out", "cancelled"]
 
@@ -53,16 +61,19 @@ def run_process(
     timeout_s: float | None = None,
     cancel: threading.Event | None = None,
     grace_s: float = DEFAULT_GRACE_S,
+    mask: Mask | None = None,
 ) -> CommandOutcome:
     """Run `argv` in `cwd` with exactly `env`, streaming output to `log_path` (appended).
 
-    `timeout_s` (None or <= 0: no limit) and `cancel` stop the process group with
-    SIGINT, then SIGKILL after `grace_s`. Raises OSError when the program cannot be
-    started; every other failure is in the returned outcome.
+    `mask` hides secrets in every line before it reaches the log (the returned
+    outcome is unmasked: callers mask what they show). `timeout_s` (None or <= 0:
+    no limit) and `cancel` stop the process group with SIGINT, then SIGKILL after
+    `grace_s`. Raises OSError when the program cannot be started; every other
+    failure is in the returned outcome.
     """
     started = time.monotonic()
     deadline = started + timeout_s if timeout_s and timeout_s > 0 else None
-    with _LogSink(log_path) as sink:
+    with _LogSink(log_path, mask) as sink:
         sink.write(f"$ {shlex.join(argv)}\n".encode())
         if cancel is not None and cancel.is_set():
             outcome = not_started(argv, "cancelled before start", "cancelled", log_path)
@@ -170,17 +181,21 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
 
 
 class _LogSink:
-    """The step's log file, shared by the stdout and stderr readers; None: no log."""
+    """The step's log file, shared by the stdout and stderr readers; None: no log.
 
-    def __init__(self, path: Path | None) -> None:
+    Written in whole lines only (see `_LineBuffer`), so `mask` sees every secret whole.
+    """
+
+    def __init__(self, path: Path | None, mask: Mask | None = None) -> None:
         self._path = path
+        self._mask = mask
         self._file: BinaryIO | None = None
         self._lock = threading.Lock()
 
     def __enter__(self) -> _LogSink:
         if self._path is not None:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            # Unbuffered: every chunk is in the file as soon as Terraform printed it.
+            # Unbuffered: every line is in the file as soon as Terraform printed it.
             self._file = open(self._path, "ab", buffering=0)
         return self
 
@@ -196,9 +211,38 @@ class _LogSink:
                 self._file = None
 
     def write(self, data: bytes) -> None:
+        """Write whole lines (or the final rest of a stream), masked."""
+        if not data or self._file is None:
+            return
+        if self._mask is not None:
+            # surrogateescape: bytes that are not UTF-8 come back out unchanged.
+            data = self._mask(data.decode("utf-8", "surrogateescape")).encode(
+                "utf-8", "surrogateescape"
+            )
         with self._lock:
             if self._file is not None:
                 self._file.write(data)
+
+
+class _LineBuffer:
+    """Holds back one stream's unfinished line: a secret split across reads is masked whole."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The lines `chunk` completes; the unfinished rest waits for the next chunk."""
+        data = self._pending + chunk
+        end = data.rfind(b"\n") + 1
+        if end == 0 and len(data) > _MAX_PENDING:
+            end = len(data) - _LINE_TAIL
+        self._pending = data[end:]
+        return data[:end]
+
+    def rest(self) -> bytes:
+        """What is left at end of stream (a last line without a newline)."""
+        rest, self._pending = self._pending, b""
+        return rest
 
 
 class _StreamReader(threading.Thread):
@@ -210,6 +254,7 @@ class _StreamReader(threading.Thread):
             raise ValueError("the process was started without a pipe for this stream")
         self._stream = stream
         self._sink = sink
+        self._lines = _LineBuffer()
         self._chunks: list[bytes] = []
 
     def run(self) -> None:
@@ -217,7 +262,8 @@ class _StreamReader(threading.Thread):
             # read1 returns what is available now instead of waiting for a full buffer.
             while chunk := self._stream.read1(_CHUNK):  # type: ignore[attr-defined]
                 self._chunks.append(chunk)
-                self._sink.write(chunk)
+                self._sink.write(self._lines.feed(chunk))
+        self._sink.write(self._lines.rest())
 
     def text(self) -> str:
         return b"".join(self._chunks).decode("utf-8", errors="replace")

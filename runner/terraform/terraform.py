@@ -21,9 +21,11 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from runner.results.model import PlanStatus
+from runner.terraform.environment import terraform_environment
 from runner.terraform.locate import TerraformBinary
 from runner.terraform.process import (
     DEFAULT_GRACE_S,
+    Mask,
     StopReason,
     not_started,
     run_process,
@@ -88,7 +90,7 @@ def plan_status(outcome: CommandOutcome) -> PlanStatus:
 
 
 class Terraform:
-    """Runs Terraform steps with the runner's environment, timeouts and plugin-cache lock."""
+    """Runs Terraform steps with an allowlisted environment, timeouts and plugin-cache lock."""
 
     def __init__(
         self,
@@ -99,20 +101,27 @@ class Terraform:
         timeouts: StepTimeouts | None = None,
         extra_env: Mapping[str, str] | None = None,
         base_env: Mapping[str, str] | None = None,
+        env_passthrough: Sequence[str] = (),
+        mask: Mask | None = None,
         grace_s: float = DEFAULT_GRACE_S,
     ) -> None:
         """Configure once; creates the plugin cache dir and, if needed, the empty CLI config.
 
         `data_dir` holds the runner's empty CLI config file (used unless the operator set
-        TF_CLI_CONFIG_FILE). `base_env` is the environment Terraform inherits (default: this
-        process's at construction), `extra_env` is added on top (e.g. credentials).
+        TF_CLI_CONFIG_FILE). Terraform gets the allowlisted part of `base_env` (default:
+        this process's environment at construction) plus the names or globs in
+        `env_passthrough`, then `extra_env` on top (e.g. credentials); never a
+        `GITOPS_*` variable (see environment.py). `mask` hides the runner's secrets
+        in step logs.
         """
         self.binary = binary
         self.timeouts = timeouts or StepTimeouts()
         self.grace_s = grace_s
         self.plugin_cache_dir = plugin_cache_dir.resolve()
         self.plugin_cache_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ if base_env is None else base_env) | dict(extra_env or {})
+        env = terraform_environment(
+            os.environ if base_env is None else base_env, env_passthrough, extra_env
+        )
         self.cli_config_file = _cli_config_file(env, data_dir)
         env |= {
             "TF_IN_AUTOMATION": "1",
@@ -121,6 +130,7 @@ class Terraform:
             "TF_CLI_CONFIG_FILE": str(self.cli_config_file),
         }
         self._env = env
+        self._mask = mask
         self._data_dir = data_dir
 
     @property
@@ -301,6 +311,7 @@ class Terraform:
             timeout_s=timeout_s,
             cancel=cancel,
             grace_s=self.grace_s,
+            mask=self._mask,
         )
 
     @contextmanager

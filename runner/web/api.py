@@ -1,12 +1,15 @@
 """Read-only JSON API, health check and Prometheus metrics.
 
 Everything here reads the store; nothing changes state, so a GET never races a job.
-The API is unauthenticated, like the dashboard: docs/operations.md says to keep both
-behind the network boundary or an authenticating proxy (only `/events` faces forges).
+With `GITOPS_API_TOKEN` set, every `/api/` route (this module's and the drift API's)
+needs `Authorization: Bearer <token>`. Run logs hold plan output, so their route is
+refused outright while no token is configured. `/healthz`, `/metrics` and the
+dashboard stay open: keep them behind the network boundary (docs/operations.md).
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 from dataclasses import asdict
 from datetime import datetime
@@ -31,6 +34,36 @@ blueprint = Blueprint("api", __name__)
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
+API_PREFIX = "/api/"
+_BEARER = "bearer "
+
+
+@blueprint.before_app_request
+def require_api_token() -> tuple[Response, int] | None:
+    """Every `/api/` request carries the configured token; others are not this check's."""
+    token = configured_api_token()
+    if not request.path.startswith(API_PREFIX) or token is None:
+        return None
+    presented = _presented_token()
+    if presented is not None and hmac.compare_digest(presented.encode(), token.encode()):
+        return None
+    response = jsonify({"error": "missing or wrong API token (Authorization: Bearer ...)"})
+    response.headers["WWW-Authenticate"] = 'Bearer realm="gitops-runner"'
+    return response, 401
+
+
+def configured_api_token() -> str | None:
+    """GITOPS_API_TOKEN, or None when the API is open (the log route is then closed)."""
+    secret = web_context().settings.api_token
+    value = secret.get_secret_value() if secret is not None else ""
+    return value or None
+
+
+def _presented_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    if not header.lower().startswith(_BEARER):
+        return None
+    return header[len(_BEARER) :].strip() or None
 
 
 @blueprint.get("/healthz")
@@ -69,8 +102,15 @@ def get_run(run_id: int) -> Response:
 
 
 @blueprint.get("/api/runs/<int:run_id>/log")
-def get_run_log(run_id: int) -> Response:
-    """The run's Terraform output as plain text (already masked when it was written)."""
+def get_run_log(run_id: int) -> Response | tuple[Response, int]:
+    """The run's Terraform output as plain text (already masked when it was written).
+
+    Only with an API token configured (then checked by `require_api_token`): a log
+    holds a plan's whole output, which nobody should read anonymously.
+    """
+    if configured_api_token() is None:
+        message = "run logs are served only with an API token: set GITOPS_API_TOKEN"
+        return jsonify({"error": message}), 403
     run = _run_or_404(run_id)
     path = _log_file(run)
     if path is None:

@@ -12,15 +12,17 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Response, current_app
+from flask import Flask, Response, current_app, request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from runner.jobs.model import WorkEvent
 from runner.settings import Settings, load_settings
+from runner.store.deliveries import DeliveryPruner
 from runner.store.jobs import JobStatus
 from runner.store.store import Store
 
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 EXTENSION_KEY = "gitops_runner"
+WEBHOOK_PATH = "/events"
 
 # The drift API's seams (see WebServices and runner/drift/triggers.py).
 # (repo, project) -> the scan job, started in the background; never waits for the scan.
@@ -186,6 +189,7 @@ def create_app(settings: Settings, services: WebServices) -> Flask:
     )
     _register_blueprints(app)
     app.after_request(_security_headers)
+    _prune_deliveries_after_webhooks(app, settings, services.store)
     return app
 
 
@@ -198,6 +202,19 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(api.blueprint)
     app.register_blueprint(drift_api.blueprint)
     app.register_blueprint(dashboard.blueprint)
+
+
+def _prune_deliveries_after_webhooks(app: Flask, settings: Settings, store: Store) -> None:
+    """Deliveries are written here, by webhooks: old ones are forgotten from here too,
+    at most hourly and in a thread of their own, so no webhook waits for it."""
+    pruner = DeliveryPruner(store.deliveries, timedelta(days=settings.delivery_retention_days))
+
+    def after_webhook(response: Response) -> Response:
+        if request.path == WEBHOOK_PATH:
+            pruner.prune_if_due()
+        return response
+
+    app.after_request(after_webhook)
 
 
 def _security_headers(response: Response) -> Response:

@@ -56,7 +56,7 @@ class RunRow:
     summary: str
     started: str
     duration: str
-    log_url: str | None
+    log_url: str | None  # shown, not linked: the route needs the API token
 
 
 @dataclass(frozen=True)

@@ -329,6 +329,8 @@ def _check_relevance(event: PullRequestEvent | CommentEvent, settings: Settings)
         if event.pr.is_draft and not settings.plan_drafts and event.action in ("opened", "updated"):
             raise _ignored("draft")
         return
+    # A comment payload does not say whether the PR is a fork: the PR flow reads that
+    # (and the commenter's permission) from the forge before running anything.
     # The runner's own comments arrive as webhooks too; they must never run commands.
     if event.author_is_bot:
         raise _ignored("comment by a bot")

@@ -38,8 +38,10 @@ from urllib.parse import quote, unquote, urlsplit
 import git
 from filelock import FileLock
 
+from runner.config.loader import ATLANTIS_FILES, RUNNER_FILE
 from runner.projects.changes import ChangeDetectionError
 from runner.projects.changes import changed_files as changed_files_between
+from runner.workspace.confine import remove_escaping_links
 from runner.workspace.credentials import (
     HttpAuth,
     git_env,
@@ -65,6 +67,9 @@ LOCAL_HOST_DIR = "_local"
 # Owner directory of a URL without one (`https://host/repo.git`); no forge allows it.
 NO_OWNER_DIR = "-"
 DEFAULT_NETWORK_TIMEOUT_S = 900.0
+GIT_SYMLINK_MODE = "120000"
+# Read (never written) by the config loader, which refuses a link leaving the checkout.
+CONFIG_FILES = frozenset({RUNNER_FILE, *ATLANTIS_FILES})
 
 _SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -273,6 +278,7 @@ class WorkingCopies:
                 return tree
             else:
                 self._move_tree(remote, admin, tree, sha, keep_terraform_dirs)
+            self._drop_escaping_links(remote, tree, sha)
             (admin / SETTLED_MARKER).write_text(sha + "\n")
         return tree
 
@@ -291,6 +297,7 @@ class WorkingCopies:
         dest.mkdir(parents=True, exist_ok=True)
         try:
             self._export(remote, sha, dest)
+            self._drop_escaping_links(remote, dest, sha)
         except BaseException:
             _rmtree(dest)
             raise
@@ -360,6 +367,18 @@ class WorkingCopies:
             remote, "merge-base", "--is-ancestor", older, newer, what="merge-base", ok=(0, 1)
         )
         return result.status == 0
+
+    def first_parent(self, repo_url: str, commit: str) -> str:
+        """The first parent of `commit`: for a merge commit, the base branch before it."""
+        remote = self._remote(repo_url)
+        with self._locked(remote):
+            sha = self._resolve_locked(remote, commit)
+            result = self._git(
+                remote, "rev-parse", "--verify", f"{sha}^1", what="rev-parse", ok=None
+            )
+        if result.status != 0:
+            raise WorkingCopyError(f"{sha[:12]} has no parent in {remote.fetch_url}")
+        return result.stdout.strip()
 
     # --- repositories and credentials ---------------------------------------------
 
@@ -538,6 +557,23 @@ class WorkingCopies:
             ).stdout
             _prune_terraform_dirs(tree, [p for p in tracked.split("\0") if p])
 
+    def _drop_escaping_links(self, remote: _Remote, tree: Path, sha: str) -> None:
+        """Delete the committed symlinks of `tree` that point outside it (the links only).
+
+        Such a link is never needed to plan a repository, and everything that writes or
+        deletes in the tree (our cleanup, Terraform's `.terraform`, plan files, lock
+        info) would otherwise act on the runner's own files through it.
+        """
+        listing = self._git(
+            remote, *("ls-tree", "-r", "-z", "--full-tree", sha), what="ls-tree"
+        ).stdout
+        links = [entry.split("\t", 1)[1] for entry in listing.split("\0") if _is_link_entry(entry)]
+        # The config loader refuses such a file with a clear error; gone, it would
+        # silently fall back to autodiscovery.
+        links = [rel for rel in links if rel not in CONFIG_FILES]
+        for rel in remove_escaping_links(tree, links):
+            log.warning("removed the symlink %s of %s: it points outside the checkout", rel, sha)
+
     def _export(self, remote: _Remote, sha: str, dest: Path) -> None:
         """Check `sha` out into `dest` through a throwaway index; the cache is only read."""
         scratch = remote.directory / "tmp"
@@ -642,6 +678,10 @@ def _prune_terraform_dirs(tree: Path, tracked: Sequence[str]) -> None:
             continue
         dirnames.remove(TERRAFORM_DIR)  # never descend into downloaded modules
         terraform_dir = Path(dirpath) / TERRAFORM_DIR
+        if terraform_dir.is_symlink():
+            # Terraform never makes one: it was planted. The link goes, never its target.
+            terraform_dir.unlink()
+            continue
         if rel not in holding:
             _rmtree(terraform_dir)
             orphaned.append(rel)
@@ -656,6 +696,11 @@ def _prune_terraform_dirs(tree: Path, tracked: Sequence[str]) -> None:
             except OSError:
                 break  # not empty: something else still lives there
             rel = posixpath.dirname(rel)
+
+
+def _is_link_entry(entry: str) -> bool:
+    """Whether a `git ls-tree` line (`<mode> <type> <object>\t<path>`) is a symlink."""
+    return entry.startswith(f"{GIT_SYMLINK_MODE} ") and "\t" in entry
 
 
 def _clear_stale_locks(git_dir: Path) -> None:
@@ -675,7 +720,11 @@ def _clear_stale_locks(git_dir: Path) -> None:
 
 
 def _rmtree(path: Path) -> None:
-    """Delete a tree, including read-only files (some providers and modules are)."""
+    """Delete a tree, including read-only files (some providers and modules are).
+
+    A symlink is unlinked, never followed: `shutil.rmtree` does not descend into links
+    either, so nothing outside `path` is deleted whatever a checkout plants in it.
+    """
 
     def make_writable_and_retry(func: Callable[[str], object], target: str, _: object) -> None:
         os.chmod(os.path.dirname(target), stat.S_IRWXU)

@@ -336,6 +336,13 @@ class FakeGitHub(ServedFake):
             self._update_pull(full_name, number, **changes)
             return before
 
+    def delete_head_repo(self, full_name: str, number: int) -> None:
+        """The fork behind a PR is deleted: GitHub then serves ``head.repo: null``."""
+        with self._lock:
+            if self.pull(full_name, number).head_repo is None:
+                raise ValueError("only a fork PR's head repository can be deleted")
+            self._update_pull(full_name, number, head_repo_deleted=True)
+
     def set_draft(self, full_name: str, number: int, draft: bool) -> None:
         """Toggle draft (``ready_for_review`` / ``converted_to_draft``)."""
         self._update_pull(full_name, number, draft=draft)
@@ -390,7 +397,11 @@ class FakeGitHub(ServedFake):
         commit_id: str | None = None,
         body: str = "",
     ) -> int:
-        """Submit a review (``APPROVED|CHANGES_REQUESTED|COMMENTED|DISMISSED``); returns its id."""
+        """Submit a review (``APPROVED|CHANGES_REQUESTED|COMMENTED|DISMISSED``); returns its id.
+
+        ``commit_id`` is the commit the review was given at: the PR's head at the time
+        unless given (GitHub records it, so a later push makes the review stale).
+        """
         with self._lock:
             pr = self.pull(full_name, number)
             review = Review(

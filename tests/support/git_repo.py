@@ -206,13 +206,17 @@ resource "terraform_data" "db" {
 """,
 }
 
+# `apply: both`: the PR tests apply by comment and on merge alike.
 SAMPLE_RUNNER_CONFIG = """version: 1
 projects:
   - dir: infra/network
+    apply: both
   - dir: infra/app
     depends_on: [infra/network, infra/db]
+    apply: both
   - dir: infra/db
     apply_requirements: [approved]
+    apply: both
 """
 
 SAMPLE_ATLANTIS_CONFIG = """version: 3

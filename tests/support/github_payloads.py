@@ -134,7 +134,11 @@ class PullFile:
 
 @dataclass(frozen=True)
 class Pull:
-    """A pull request snapshot; ``head_repo`` is ``None`` unless the PR comes from a fork."""
+    """A pull request snapshot; ``head_repo`` is ``None`` unless the PR comes from a fork.
+
+    ``head_repo_deleted``: the head repository (a fork) was deleted after the PR was
+    opened; GitHub then renders ``head.repo`` as ``null``.
+    """
 
     number: int
     head_sha: str
@@ -152,6 +156,7 @@ class Pull:
     mergeable: bool | None = True
     mergeable_state: str = "clean"
     head_repo: Repo | None = None
+    head_repo_deleted: bool = False
     labels: tuple[str, ...] = ()
     files: tuple[PullFile, ...] = ()
     created_at: str = field(default_factory=iso_now)
@@ -263,14 +268,19 @@ def label_json(repo: Repo, name: str, hosts: Hosts = GITHUB_COM) -> Json:
     }
 
 
-def _branch_json(repo: Repo, ref: str, sha: str, hosts: Hosts) -> Json:
-    """``pull_request.head`` / ``.base``: a ref of a repo at a commit."""
+def _branch_json(
+    repo: Repo, ref: str, sha: str, hosts: Hosts, *, repo_deleted: bool = False
+) -> Json:
+    """``pull_request.head`` / ``.base``: a ref of a repo at a commit.
+
+    A deleted repository is ``null`` while ref, sha and owner stay, as on GitHub.
+    """
     return {
         "label": f"{repo.owner}:{ref}",
         "ref": ref,
         "sha": sha,
         "user": user_json(repo.owner, hosts, repo.owner_type),
-        "repo": repo_json(repo, hosts),
+        "repo": None if repo_deleted else repo_json(repo, hosts),
     }
 
 
@@ -319,7 +329,13 @@ def pull_json(repo: Repo, pr: Pull, hosts: Hosts = GITHUB_COM, *, comments: int 
         "assignees": [],
         "requested_reviewers": [],
         "requested_teams": [],
-        "head": _branch_json(pr.head_repo or repo, pr.head_ref, pr.head_sha, hosts),
+        "head": _branch_json(
+            pr.head_repo or repo,
+            pr.head_ref,
+            pr.head_sha,
+            hosts,
+            repo_deleted=pr.head_repo_deleted,
+        ),
         "base": _branch_json(repo, pr.base_ref, pr.base_sha, hosts),
         "_links": {name: {"href": href} for name, href in links.items()},
         "author_association": "CONTRIBUTOR",

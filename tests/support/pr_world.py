@@ -65,8 +65,14 @@ class PullRequestWorld:
         self.origin.push("origin", "main")
         return sha
 
-    def open_pr(self, branch: str, files: Mapping[str, str], author: str = "alice") -> int:
-        """Push a branch and open a PR; runs the autoplan the webhook would queue."""
+    def open_pr(
+        self, branch: str, files: Mapping[str, str], author: str = "alice", *, fork: bool = False
+    ) -> int:
+        """Push a branch and open a PR; runs the autoplan the webhook would queue.
+
+        `fork=True`: the PR comes from `{author}/infra`, a fork (its commits are pushed
+        to the origin too, as GitHub makes a fork PR's head fetchable from the base).
+        """
         head = self.push_branch(branch, files)
         number = self.github.open_pull(
             FULL_NAME,
@@ -75,10 +81,15 @@ class PullRequestWorld:
             base_sha=self.main_sha(),
             user=author,
             files=list(files),
+            fork=fork,
         )
         self._branches[number] = branch
         self.deliver_pr("opened", number)
         return number
+
+    def open_fork_pr(self, branch: str, files: Mapping[str, str], author: str = "mallory") -> int:
+        """A stranger's PR from their fork (autoplanned only if the runner allows forks)."""
+        return self.open_pr(branch, files, author, fork=True)
 
     def push_to_pr(self, number: int, files: Mapping[str, str]) -> str:
         head = self.push_branch(self._branches[number], files)
@@ -102,8 +113,9 @@ class PullRequestWorld:
         self.flow.handle(event, threading.Event())
         return comment_id
 
-    def approve(self, number: int, reviewer: str = "bob") -> None:
-        self.github.add_review(FULL_NAME, number, reviewer, "APPROVED")
+    def approve(self, number: int, reviewer: str = "bob", *, at: str | None = None) -> None:
+        """An approving review, given at commit `at` (default: the PR's head now)."""
+        self.github.add_review(FULL_NAME, number, reviewer, "APPROVED", commit_id=at)
 
     def merge(self, number: int) -> str:
         """Merge the PR's branch into main for real (a merge commit), then deliver `closed`."""

@@ -1,0 +1,276 @@
+"""The one guarded path to `terraform apply`, whatever asked for it.
+
+A comment, a merge, a reconcile pass and a drift auto-correction choose what to apply
+in their own ways (`commands/applying.py`, `reconcile/reconciler.py`,
+`drift/service.py`); from here on they are one path:
+
+    every gate, for every project   → any refusal: nothing is applied, each reason named
+    dependency order (apply_order)  → a project whose dependency failed is blocked
+    the state's mutex               → another Terraform run on the state: busy
+    the project lock                → still held by whoever planned
+    the saved plan                  → not applied before, the file's checksum unchanged
+    a run record, then Terraform    → recorded as running, with this process as owner
+    masked output, finished record  → the plan is spent: applied at most once
+
+A condition that may refuse an apply (requirements, apply mode, who planned, later
+policies) is one `Gate` passed in by the trigger, not a fourth copy of this file.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from runner.config.model import ProjectConfig
+from runner.engine.execution_order import apply_order
+from runner.engine.project_mutex import MutexBusy, ProjectMutex, state_key
+from runner.jobs.recovery import process_owner_prefix
+from runner.results.masking import Masker
+from runner.results.model import ApplyResult, ApplyStatus, PlanSummary
+from runner.store.locks import LockInfo
+from runner.store.runs import RunStatus, Trigger
+from runner.store.store import Store
+from runner.terraform import Terraform, workspace_env
+from runner.terraform.planfile import plan_checksum
+from runner.terraform.result import CommandOutcome
+
+log = logging.getLogger(__name__)
+
+TerraformFor = Callable[[str | None], Terraform]
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who must still hold the project lock when the apply starts: a PR or a run."""
+
+    pr_number: int | None = None
+    run_id: int | None = None
+
+    def holds(self, lock: LockInfo | None) -> bool:
+        if lock is None:
+            return False
+        if self.pr_number is not None:
+            return lock.owner_pr == self.pr_number
+        return lock.owner_pr is None and lock.run_id == self.run_id
+
+    def describe(self) -> str:
+        return f"pull request #{self.pr_number}" if self.pr_number else f"run {self.run_id}"
+
+
+@dataclass(frozen=True)
+class ApplyItem:
+    """One project's saved plan, on its way through the gates."""
+
+    project: ProjectConfig
+    plan_path: Path
+    plan_checksum: str
+    commit: str
+    summary: PlanSummary
+    holder: LockHolder
+    plan_id: int | None = None  # the stored plan, spent once applied
+    trusted: bool = True  # False: planned at the request of someone without write permission
+
+
+@dataclass(frozen=True)
+class ApplyRequest:
+    """A batch of applies: one repository, one checkout, one trigger, one person."""
+
+    repo_key: str
+    tree: Path
+    items: tuple[ApplyItem, ...]
+    trigger: Trigger
+    author: str
+    pr_number: int | None = None
+    # Wait for another run of the state to end (reconcile), or answer "busy" at once.
+    wait_for_state: bool = False
+    # What became of projects outside this batch (failed, busy): their dependents wait.
+    settled: Mapping[str, ApplyStatus] = field(default_factory=dict)
+
+
+class Gate(Protocol):
+    """One condition an apply must meet, checked for every project before any applies."""
+
+    def refusal(self, item: ApplyItem, request: ApplyRequest) -> str | None:
+        """Why this project must not be applied now; None when it may."""
+        ...
+
+
+@dataclass(frozen=True)
+class Refusal:
+    project: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"`{self.project}`: {self.reason}"
+
+
+@dataclass(frozen=True)
+class ApplyBatch:
+    """What became of a request: refused as a whole, or one result per project."""
+
+    results: tuple[ApplyResult, ...] = ()
+    refusals: tuple[Refusal, ...] = ()
+
+    @property
+    def refused(self) -> bool:
+        return bool(self.refusals)
+
+
+class ApplyExecutor:
+    """Applies saved plans with every guard, for every trigger (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: Store,
+        terraform_for: TerraformFor,
+        mutex: ProjectMutex,
+        logs_dir: Path,
+        masker: Masker,
+    ) -> None:
+        self._store = store
+        self._terraform_for = terraform_for
+        self._mutex = mutex
+        self._logs_dir = logs_dir
+        self._masker = masker
+
+    def run(self, request: ApplyRequest, gates: Sequence[Gate] = ()) -> ApplyBatch:
+        """Check every gate for every project; apply all in order only if none refuses."""
+        refusals = self.refusals(request, gates)
+        if refusals:
+            return ApplyBatch(refusals=tuple(refusals))
+        return ApplyBatch(results=tuple(self._apply_in_order(request)))
+
+    @staticmethod
+    def refusals(request: ApplyRequest, gates: Sequence[Gate]) -> list[Refusal]:
+        return [
+            Refusal(item.project.name, reason)
+            for item in request.items
+            for gate in gates
+            if (reason := gate.refusal(item, request))
+        ]
+
+    def _apply_in_order(self, request: ApplyRequest) -> list[ApplyResult]:
+        settled = dict(request.settled)
+        by_name = {item.project.name: item for item in request.items}
+        results: list[ApplyResult] = []
+        for project in apply_order([item.project for item in request.items]):
+            result = self._apply_after_dependencies(request, by_name[project.name], settled)
+            settled[project.name] = result.status
+            results.append(result)
+        return results
+
+    def _apply_after_dependencies(
+        self, request: ApplyRequest, item: ApplyItem, settled: Mapping[str, ApplyStatus]
+    ) -> ApplyResult:
+        depends_on = item.project.depends_on
+        unsettled = (ApplyStatus.FAILED, ApplyStatus.BLOCKED)
+        if failed := [name for name in depends_on if settled.get(name) in unsettled]:
+            why = f"not applied: depends on {', '.join(failed)}, which failed"
+            return not_applied(item, ApplyStatus.BLOCKED, why)
+        if busy := [name for name in depends_on if settled.get(name) is ApplyStatus.BUSY]:
+            why = f"not applied yet: depends on {', '.join(busy)}, which is busy"
+            return not_applied(item, ApplyStatus.BUSY, why)
+        return self._apply_one(request, item)
+
+    def _apply_one(self, request: ApplyRequest, item: ApplyItem) -> ApplyResult:
+        project = item.project
+        key = state_key(request.repo_key, project.dir, project.workspace)
+        try:
+            with self._mutex.hold(key, wait=request.wait_for_state):
+                return self._apply_holding_state(request, item)
+        except MutexBusy:
+            why = "already running: another Terraform run holds this state"
+            return not_applied(item, ApplyStatus.BUSY, why)
+
+    def _apply_holding_state(self, request: ApplyRequest, item: ApplyItem) -> ApplyResult:
+        problem = self._stale(request, item)
+        if problem:
+            return not_applied(item, ApplyStatus.FAILED, problem)
+        project = item.project
+        run_id = self._store.runs.start(
+            repo=request.repo_key,
+            project=project.name,
+            dir=project.dir,
+            workspace=project.workspace,
+            command="apply",
+            trigger=request.trigger,
+            pr_number=request.pr_number,
+            commit_sha=item.commit,
+            author=request.author,
+            owner=process_owner_prefix(),
+        )
+        self._logs_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self._logs_dir / f"apply-{run_id}.log"
+        try:
+            outcome = self._terraform_for(project.terraform_version).apply(
+                request.tree / project.dir,
+                item.plan_path,
+                log=log_path,
+                env=workspace_env(project.workspace),
+            )
+        except BaseException as error:  # the run must not read "running" forever
+            detail = self._masker.mask(f"{type(error).__name__}: {error}")
+            self._store.runs.finish(run_id, RunStatus.ERRORED, error=detail, log_path=str(log_path))
+            raise
+        return self._finish(item, run_id, log_path, outcome)
+
+    def _stale(self, request: ApplyRequest, item: ApplyItem) -> str:
+        """Checked under the state's mutex, so nothing can change between check and apply."""
+        project = item.project
+        lock = self._store.locks.get(request.repo_key, project.dir, project.workspace)
+        if not item.holder.holds(lock):
+            return f"the project lock is no longer held by {item.holder.describe()}"
+        if item.plan_id is not None:
+            stored = self._store.runs.get_plan(item.plan_id)
+            if stored is None or stored.discarded_at is not None:
+                return "this plan was already applied or discarded; plan again"
+        path = item.plan_path
+        if not path.is_file() or plan_checksum(path) != item.plan_checksum:
+            return "the saved plan file is missing or was modified since it was made; plan again"
+        return ""
+
+    def _finish(
+        self, item: ApplyItem, run_id: int, log_path: Path, outcome: CommandOutcome
+    ) -> ApplyResult:
+        runs = self._store.runs
+        output = self._masker.mask(outcome.stdout)
+        if outcome.ok:
+            runs.finish(run_id, RunStatus.SUCCESS, item.summary, log_path=str(log_path))
+            if item.plan_id is not None:
+                runs.discard_plan(item.plan_id)  # a saved plan is applied at most once
+            status, error = ApplyStatus.APPLIED, ""
+        else:
+            error = self._masker.mask(outcome.stderr_tail()) or f"exit code {outcome.exit_code}"
+            runs.finish(run_id, RunStatus.FAILED, error=error, log_path=str(log_path))
+            status = ApplyStatus.FAILED
+        project = item.project
+        return ApplyResult(
+            project=project.name,
+            dir=project.dir,
+            workspace=project.workspace,
+            status=status,
+            summary=item.summary,
+            output=output,
+            error=error,
+            commit=item.commit,
+            log_path=str(log_path),
+            duration_s=outcome.duration_s,
+            run_id=run_id,
+        )
+
+
+def not_applied(item: ApplyItem, status: ApplyStatus, why: str) -> ApplyResult:
+    """The result of a project that never reached Terraform."""
+    project = item.project
+    return ApplyResult(
+        project=project.name,
+        dir=project.dir,
+        workspace=project.workspace,
+        status=status,
+        summary=item.summary,
+        error=why,
+        commit=item.commit,
+    )

@@ -1,0 +1,70 @@
+"""The environment Terraform runs with: an allowlist, never the runner's own.
+
+Terraform executes code from the pull request it plans: providers, `external`
+data sources, `local-exec` provisioners. Whatever is in Terraform's environment,
+that code can read. So Terraform does not inherit the runner's environment (forge
+tokens, webhook secrets, Slack token, database URL); it gets only what Terraform,
+providers and the embedded launcher need to run, plus the names the operator lists
+in GITOPS_TERRAFORM_ENV_PASSTHROUGH (typically cloud credentials). A `GITOPS_*`
+variable never passes, whoever asks for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from fnmatch import fnmatchcase
+
+RUNNER_PREFIX = "GITOPS_"
+
+# What Terraform and the processes it starts need whatever the project does.
+_ALWAYS = frozenset(
+    {
+        "PATH",
+        "HOME",  # ~/.terraform.d, provider credential files
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "TZ",
+        "TMPDIR",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        # The `python -m runner.terraform.embedded` launcher finds the runner through it
+        # when the runner runs from a source tree rather than an installed package.
+        "PYTHONPATH",
+    }
+)
+_ALWAYS_PATTERNS = ("TF_*", "LC_*")
+
+
+def terraform_environment(
+    environ: Mapping[str, str],
+    passthrough: Iterable[str] = (),
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The variables of `environ` Terraform may see, plus `extra`; never a `GITOPS_*` one.
+
+    `passthrough` holds the operator's names or fnmatch globs (`AWS_*`), matched
+    case-sensitively as the environment is. `extra` (the runner's own additions,
+    e.g. credentials configured in code) is added without the allowlist.
+    """
+    patterns = (*_ALWAYS_PATTERNS, *passthrough)
+    allowed = {name: value for name, value in environ.items() if _allowed(name, patterns)}
+    merged = allowed | dict(extra or {})
+    return {name: value for name, value in merged.items() if not _is_runner_own(name)}
+
+
+def _allowed(name: str, patterns: tuple[str, ...]) -> bool:
+    return name in _ALWAYS or any(fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def _is_runner_own(name: str) -> bool:
+    # Upper-cased: a `gitops_token` is the runner's too on platforms that fold case.
+    return name.upper().startswith(RUNNER_PREFIX)
