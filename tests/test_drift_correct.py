@@ -15,7 +15,7 @@ from runner.drift.scheduler import DriftScheduler
 from runner.engine.planner import Planner, PlanOptions, PlanTarget, build_planner
 from runner.results.model import PlanResult
 from runner.store.drift import DriftStore
-from tests.support.drift_world import World, make_world
+from tests.support.drift_world import World, make_world, project_tf
 
 AUTO = "{auto_correct: true}"
 
@@ -117,3 +117,125 @@ def test_scheduler_fires_once_with_two_workers(
         assert len(DriftStore(w.store).history(w.drift_repo().key)) == 2
     finally:
         w.store.close()
+
+
+# ---- auto-correct reverts drift only (issue 7, row 12) ----------------------------------
+#
+# Each story is an attack on the old rule "apply the scan's whole plan whenever anything
+# drifted": a change on main that nobody applied rides along with the correction.
+
+
+def second_file_tf(world: World, content: str) -> str:
+    """A second `files_file` in project alpha, managing `alpha-second.txt`."""
+    return (
+        f'resource "files_file" "second" {{\n  path    = "{world.world}/alpha-second.txt"\n'
+        f'  content = "{content}"\n}}\n'
+    )
+
+
+def alpha_tf(world: World, content: str = "a", path: str = "alpha.txt") -> str:
+    return project_tf(world.state, world.world, "alpha", content).replace("alpha.txt", path)
+
+
+def apply_runs(world: World) -> list[str]:
+    return [r.status.value for r in world.store.runs.list_runs() if r.command == "apply"]
+
+
+def test_a_pending_change_to_another_resource_is_not_applied_by_a_correction(
+    world: World,
+) -> None:
+    # alpha manages two files, both applied.
+    world.repo.write({"alpha/main.tf": alpha_tf(world) + second_file_tf(world, "one")})
+    world.repo.commit("a second file")
+    world.apply_all(["alpha"])
+    second = world.world / "alpha-second.txt"
+    assert second.read_text() == "one"
+    # Someone merges a change to the second file; nobody applies it.
+    world.repo.write({"alpha/main.tf": alpha_tf(world) + second_file_tf(world, "two")})
+    world.repo.commit("change the second file, not applied")
+    # Meanwhile the first file is edited by hand.
+    world.file("alpha").write_text("edited")
+
+    (result,) = world.service().scan(world.drift_repo()).results
+
+    assert result.status is DriftStatus.DRIFT
+    assert result.correction is Correction.NEEDS_APPROVAL
+    assert "pending changes, not corrected" in result.correction_reason
+    assert "files_file.second" in result.correction_reason
+    assert world.file("alpha").read_text() == "edited"
+    assert second.read_text() == "one"
+    assert apply_runs(world) == []
+
+
+def test_a_new_resource_on_main_is_not_created_by_a_correction(world: World) -> None:
+    world.repo.write({"alpha/main.tf": alpha_tf(world) + second_file_tf(world, "new")})
+    world.repo.commit("add a file, not applied")
+    world.file("alpha").write_text("edited")
+
+    (result,) = world.service().scan(world.drift_repo()).results
+
+    assert result.correction is Correction.NEEDS_APPROVAL
+    assert "pending changes, not corrected" in result.correction_reason
+    assert not (world.world / "alpha-second.txt").exists()
+    assert world.file("alpha").read_text() == "edited"
+    assert apply_runs(world) == []
+
+
+@pytest.fixture
+def destroy_allowed_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    """alpha may be corrected even by a replacement (`allow_destroy: true`)."""
+    w = make_world(
+        tmp_path,
+        monkeypatch,
+        {"alpha": "a"},
+        {"alpha": "{auto_correct: true, allow_destroy: true}"},
+    )
+    yield w
+    w.store.close()
+
+
+def test_main_changing_another_attribute_of_a_drifted_resource_is_not_applied(
+    destroy_allowed_world: World,
+) -> None:
+    world = destroy_allowed_world
+    # main moves the file (its `path`); the drift is on its `content`. The plan replaces
+    # the resource: that is main's change, not the reversal of the drift.
+    world.repo.write({"alpha/main.tf": alpha_tf(world, path="alpha-moved.txt")})
+    world.repo.commit("move the file, not applied")
+    world.file("alpha").write_text("edited")
+
+    (result,) = world.service().scan(world.drift_repo()).results
+
+    assert result.drifted[0].changed_attributes == ("content",)
+    assert result.correction is Correction.NEEDS_APPROVAL
+    assert "pending changes, not corrected" in result.correction_reason
+    assert world.file("alpha").read_text() == "edited"
+    assert not (world.world / "alpha-moved.txt").exists()
+    assert apply_runs(world) == []
+
+
+def test_main_changing_the_drifted_attribute_to_a_new_value_is_not_applied(
+    world: World,
+) -> None:
+    # Drift: content "a" → "edited" by hand. main: content "a" → "b", never applied.
+    # Undoing the drift writes "a"; this plan writes "b", which nobody applied.
+    world.write_project("alpha", "b")
+    world.repo.commit("new content, not applied")
+    world.file("alpha").write_text("edited")
+
+    (result,) = world.service().scan(world.drift_repo()).results
+
+    assert result.correction is Correction.NEEDS_APPROVAL
+    assert "pending changes, not corrected" in result.correction_reason
+    assert world.file("alpha").read_text() == "edited"
+    assert apply_runs(world) == []
+
+
+def test_a_file_deleted_by_hand_is_created_again(world: World) -> None:
+    world.file("alpha").unlink()
+
+    (result,) = world.service().scan(world.drift_repo()).results
+
+    assert (result.status, result.correction) == (DriftStatus.IN_SYNC, Correction.CORRECTED)
+    assert world.file("alpha").read_text() == "a"
+    assert apply_runs(world) == ["success"]

@@ -39,7 +39,7 @@ from runner.engine.planner import PlanOptions, PlanTarget
 from runner.engine.project_mutex import state_key
 from runner.engine.recording import record_plan_result
 from runner.events.model import RepoRef
-from runner.forge.base import CommitState, PullRequestInfo
+from runner.forge.base import WRITE_PERMISSIONS, CommitState, PullRequestInfo
 from runner.notify.events import ApplyEvents
 from runner.results.model import ApplyResult, PlanResult, PlanStatus, PlanSummary
 from runner.results.render import render_apply_comment, render_message
@@ -88,11 +88,16 @@ class PullRequestApplier:
         self, repo: RepoRef, pr: PullRequestInfo, author: str, command: Command
     ) -> list[ApplyResult]:
         forge = self._feedback.forge
-        if forge.permission(repo, author) not in ("admin", "write"):
+        if forge.permission(repo, author) not in WRITE_PERMISSIONS:
             raise _Refused(f"@{author} needs write permission on the repository to apply.")
         if pr.state == "closed":
             raise _Refused("This pull request is closed without merging: nothing to apply.")
         plans = self._selected_plans(repo, pr, command)
+        if not plans and pr.state == "merged":
+            raise _Refused(
+                "There is no plan to apply: after a merge, only a failed merge apply can be "
+                "retried. Open a new pull request for further changes."
+            )
         if not plans:
             raise _Refused(
                 "There is no plan to apply for this selection. Comment `gitops plan` first."
@@ -191,6 +196,7 @@ class PullRequestApplier:
             and project.key == (plan.dir, plan.workspace)
             and on_merge.allows(project)
         ]
+        self._release_unapplied(repo, pr, reviewed, projects)
         if not projects:
             return []
         attention = self._unmet_at_merge(repo, pr, projects, reviewed, rules)
@@ -209,6 +215,20 @@ class PullRequestApplier:
             return []
         request = self._request(repo, pr, author, checkout, items, Trigger.MERGE)
         return self._apply_and_report(repo, pr, author, request)
+
+    def _release_unapplied(
+        self,
+        repo: RepoRef,
+        pr: PullRequestInfo,
+        reviewed: dict[str, PlanRecord],
+        projects: Sequence[ProjectConfig],
+    ) -> None:
+        """Reviewed projects a merge does not apply (`apply: comment`) free their locks:
+        after the merge their plans are void, and nothing else would release them."""
+        applied_on_merge = {project.name for project in projects}
+        for name, plan in reviewed.items():
+            if name not in applied_on_merge:
+                self._services.store.locks.release(repo.key, plan.dir, plan.workspace, pr.number)
 
     def _applies_merges_into(self, repo: RepoRef, branch: str) -> bool:
         """Merges apply into the default branch and the branches the server names only."""
