@@ -52,7 +52,9 @@ def test_destructive_correction_needs_approval(world: World) -> None:
     (result,) = world.service().scan(world.drift_repo()).results
     assert result.status is DriftStatus.DRIFT
     assert result.correction is Correction.NEEDS_APPROVAL
-    assert "delete or replace files_file.f" in result.correction_reason
+    # Moving the file is main's change, not the drift's reversal: pending, and never applied.
+    assert "pending changes" in result.correction_reason
+    assert "files_file.f" in result.correction_reason
     assert world.file("alpha").read_text() == "edited"
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from runner.config.model import ProjectConfig
 from runner.drift.model import Correction, DriftResult, DriftStatus
 from runner.engine.apply import ApplyExecutor, ApplyItem, ApplyRequest, Gate, LockHolder
-from runner.results.model import DriftedResource, ResourceChange
 from runner.store.locks import LockOwner
 from runner.store.runs import Trigger
 from runner.store.store import Store
@@ -87,24 +86,16 @@ def _not_reverting_drift(result: DriftResult) -> list[str]:
     """Planned changes that are not the reversal of a drift (sorted addresses).
 
     A reversal puts back what changed outside Terraform: an object deleted outside is
-    created again, an object edited outside is updated on the attributes that moved
-    (or replaced, which `allow_destroy` judges). Anything more is a pending change.
+    created again, an object edited outside gets its values from before the edit
+    (`ResourceChange.reverts_drift`, judged on the values in the JSON plan). Anything
+    else, such as a change on the default branch nobody applied, is pending.
     """
-    drifted = {resource.address: resource for resource in result.drifted}
-    pending: list[str] = []
-    for change in result.changes:
-        drift = drifted.get(change.address)
-        if drift is None or not _reverts(change, drift):
-            pending.append(change.address)
-    return sorted(pending)
-
-
-def _reverts(change: ResourceChange, drift: DriftedResource) -> bool:
-    if drift.actions == ("delete",):
-        return change.actions == ("create",)
-    if change.actions == ("update",):
-        return set(change.attributes) <= set(drift.changed_attributes)
-    return "delete" in change.actions  # a replacement; `allow_destroy` decides
+    drifted = {resource.address for resource in result.drifted}
+    return sorted(
+        change.address
+        for change in result.changes
+        if change.address not in drifted or not change.reverts_drift
+    )
 
 
 def _short(sha: str | None) -> str:

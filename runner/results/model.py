@@ -41,6 +41,8 @@ class ResourceChange:
     values: str = field(default="", kw_only=True, compare=False)
     # Top-level attributes the action sets to another (or a not yet known) value.
     attributes: tuple[str, ...] = field(default=(), kw_only=True, compare=False)
+    # Drift scans: the change only puts back the values the object had before it drifted.
+    reverts_drift: bool = field(default=False, kw_only=True, compare=False)
 
 
 @dataclass(frozen=True)

@@ -43,8 +43,12 @@ class PlanDigest:
 
 def summarize_plan(plan_json: Mapping[str, Any]) -> PlanDigest:
     """Count and list what a plan would do and what drifted since the last apply."""
-    changes = tuple(_planned_changes(plan_json.get("resource_changes") or ()))
-    drift = tuple(_drifted_resources(plan_json.get("resource_drift") or ()))
+    drift_entries = plan_json.get("resource_drift") or ()
+    before_drift = {
+        entry["address"]: (entry.get("change") or {}).get("before") for entry in drift_entries
+    }
+    changes = tuple(_planned_changes(plan_json.get("resource_changes") or (), before_drift))
+    drift = tuple(_drifted_resources(drift_entries))
     return PlanDigest(summary=_count(changes, drift), changes=changes, drift=drift)
 
 
@@ -104,7 +108,9 @@ def _values_digest(change: Mapping[str, Any]) -> str:
     return hashlib.sha256(material.encode()).hexdigest()
 
 
-def _planned_changes(entries: Iterable[Mapping[str, Any]]) -> Iterable[ResourceChange]:
+def _planned_changes(
+    entries: Iterable[Mapping[str, Any]], before_drift: Mapping[str, Any]
+) -> Iterable[ResourceChange]:
     for entry in entries:
         change = entry.get("change") or {}
         actions = tuple(change.get("actions") or ())
@@ -117,7 +123,31 @@ def _planned_changes(entries: Iterable[Mapping[str, Any]]) -> Iterable[ResourceC
             importing=importing,
             values=_values_digest(change),
             attributes=_planned_attributes(change),
+            reverts_drift=_puts_back(change, before_drift.get(entry["address"], _ABSENT)),
         )
+
+
+_ABSENT = object()
+
+
+def _puts_back(change: Mapping[str, Any], before_drift: Any) -> bool:
+    """Whether the change only restores the object as it was before it drifted.
+
+    Every value the plan knows must equal the value from before the drift (values
+    known only after apply, such as a new id, are not compared). A change of a value
+    nobody changed outside Terraform (a pending change on the default branch) is not
+    a restoration, whatever its action.
+    """
+    after = change.get("after")
+    if before_drift is _ABSENT or not isinstance(after, Mapping):
+        return False
+    if not isinstance(before_drift, Mapping):
+        return False
+    unknown = change.get("after_unknown")
+    unknown_keys = {k for k, v in unknown.items() if v} if isinstance(unknown, Mapping) else set()
+    return all(
+        before_drift.get(key) == value for key, value in after.items() if key not in unknown_keys
+    )
 
 
 def _drifted_resources(entries: Iterable[Mapping[str, Any]]) -> Iterable[DriftedResource]:
