@@ -40,7 +40,8 @@ def test_sample_runner_config_loads_with_defaults(tmp_path: Path) -> None:
     assert app is not None
     assert app.depends_on == ("infra/network", "infra/db")
     assert app.workspace == "default"
-    assert app.apply == "on_merge"
+    assert app.apply == "both"  # the sample says so; the default is on_merge:
+    assert ProjectConfig(name="x").apply == "on_merge"
     assert app.autoplan.when_modified == DEFAULT_WHEN_MODIFIED
     assert config.project("infra/db").apply_requirements == ("approved",)  # type: ignore[union-attr]
     assert config.warnings == ()

@@ -374,7 +374,12 @@ class PullRequestApplier:
         self._release_after_merge(repo, pr, results)
         self._feedback.apply_statuses(commit, results)
         self._feedback.comment(
-            render_apply_comment(results, commit=commit, masker=self._feedback.masker),
+            render_apply_comment(
+                results,
+                commit=commit,
+                masker=self._feedback.masker,
+                limits=self._feedback.limits,
+            ),
             kind="apply",
             commit=commit,
         )

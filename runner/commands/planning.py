@@ -23,6 +23,7 @@ from runner.events.model import RepoRef
 from runner.forge.base import CommitState, PullRequestInfo
 from runner.projects.detection import ProjectSelectionError, affected_projects, select_projects
 from runner.projects.modules import ModuleGraph
+from runner.results.limits import OutputLimits
 from runner.results.masking import Masker
 from runner.results.model import PlanResult, PlanStatus
 from runner.results.render import render_message, render_plan_comment
@@ -84,7 +85,13 @@ class PullRequestPlanner:
         if cancel.is_set():
             return results  # a newer push superseded this plan: it will comment instead
         feedback.plan_comment(
-            render_plan_comment(results, commit=head, command="plan", masker=feedback.masker),
+            render_plan_comment(
+                results,
+                commit=head,
+                command="plan",
+                masker=feedback.masker,
+                limits=feedback.limits,
+            ),
             head,
         )
         feedback.plan_statuses(head, results)
@@ -98,6 +105,7 @@ class PullRequestPlanner:
             repo=repo,
             number=number,
             masker=Masker.from_secrets(services.secret_values),
+            limits=OutputLimits.from_settings(services.settings),
         )
 
     def _targets(

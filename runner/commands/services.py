@@ -20,6 +20,7 @@ from runner.forge.base import Forge
 from runner.forge.factory import build_forge
 from runner.notify.base import Notifier, NullNotifier
 from runner.notify.slack import build_notifier
+from runner.results.limits import OutputLimits
 from runner.results.masking import Masker
 from runner.settings import Settings
 from runner.store.store import Store
@@ -64,7 +65,12 @@ def build_services(settings: Settings, store: Store | None = None) -> Services:
     mutex = build_mutex(settings, store)
     secret_values = settings.secret_values()
     executor = ApplyExecutor(
-        store, terraform_for, mutex, settings.logs_dir, Masker.from_secrets(secret_values)
+        store,
+        terraform_for,
+        mutex,
+        settings.logs_dir,
+        Masker.from_secrets(secret_values),
+        OutputLimits.from_settings(settings),
     )
     return Services(
         settings=settings,

@@ -28,6 +28,7 @@ from runner.config.model import ProjectConfig
 from runner.engine.execution_order import apply_order
 from runner.engine.project_mutex import MutexBusy, ProjectMutex, state_key
 from runner.jobs.recovery import process_owner_prefix
+from runner.results.limits import OutputLimits, cap_output
 from runner.results.masking import Masker
 from runner.results.model import ApplyResult, ApplyStatus, PlanSummary
 from runner.store.locks import LockInfo
@@ -129,12 +130,14 @@ class ApplyExecutor:
         mutex: ProjectMutex,
         logs_dir: Path,
         masker: Masker,
+        limits: OutputLimits | None = None,
     ) -> None:
         self._store = store
         self._terraform_for = terraform_for
         self._mutex = mutex
         self._logs_dir = logs_dir
         self._masker = masker
+        self._limits = limits or OutputLimits()
 
     def run(self, request: ApplyRequest, gates: Sequence[Gate] = ()) -> ApplyBatch:
         """Check every gate for every project; apply all in order only if none refuses."""
@@ -236,7 +239,12 @@ class ApplyExecutor:
         self, item: ApplyItem, run_id: int, log_path: Path, outcome: CommandOutcome
     ) -> ApplyResult:
         runs = self._store.runs
-        output = self._masker.mask(outcome.stdout)
+        limits = self._limits
+        output = cap_output(
+            self._masker.mask(outcome.stdout),
+            limits.max_output_bytes,
+            limits.log_location(run_id),
+        )
         if outcome.ok:
             runs.finish(run_id, RunStatus.SUCCESS, item.summary, log_path=str(log_path))
             if item.plan_id is not None:
