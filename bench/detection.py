@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from runner.config.loader import RUNNER_FILE, load_repo_config
 from runner.projects.changes import changed_files
 from runner.projects.detection import affected_projects
-from runner.projects.modules import ModuleGraph
+from runner.terraform.modules import ModuleGraph
 from tests.support.git_repo import GitRepo
 
 TEAMS = 50

@@ -32,13 +32,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.plan_vs_loop import LatencyBackend, latency_project_tf
-from runner.drift.model import DriftStatus
 from runner.drift.scan import DriftRepo
 from runner.drift.service import DriftService
 from runner.notify.base import NullNotifier
+from runner.results.drift import DriftStatus
 from runner.settings import Settings
 from runner.store.store import Store
 from runner.terraform import Terraform, locate_terraform
+from runner.wiring import build_services
 from tests.support.drift_world import project_tf
 from tests.support.files_provider import install_files_provider
 from tests.support.git_repo import GitRepo
@@ -109,7 +110,7 @@ def main() -> None:
         backend = LatencyBackend(args.latency_ms / 1000) if args.workload == "latency" else None
         repo, names = build(root, in_sync, drifted, settings, backend.port if backend else None)
         store = Store.open(settings.resolved_database_url)
-        service = DriftService(settings, store, notifier=NullNotifier())
+        service = DriftService(build_services(settings, store), notifier=NullNotifier())
         target = DriftRepo.from_url(str(repo.path))
         cold_start = time.perf_counter()
         service.scan(target)

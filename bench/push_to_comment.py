@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from plan_vs_loop import MODULE, LatencyBackend, latency_project_tf, project_tf, run_loop
 
-from runner.commands.feedback import PLAN_CONTEXT
+from runner.forge.base import PLAN_CONTEXT
 from runner.settings import Settings, load_settings
 from runner.store.jobs import JobStatus
 from runner.terraform import TerraformBinary, embedded_terraform, locate_terraform

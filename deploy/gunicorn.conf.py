@@ -1,6 +1,6 @@
 """gunicorn configuration for running the web service with the plain gunicorn command.
 
-    gunicorn -c deploy/gunicorn.conf.py 'runner.web.app:create_app_from_env()'
+    gunicorn -c deploy/gunicorn.conf.py 'runner.wiring:create_app_from_env()'
 
 Settings come from the `GITOPS_*` environment (plus the YAML file named by
 `GITOPS_CONFIG_FILE`); the values below are the ones `gitops-runner serve` uses, taken

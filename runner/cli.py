@@ -194,13 +194,14 @@ def drift(ctx: click.Context, repo: str | None, project: str | None, as_json: bo
 
     Exit code: 0 all in sync, 1 a project or repository failed, 3 drift or pending changes.
     """
-    from runner.drift.model import DriftStatus
     from runner.drift.reports import render_text
     from runner.drift.service import DriftService
+    from runner.results.drift import DriftStatus
+    from runner.wiring import build_services
 
     settings = _settings(ctx)
     store = Store.open(settings.resolved_database_url)
-    service = DriftService(settings, store, secret_values=settings.secret_values())
+    service = DriftService(build_services(settings, store))
     target = repo if repo is not None or settings.repos else str(Path(".").resolve())
     report = service.scan(target, project, trigger="cli")
     if as_json:
@@ -236,11 +237,11 @@ def reconcile(ctx: click.Context, repo: str | None, once: bool, interval: int | 
     import signal
     import threading
 
-    from runner.commands.services import build_services
     from runner.reconcile.model import ReconcileReport
     from runner.reconcile.reconciler import Reconciler
     from runner.reconcile.reports import render_text
     from runner.reconcile.targets import configured_targets, target_for
+    from runner.wiring import build_services
 
     settings = _settings(ctx)
     seconds = float(interval) if interval else None
@@ -272,9 +273,9 @@ def reconcile(ctx: click.Context, repo: str | None, once: bool, interval: int | 
 @click.pass_context
 def serve(ctx: click.Context) -> None:
     """Run the webhook server (gunicorn) with the job workers in the same process tree."""
-    from runner.commands.services import build_web_services
     from runner.web.app import WebConfigError, check_webhook_secrets
     from runner.web.server import run_server
+    from runner.wiring import build_web_services
 
     settings = _settings(ctx)
     try:
@@ -289,7 +290,8 @@ def serve(ctx: click.Context) -> None:
 @click.pass_context
 def worker(ctx: click.Context, burst: bool) -> None:
     """Run an RQ job worker (for GITOPS_QUEUE=rq; needs GITOPS_REDIS_URL)."""
-    from runner.jobs.rq_queue import pull_request_flow_handler, run_worker
+    from runner.jobs.rq_queue import run_worker
+    from runner.wiring import pull_request_flow_handler
 
     run_worker(_settings(ctx), pull_request_flow_handler, burst=burst)
 

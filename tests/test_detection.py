@@ -19,7 +19,7 @@ from runner.projects.detection import (
     matches_globs,
     select_projects,
 )
-from runner.projects.modules import CallChain, ModuleGraph
+from runner.terraform.modules import CallChain, ModuleGraph
 from tests.support.git_repo import GitRepo, sample_files, sample_repo
 
 

@@ -19,14 +19,15 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from runner.commands.services import build_drift, build_services, build_web_services
-from runner.drift.model import DriftReport
 from runner.drift.service import DriftService
 from runner.drift.triggers import DRIFT_SCAN_KIND, DriftScans
 from runner.notify.base import NullNotifier
+from runner.results.drift import DriftReport
 from runner.settings import Settings
 from runner.store.store import Store
-from runner.web.app import WebServices, create_app
+from runner.web.app import create_app
+from runner.web.context import WebServices
+from runner.wiring import build_drift, build_services, build_web_services
 from tests.support.drift_world import World, make_world
 from tests.support.git_repo import GitRepo
 
@@ -67,7 +68,7 @@ class GatedService(DriftService):
     """A real DriftService whose scans wait until the test opens the gate."""
 
     def __init__(self, world: World) -> None:
-        super().__init__(world.settings, world.store, notifier=NullNotifier())
+        super().__init__(build_services(world.settings, world.store), notifier=NullNotifier())
         self.gate = threading.Event()
         self.entered = threading.Event()
         self.abandoned = False

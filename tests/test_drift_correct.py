@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from runner.drift.autocorrect import in_window
-from runner.drift.model import Correction, DriftStatus
 from runner.drift.scheduler import DriftScheduler
 from runner.engine.planner import Planner, PlanOptions, PlanTarget, build_planner
+from runner.results.drift import Correction, DriftStatus
 from runner.results.model import PlanResult
 from runner.store.drift import DriftStore
 from tests.support.drift_world import World, make_world, project_tf

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.drift.model import DriftStatus
+from runner.results.drift import DriftStatus
 from runner.store.locks import LockOwner
 from tests.support.drift_world import World, make_world
 

@@ -23,6 +23,7 @@ from runner.notify.base import NullNotifier
 from runner.settings import Settings
 from runner.store.drift import DriftStore
 from runner.store.store import Store
+from runner.wiring import build_services
 from tests.support.drift_world import World, make_world
 
 NOW = datetime(2024, 12, 2, 13, 59, tzinfo=UTC)
@@ -49,7 +50,7 @@ def tick_in_a_process(
     settings = Settings(**values)
     store = Store.open(settings.resolved_database_url)
     try:
-        service = DriftService(settings, store, notifier=NullNotifier())
+        service = DriftService(build_services(settings, store), notifier=NullNotifier())
         scheduler = DriftScheduler(service, owner=f"process-{os.getpid()}")
         barrier.wait(WAIT_S)
         reports = scheduler.tick(now)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from runner.jobs.model import encode_event
-from runner.jobs.recovery import hostname, new_owner_id
 from runner.store.jobs import JobStatus
+from runner.store.owners import hostname, new_owner_id
 from runner.store.store import Store
 from tests.support.github_payloads import issue_comment_event, post_delivery, pull_request_event
 from tests.support.pr_world import (

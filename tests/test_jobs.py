@@ -36,21 +36,17 @@ from runner.jobs.queue import (
     JobRunner,
     JobTiming,
     Outcome,
-    build_queue,
     enqueue_event,
     submit_event,
 )
-from runner.jobs.recovery import (
-    new_owner_id,
-    owner_is_gone,
-    process_owner_prefix,
-    recover,
-)
+from runner.jobs.recovery import recover
 from runner.jobs.rq_queue import RQQueue, send_message
 from runner.settings import Settings
 from runner.store.deliveries import DeliveryRef, DuplicateDelivery
 from runner.store.jobs import JobRecord, JobStatus
+from runner.store.owners import new_owner_id, owner_is_gone, process_owner_prefix
 from runner.store.store import Store
+from runner.wiring import build_queue
 
 DEADLINE_S = 60.0
 FAST = JobTiming(lease_s=10.0, heartbeat_s=1.0, poll_s=0.05, lease_grace_s=0.0)

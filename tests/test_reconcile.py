@@ -20,21 +20,22 @@ from pathlib import Path
 
 import pytest
 
-from runner.commands.services import Services, build_services
 from runner.config.model import ProjectConfig
 from runner.drift.scan import DriftRepo
 from runner.engine.project_mutex import state_key
+from runner.engine.services import Services
 from runner.events.model import RepoRef
 from runner.notify.base import Notifier, NullNotifier
 from runner.notify.slack import RetryPolicy, SlackWebhookNotifier
 from runner.reconcile.model import PollTarget, ProjectStatus, ReconcileReport
 from runner.reconcile.reconciler import Reconciler
-from runner.reconcile.snapshot import snapshot_directory
 from runner.settings import Settings
 from runner.store.locks import LockOwner
 from runner.store.reconcile import ReconcileStateStore
 from runner.store.runs import RunRecord, Trigger
 from runner.store.store import Store
+from runner.wiring import build_services
+from runner.workspace.snapshot import snapshot_directory
 from tests.support.fake_github import FakeGitHub
 from tests.support.fake_slack import FakeSlack
 from tests.support.git_repo import GitRepo
@@ -409,8 +410,8 @@ def test_cli_once_on_a_file_url_exits_1_when_a_project_fails(tmp_path: Path) -> 
 def test_the_server_reconciles_repos_that_have_a_poll_interval(tmp_path: Path) -> None:
     import time
 
-    from runner.commands.services import build_web_services
     from runner.settings import PolledRepo
+    from runner.wiring import build_web_services
 
     w = make_world(tmp_path, {"alpha": "a"})
     polled = PolledRepo(url=str(w.repo.path), poll_interval=5)

@@ -26,11 +26,12 @@ from runner.engine.apply import ApplyExecutor, ApplyItem, ApplyRequest, LockHold
 from runner.engine.project_mutex import ProjectMutex, build_mutex, state_key
 from runner.events.model import canonical_repo_key
 from runner.jobs.model import WorkEvent
-from runner.jobs.recovery import hostname, process_owner_prefix, recover
+from runner.jobs.recovery import recover
 from runner.results.masking import Masker
 from runner.results.model import PlanSummary
 from runner.settings import Settings
 from runner.store.locks import LockOwner
+from runner.store.owners import hostname, process_owner_prefix
 from runner.store.runs import RunStatus, Trigger
 from runner.store.store import Store
 from runner.terraform import Terraform

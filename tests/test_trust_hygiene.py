@@ -21,7 +21,6 @@ from flask.testing import FlaskClient
 from sqlalchemy import insert
 
 from runner.commands.feedback import PullRequestFeedback
-from runner.commands.services import _token_for
 from runner.config.errors import ConfigError
 from runner.config.loader import load_repo_config
 from runner.config.model import ProjectConfig
@@ -37,7 +36,9 @@ from runner.store.models import Delivery, utcnow
 from runner.store.runs import RunStatus
 from runner.store.store import Store
 from runner.terraform.result import CommandOutcome
-from runner.web.app import WebServices, create_app
+from runner.web.app import create_app
+from runner.web.context import WebServices
+from runner.wiring import _token_for
 from runner.workspace.working_copy import WorkingCopies
 from tests.support.git_repo import GitRepo
 from tests.support.github_payloads import Pull, Repo, build_delivery, pull_request_event

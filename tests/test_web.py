@@ -39,7 +39,8 @@ from runner.store.jobs import JobStatus
 from runner.store.locks import LockOwner
 from runner.store.runs import RunStatus
 from runner.store.store import Store
-from runner.web.app import WebConfigError, WebServices, create_app
+from runner.web.app import WebConfigError, create_app
+from runner.web.context import WebServices
 from tests.support.github_payloads import (
     Pull,
     Repo,
@@ -573,10 +574,7 @@ def test_empty_secret_counts_as_no_secret(tmp_path: Path, store: Store, queue: F
 
 
 def test_create_app_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    services = pytest.importorskip("runner.commands.services")
-    if not hasattr(services, "build_web_services"):
-        pytest.skip("runner.commands.services.build_web_services is not written yet")
-    from runner.web.app import create_app_from_env
+    from runner.wiring import create_app_from_env
 
     monkeypatch.setenv("GITOPS_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("GITOPS_GITHUB_WEBHOOK_SECRET", SECRET)

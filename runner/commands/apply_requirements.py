@@ -10,9 +10,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from runner.commands.feedback import APPLY_CONTEXT
 from runner.events.model import RepoRef
-from runner.forge.base import WRITE_PERMISSIONS, Approval, Forge, PullRequestInfo, same_user
+from runner.forge.base import (
+    APPLY_CONTEXT,
+    WRITE_PERMISSIONS,
+    Approval,
+    Forge,
+    PullRequestInfo,
+    same_user,
+)
 from runner.workspace.working_copy import WorkingCopies
 
 

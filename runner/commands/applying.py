@@ -27,10 +27,9 @@ from runner.commands.apply_gates import (
     load_trusted_rules,
 )
 from runner.commands.apply_requirements import RequirementContext
-from runner.commands.feedback import APPLY_CONTEXT, PullRequestFeedback
+from runner.commands.feedback import PullRequestFeedback
 from runner.commands.model import Command
 from runner.commands.planning import worktree_key
-from runner.commands.services import Services
 from runner.config.errors import ConfigError
 from runner.config.loader import load_repo_config
 from runner.config.model import ProjectConfig, RepoConfig
@@ -38,8 +37,9 @@ from runner.engine.apply import ApplyItem, ApplyRequest, Gate, LockHolder
 from runner.engine.planner import PlanOptions, PlanTarget
 from runner.engine.project_mutex import state_key
 from runner.engine.recording import record_plan_result
+from runner.engine.services import Services
 from runner.events.model import RepoRef
-from runner.forge.base import WRITE_PERMISSIONS, CommitState, PullRequestInfo
+from runner.forge.base import APPLY_CONTEXT, WRITE_PERMISSIONS, CommitState, PullRequestInfo
 from runner.notify.events import ApplyEvents
 from runner.results.model import ApplyResult, PlanResult, PlanStatus, PlanSummary
 from runner.results.render import render_apply_comment, render_message

@@ -11,7 +11,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from runner.events.model import RepoRef
-from runner.forge.base import CommitState, Forge, ForgeError
+from runner.forge.base import (
+    APPLY_CONTEXT,
+    PLAN_CONTEXT,
+    CommitState,
+    Forge,
+    ForgeError,
+    project_context,
+)
 from runner.results.limits import OutputLimits, cap_comments
 from runner.results.masking import Masker
 from runner.results.model import ApplyResult, ApplyStatus, PlanResult, PlanStatus
@@ -20,14 +27,6 @@ from runner.results.split import split_comment
 from runner.store.store import Store
 
 log = logging.getLogger(__name__)
-
-PLAN_CONTEXT = "gitops/plan"
-APPLY_CONTEXT = "gitops/apply"
-
-
-def project_context(base: str, project: str) -> str:
-    """Per-project status context, e.g. `gitops/plan: app`."""
-    return f"{base}: {project}"
 
 
 @dataclass(frozen=True)

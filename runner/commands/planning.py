@@ -10,25 +10,25 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.commands.feedback import PLAN_CONTEXT, PullRequestFeedback
+from runner.commands.feedback import PullRequestFeedback
 from runner.commands.model import Command
-from runner.commands.services import Services
 from runner.config.errors import ConfigError
 from runner.config.loader import load_repo_config
 from runner.config.model import RepoConfig
 from runner.engine.planner import PlanOptions, PlanTarget
 from runner.engine.project_mutex import state_key
 from runner.engine.recording import record_plan_result
+from runner.engine.services import Services
 from runner.events.model import RepoRef
-from runner.forge.base import CommitState, PullRequestInfo
+from runner.forge.base import PLAN_CONTEXT, CommitState, PullRequestInfo
 from runner.projects.detection import ProjectSelectionError, affected_projects, select_projects
-from runner.projects.modules import ModuleGraph
 from runner.results.limits import OutputLimits
 from runner.results.masking import Masker
 from runner.results.model import PlanResult, PlanStatus
 from runner.results.render import render_message, render_plan_comment
 from runner.store.locks import LockOwner
 from runner.store.runs import Trigger
+from runner.terraform.modules import ModuleGraph
 
 
 @dataclass(frozen=True)

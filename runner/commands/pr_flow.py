@@ -15,12 +15,12 @@ import threading
 from runner.commands.applying import PullRequestApplier
 from runner.commands.authorization import is_trusted, refusal
 from runner.commands.comment_parser import help_text, parse_comment
-from runner.commands.feedback import APPLY_CONTEXT, PullRequestFeedback
+from runner.commands.feedback import PullRequestFeedback
 from runner.commands.model import Command, CommandError
 from runner.commands.planning import PlanRequest, PullRequestPlanner, worktree_key
-from runner.commands.services import Services
+from runner.engine.services import Services
 from runner.events.model import CommentEvent, PullRequestEvent
-from runner.forge.base import CommitState, PullRequestInfo, same_user
+from runner.forge.base import APPLY_CONTEXT, CommitState, PullRequestInfo, same_user
 from runner.jobs.model import WorkEvent
 from runner.results.render import render_message
 from runner.store.runs import Trigger

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from runner.config.model import ConfigWarning, ProjectConfig, RepoConfig
-from runner.projects.modules import ModuleGraph
+from runner.terraform.modules import ModuleGraph
 
 AUTODISCOVERY = "(autodiscovery)"
 

@@ -28,7 +28,7 @@ from runner.config.model import (
     default_project_name,
     normalize_dir,
 )
-from runner.projects.modules import ModuleGraph
+from runner.terraform.modules import ModuleGraph
 
 RUNNER_FILE = "gitops-runner.yaml"
 ATLANTIS_FILES = ("atlantis.yaml", "atlantis.yml")

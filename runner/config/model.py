@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from runner.terraform.locate import check_terraform_version
+
 ApplyRequirement = Literal["approved", "mergeable", "undiverged"]
 ApplyMode = Literal["on_merge", "comment", "both"]
 
@@ -25,7 +27,6 @@ _NAME_RE = re.compile(r"(?!-)[A-Za-z0-9_.:@+-]+(?:/[A-Za-z0-9_.:@+-]+)*")
 _DOT_SEGMENT_RE = re.compile(r"(?:^|/)\.\.?(?:/|$)")
 _NAME_MAX = 128
 # A plain release: 1.5.7, 1.6.0-beta1, v1.5.7. It becomes part of an executable's name.
-_TERRAFORM_VERSION_RE = re.compile(r"v?\d{1,4}\.\d{1,4}\.\d{1,4}(?:-[0-9A-Za-z]{1,32})?")
 
 
 def normalize_dir(value: str) -> str:
@@ -71,17 +72,6 @@ def check_name(value: str) -> str:
             f"{value!r} is not a plain project name (letters, digits, '_', '.', ':', '@', "
             "'+', '-' in '/'-separated segments; no spaces, no '..')"
         )
-    return value
-
-
-def check_terraform_version(value: str) -> str:
-    """Return `value` if it is a plain Terraform version, else raise ValueError.
-
-    The version picks a binary named `terraform{version}` on PATH, so anything but a
-    version number (a path, shell syntax) must never get that far.
-    """
-    if not _TERRAFORM_VERSION_RE.fullmatch(value):
-        raise ValueError(f"{value!r} is not a plain Terraform version (like 1.5.7 or 1.6.0-beta1)")
     return value
 
 

@@ -18,8 +18,8 @@ from datetime import datetime, time
 from pathlib import Path
 
 from runner.config.model import ProjectConfig
-from runner.drift.model import Correction, DriftResult, DriftStatus
 from runner.engine.apply import ApplyExecutor, ApplyItem, ApplyRequest, Gate, LockHolder
+from runner.results.drift import Correction, DriftResult, DriftStatus
 from runner.store.locks import LockOwner
 from runner.store.runs import Trigger
 from runner.store.store import Store

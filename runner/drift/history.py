@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from runner.drift.model import DriftResult, DriftStatus
+from runner.results.drift import DriftResult, DriftStatus
 from runner.store.drift import DriftStore
 
 # Busy and failed scans say nothing about the drift itself: "unchanged" skips them.

@@ -8,20 +8,18 @@ Forge failures are reported back as notes; they never fail the scan.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from runner.drift.history import Tracked
-from runner.drift.model import Correction, DriftResult, DriftStatus
 from runner.drift.reports import describe
-from runner.drift.scan import DriftRepo
+from runner.drift.scan import DriftRepo, ForgeFor
 from runner.forge.base import Forge, ForgeError
+from runner.results.drift import Correction, DriftResult, DriftStatus
 from runner.store.drift import DriftStore
 
 log = logging.getLogger(__name__)
 
 ISSUE_LABELS = ("drift",)
-
-ForgeFor = Callable[[DriftRepo], Forge | None]
 
 
 def issue_title(repo: DriftRepo, result: DriftResult) -> str:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from runner.drift.history import Tracked
-from runner.drift.model import Correction, DriftReport, DriftResult, DriftStatus
 from runner.notify.base import Block, Message
 from runner.notify.blocks import sections
+from runner.results.drift import Correction, DriftReport, DriftResult, DriftStatus
 
 MAX_RESOURCES_PER_LINE = 5
 _ICON = {

@@ -8,7 +8,7 @@ changes nobody applied); a failed plan is an error, never "no drift".
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,11 +18,13 @@ from filelock import FileLock
 
 from runner.config.loader import load_repo_config
 from runner.config.model import ProjectConfig, RepoConfig
-from runner.drift.model import DriftResult, DriftStatus
 from runner.engine.planner import Planner, PlanOptions, PlanTarget
 from runner.engine.project_mutex import ProjectMutex, state_key
 from runner.engine.recording import record_plan_result
 from runner.events.model import RepoRef, canonical_repo_key
+from runner.forge.base import Forge
+from runner.forge.factory import ForgeNotConfigured
+from runner.results.drift import DriftResult, DriftStatus
 from runner.results.model import DriftedResource, PlanResult, PlanStatus
 from runner.store.drift import DriftStore
 from runner.store.models import utcnow
@@ -100,6 +102,24 @@ class DriftRepo:
             html_url=f"https://{host}/{self.full_name}",
             default_branch=self.branch or DEFAULT_BRANCHES[0],
         )
+
+
+ForgeFor = Callable[[DriftRepo], Forge | None]
+
+
+def repo_forge(forge_for: Callable[[str], Forge]) -> ForgeFor:
+    """The forge a configured repository lives on (issues, statuses), if it is known
+    and that forge is configured; None otherwise: such reports are simply skipped."""
+
+    def forge_of(repo: DriftRepo) -> Forge | None:
+        if repo.forge is None or repo.full_name is None:
+            return None
+        try:
+            return forge_for(repo.forge)
+        except ForgeNotConfigured:
+            return None
+
+    return forge_of
 
 
 @dataclass

@@ -18,9 +18,9 @@ from datetime import datetime, timedelta
 from croniter import croniter
 
 from runner.config.model import ProjectConfig
-from runner.drift.model import DriftReport
 from runner.drift.scan import DriftRepo
 from runner.drift.service import DriftService
+from runner.results.drift import DriftReport
 from runner.store.drift import LeaseStore
 from runner.store.models import utcnow
 

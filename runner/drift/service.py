@@ -14,23 +14,16 @@ from datetime import datetime
 from runner.config.model import ProjectConfig
 from runner.drift.autocorrect import AutoCorrector, CorrectionGate, after_rescan
 from runner.drift.history import Tracked, record_results
-from runner.drift.issues import DriftIssues, ForgeFor
-from runner.drift.model import DriftReport, DriftResult, DriftStatus
+from runner.drift.issues import DriftIssues
 from runner.drift.reports import drift_message
-from runner.drift.scan import DriftRepo, DriftScanner, ScanSession
-from runner.engine.apply import ApplyExecutor
-from runner.engine.planner import Planner, build_planner, build_terraform_factory
-from runner.engine.project_mutex import ProjectMutex, build_mutex
-from runner.forge.base import Forge
+from runner.drift.scan import DriftRepo, DriftScanner, ForgeFor, ScanSession, repo_forge
+from runner.engine.services import Services
 from runner.notify.base import Delivery, Notifier
-from runner.notify.slack import build_notifier
-from runner.reconcile.snapshot import repository_url
-from runner.results.masking import Masker
+from runner.results.drift import DriftReport, DriftResult, DriftStatus
 from runner.settings import Settings
 from runner.store.drift import DriftStore
 from runner.store.models import utcnow
-from runner.store.store import Store
-from runner.workspace.working_copy import WorkingCopies
+from runner.workspace.snapshot import repository_url
 
 log = logging.getLogger(__name__)
 
@@ -49,55 +42,34 @@ def configured_repos(settings: Settings) -> list[DriftRepo]:
     ]
 
 
-def _default_forge_for(settings: Settings) -> ForgeFor:
-    from runner.forge.factory import ForgeNotConfigured, build_forge
-
-    def forge_for(repo: DriftRepo) -> Forge | None:
-        if repo.forge is None:
-            return None
-        try:
-            return build_forge(settings, repo.forge)
-        except ForgeNotConfigured:
-            return None
-
-    return forge_for
-
-
 class DriftService:
     """Scans repositories for drift and reports it; see the module docstring."""
 
     def __init__(
         self,
-        settings: Settings,
-        store: Store,
+        services: Services,
         *,
         notifier: Notifier | None = None,
         forge_for: ForgeFor | None = None,
-        planner: Planner | None = None,
-        working_copies: WorkingCopies | None = None,
-        secret_values: tuple[str, ...] = (),
         clock: Callable[[], datetime] = utcnow,
-        mutex: ProjectMutex | None = None,
-        executor: ApplyExecutor | None = None,
     ) -> None:
-        self.settings = settings
-        self.store = store
-        self.history = DriftStore(store)
-        self.notifier = notifier or build_notifier(settings)
+        """Scans run on the process's `Services` (the same working copies, credentials,
+        mutex and apply path as the PR flow); `notifier` and `forge_for` replace the
+        services' own (tests, the CLI)."""
+        self.settings = services.settings
+        self.store = services.store
+        self.history = DriftStore(services.store)
+        self.notifier = notifier or services.notifier
         self._clock = clock
-        terraform_for = build_terraform_factory(settings)
-        mutex = mutex or build_mutex(settings, store)
         self.scanner = DriftScanner(
-            planner or build_planner(settings, terraform_for=terraform_for),
-            working_copies or WorkingCopies(settings.repos_dir),
-            store,
-            mutex,
-            secret_values=secret_values,
+            services.planner,
+            services.working_copies,
+            services.store,
+            services.mutex,
+            secret_values=services.secret_values,
         )
-        masker = Masker.from_secrets(secret_values)
-        executor = executor or ApplyExecutor(store, terraform_for, mutex, settings.logs_dir, masker)
-        self.corrector = AutoCorrector(store, executor)
-        self.issues = DriftIssues(forge_for or _default_forge_for(settings), self.history)
+        self.corrector = AutoCorrector(services.store, services.executor)
+        self.issues = DriftIssues(forge_for or repo_forge(services.forge_for), self.history)
         self.last_delivery: Delivery | None = None
 
     # --- the API the CLI, web app and scheduler call --------------------------------
@@ -151,7 +123,7 @@ class DriftService:
             if repo in (candidate.url, candidate.key, candidate.full_name):
                 return [candidate]
         # A plain directory (no git) is scanned through its snapshot: the repository
-        # `gitops-runner reconcile --repo DIR` applies (runner/reconcile/snapshot.py).
+        # `gitops-runner reconcile --repo DIR` applies (runner/workspace/snapshot.py).
         return [DriftRepo.from_url(repository_url(repo, self.settings.data_dir))]
 
     # --- steps ----------------------------------------------------------------------

@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from runner.jobs.cancellation import LeaseKeeper
 from runner.jobs.queue import DEFAULT_TIMING, JobTiming
-from runner.jobs.recovery import new_owner_id, process_owner_prefix
 from runner.store.jobs import JobRecord, JobStatus
+from runner.store.owners import new_owner_id, process_owner_prefix
 from runner.store.store import Store
 
 if TYPE_CHECKING:
-    from runner.drift.model import DriftReport, DriftResult
     from runner.drift.service import DriftService
+    from runner.results.drift import DriftReport, DriftResult
 
 log = logging.getLogger(__name__)
 

@@ -27,11 +27,11 @@ from typing import Protocol
 from runner.config.model import ProjectConfig
 from runner.engine.execution_order import apply_order
 from runner.engine.project_mutex import MutexBusy, ProjectMutex, state_key
-from runner.jobs.recovery import process_owner_prefix
 from runner.results.limits import OutputLimits, cap_output
 from runner.results.masking import Masker
 from runner.results.model import ApplyResult, ApplyStatus, PlanSummary
 from runner.store.locks import LockInfo
+from runner.store.owners import process_owner_prefix
 from runner.store.runs import RunStatus, Trigger
 from runner.store.store import Store
 from runner.terraform import Terraform, workspace_env

@@ -21,7 +21,7 @@ from runner.config.model import RepoConfig
 from runner.engine.planner import PlanTarget
 from runner.projects.changes import changed_files
 from runner.projects.detection import affected_projects, select_projects
-from runner.projects.modules import ModuleGraph
+from runner.terraform.modules import ModuleGraph
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,16 @@ def same_user(login: str, other: str) -> bool:
     return login.casefold() == other.casefold()
 
 
+# Commit status contexts: part of the user-facing contract (docs/commands.md).
+PLAN_CONTEXT = "gitops/plan"
+APPLY_CONTEXT = "gitops/apply"
+
+
+def project_context(base: str, project: str) -> str:
+    """Per-project status context, e.g. `gitops/plan: app`."""
+    return f"{base}: {project}"
+
+
 class CommitState(StrEnum):
     PENDING = "pending"
     SUCCESS = "success"

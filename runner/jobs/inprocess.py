@@ -16,8 +16,9 @@ from runner.engine.project_mutex import ProjectMutex
 from runner.jobs.cancellation import CancelRegistry, Superseded, Superseder
 from runner.jobs.model import JobHandler, WorkEvent
 from runner.jobs.queue import DEFAULT_TIMING, JobRunner, JobTiming, enqueue_event
-from runner.jobs.recovery import process_owner_prefix, recover
+from runner.jobs.recovery import recover
 from runner.store.deliveries import DeliveryRef
+from runner.store.owners import process_owner_prefix
 from runner.store.store import Store
 
 log = logging.getLogger(__name__)

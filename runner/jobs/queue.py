@@ -30,13 +30,14 @@ from runner.jobs.model import (
     encode_event,
     pr_group,
 )
-from runner.jobs.recovery import is_orphaned, new_owner_id, orphan_cutoff
+from runner.jobs.recovery import is_orphaned, orphan_cutoff
 from runner.store.deliveries import DeliveryRef
 from runner.store.jobs import JobRecord
+from runner.store.owners import new_owner_id
 from runner.store.store import Store
 
 if TYPE_CHECKING:
-    from runner.settings import Settings
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -275,20 +276,3 @@ def _group_of(record: JobRecord) -> str | None:
 def describe(error: BaseException) -> str:
     """The error text stored with a failed job: type and message, no traceback."""
     return "".join(traceback.format_exception_only(error)).strip()
-
-
-def build_queue(settings: Settings, store: Store, handler: JobHandler) -> JobQueue:
-    """The queue `settings.queue` names, on `store`.
-
-    `handler` runs the jobs of an in-process queue. An RQ queue only submits; its
-    jobs run in `gitops-runner worker` processes, which build their own handler.
-    """
-    # Imported here: both modules import this one.
-    if settings.queue == "rq":
-        from runner.jobs.rq_queue import RQQueue
-
-        return RQQueue(store, settings.redis_url)
-    from runner.engine.project_mutex import build_mutex
-    from runner.jobs.inprocess import InProcessQueue
-
-    return InProcessQueue(store, handler, settings.workers, mutex=build_mutex(settings, store))

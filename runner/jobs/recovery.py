@@ -18,16 +18,13 @@ job is recovered by exactly one of them (the store checks and changes it atomica
 from __future__ import annotations
 
 import logging
-import os
-import re
-import socket
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from runner.jobs.model import JobHandler, UnknownJobFormat, WorkEvent, decode_event
 from runner.store.jobs import JobRecord, JobStatus
 from runner.store.models import utcnow
+from runner.store.owners import owner_is_gone
 from runner.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -36,65 +33,11 @@ log = logging.getLogger(__name__)
 # and a heartbeat delayed by a busy database.
 DEFAULT_LEASE_GRACE_S = 30.0
 
-_OWNER = re.compile(r"^(?P<host>[^:]+):(?P<pid>\d+):(?P<start>\d+):")
-
 
 @dataclass(frozen=True)
 class RecoveryReport:
     requeued: list[int] = field(default_factory=list)
     interrupted: list[int] = field(default_factory=list)
-
-
-def hostname() -> str:
-    # Owner ids are split on ":"; a host name never has one, but be safe.
-    return socket.gethostname().replace(":", "_") or "localhost"
-
-
-def process_start(pid: int) -> int:
-    """When process `pid` started (clock ticks since boot), or 0 where /proc is missing."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-    except OSError:
-        return 0
-    # Field 2 (the command) is parenthesised and may contain spaces; start time is
-    # field 22, the 20th after the closing parenthesis.
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return int(fields[19])
-
-
-def process_owner_prefix() -> str:
-    """`host:pid:start`: identifies this process among all processes, past and present."""
-    pid = os.getpid()
-    return f"{hostname()}:{pid}:{process_start(pid)}"
-
-
-def new_owner_id(prefix: str, label: str) -> str:
-    """A lease-owner id unique to one claim.
-
-    The trailing "." ends it, so as a prefix (`JobStore.recover_after_restart`) it
-    can match no other id.
-    """
-    return f"{prefix}:{label}:{uuid.uuid4().hex[:12]}."
-
-
-def owner_is_gone(owner: str | None) -> bool:
-    """True when `owner` names a process of this host that no longer runs.
-
-    False when unsure: another host, an id not made by `new_owner_id`, a pid that runs
-    (without /proc, a recycled pid looks alive). The lease then decides.
-    """
-    match = _OWNER.match(owner or "")
-    if match is None or match["host"] != hostname():
-        return False
-    pid, start = int(match["pid"]), int(match["start"])
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass  # it exists, under another user
-    return start != 0 and process_start(pid) not in (0, start)
 
 
 def orphan_cutoff(lease_grace: float = DEFAULT_LEASE_GRACE_S) -> datetime:

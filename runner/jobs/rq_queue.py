@@ -49,17 +49,18 @@ from runner.jobs.queue import (
     JobTiming,
     enqueue_event,
 )
-from runner.jobs.recovery import process_owner_prefix, recover
+from runner.jobs.recovery import recover
 from runner.settings import Settings, load_settings
 from runner.store.deliveries import DeliveryRef
 from runner.store.jobs import JobStatus
+from runner.store.owners import process_owner_prefix
 from runner.store.store import Store
 
 log = logging.getLogger(__name__)
 
 DEFAULT_QUEUE_NAME = "gitops-runner"
 HANDLER_FACTORY_ENV = "GITOPS_JOB_HANDLER_FACTORY"
-DEFAULT_HANDLER_FACTORY = "runner.jobs.rq_queue:pull_request_flow_handler"
+DEFAULT_HANDLER_FACTORY = "runner.wiring:pull_request_flow_handler"
 # Outcomes are in the store; RQ's own record of a message is only for debugging.
 _RESULT_TTL_S = 24 * 3600
 _PENDING = frozenset(
@@ -269,11 +270,3 @@ def run_worker(
         log.info("sent %d missing job message(s)", sent)
     worker = SimpleWorker([queue], connection=connection, serializer=SERIALIZER)
     return worker.work(burst=burst)
-
-
-def pull_request_flow_handler(settings: Settings, store: Store) -> JobHandler:
-    """The default handler factory: the pull-request flow, wired from settings."""
-    from runner.commands.pr_flow import build_handler
-    from runner.commands.services import build_services
-
-    return build_handler(build_services(settings, store))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from wcmatch import glob
 
 from runner.config.model import DEFAULT_WHEN_MODIFIED, ProjectConfig, RepoConfig, normalize_dir
-from runner.projects.modules import ModuleGraph, dir_of, is_hidden
+from runner.terraform.modules import ModuleGraph, dir_of, is_hidden
 
 # `**` crosses directories, `*` matches dotfiles too (like Atlantis), and no magic ever
 # matches a `..` segment: only patterns written with `../` reach outside the project.

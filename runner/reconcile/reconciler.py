@@ -30,21 +30,19 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from runner.commands.feedback import APPLY_CONTEXT
-from runner.commands.services import Services
 from runner.config.errors import ConfigError
 from runner.config.loader import load_repo_config
 from runner.config.model import ProjectConfig, RepoConfig
-from runner.drift.scan import DEFAULT_BRANCHES, DriftRepo
+from runner.drift.scan import DEFAULT_BRANCHES, DriftRepo, ForgeFor, repo_forge
 from runner.engine.apply import ApplyItem, ApplyRequest, LockHolder
 from runner.engine.planner import PlanOptions, PlanTarget
 from runner.engine.project_mutex import state_key
 from runner.engine.recording import record_plan_result
-from runner.forge.base import CommitState, Forge
+from runner.engine.services import Services
+from runner.forge.base import APPLY_CONTEXT, CommitState
 from runner.notify.base import Delivery, Notifier
 from runner.notify.events import RunLinks
 from runner.projects.detection import affected_projects
-from runner.projects.modules import ModuleGraph
 from runner.reconcile.model import (
     FAILURES,
     PollTarget,
@@ -53,7 +51,6 @@ from runner.reconcile.model import (
     ReconcileReport,
 )
 from runner.reconcile.reports import needs_message, reconcile_message
-from runner.reconcile.snapshot import snapshot_directory
 from runner.reconcile.targets import configured_targets, target_for
 from runner.results.masking import Masker
 from runner.results.model import ApplyResult, ApplyStatus, PlanResult, PlanStatus, PlanSummary
@@ -62,11 +59,12 @@ from runner.store.locks import LockInfo, LockOwner
 from runner.store.models import utcnow
 from runner.store.reconcile import ReconcileState, ReconcileStateStore
 from runner.store.runs import RunStatus, Trigger
+from runner.terraform.modules import ModuleGraph
+from runner.workspace.snapshot import snapshot_directory
 from runner.workspace.working_copy import WorkingCopyError
 
 log = logging.getLogger(__name__)
 
-ForgeFor = Callable[[DriftRepo], Forge | None]
 
 LEASE_NAME = "reconciler"
 TREE_KEY = "reconcile"
@@ -117,7 +115,7 @@ class Reconciler:
         self.owner = owner or f"reconciler-{uuid.uuid4().hex[:12]}"
         self.last_delivery: Delivery | None = None
         self._targets = list(targets) if targets is not None else None
-        self._forge_for = forge_for or _default_forge_for(services)
+        self._forge_for = forge_for or repo_forge(services.forge_for)
         self._leases = LeaseStore(services.store)
         self._ttl = lease_ttl
         self._clock = clock
@@ -593,17 +591,3 @@ def _applied_outcome(
 def _one_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
-
-
-def _default_forge_for(services: Services) -> ForgeFor:
-    from runner.forge.factory import ForgeNotConfigured
-
-    def forge_for(repo: DriftRepo) -> Forge | None:
-        if repo.forge is None or repo.full_name is None:
-            return None
-        try:
-            return services.forge_for(repo.forge)
-        except ForgeNotConfigured:
-            return None
-
-    return forge_for

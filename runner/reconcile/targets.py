@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from runner.drift.scan import DriftRepo
 from runner.reconcile.model import PollTarget
-from runner.reconcile.snapshot import needs_snapshot, snapshot_repository
 from runner.settings import PolledRepo, Settings
+from runner.workspace.snapshot import needs_snapshot, snapshot_repository
 
 DEFAULT_INTERVAL_S = 60.0
 

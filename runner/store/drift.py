@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from runner.drift.model import Correction, DriftResult, DriftStatus
+from runner.results.drift import Correction, DriftResult, DriftStatus
 from runner.results.model import DriftedResource, PlanSummary, ResourceChange
 from runner.store.db import Database
 from runner.store.drift_models import DriftResultRow, SchedulerLease

@@ -15,19 +15,32 @@ falls back to the order above when none is installed.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from runner.config.model import check_terraform_version
-
 BinaryKind = Literal["configured", "path", "embedded"]
 
 PATH_NAMES = ("terraform", "tofu")
 EMBEDDED_SCRIPT = "gitops-terraform"
 EMBEDDED_MODULE = "runner.terraform.embedded"
+
+
+_TERRAFORM_VERSION_RE = re.compile(r"v?\d{1,4}\.\d{1,4}\.\d{1,4}(?:-[0-9A-Za-z]{1,32})?")
+
+
+def check_terraform_version(value: str) -> str:
+    """Return `value` if it is a plain Terraform version, else raise ValueError.
+
+    The version picks a binary named `terraform{version}` on PATH, so anything but a
+    version number (a path, shell syntax) must never get that far.
+    """
+    if not _TERRAFORM_VERSION_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a plain Terraform version (like 1.5.7 or 1.6.0-beta1)")
+    return value
 
 
 class TerraformNotFoundError(RuntimeError):

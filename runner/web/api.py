@@ -26,7 +26,7 @@ from runner.results.model import PlanSummary
 from runner.store.jobs import JobRecord, JobStatus
 from runner.store.locks import LockInfo
 from runner.store.runs import RunRecord
-from runner.web.app import web_context
+from runner.web.context import web_context
 
 logger = logging.getLogger(__name__)
 

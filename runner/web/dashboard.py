@@ -11,15 +11,15 @@ from datetime import datetime
 
 from flask import Blueprint, render_template
 
-from runner.drift.model import DriftResult, DriftStatus
 from runner.drift.reports import describe
 from runner.events.model import url_host
+from runner.results.drift import DriftResult, DriftStatus
 from runner.results.model import PlanSummary
 from runner.settings import Settings
 from runner.store.jobs import JobStatus
 from runner.store.runs import RunRecord, RunStatus
 from runner.web.api import job_subject
-from runner.web.app import web_context
+from runner.web.context import web_context
 from runner.web.drift_api import drift_overview
 
 blueprint = Blueprint("dashboard", __name__)

@@ -20,7 +20,6 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, jsonify, request
 
-from runner.drift.model import DriftResult, DriftStatus
 from runner.drift.triggers import (
     ScanRefused,
     ScansBusy,
@@ -30,9 +29,10 @@ from runner.drift.triggers import (
     drift_scan_status,
     recent_drift_scans,
 )
+from runner.results.drift import DriftResult, DriftStatus
 from runner.store.drift import DriftStore
 from runner.web.api import summary_json
-from runner.web.app import WebContext, web_context
+from runner.web.context import WebContext, web_context
 
 blueprint = Blueprint("drift_api", __name__)
 

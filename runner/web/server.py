@@ -5,7 +5,7 @@ app, so it holds no database connection and no job thread. Each worker process
 builds its own services (Store, job queue) and app after the fork (`preload_app` is
 off), then `post_worker_init` starts that process's job workers and `worker_exit`
 stops them. The same hooks serve plain `gunicorn -c deploy/gunicorn.conf.py
-'runner.web.app:create_app_from_env()'`, which imports `gunicorn_options` from here.
+'runner.wiring:create_app_from_env()'`, which imports `gunicorn_options` from here.
 
 Defaults favour one worker process with threads: webhooks are answered in
 milliseconds, and every extra process would run its own pool of job workers.
@@ -22,12 +22,12 @@ from gunicorn.app.base import BaseApplication
 
 from runner.settings import Settings
 from runner.web.app import (
-    WebServices,
     check_webhook_secrets,
     create_app,
     start_app_workers,
     stop_app_workers,
 )
+from runner.web.context import WebServices
 
 logger = logging.getLogger(__name__)
 

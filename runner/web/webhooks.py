@@ -41,7 +41,7 @@ from runner.events.model import (
 from runner.events.signature import verify_github_signature, verify_gitlab_token
 from runner.settings import Settings
 from runner.store.deliveries import DeliveryRef, DuplicateDelivery
-from runner.web.app import EXTENSION_KEY, WebContext, web_context
+from runner.web.context import EXTENSION_KEY, WebContext, web_context
 
 logger = logging.getLogger(__name__)
 

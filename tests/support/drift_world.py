@@ -6,17 +6,19 @@ any checkout, as a remote backend would. Editing a file under `world/` is drift.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
 from runner.drift.scan import DriftRepo
 from runner.drift.service import DriftService
-from runner.notify.base import Notifier
+from runner.engine.planner import Planner
+from runner.notify.base import Notifier, NullNotifier
 from runner.settings import Settings
 from runner.store.store import Store
 from runner.terraform import Terraform, locate_terraform
+from runner.wiring import build_services
 from tests.support.files_provider import REQUIRED_PROVIDERS_TF, install_files_provider
 from tests.support.git_repo import GitRepo
 
@@ -62,12 +64,19 @@ class World:
             assert outcome.exit_code in (0, 2), outcome.stderr_tail()
             assert terraform.apply(workdir, Path("setup.tfplan")).ok
 
-    def service(self, notifier: Notifier | None = None, **kwargs: object) -> DriftService:
-        from runner.notify.base import NullNotifier
-
+    def service(
+        self,
+        notifier: Notifier | None = None,
+        *,
+        planner: Planner | None = None,
+        **kwargs: object,
+    ) -> DriftService:
+        """The drift service on the services `serve` builds (with another planner if given)."""
+        services = build_services(self.settings, self.store)
+        if planner is not None:
+            services = replace(services, planner=planner)
         return DriftService(
-            self.settings,
-            self.store,
+            services,
             notifier=notifier or NullNotifier(),
             **kwargs,  # type: ignore[arg-type]
         )

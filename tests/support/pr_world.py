@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.commands.pr_flow import PullRequestFlow
-from runner.commands.services import Services, build_services
+from runner.engine.services import Services
 from runner.events.github import parse_github_event
 from runner.events.model import CommentEvent, PullRequestEvent
 from runner.settings import Settings, load_settings
+from runner.wiring import build_services
 from tests.support.fake_github import FakeGitHub
 from tests.support.git_repo import GitRepo, sample_repo
 from tests.support.github_payloads import issue_comment_event, pull_request_event
@@ -209,8 +210,8 @@ class ServedRunner:
     """The runner as `serve` runs it (app + in-process queue), on a real HTTP port."""
 
     def __init__(self, settings: Settings, *, start_workers: bool = True) -> None:
-        from runner.commands.services import build_web_services
         from runner.web.app import create_app
+        from runner.wiring import build_web_services
 
         self.web = build_web_services(settings)
         self.app = create_app(settings, self.web)

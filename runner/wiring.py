@@ -1,56 +1,46 @@
-"""The object graph of the pull-request flow, built once per process from settings.
+"""The composition root: builds the object graph for `serve`, `worker` and the CLI.
 
-Everything the flow needs is here and nothing else: the store, a forge per name,
-working copies, the planner and the per-state mutex. The flow itself never reads
-settings or the environment on its own.
+It imports every package and nothing imports it but the entry points (`runner/cli.py`,
+`runner/web/server.py`'s gunicorn hooks through `create_app`'s caller). Each process
+builds its own graph once: one `Services` (`engine/services.py`) that the PR flow,
+drift, reconcile and the job handlers all receive.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
+from flask import Flask
+
+from runner.commands.pr_flow import build_handler
+from runner.drift.scheduler import DriftScheduler
+from runner.drift.service import DriftService
+from runner.drift.triggers import DriftScans
 from runner.engine.apply import ApplyExecutor
-from runner.engine.planner import Planner, build_planner, build_terraform_factory
-from runner.engine.project_mutex import ProjectMutex, build_mutex
+from runner.engine.planner import build_planner, build_terraform_factory
+from runner.engine.project_mutex import build_mutex
+from runner.engine.services import Services
 from runner.forge.base import Forge
 from runner.forge.factory import build_forge
-from runner.notify.base import Notifier, NullNotifier
+from runner.jobs.inprocess import InProcessQueue
+from runner.jobs.model import JobHandler
+from runner.jobs.queue import JobQueue
 from runner.notify.slack import build_notifier
+from runner.reconcile.reconciler import Reconciler
 from runner.results.limits import OutputLimits
 from runner.results.masking import Masker
-from runner.settings import Settings
+from runner.settings import Settings, load_settings
 from runner.store.store import Store
-from runner.terraform import Terraform
+from runner.web.app import create_app
+from runner.web.context import WebServices
 from runner.workspace.working_copy import WorkingCopies
 
-if TYPE_CHECKING:
-    from runner.drift.scheduler import DriftScheduler
-    from runner.drift.triggers import DriftScans
-    from runner.web.app import WebServices
-
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Services:
-    """What the PR flow runs on; two forges, queues or databases look the same from here."""
-
-    settings: Settings
-    store: Store
-    forge_for: Callable[[str], Forge]
-    working_copies: WorkingCopies
-    planner: Planner
-    terraform_for: Callable[[str | None], Terraform]
-    mutex: ProjectMutex
-    # The one guarded path every apply takes (PR comment, merge, reconcile).
-    executor: ApplyExecutor
-    secret_values: tuple[str, ...] = field(default=())
-    # Chat messages about applies (runner/notify/events.py); silent unless Slack is set up.
-    notifier: Notifier = field(default_factory=NullNotifier)
 
 
 def build_services(settings: Settings, store: Store | None = None) -> Services:
@@ -95,8 +85,6 @@ def _token_for(settings: Settings) -> Callable[[str], str | None]:
     `api.<name>.ghe.com`) clones from `<host>`. A token only travels over https, or
     over the scheme its forge's URL is configured with (a test or air-gapped forge).
     """
-    from urllib.parse import urlsplit
-
     api = urlsplit(settings.github_api_url)
     api_host = (api.hostname or "").lower()
     github_hosts = {"github.com": "https", api_host: api.scheme}
@@ -155,20 +143,8 @@ def build_drift(settings: Settings, services: Services) -> DriftWiring:
     Every web process gets a scheduler when drift is scheduled; the scheduler's lease
     in the store makes exactly one of them scan (see runner/drift/scheduler.py).
     """
-    from runner.drift.scheduler import DriftScheduler
-    from runner.drift.service import DriftService
-    from runner.drift.triggers import DriftScans
 
-    service = DriftService(
-        settings,
-        services.store,
-        notifier=services.notifier,
-        planner=services.planner,
-        working_copies=services.working_copies,
-        secret_values=services.secret_values,
-        mutex=services.mutex,
-        executor=services.executor,
-    )
+    service = DriftService(services)
     scheduler = DriftScheduler(service) if drift_scheduled(settings) else None
     return DriftWiring(DriftScans(service), scheduler)
 
@@ -188,10 +164,6 @@ def build_web_services(settings: Settings) -> WebServices:
     shared between processes. The in-process queue's threads and the drift scheduler
     start with the worker (`start_workers`) and stop when it exits.
     """
-    from runner.commands.pr_flow import build_handler
-    from runner.jobs.queue import build_queue
-    from runner.reconcile.reconciler import Reconciler
-    from runner.web.app import WebServices
 
     services = build_services(settings)
     queue = build_queue(settings, services.store, build_handler(services))
@@ -221,3 +193,33 @@ def build_web_services(settings: Settings) -> WebServices:
         start_workers=start_workers,
         stop_workers=stop_workers,
     )
+
+
+def create_app_from_env() -> Flask:
+    """The app for plain `gunicorn 'runner.wiring:create_app_from_env()'`.
+
+    Settings come from the `GITOPS_*` environment (and the YAML file named by
+    `GITOPS_CONFIG_FILE`, if any). Runs in each gunicorn worker after the fork, so the
+    Store and queue built here belong to that worker process alone.
+    """
+    settings = load_settings(os.environ.get("GITOPS_CONFIG_FILE") or None)
+    return create_app(settings, build_web_services(settings))
+
+
+def pull_request_flow_handler(settings: Settings, store: Store) -> JobHandler:
+    """The default handler factory: the pull-request flow, wired from settings."""
+    return build_handler(build_services(settings, store))
+
+
+def build_queue(settings: Settings, store: Store, handler: JobHandler) -> JobQueue:
+    """The queue `settings.queue` names, on `store`.
+
+    `handler` runs the jobs of an in-process queue. An RQ queue only submits; its
+    jobs run in `gitops-runner worker` processes, which build their own handler.
+    """
+    if settings.queue == "rq":
+        # Imported only when asked for: redis and rq are the `redis` extra.
+        from runner.jobs.rq_queue import RQQueue
+
+        return RQQueue(store, settings.redis_url)
+    return InProcessQueue(store, handler, settings.workers, mutex=build_mutex(settings, store))

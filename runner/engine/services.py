@@ -1,0 +1,40 @@
+"""What every consumer of the domain runs on: one `Services`, built by `runner/wiring.py`.
+
+The PR flow, drift scans, reconcile and the CLI receive the same object graph (the
+store, a forge per kind, working copies, the planner, the apply path, the per-state
+mutex, the notifier), so each gets the same credentials and guards; none of them
+reads settings or the environment to build its own collaborators.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from runner.engine.apply import ApplyExecutor
+from runner.engine.planner import Planner
+from runner.engine.project_mutex import ProjectMutex
+from runner.forge.base import Forge
+from runner.notify.base import Notifier, NullNotifier
+from runner.settings import Settings
+from runner.store.store import Store
+from runner.terraform import Terraform
+from runner.workspace.working_copy import WorkingCopies
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the PR flow runs on; two forges, queues or databases look the same from here."""
+
+    settings: Settings
+    store: Store
+    forge_for: Callable[[str], Forge]
+    working_copies: WorkingCopies
+    planner: Planner
+    terraform_for: Callable[[str | None], Terraform]
+    mutex: ProjectMutex
+    # The one guarded path every apply takes (PR comment, merge, reconcile).
+    executor: ApplyExecutor
+    secret_values: tuple[str, ...] = field(default=())
+    # Chat messages about applies (runner/notify/events.py); silent unless Slack is set up.
+    notifier: Notifier = field(default_factory=NullNotifier)
