@@ -28,16 +28,15 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import filelock
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-if TYPE_CHECKING:
-    from runner.settings import Settings
-    from runner.store.store import Store
+from runner.settings import Settings
+from runner.store.store import Store
 
 # Namespaces our advisory-lock keys; see runner.store.db for the migration lock's.
 _ADVISORY_NAMESPACE = b"gitops-runner:mutex:"
