@@ -38,6 +38,8 @@ class PolledRepo(BaseSettings):
     # "owner/name" on the forge, for drift issues and commit statuses when the URL
     # does not tell (a mirror, a file:// URL); forge defaults to github.
     full_name: str | None = None
+    # `runner.events.model.ForgeKind`, spelled out: settings is the bottom layer and
+    # imports nothing of the runner (tests/test_drift_scan.py checks the two agree).
     forge: Literal["github", "gitlab"] | None = None
 
 
@@ -165,10 +167,6 @@ class Settings(BaseSettings):
     @property
     def logs_dir(self) -> Path:
         return self.data_dir / "logs"
-
-    @property
-    def plans_dir(self) -> Path:
-        return self.data_dir / "plans"
 
     @classmethod
     def settings_customise_sources(

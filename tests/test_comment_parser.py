@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runner.commands.comment_parser import PLAN_FLAGS, help_text, parse_comment
-from runner.commands.model import Command, CommandError
+from runner.events.commands import Command, CommandError
+from runner.events.comment_parser import PLAN_FLAGS, help_text, parse_comment
 
 
 def ok(body: str) -> Command:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
+from runner.events.model import ForgeKind
 from runner.results.drift import DriftStatus
+from runner.settings import PolledRepo
 from runner.store.locks import LockOwner
 from tests.support.drift_world import World, make_world
 
@@ -98,3 +101,9 @@ def test_cli_drift_prints_the_report_and_exits_3_on_drift(
     result = CliRunner().invoke(cli, ["drift", "--repo", str(world.repo.path), "-p", "alpha"])
     assert result.exit_code == 3, result.output
     assert "drift    " in result.output and "files_file.f" in result.output
+
+
+def test_the_settings_name_the_same_forge_kinds_as_the_repositories_they_configure() -> None:
+    # `runner.settings` is the bottom layer and cannot import `ForgeKind`: it spells it out.
+    annotation = PolledRepo.model_fields["forge"].annotation
+    assert set(get_args(get_args(annotation)[0])) == set(get_args(ForgeKind))

@@ -1,4 +1,6 @@
-"""The drift scheduler fires once per deployment: separate OS processes, one SQLite database.
+"""The drift scheduler fires once per deployment, and checks each repository out once a tick.
+
+Once per deployment: separate OS processes, one SQLite database.
 
 Like gunicorn workers (or replicas on one volume), each process builds its own store,
 service and scheduler from the same settings; nothing is shared but the database. A
@@ -10,7 +12,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ from runner.settings import Settings
 from runner.store.drift import DriftStore
 from runner.store.store import Store
 from runner.wiring import build_services
+from runner.workspace.working_copy import WorkingCopies
 from tests.support.drift_world import World, make_world
 
 NOW = datetime(2024, 12, 2, 13, 59, tzinfo=UTC)
@@ -113,3 +118,34 @@ def test_the_next_slot_fires_once_after_the_lease_holder_is_gone(world: World) -
 
     assert later == [[], [["alpha", "beta"]]]
     assert stored_results(world) == 4
+
+
+class CountingCopies(WorkingCopies):
+    """Real working copies that count, per repository, the `git fetch`es run and the
+    checkouts asked for: what a tick costs the git server and the disk."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.fetches: Counter[str] = Counter()
+        self.checkouts: Counter[str] = Counter()
+
+    def _git_fetch(self, remote: Any, refspecs: Sequence[str], **options: Any) -> Any:
+        self.fetches[remote.fetch_url] += 1
+        return super()._git_fetch(remote, refspecs, **options)
+
+    def checkout(self, repo_url: str, key: str, commit: str, **options: Any) -> Path:
+        self.checkouts[repo_url] += 1
+        return super().checkout(repo_url, key, commit, **options)
+
+
+def test_a_tick_fetches_and_checks_out_each_repository_once(world: World) -> None:
+    copies = CountingCopies(world.settings.repos_dir)
+    services = replace(build_services(world.settings, world.store), working_copies=copies)
+    scheduler = DriftScheduler(DriftService(services, notifier=NullNotifier()), owner="only")
+
+    reports = scheduler.tick(NOW)
+
+    # The schedules are read in the checkout the due projects are then planned in.
+    assert [sorted(r.project for r in report.results) for report in reports] == [["alpha", "beta"]]
+    assert copies.fetches == {str(world.repo.path): 1}
+    assert copies.checkouts == {str(world.repo.path): 1}

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from runner.events.commands import Command
 from runner.events.github import parse_github_event
 from runner.events.model import (
     CommentEvent,
@@ -397,6 +398,7 @@ def test_comment_on_pull_request() -> None:
         body="gitops apply\nthanks",
         author="alice",
         author_is_bot=False,
+        command=Command(name="apply"),
     )
 
 

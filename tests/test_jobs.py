@@ -22,6 +22,7 @@ import pytest
 import redis
 
 from runner.engine.project_mutex import FileMutex, ProjectMutex, build_mutex
+from runner.events.commands import Command, CommandError
 from runner.events.model import (
     CommentEvent,
     PullRequestAction,
@@ -31,13 +32,12 @@ from runner.events.model import (
 )
 from runner.jobs import cancellation
 from runner.jobs.inprocess import InProcessQueue
-from runner.jobs.model import WorkEvent, encode_event, pr_group
+from runner.jobs.model import WorkEvent, decode_event, encode_event, pr_group
 from runner.jobs.queue import (
     JobRunner,
     JobTiming,
     Outcome,
     enqueue_event,
-    submit_event,
 )
 from runner.jobs.recovery import recover
 from runner.jobs.rq_queue import RQQueue, send_message
@@ -47,6 +47,7 @@ from runner.store.jobs import JobRecord, JobStatus
 from runner.store.owners import new_owner_id, owner_is_gone, process_owner_prefix
 from runner.store.store import Store
 from runner.wiring import build_queue
+from tests.support.jobs import comment_event, submit_event
 
 DEADLINE_S = 60.0
 FAST = JobTiming(lease_s=10.0, heartbeat_s=1.0, poll_s=0.05, lease_grace_s=0.0)
@@ -90,9 +91,7 @@ def pr_event(number: int, action: PullRequestAction = "opened", sha: str = "a") 
 def comment(number: int, body: str) -> CommentEvent:
     """A comment; its body is the tag: `block-…` waits for release, `fail-…` raises,
     `apply-…` counts as an apply."""
-    return CommentEvent(
-        repo=REPO, pr_number=number, comment_id=1, body=body, author="bob", author_is_bot=False
-    )
+    return comment_event(REPO, number, body)
 
 
 def tag_of(event: WorkEvent) -> str:
@@ -327,6 +326,48 @@ def test_unreadable_job_fails_and_the_worker_goes_on(
     assert record is not None and record.status is JobStatus.FAILED
     assert "version=99" in (record.error or "")
     assert status_of(store, after) is JobStatus.DONE
+
+
+# ---- the job format: a comment's command is parsed once, by the webhook ------------------
+
+
+def test_a_comment_job_carries_its_parsed_command_as_json() -> None:
+    event = comment(1, "gitops plan -p app -- -target=module.vpc")
+    kind, payload = encode_event(event)
+    assert payload["command"] == {
+        "name": "plan",
+        "project": "app",
+        "dir": None,
+        "workspace": None,
+        "extra_args": ["-target=module.vpc"],
+    }
+    assert decode_event(kind, payload) == event
+
+
+def test_a_refused_command_and_a_plain_comment_survive_the_round_trip() -> None:
+    for body in ("gitops destroy", "looks good"):
+        event = comment(1, body)
+        assert decode_event(*encode_event(event)) == event
+    assert isinstance(comment(1, "gitops destroy").command, CommandError)
+
+
+def test_a_comment_job_from_the_previous_version_is_parsed_on_decode() -> None:
+    """Rolling upgrade: version 1 rows stored the text only."""
+    kind, payload = encode_event(comment(1, "gitops apply -d infra/db"))
+    del payload["command"]
+    decoded = decode_event(kind, payload, version=1)
+    assert isinstance(decoded, CommentEvent)
+    assert decoded.command == Command(name="apply", dir="infra/db")
+
+
+def test_a_version_1_row_in_the_store_decodes_with_its_command(store: Store) -> None:
+    kind, payload = encode_event(comment(2, "gitops apply"))
+    del payload["command"]
+    job_id = store.jobs.enqueue(kind, payload, version=1)
+    record = store.jobs.get(job_id)
+    assert record is not None
+    event = decode_event(record.kind, record.payload, record.version)
+    assert isinstance(event, CommentEvent) and event.command == Command(name="apply")
 
 
 def test_two_queues_on_one_database_never_run_a_job_twice(

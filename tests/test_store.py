@@ -252,12 +252,6 @@ def test_failed_run_keeps_error_and_log(store: Store) -> None:
     assert record.summary is None
 
 
-def test_queued_run_moves_to_running(store: Store) -> None:
-    run_id = _start(store, status="queued")
-    assert store.runs.get_run(run_id).status is RunStatus.QUEUED
-    assert store.runs.set_running(run_id).status is RunStatus.RUNNING
-
-
 def test_run_status_is_validated(store: Store) -> None:
     with pytest.raises(ValueError):
         _start(store, status="success")

@@ -25,6 +25,7 @@ from runner.config.errors import ConfigError
 from runner.config.loader import load_repo_config
 from runner.config.model import ProjectConfig
 from runner.engine.planner import PlanTarget, _ResultBase
+from runner.jobs.queue import enqueue_event
 from runner.jobs.rq_queue import RQQueue
 from runner.results.limits import OutputLimits, cap_comments, cap_output
 from runner.results.masking import Masker
@@ -39,7 +40,7 @@ from runner.terraform.result import CommandOutcome
 from runner.web.app import create_app
 from runner.web.context import WebServices
 from runner.wiring import _token_for
-from runner.workspace.working_copy import WorkingCopies
+from runner.workspace.working_copy import WORKTREES_DIR, WorkingCopies
 from tests.support.git_repo import GitRepo
 from tests.support.github_payloads import Pull, Repo, build_delivery, pull_request_event
 from tests.support.pr_world import FULL_NAME, TOKEN, PullRequestWorld, make_world
@@ -132,7 +133,7 @@ def test_a_config_file_linked_outside_is_a_config_error_not_its_content(
     body = world.last_comment(number)
     assert "gitops-runner.yaml" in body and "outside the repository" in body
     assert "TOP-SECRET-VALUE" not in "\n".join(world.comments(number))
-    tree = world.services.working_copies.tree_path(world.clone_url, "pr-1")
+    tree = world.services.working_copies.repo_dir(world.clone_url) / WORKTREES_DIR / "pr-1"
     with pytest.raises(ConfigError, match="outside the repository"):
         load_repo_config(tree)
 
@@ -212,7 +213,10 @@ def test_comments_beyond_the_limit_are_summarised() -> None:
 
 def _client(tmp_path: Path, store: Store, **values: Any) -> FlaskClient:
     settings = Settings(data_dir=tmp_path / "data", github_webhook_secret=WEBHOOK_SECRET, **values)
-    services = WebServices(store=store, submit=lambda event: 1)
+    # The queues' own write: the job and its delivery, in one transaction.
+    services = WebServices(
+        store=store, submit=lambda event, delivery=None: enqueue_event(store, event, delivery)
+    )
     return create_app(settings, services).test_client()
 
 

@@ -30,11 +30,14 @@ from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
 from runner.engine.project_mutex import FileMutex
+from runner.events.commands import CommandError
+from runner.events.model import CommentEvent
 from runner.jobs.inprocess import InProcessQueue
 from runner.jobs.model import WorkEvent, encode_event
+from runner.jobs.queue import enqueue_event
 from runner.results.model import PlanSummary
 from runner.settings import Settings, load_settings
-from runner.store.deliveries import DeliveryRef
+from runner.store.deliveries import DeliveryRef, DuplicateDelivery
 from runner.store.jobs import JobStatus
 from runner.store.locks import LockOwner
 from runner.store.runs import RunStatus
@@ -63,13 +66,22 @@ BASE_SHA = "f95f852bd8fca8fcc58a9a2d6c842781e32a215e"
 
 
 class FakeQueue:
-    """Stands in for JobQueue.submit: remembers events, hands out job ids."""
+    """Stands in for JobQueue.submit: remembers events, hands out job ids.
 
-    def __init__(self) -> None:
+    Records the delivery in the store as the queues do (without a job row), so a
+    redelivery is refused with `DuplicateDelivery`.
+    """
+
+    def __init__(self, store: Store) -> None:
         self.events: list[WorkEvent] = []
+        self._store = store
         self._ids = itertools.count(1)
 
-    def submit(self, event: WorkEvent) -> int:
+    def submit(self, event: WorkEvent, *, delivery: DeliveryRef | None = None) -> int:
+        if delivery is not None and not self._store.deliveries.record_delivery(
+            delivery.delivery_id, delivery.forge, delivery.event
+        ):
+            raise DuplicateDelivery(delivery.delivery_id)
         self.events.append(event)
         return next(self._ids)
 
@@ -92,8 +104,8 @@ def store(sqlite_url: str) -> Iterator[Store]:
 
 
 @pytest.fixture
-def queue() -> FakeQueue:
-    return FakeQueue()
+def queue(store: Store) -> FakeQueue:
+    return FakeQueue(store)
 
 
 @pytest.fixture
@@ -338,6 +350,20 @@ def test_comment_command_is_queued(client: FlaskClient, queue: FakeQueue) -> Non
     assert queue.events[0].body == "gitops plan -p app"
 
 
+def test_a_refused_command_is_queued_with_its_refusal(
+    client: FlaskClient, queue: FakeQueue
+) -> None:
+    """The webhook parses the comment once; the job carries the outcome to the PR flow."""
+    payload = issue_comment_event("created", REPO, 7, "gitops destroy", "alice", 102)
+
+    response = deliver(client, "issue_comment", payload)
+
+    assert response.status_code == 202
+    event = queue.events[0]
+    assert isinstance(event, CommentEvent) and isinstance(event.command, CommandError)
+    assert "Unknown command" in event.command.reason
+
+
 @pytest.mark.parametrize(
     ("action", "body", "commenter"),
     [
@@ -386,24 +412,6 @@ def test_form_encoded_webhook_gets_a_helpful_error(client: FlaskClient) -> None:
 
     assert response.status_code == 400
     assert "application/json" in response.json["error"]
-
-
-def test_failed_submit_answers_503_and_forgets_the_delivery(tmp_path: Path, store: Store) -> None:
-    calls: list[WorkEvent] = []
-
-    def failing_submit(event: WorkEvent) -> int:
-        calls.append(event)
-        if len(calls) == 1:
-            raise RuntimeError("queue unavailable")
-        return 42
-
-    app = create_app(make_settings(tmp_path), WebServices(store=store, submit=failing_submit))
-    client = app.test_client()
-
-    assert deliver(client, "pull_request", pr_payload(), delivery_id="d-x").status_code == 503
-    # The forge's redelivery is handled, not dropped as a duplicate.
-    redelivered = deliver(client, "pull_request", pr_payload(), delivery_id="d-x")
-    assert redelivered.json == {"status": "queued", "job": 42}
 
 
 # --- with the real in-process queue: one write per delivery ---------------------------------
@@ -812,7 +820,7 @@ def serve_for_test() -> None:
         marker = settings.data_dir / f"worker-{os.getpid()}"
         return WebServices(
             store=store,
-            submit=lambda event: store.jobs.enqueue(*encode_event(event)),
+            submit=lambda event, delivery=None: enqueue_event(store, event, delivery),
             start_workers=lambda: marker.with_suffix(".started").touch(),
             stop_workers=lambda: marker.with_suffix(".stopped").touch(),
         )

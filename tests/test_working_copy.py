@@ -18,7 +18,6 @@ from runner.workspace.credentials import HttpAuth, git_env, scrub, split_credent
 from runner.workspace.working_copy import (
     CACHE_DIR,
     LOCAL_HOST_DIR,
-    MergeConflictError,
     WorkingCopies,
     WorkingCopyError,
     repo_location,
@@ -313,35 +312,6 @@ def test_checkout_fresh_writes_files_only(copies: WorkingCopies, remote: Remote,
     assert worktrees_of(copies, remote.url) == []
     with pytest.raises(WorkingCopyError, match="not empty"):
         copies.checkout_fresh(remote.url, "main", dest)
-
-
-def test_merge_commit(copies: WorkingCopies, remote: Remote, tmp_path: Path):
-    base_start = remote.src.head
-    remote.src.branch("feature")
-    base = remote.commit({"base.tf": "base\n"}, "on main")
-    remote.src.checkout("feature")
-    head = remote.commit({"infra/a/main.tf": "# a from PR\n"}, "on the PR")
-
-    merged = copies.merge_commit(remote.url, base, head)
-
-    assert copies.merge_commit(remote.url, base, head) == merged  # deterministic
-    assert copies.is_ancestor(remote.url, base, merged)
-    assert copies.is_ancestor(remote.url, head, merged)
-    tree = copies.checkout_fresh(remote.url, merged, tmp_path / "merged")
-    assert (tree / "base.tf").is_file()
-    assert (tree / "infra/a/main.tf").read_text() == "# a from PR\n"
-    assert copies.is_ancestor(remote.url, base_start, merged)
-
-
-def test_merge_conflict_names_the_paths(copies: WorkingCopies, remote: Remote):
-    remote.src.branch("feature")
-    base = remote.commit({"infra/a/main.tf": "# main's\n"}, "on main")
-    remote.src.checkout("feature")
-    head = remote.commit({"infra/a/main.tf": "# the PR's\n"}, "on the PR")
-
-    with pytest.raises(MergeConflictError) as caught:
-        copies.merge_commit(remote.url, base, head)
-    assert caught.value.paths == ("infra/a/main.tf",)
 
 
 def test_is_ancestor(copies: WorkingCopies, remote: Remote):

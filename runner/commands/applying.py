@@ -28,7 +28,6 @@ from runner.commands.apply_gates import (
 )
 from runner.commands.apply_requirements import RequirementContext
 from runner.commands.feedback import PullRequestFeedback
-from runner.commands.model import Command
 from runner.commands.planning import worktree_key
 from runner.config.errors import ConfigError
 from runner.config.loader import load_repo_config
@@ -38,6 +37,7 @@ from runner.engine.planner import PlanOptions, PlanTarget
 from runner.engine.project_mutex import state_key
 from runner.engine.recording import record_plan_result
 from runner.engine.services import Services
+from runner.events.commands import Command
 from runner.events.model import RepoRef
 from runner.forge.base import APPLY_CONTEXT, WRITE_PERMISSIONS, CommitState, PullRequestInfo
 from runner.notify.events import ApplyEvents

@@ -8,7 +8,7 @@ docs/commands.md has the table; `apply_requirements.py` decides on approvals.
 
 from __future__ import annotations
 
-from runner.commands.model import Command
+from runner.events.commands import Command
 from runner.forge.base import WRITE_PERMISSIONS, Permission, PullRequestInfo
 
 # Commands that change state or trust: they need write permission whatever their options.

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.commands.feedback import PullRequestFeedback
-from runner.commands.model import Command
 from runner.config.errors import ConfigError
 from runner.config.loader import load_repo_config
 from runner.config.model import RepoConfig
@@ -19,6 +18,7 @@ from runner.engine.planner import PlanOptions, PlanTarget
 from runner.engine.project_mutex import state_key
 from runner.engine.recording import record_plan_result
 from runner.engine.services import Services
+from runner.events.commands import Command
 from runner.events.model import RepoRef
 from runner.forge.base import PLAN_CONTEXT, CommitState, PullRequestInfo
 from runner.projects.detection import ProjectSelectionError, affected_projects, select_projects

@@ -14,11 +14,11 @@ import threading
 
 from runner.commands.applying import PullRequestApplier
 from runner.commands.authorization import is_trusted, refusal
-from runner.commands.comment_parser import help_text, parse_comment
 from runner.commands.feedback import PullRequestFeedback
-from runner.commands.model import Command, CommandError
 from runner.commands.planning import PlanRequest, PullRequestPlanner, worktree_key
 from runner.engine.services import Services
+from runner.events.commands import Command, CommandError
+from runner.events.comment_parser import help_text
 from runner.events.model import CommentEvent, PullRequestEvent
 from runner.forge.base import APPLY_CONTEXT, CommitState, PullRequestInfo, same_user
 from runner.jobs.model import WorkEvent
@@ -69,8 +69,7 @@ class PullRequestFlow:
     def is_apply(self, event: WorkEvent) -> bool:
         if isinstance(event, PullRequestEvent):
             return event.action == "closed" and event.merged
-        command = parse_comment(event.body)
-        return isinstance(command, Command) and command.name == "apply"
+        return isinstance(event.command, Command) and event.command.name == "apply"
 
     def report_interrupted(self, event: WorkEvent) -> None:
         number = event.pr.number if isinstance(event, PullRequestEvent) else event.pr_number
@@ -135,7 +134,8 @@ class PullRequestFlow:
     # ---- comments -------------------------------------------------------------------------
 
     def _on_comment(self, event: CommentEvent, cancel: threading.Event) -> None:
-        parsed = parse_comment(event.body)
+        # Parsed by the webhook (or on decoding a job stored before commands were kept).
+        parsed = event.command
         if parsed is None or self._from_a_bot(event):
             return
         forge = self._services.forge_for(event.repo.forge)

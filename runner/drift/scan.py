@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
 from filelock import FileLock
 
@@ -21,7 +20,7 @@ from runner.config.model import ProjectConfig, RepoConfig
 from runner.engine.planner import Planner, PlanOptions, PlanTarget
 from runner.engine.project_mutex import ProjectMutex, state_key
 from runner.engine.recording import record_plan_result
-from runner.events.model import RepoRef, canonical_repo_key
+from runner.events.model import ForgeKind, RepoRef, canonical_repo_key
 from runner.forge.base import Forge
 from runner.forge.factory import ForgeNotConfigured
 from runner.results.drift import DriftResult, DriftStatus
@@ -50,7 +49,7 @@ class DriftRepo:
     key: str  # what project locks are scoped by (RepoRef.key for forge repositories)
     branch: str | None = None  # None: main, else master
     full_name: str | None = None  # "acme/infra" on the forge, for issues and statuses
-    forge: Literal["github", "gitlab"] | None = None
+    forge: ForgeKind | None = None
 
     forge_host: str | None = None  # "github.com", "ghe.example": where full_name lives
 
@@ -61,7 +60,7 @@ class DriftRepo:
         *,
         branch: str | None = None,
         full_name: str | None = None,
-        forge: Literal["github", "gitlab"] | None = None,
+        forge: ForgeKind | None = None,
         forge_hosts: Mapping[str, str] | None = None,
     ) -> DriftRepo:
         """Key the repository the way the PR flow does: `host/owner/name`, lower-cased.

@@ -13,15 +13,17 @@ import hashlib
 import logging
 import threading
 import uuid
+from contextlib import ExitStack
 from datetime import datetime, timedelta
 
 from croniter import croniter
 
 from runner.config.model import ProjectConfig
-from runner.drift.scan import DriftRepo
+from runner.drift.scan import DriftRepo, ScanSession
 from runner.drift.service import DriftService
+from runner.engine.project_mutex import state_key
 from runner.results.drift import DriftReport
-from runner.store.drift import LeaseStore
+from runner.store.leases import LeaseStore
 from runner.store.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,16 @@ def schedule_of(project: ProjectConfig, server_default: str) -> str | None:
     if not enabled:
         return None
     return drift.schedule or server_default or None
+
+
+def slot_key(repo: DriftRepo, project: ProjectConfig) -> str:
+    """What a project's schedule is claimed (`slot:<key>`) and spread by: its state's key.
+
+    A schedule belongs to one Terraform state, so it is keyed like that state's mutex
+    (one function, one spelling). Keys written before were `repo:dir:workspace`: after
+    an upgrade each project may fire once more and move to its new spread offset.
+    """
+    return state_key(repo.key, project.dir, project.workspace)
 
 
 def spread_offset(key: str, schedule: str, now: datetime) -> timedelta:
@@ -79,28 +91,31 @@ class DriftScheduler:
         now = now or utcnow()
         if not self._leases.acquire(LEASE_NAME, self.owner, self._ttl, now):
             return []
-        reports = []
-        for repo in self.service.resolve_repos(None):
+        reports = (self._tick_repo(repo, now) for repo in self.service.resolve_repos(None))
+        return [report for report in reports if report is not None]
+
+    def _tick_repo(self, repo: DriftRepo, now: datetime) -> DriftReport | None:
+        """Check the repository out once: read its schedules, then scan what is due there."""
+        with ExitStack() as held:
             try:
-                due = self.due_projects(repo, now)
+                session = held.enter_context(self.service.scanner.session(repo))
+                due = self.due_projects(session, now)
             except Exception:  # a repository that cannot be read must not stop the others
                 log.exception("drift scheduler: cannot read %s", repo.name)
-                continue
-            if due:
-                reports.append(self.service.scan(repo, projects=due, trigger="schedule"))
-        return reports
+                return None
+            if not due:
+                return None
+            return self.service.scan_session(session, due, trigger="schedule")
 
-    def due_projects(self, repo: DriftRepo, now: datetime) -> list[str]:
-        """Projects whose next scheduled start has come, each claimed once."""
+    def due_projects(self, session: ScanSession, now: datetime) -> list[str]:
+        """Projects of the checked-out repository whose scheduled start has come, claimed once."""
         default = self.service.settings.drift_schedule
-        with self.service.scanner.session(repo) as session:
-            projects = list(session.config.projects)
         due = []
-        for project in projects:
+        for project in session.config.projects:
             schedule = schedule_of(project, default)
             if schedule is None:
                 continue
-            key = f"{repo.key}:{project.dir}:{project.workspace}"
+            key = slot_key(session.repo, project)
             slot = latest_slot(schedule, spread_offset(key, schedule, now), now)
             if self._leases.claim_slot(key, slot, self.owner):
                 due.append(project.name)

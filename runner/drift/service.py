@@ -87,26 +87,20 @@ class DriftService:
         `project` (one name) or `projects` (several) narrow the scan; by default every
         project of the repository is scanned, opted in to scheduled drift or not.
         """
-        started = self._clock()
         names = [project] if project else (list(projects) if projects is not None else None)
-        repos = self.resolve_repos(repo)
-        results: list[DriftResult] = []
-        tracked: list[Tracked] = []
-        notes: list[str] = []
-        for target in repos:
-            try:
-                repo_results = self._scan_repo(target, names, trigger)
-            except Exception as error:  # one broken repository must not hide the others
-                log.exception("drift scan of %s failed", target.name)
-                notes.append(f"{target.name}: scan failed: {error}")
-                continue
-            repo_tracked = record_results(self.history, repo_results)
-            notes += self.issues.sync(target, repo_tracked)
-            tracked += repo_tracked
-        results = [t.result for t in tracked]
-        report = DriftReport(tuple(results), started, self._clock(), tuple(notes))
-        self._notify(report, tracked, repos)
-        return report
+        return self._report(
+            self.resolve_repos(repo), lambda target: self._scan_repo(target, names, trigger)
+        )
+
+    def scan_session(
+        self, session: ScanSession, names: Sequence[str], *, trigger: str = "schedule"
+    ) -> DriftReport:
+        """Scan `names` in a checkout the caller already holds, and report it like `scan`.
+
+        The scheduler reads the schedules in the session it then scans in, so a tick
+        fetches and checks out each repository once, not once to read and once to scan.
+        """
+        return self._report([session.repo], lambda _: self._scan_in(session, names, trigger))
 
     def latest(self, repo: str | None = None) -> list[DriftResult]:
         """The newest stored result of every project (for `GET /api/drift`)."""
@@ -128,15 +122,42 @@ class DriftService:
 
     # --- steps ----------------------------------------------------------------------
 
+    def _report(
+        self, repos: Sequence[DriftRepo], scan_one: Callable[[DriftRepo], list[DriftResult]]
+    ) -> DriftReport:
+        """Scan each repository with `scan_one`, store, open issues, notify: one report."""
+        started = self._clock()
+        tracked: list[Tracked] = []
+        notes: list[str] = []
+        for target in repos:
+            try:
+                repo_results = scan_one(target)
+            except Exception as error:  # one broken repository must not hide the others
+                log.exception("drift scan of %s failed", target.name)
+                notes.append(f"{target.name}: scan failed: {error}")
+                continue
+            repo_tracked = record_results(self.history, repo_results)
+            notes += self.issues.sync(target, repo_tracked)
+            tracked += repo_tracked
+        results = [t.result for t in tracked]
+        report = DriftReport(tuple(results), started, self._clock(), tuple(notes))
+        self._notify(report, tracked, repos)
+        return report
+
     def _scan_repo(
         self, repo: DriftRepo, names: Sequence[str] | None, trigger: str
     ) -> list[DriftResult]:
         with self.scanner.session(repo) as session:
-            chosen = session.projects(names)
-            if names is not None and not chosen:
-                raise LookupError(f"no project named {', '.join(names)}")
-            results = self.scanner.scan(session, chosen, trigger=trigger)
-            return self._correct(session, results, trigger)
+            return self._scan_in(session, names, trigger)
+
+    def _scan_in(
+        self, session: ScanSession, names: Sequence[str] | None, trigger: str
+    ) -> list[DriftResult]:
+        chosen = session.projects(names)
+        if names is not None and not chosen:
+            raise LookupError(f"no project named {', '.join(names)}")
+        results = self.scanner.scan(session, chosen, trigger=trigger)
+        return self._correct(session, results, trigger)
 
     def _correct(
         self, session: ScanSession, results: list[DriftResult], trigger: str

@@ -4,13 +4,15 @@ Called after the signature was verified, with the `X-GitHub-Event` header and th
 decoded JSON. Events and actions we do not act on become `IgnoredEvent` before the
 rest of the payload is inspected, so a new GitHub field or action never breaks the
 hook; for the events we do act on, every field read is type-checked and a missing
-or mistyped one raises `MalformedEvent` naming its path.
+or mistyped one raises `MalformedEvent` naming its path. A comment's body is parsed
+into its command here, the one time it is read.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from runner.events.comment_parser import parse_comment
 from runner.events.model import (
     CommentEvent,
     Event,
@@ -102,14 +104,16 @@ def _issue_comment(payload: dict) -> Event:
     comment = _obj(payload, "comment", "")
     user = _obj(comment, "user", "comment")
     login = _str(user, "login", "comment.user")
+    body = _str(comment, "body", "comment")
     return CommentEvent(
         repo=_repo(_obj(payload, "repository", ""), "repository"),
         pr_number=_int(issue, "number", "issue"),
         comment_id=_int(comment, "id", "comment"),
-        body=_str(comment, "body", "comment"),
+        body=body,
         author=login,
         # GitHub App accounts have type "Bot" and a "[bot]" login suffix; either suffices.
         author_is_bot=user.get("type") == "Bot" or login.endswith("[bot]"),
+        command=parse_comment(body),
     )
 
 

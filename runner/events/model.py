@@ -1,7 +1,8 @@
 """Forge-neutral webhook events.
 
-`events/github.py` and `events/gitlab.py` turn a verified webhook payload into one
-of these values; nothing past them reads the forge's JSON. Only what the PR flow
+`events/github.py` (and, later, a GitLab parser) turns a verified webhook payload into
+one of these values; nothing past it reads the forge's JSON, and nothing past it reads
+a comment's text: a `CommentEvent` carries its parsed command. Only what the PR flow
 needs is kept, so the two forges can be mapped onto the same shape.
 """
 
@@ -11,7 +12,11 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
-Forge = Literal["github", "gitlab"]
+from runner.events.commands import Command, CommandError
+
+# The kind of forge a repository lives on: the one spelling of it everywhere above
+# `runner.settings` (which sits below this layer and repeats it, see `PolledRepo.forge`).
+ForgeKind = Literal["github", "gitlab"]
 PullRequestAction = Literal["opened", "updated", "closed", "ready"]
 
 
@@ -49,7 +54,7 @@ def canonical_repo_key(host: str, path: str) -> str:
 class RepoRef:
     """The repository the webhook is about (for a PR: the base repository)."""
 
-    forge: Forge
+    forge: ForgeKind
     full_name: str  # "acme/infra"; GitLab: the path with namespace, "group/sub/infra"
     clone_url: str
     html_url: str
@@ -110,6 +115,10 @@ class CommentEvent:
     author: str
     # The runner's own comments (and other bots') must never trigger commands.
     author_is_bot: bool
+    # `body` parsed once, by the forge's event parser (`comment_parser.parse_comment`):
+    # None when the comment is not addressed to the runner. The web layer, the job and
+    # the PR flow all read this, never the body.
+    command: Command | CommandError | None
 
 
 @dataclass(frozen=True)

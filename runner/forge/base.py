@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal, Protocol
 
-from runner.events.model import RepoRef
+from runner.events.model import ForgeKind, RepoRef
 
 Permission = Literal["admin", "write", "read", "none"]
 # The permissions that may change infrastructure: apply, unlock, plan with flags, approve.
@@ -100,7 +100,7 @@ class IssueRef:
 class Forge(Protocol):
     """What the runner needs from a forge. Implementations talk real HTTP."""
 
-    name: Literal["github", "gitlab"]
+    name: ForgeKind
     comment_cap: int  # the largest comment body the forge accepts, in characters
 
     def pull_request(self, repo: RepoRef, number: int) -> PullRequestInfo: ...

@@ -6,8 +6,7 @@ fails here with a message naming the variable to set, not deep inside a request.
 
 from __future__ import annotations
 
-from typing import Literal
-
+from runner.events.model import ForgeKind
 from runner.forge.base import Forge
 from runner.forge.github import GitHubForge
 from runner.settings import Settings
@@ -17,7 +16,7 @@ class ForgeNotConfigured(ValueError):
     """The runner got work for a forge it has no credentials (or no support) for."""
 
 
-def build_forge(settings: Settings, forge_name: Literal["github", "gitlab"]) -> Forge:
+def build_forge(settings: Settings, forge_name: ForgeKind) -> Forge:
     """The forge client for `forge_name`; raises `ForgeNotConfigured` if it cannot be built."""
     if forge_name == "github":
         return _github(settings)

@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import requests
 from github import Auth, Github, GithubException, GithubRetry
@@ -22,7 +22,7 @@ from github.PullRequest import PullRequest
 from github.Repository import Repository
 from urllib3.exceptions import MaxRetryError, ProtocolError, ReadTimeoutError
 
-from runner.events.model import RepoRef
+from runner.events.model import ForgeKind, RepoRef
 from runner.forge.base import (
     Approval,
     CommitState,
@@ -134,7 +134,7 @@ def _github_message(exc: GithubException) -> str:
 class GitHubForge:
     """The `Forge` for one GitHub host; thread-safe enough to share between workers."""
 
-    name: Literal["github", "gitlab"] = "github"
+    name: ForgeKind = "github"
     comment_cap: int = 65_536
 
     def __init__(

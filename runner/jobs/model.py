@@ -4,6 +4,10 @@ A job is one normalised forge event that needs work (an autoplan, a comment
 command, a merge). Its persisted form is explicit and versioned: the `kind` names
 the event type, the `payload` is the event as JSON, `JOB_FORMAT_VERSION` says how
 to read it. A worker on another machine (RQ) reads the same rows.
+
+Versions: 1 stored a comment as its text only; 2 adds the parsed `command` (null,
+a command, or the refusal), so a worker acts on what the webhook decided instead of
+parsing the text again. Version 1 rows are still read, their body parsed on decode.
 """
 
 from __future__ import annotations
@@ -13,9 +17,13 @@ from typing import Any, Protocol
 
 from pydantic import TypeAdapter
 
+from runner.events.commands import Command, CommandError
+from runner.events.comment_parser import parse_comment
 from runner.events.model import CommentEvent, PullRequestEvent
 
-JOB_FORMAT_VERSION = 1
+JOB_FORMAT_VERSION = 2
+# Rows a rolling upgrade may still hold; drop 1 once no runner writes it any more.
+READABLE_VERSIONS = frozenset({1, JOB_FORMAT_VERSION})
 
 WorkEvent = PullRequestEvent | CommentEvent
 
@@ -24,6 +32,9 @@ _KINDS: dict[str, type[PullRequestEvent] | type[CommentEvent]] = {
     "comment": CommentEvent,
 }
 _ADAPTERS = {kind: TypeAdapter(cls) for kind, cls in _KINDS.items()}
+_COMMAND_ADAPTER: TypeAdapter[Command | CommandError | None] = TypeAdapter(
+    Command | CommandError | None
+)
 
 
 class UnknownJobFormat(ValueError):
@@ -35,7 +46,7 @@ def kind_of(event: WorkEvent) -> str:
 
 
 def encode_event(event: WorkEvent) -> tuple[str, dict[str, Any]]:
-    """The (kind, payload) stored for an event."""
+    """The (kind, payload) stored for an event, in `JOB_FORMAT_VERSION`."""
     kind = kind_of(event)
     return kind, _ADAPTERS[kind].dump_python(event, mode="json")
 
@@ -44,9 +55,19 @@ def decode_event(
     kind: str, payload: dict[str, Any], version: int = JOB_FORMAT_VERSION
 ) -> WorkEvent:
     """The event a stored job carries; refuses formats it does not know."""
-    if version != JOB_FORMAT_VERSION or kind not in _ADAPTERS:
+    if version not in READABLE_VERSIONS or kind not in _ADAPTERS:
         raise UnknownJobFormat(f"cannot read job kind={kind!r} version={version}")
+    if version == 1 and kind == "comment":
+        payload = _with_parsed_command(payload)
     return _ADAPTERS[kind].validate_python(payload)
+
+
+def _with_parsed_command(payload: dict[str, Any]) -> dict[str, Any]:
+    """A version 1 comment payload (text only) as version 2: its body parsed, as the
+    webhook of this version does before it stores a job."""
+    body = payload.get("body")
+    command = parse_comment(body) if isinstance(body, str) else None
+    return {**payload, "command": _COMMAND_ADAPTER.dump_python(command, mode="json")}
 
 
 def pr_group(event: WorkEvent) -> str:

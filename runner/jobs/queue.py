@@ -17,10 +17,10 @@ import traceback
 from contextlib import ExitStack
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from runner.engine.project_mutex import MutexBusy, ProjectMutex
-from runner.jobs.cancellation import CancelRegistry, LeaseKeeper, Superseded, supersede
+from runner.jobs.cancellation import CancelRegistry, LeaseKeeper
 from runner.jobs.model import (
     JOB_FORMAT_VERSION,
     JobHandler,
@@ -35,9 +35,6 @@ from runner.store.deliveries import DeliveryRef
 from runner.store.jobs import JobRecord
 from runner.store.owners import new_owner_id
 from runner.store.store import Store
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -113,18 +110,6 @@ def enqueue_event(store: Store, event: WorkEvent, delivery: DeliveryRef | None =
     return store.jobs.enqueue(
         kind, payload, version=JOB_FORMAT_VERSION, group_key=pr_group(event), delivery=delivery
     )
-
-
-def submit_event(
-    store: Store, event: WorkEvent, delivery: DeliveryRef | None = None
-) -> tuple[int, Superseded]:
-    """`enqueue_event`, then supersede what the job obsoletes, synchronously.
-
-    For callers that want the superseding done when this returns (tests, tools); the
-    queues supersede in the background instead.
-    """
-    job_id = enqueue_event(store, event, delivery)
-    return job_id, supersede(store, event, job_id)
 
 
 class JobRunner:

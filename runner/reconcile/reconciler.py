@@ -54,7 +54,7 @@ from runner.reconcile.reports import needs_message, reconcile_message
 from runner.reconcile.targets import configured_targets, target_for
 from runner.results.masking import Masker
 from runner.results.model import ApplyResult, ApplyStatus, PlanResult, PlanStatus, PlanSummary
-from runner.store.drift import LeaseStore
+from runner.store.leases import LeaseStore
 from runner.store.locks import LockInfo, LockOwner
 from runner.store.models import utcnow
 from runner.store.reconcile import ReconcileState, ReconcileStateStore

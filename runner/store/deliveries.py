@@ -92,12 +92,6 @@ class DeliveryStore:
             return False
         return True
 
-    def forget(self, delivery_id: str) -> bool:
-        """Un-record a delivery whose work could not be queued, so a redelivery is handled."""
-        statement = delete(Delivery).where(Delivery.delivery_id == delivery_id)
-        with self._db.write() as session:
-            return session.execute(statement).rowcount > 0
-
     def prune(self, older_than: datetime) -> int:
         """Forget deliveries received before `older_than`; forges stop redelivering
         after a few days, so the table need not grow forever. Returns how many."""

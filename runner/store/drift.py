@@ -1,24 +1,21 @@
-"""Drift history and scheduler leases in the store.
+"""Drift history in the store.
 
 Every scan result is a row, so history survives restarts and the latest row per
 project tells the next scan what was already reported (no re-alert) and which forge
-issue is open. Leases make a singleton loop (the drift scheduler) run in exactly one
-process of a deployment; slot claims make one scheduled start fire once.
+issue is open. The drift scheduler's lease lives in `leases.py`, shared with reconcile.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
 
 from runner.results.drift import Correction, DriftResult, DriftStatus
 from runner.results.model import DriftedResource, PlanSummary, ResourceChange
 from runner.store.db import Database
-from runner.store.drift_models import DriftResultRow, SchedulerLease
+from runner.store.drift_models import DriftResultRow
 from runner.store.models import Run, utcnow
 
 
@@ -114,72 +111,6 @@ class DriftStore:
         )
         with self._db.read() as session:
             return bool(session.scalar(statement))
-
-
-class LeaseStore:
-    """Named leases and one-shot slot claims, atomic across processes and hosts."""
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
-
-    def acquire(self, name: str, owner: str, ttl: timedelta, now: datetime | None = None) -> bool:
-        """Take or renew lease `name` for `ttl`; False while someone else holds it.
-
-        The row is read and written in one write transaction (SQLite: the database
-        write lock; PostgreSQL: FOR UPDATE), and a first INSERT racing another one
-        loses on the primary key, so two callers can never both get True.
-        """
-        now = now or utcnow()
-        try:
-            with self._db.write() as session:
-                row = session.scalar(
-                    select(SchedulerLease).where(SchedulerLease.name == name).with_for_update()
-                )
-                if row is None:
-                    session.add(SchedulerLease(name=name, owner=owner, expires_at=now + ttl))
-                    session.flush()
-                    return True
-                if row.owner != owner and row.expires_at > now:
-                    return False
-                row.owner = owner
-                row.expires_at = now + ttl
-                return True
-        except IntegrityError:
-            return False
-
-    def release(self, name: str, owner: str) -> None:
-        """Give the lease up early (at shutdown), so another process takes over at once."""
-        with self._db.write() as session:
-            row = session.get(SchedulerLease, name)
-            if row is not None and row.owner == owner:
-                session.delete(row)
-
-    def holder(self, name: str) -> tuple[str, datetime] | None:
-        with self._db.read() as session:
-            row = session.get(SchedulerLease, name)
-            return (row.owner, row.expires_at) if row is not None else None
-
-    def claim_slot(self, key: str, slot: datetime, owner: str = "") -> bool:
-        """True exactly once per (key, slot), and only for slots newer than the last claimed."""
-        name = f"slot:{key}"
-        stamp = slot.isoformat()
-        try:
-            with self._db.write() as session:
-                row = session.scalar(
-                    select(SchedulerLease).where(SchedulerLease.name == name).with_for_update()
-                )
-                if row is None:
-                    session.add(
-                        SchedulerLease(name=name, owner=owner, expires_at=slot, value=stamp)
-                    )
-                    session.flush()
-                    return True
-                if row.expires_at >= slot:
-                    return False
-                row.owner, row.expires_at, row.value = owner, slot, stamp
-                return True
-        except IntegrityError:
-            return False
 
 
 def _row(result: DriftResult) -> DriftResultRow:

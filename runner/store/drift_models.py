@@ -1,4 +1,4 @@
-"""ORM models of drift detection: one row per project per scan, and scheduler leases.
+"""ORM model of drift detection: one row per project per scan.
 
 Kept apart from `models.py` so the drift feature owns its tables; they share `Base`
 (and its naming convention), so Alembic and the models-vs-migrations test see them
@@ -49,18 +49,3 @@ class DriftResultRow(Base):
         Index("ix_drift_results_repo_dir_workspace_id", "repo", "dir", "workspace", "id"),
         Index("ix_drift_results_scanned_at", "scanned_at"),
     )
-
-
-class SchedulerLease(Base):
-    """A named lease: who may run a singleton loop (the drift scheduler) until when.
-
-    Also used for per-slot claims (`slot:<key>`), so one scheduled start fires once
-    even across a lease hand-over.
-    """
-
-    __tablename__ = "scheduler_leases"
-
-    name: Mapped[str] = mapped_column(String(512), primary_key=True)
-    owner: Mapped[str] = mapped_column(String(255))
-    expires_at: Mapped[datetime]
-    value: Mapped[str | None] = mapped_column(Text)

@@ -152,14 +152,6 @@ class RunStore:
             session.flush()
             return row.id
 
-    def set_running(self, run_id: int) -> RunRecord:
-        """Move a queued run to running when a worker picks it up."""
-        with self._db.write() as session:
-            row = _run_row(session, run_id)
-            row.status = RunStatus.RUNNING.value
-            row.started_at = utcnow()
-            return _run_record(row)
-
     def finish(
         self,
         run_id: int,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from flask import current_app
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -19,6 +20,7 @@ from runner.drift.triggers import ScanTicket
 from runner.jobs.model import WorkEvent
 from runner.results.drift import DriftResult
 from runner.settings import Settings
+from runner.store.deliveries import DeliveryRef
 from runner.store.jobs import JobStatus
 from runner.store.store import Store
 
@@ -33,6 +35,12 @@ DriftReport = Callable[[str | None], Sequence[DriftResult]]
 
 # A webhook acknowledgement should take milliseconds; the top buckets catch regressions.
 _ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Submit(Protocol):
+    """The job queue's submit (`JobQueue.submit`): the job and its delivery in one write."""
+
+    def __call__(self, event: WorkEvent, *, delivery: DeliveryRef | None = None) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,7 @@ class WebServices:
     """
 
     store: Store
-    submit: Callable[[WorkEvent], int]
+    submit: Submit
     drift_trigger: DriftTrigger | None = None
     drift_report: DriftReport | None = None
     start_workers: Callable[[], None] | None = None

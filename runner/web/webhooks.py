@@ -13,8 +13,6 @@ Superseding older autoplans happens after the answer, in the queue.
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import logging
 import time
@@ -27,7 +25,6 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from runner.commands.comment_parser import parse_comment
 from runner.events.github import parse_github_event
 from runner.events.model import (
     CommentEvent,
@@ -41,7 +38,7 @@ from runner.events.model import (
 from runner.events.signature import verify_github_signature, verify_gitlab_token
 from runner.settings import Settings
 from runner.store.deliveries import DeliveryRef, DuplicateDelivery
-from runner.web.context import EXTENSION_KEY, WebContext, web_context
+from runner.web.context import WebContext, web_context
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +49,6 @@ _MAX_DELIVERY_ID = 255
 _MAX_EVENT_NAME = 64
 
 _FORGES_KEY = "gitops_runner.forges"
-_SUBMIT_TAKES_DELIVERY_KEY = "gitops_runner.submit_takes_delivery"
 
 Parser = Callable[[str, dict], Event]
 
@@ -90,7 +86,7 @@ class ForgeHooks:
     event_header: str
     delivery_header: str
     verify: Callable[[bytes, Headers, str], bool]
-    # None until the forge's event parser exists (GitLab: runner/events/gitlab.py).
+    # None until the forge's event parser exists (GitLab: none yet).
     parser: Parser | None
 
 
@@ -100,17 +96,6 @@ def _verify_github(body: bytes, headers: Headers, secret: str) -> bool:
 
 def _verify_gitlab(_body: bytes, headers: Headers, secret: str) -> bool:
     return verify_gitlab_token(headers.get("X-Gitlab-Token"), secret)
-
-
-def _optional_parser(module: str, name: str) -> Parser | None:
-    """The parser if its module exists yet; looked up once per app, not per request."""
-    try:
-        loaded = importlib.import_module(module)
-    except ModuleNotFoundError as error:
-        if error.name != module:
-            raise  # the module exists but is broken: that must not look like "unsupported"
-        return None
-    return getattr(loaded, name, None)
 
 
 def forge_hooks() -> tuple[ForgeHooks, ...]:
@@ -128,7 +113,7 @@ def forge_hooks() -> tuple[ForgeHooks, ...]:
             event_header="X-Gitlab-Event",
             delivery_header="X-Gitlab-Event-UUID",
             verify=_verify_gitlab,
-            parser=_optional_parser("runner.events.gitlab", "parse_gitlab_event"),
+            parser=None,  # until GitLab payloads are parsed: verified, then answered 202
         ),
     )
 
@@ -136,22 +121,6 @@ def forge_hooks() -> tuple[ForgeHooks, ...]:
 @blueprint.record_once
 def _resolve_forges(state: Any) -> None:
     state.app.extensions[_FORGES_KEY] = forge_hooks()
-    services = state.app.extensions[EXTENSION_KEY].services
-    state.app.extensions[_SUBMIT_TAKES_DELIVERY_KEY] = submit_takes_delivery(services.submit)
-
-
-def submit_takes_delivery(submit: Callable[..., int]) -> bool:
-    """Whether `submit` records the delivery with the job (`JobQueue.submit(..., delivery=)`).
-
-    The queues do; a plain `Callable[[WorkEvent], int]` (test fakes, other embedders)
-    does not, and then the delivery is recorded first, in a write of its own. Asked
-    once per app, not per request.
-    """
-    try:
-        parameters = inspect.signature(submit).parameters
-    except (TypeError, ValueError):
-        return False
-    return "delivery" in parameters
 
 
 @blueprint.post("/events")
@@ -334,15 +303,14 @@ def _check_relevance(event: PullRequestEvent | CommentEvent, settings: Settings)
     # The runner's own comments arrive as webhooks too; they must never run commands.
     if event.author_is_bot:
         raise _ignored("comment by a bot")
-    if parse_comment(event.body) is None:
+    # Parsed once, when the payload became a CommentEvent; the job carries the result.
+    if event.command is None:
         raise _ignored("comment is not a command")
 
 
 def _submit(
     context: WebContext, event: PullRequestEvent | CommentEvent, delivery: DeliveryRef
 ) -> Reply:
-    if not current_app.extensions[_SUBMIT_TAKES_DELIVERY_KEY]:
-        return _record_then_submit(context, event, delivery)
     try:
         # One transaction: the delivery and its job are both stored, or neither is.
         job_id = context.services.submit(event, delivery=delivery)
@@ -354,30 +322,5 @@ def _submit(
     return _queued(job_id)
 
 
-def _record_then_submit(
-    context: WebContext, event: PullRequestEvent | CommentEvent, delivery: DeliveryRef
-) -> Reply:
-    """For a `submit` that takes the event alone: record the delivery, then submit."""
-    deliveries = context.services.store.deliveries
-    if not deliveries.record_delivery(delivery.delivery_id, delivery.forge, delivery.event):
-        raise _duplicate()
-    try:
-        job_id = context.services.submit(event)
-    except Exception:
-        logger.exception("could not queue a %s event", delivery.forge)
-        # Forget the delivery so the forge's redelivery is handled, not dropped as a
-        # duplicate of an event that was never queued.
-        _forget_delivery(context, delivery.delivery_id)
-        raise _error(503, "error", "could not queue the event; redeliver it later") from None
-    return _queued(job_id)
-
-
 def _queued(job_id: int) -> Reply:
     return Reply(202, {"status": "queued", "job": job_id}, "queued")
-
-
-def _forget_delivery(context: WebContext, delivery_id: str) -> None:
-    try:
-        context.services.store.deliveries.forget(delivery_id)
-    except Exception:
-        logger.exception("could not forget delivery %s", delivery_id)

@@ -76,24 +76,10 @@ _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # Refs fetched by name besides the branches: `refs/pull/12/head`, `refs/merge-requests/3/head`.
 _REF = re.compile(r"^refs/[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)+$")
 _SCP_LIKE = re.compile(r"^(?:[^@/]+@)?(?P<host>[^:/]+):(?P<path>.+)$")
-_MERGE_IDENTITY = {
-    "GIT_AUTHOR_NAME": "gitops-runner",
-    "GIT_AUTHOR_EMAIL": "gitops-runner@localhost",
-    "GIT_COMMITTER_NAME": "gitops-runner",
-    "GIT_COMMITTER_EMAIL": "gitops-runner@localhost",
-}
 
 
 class WorkingCopyError(Exception):
     """A git operation on a working copy failed. The message never contains a token."""
-
-
-class MergeConflictError(WorkingCopyError):
-    """The PR head does not merge cleanly into the base; `paths` are the conflicted files."""
-
-    def __init__(self, message: str, paths: Sequence[str]) -> None:
-        super().__init__(message)
-        self.paths = tuple(paths)
 
 
 @dataclass(frozen=True)
@@ -226,11 +212,6 @@ class WorkingCopies:
         """The directory holding the repository's cache and trees."""
         return repo_location(repo_url).directory(self.root)
 
-    def tree_path(self, repo_url: str, key: str) -> Path:
-        """Where the working tree for `key` lives (whether or not it exists yet)."""
-        _check_key(key)
-        return self.repo_dir(repo_url) / WORKTREES_DIR / key
-
     # --- public operations ---------------------------------------------------------
 
     def fetch(self, repo_url: str, *revs: str) -> None:
@@ -302,35 +283,6 @@ class WorkingCopies:
             _rmtree(dest)
             raise
         return dest
-
-    def merge_commit(self, repo_url: str, base: str, head: str) -> str:
-        """A commit merging `head` into `base` (what the base branch would be after merge).
-
-        Built from objects alone (`git merge-tree`, git >= 2.38), no tree is touched.
-        Author, committer and dates are derived from the two parents, so merging the
-        same pair twice gives the same SHA and `checkout` can reuse its tree. Raises
-        MergeConflictError listing the conflicted paths.
-        """
-        remote = self._remote(repo_url)
-        with self._locked(remote):
-            base_sha = self._resolve_locked(remote, base)
-            head_sha = self._resolve_locked(remote, head)
-            result = self._git(
-                remote,
-                *("merge-tree", "--write-tree", "--name-only", "--no-messages", "-z"),
-                *(base_sha, head_sha),
-                what="merge",
-                ok=(0, 1),
-            )
-            tree, *paths = [part for part in result.stdout.split("\0") if part] or [""]
-            conflicted = list(dict.fromkeys(paths))  # a path may be listed once per stage
-            if result.status == 1:
-                raise MergeConflictError(
-                    f"{head_sha[:12]} does not merge cleanly into {base_sha[:12]}: "
-                    + ", ".join(conflicted),
-                    conflicted,
-                )
-            return self._commit_merge(remote, tree, base_sha, head_sha)
 
     def remove(self, repo_url: str, key: str) -> None:
         """Delete the working tree of `key` (the PR was closed). No-op if there is none."""
@@ -582,24 +534,6 @@ class WorkingCopies:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
             self._git(remote, "read-tree", sha, what="read-tree", env=env, work_tree=dest)
             self._git(remote, "checkout-index", "-a", "-f", what="export", env=env, work_tree=dest)
-
-    def _commit_merge(self, remote: _Remote, tree: str, base_sha: str, head_sha: str) -> str:
-        dates = self._git(
-            remote,
-            *("show", "-s", "--format=%ct", base_sha, head_sha),
-            what="show",
-        ).stdout.split()
-        stamp = f"{max(int(d) for d in dates)} +0000"
-        env = {**_MERGE_IDENTITY, "GIT_AUTHOR_DATE": stamp, "GIT_COMMITTER_DATE": stamp}
-        message = f"Merge {head_sha} into {base_sha}"
-        result = self._git(
-            remote,
-            *("commit-tree", "--no-gpg-sign", tree, "-p", base_sha, "-p", head_sha),
-            *("-m", message),
-            what="commit-tree",
-            env=env,
-        )
-        return result.stdout.strip()
 
     # --- running git ----------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection
 
 # Tables defined outside models.py register on the same metadata when imported.
 import runner.store.drift_models
+import runner.store.leases
 import runner.store.reconcile_models  # noqa: F401
 from runner.store.db import make_engine, normalize_url
 from runner.store.models import Base

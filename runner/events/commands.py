@@ -1,9 +1,11 @@
 """What a PR comment asked the runner to do, once parsed and validated.
 
-The comment parser is the only place that reads comment text; everything after it
-(project selection, jobs, Terraform) receives these values, so a `Command` is
+The comment parser (`events/comment_parser.py`) is the only place that reads comment
+text, once, when the webhook is normalised into a `CommentEvent`; everything after it
+(the job, project selection, Terraform) receives these values, so a `Command` is
 already safe to act on: names are plain, dirs stay inside the repository, and
-`extra_args` contains only allowlisted Terraform flags in `-flag=value` form.
+`extra_args` contains only allowlisted Terraform flags in `-flag=value` form. They live
+with the events because a `CommentEvent` carries one, and jobs persist it.
 """
 
 from __future__ import annotations

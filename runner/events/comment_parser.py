@@ -1,5 +1,9 @@
 """Turn the first line of a PR comment into a `Command` (or a helpful refusal).
 
+Called once per comment, by the forge's event parser (`events/github.py`): the
+`CommentEvent` carries the outcome, so the webhook, the job and the PR flow never
+read the text again.
+
 Comments are written by anyone who can comment on a pull request, so this is a
 trust boundary: the line is tokenised with `shlex` in POSIX mode (never a shell),
 every option value is checked against a narrow pattern, and Terraform flags after
@@ -16,7 +20,7 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from runner.commands.model import COMMAND_NAMES, Command, CommandError, CommandName
+from runner.events.commands import COMMAND_NAMES, Command, CommandError, CommandName
 
 KEYWORDS = frozenset({"gitops", "atlantis"})
 
