@@ -129,6 +129,12 @@ class Terraform:
             "TF_PLUGIN_CACHE_DIR": str(self.plugin_cache_dir),
             "TF_CLI_CONFIG_FILE": str(self.cli_config_file),
         }
+        # Without a committed lock file, Terraform >= 1.4 re-installs a provider that is
+        # already in the shared cache, replacing the cache entry while other projects'
+        # plans run from it ("Failed to load plugin schemas ... no such file"). The cache
+        # entries were installed (and verified) by Terraform itself; an operator who
+        # wants the stricter behaviour sets the variable to false.
+        env.setdefault("TF_PLUGIN_CACHE_MAY_BREAK_DEPENDENCY_LOCK_FILE", "true")
         self._env = env
         self._mask = mask
         self._data_dir = data_dir
