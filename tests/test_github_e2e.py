@@ -15,16 +15,13 @@ from runner.store.owners import hostname, new_owner_id
 from runner.store.store import Store
 from tests.support.github_payloads import issue_comment_event, post_delivery, pull_request_event
 from tests.support.pr_world import (
+    APP_CHANGE,
     FULL_NAME,
     WEBHOOK_SECRET,
     PullRequestWorld,
     ServedRunner,
     make_world,
 )
-
-APP_CHANGE = {
-    "infra/app/variables.tf": 'variable "app_name" {\n  type    = string\n  default = "app2"\n}\n'
-}
 
 
 @pytest.fixture

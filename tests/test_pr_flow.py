@@ -13,11 +13,8 @@ from pathlib import Path
 import pytest
 
 from runner.store.runs import RunStatus
-from tests.support.pr_world import FULL_NAME, PullRequestWorld, make_world
+from tests.support.pr_world import APP_CHANGE, FULL_NAME, PullRequestWorld, make_world
 
-APP_CHANGE = {
-    "infra/app/variables.tf": 'variable "app_name" {\n  type    = string\n  default = "app2"\n}\n'
-}
 TAGS_CHANGE = {
     "modules/tags/main.tf": (
         'variable "name" {\n  type = string\n}\n\n'

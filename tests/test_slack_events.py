@@ -27,13 +27,10 @@ from runner.results.masking import Masker
 from runner.results.model import ApplyResult, ApplyStatus, PlanSummary
 from runner.store.runs import RunRecord, RunStatus, Trigger
 from tests.support.fake_slack import FakeSlack, SlackMessage
-from tests.support.pr_world import FULL_NAME, PullRequestWorld, make_world
+from tests.support.pr_world import APP_CHANGE, FULL_NAME, PullRequestWorld, make_world
 
 PUBLIC_URL = "https://runner.example.org"
 FAST = RetryPolicy(attempts=3, backoff_s=0.01, max_wait_s=0.05)
-APP_CHANGE = {
-    "infra/app/variables.tf": 'variable "app_name" {\n  type    = string\n  default = "app2"\n}\n'
-}
 # Plans fine, fails when applied: the provisioner runs only during apply.
 FAILING_APPLY = {
     "infra/app/boom.tf": (

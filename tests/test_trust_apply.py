@@ -16,14 +16,10 @@ from pathlib import Path
 import pytest
 
 from runner.store.runs import RunRecord, RunStatus
-from tests.support.pr_world import FULL_NAME, PullRequestWorld, make_world
+from tests.support.pr_world import APP_CHANGE, DB_CHANGE, FULL_NAME, PullRequestWorld, make_world
 
 READER = "eve"  # read permission (make_world); alice and bob may write
 
-APP_CHANGE = {
-    "infra/app/variables.tf": 'variable "app_name" {\n  type    = string\n  default = "app2"\n}\n'
-}
-DB_CHANGE = {"infra/db/extra.tf": 'output "x" {\n  value = 1\n}\n'}
 
 # The sample config (tests/support/git_repo.py) as a PR would rewrite it: infra/db's
 # `apply_requirements: [approved]` deleted.

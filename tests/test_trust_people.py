@@ -17,6 +17,8 @@ from runner.commands.planning import PlanRequest, PullRequestPlanner
 from runner.store.runs import RunStatus
 from tests.support.github_payloads import issue_comment_event, post_delivery, pull_request_event
 from tests.support.pr_world import (
+    APP_CHANGE,
+    DB_CHANGE,
     FULL_NAME,
     WEBHOOK_SECRET,
     PullRequestWorld,
@@ -24,23 +26,6 @@ from tests.support.pr_world import (
     make_world,
 )
 
-APP_CHANGE = {
-    "infra/app/variables.tf": 'variable "app_name" {\n  type    = string\n  default = "app2"\n}\n'
-}
-DB_CHANGE = {"infra/db/extra.tf": 'output "x" {\n  value = 1\n}\n'}
-# The sample repository's config, with applies by comment allowed (the default applies
-# on merge only) and `approved` required for infra/db.
-COMMENT_APPLY_CONFIG = """version: 1
-projects:
-  - dir: infra/network
-    apply: both
-  - dir: infra/app
-    depends_on: [infra/network, infra/db]
-    apply: both
-  - dir: infra/db
-    apply: both
-    apply_requirements: [approved]
-"""
 STRANGER = "mallory"  # no access to the repository
 READER = "eve"  # read permission (make_world)
 
@@ -84,8 +69,8 @@ def runs(world: PullRequestWorld, number: int, command: str | None = None) -> li
 
 
 def open_db_pr(world: PullRequestWorld, author: str = "alice") -> int:
-    """A PR changing infra/db, whose config on main lets `gitops apply` apply after approval."""
-    world.commit_on_main({"gitops-runner.yaml": COMMENT_APPLY_CONFIG})
+    """A PR changing infra/db; the sample config on main lets `gitops apply` apply it
+    after approval (`apply: both`, `apply_requirements: [approved]`)."""
     return world.open_pr("db", DB_CHANGE, author=author)
 
 

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from runner.config.model import ProjectConfig
 from runner.engine.execution_order import apply_order
@@ -254,16 +254,11 @@ class ApplyExecutor:
             error = self._masker.mask(outcome.stderr_tail()) or f"exit code {outcome.exit_code}"
             runs.finish(run_id, RunStatus.FAILED, error=error, log_path=str(log_path))
             status = ApplyStatus.FAILED
-        project = item.project
-        return ApplyResult(
-            project=project.name,
-            dir=project.dir,
-            workspace=project.workspace,
-            status=status,
-            summary=item.summary,
-            output=output,
+        return _result(
+            item,
+            status,
             error=error,
-            commit=item.commit,
+            output=output,
             log_path=str(log_path),
             duration_s=outcome.duration_s,
             run_id=run_id,
@@ -272,6 +267,10 @@ class ApplyExecutor:
 
 def not_applied(item: ApplyItem, status: ApplyStatus, why: str) -> ApplyResult:
     """The result of a project that never reached Terraform."""
+    return _result(item, status, error=why)
+
+
+def _result(item: ApplyItem, status: ApplyStatus, **fields: Any) -> ApplyResult:
     project = item.project
     return ApplyResult(
         project=project.name,
@@ -279,6 +278,6 @@ def not_applied(item: ApplyItem, status: ApplyStatus, why: str) -> ApplyResult:
         workspace=project.workspace,
         status=status,
         summary=item.summary,
-        error=why,
         commit=item.commit,
+        **fields,
     )

@@ -28,6 +28,12 @@ FULL_NAME = "acme/infra"
 WEBHOOK_SECRET = "webhook-secret"
 TOKEN = "ghp-test-token-123456"
 
+# Changes the PR tests push: one project (infra/app), and infra/db (which needs approval).
+APP_CHANGE = {
+    "infra/app/variables.tf": 'variable "app_name" {\n  type    = string\n  default = "app2"\n}\n'
+}
+DB_CHANGE = {"infra/db/extra.tf": 'output "x" {\n  value = 1\n}\n'}
+
 
 @dataclass
 class PullRequestWorld:
