@@ -19,6 +19,9 @@ COPY pyproject.toml README.md /src/
 COPY runner /src/runner
 RUN pip install /src && rm -rf /src
 
+# The shipped Rego policy set (docs/policies.md), for `policy_sets:` entries to name.
+COPY policies /opt/gitops-runner/policies
+
 # Terraform runs repository code (providers, local-exec): never as root.
 RUN useradd --create-home --uid 10001 --user-group runner \
     && mkdir /data \

@@ -1,71 +1,115 @@
 """The `gitops-runner` command.
 
-Exit codes (documented in the README):
-  0  success (for `plan`: every project planned, no changes)
-  1  a project failed to plan / the command failed
-  2  bad usage or an invalid repository config (the message names file and line)
-  3  `plan` succeeded and at least one project has changes
+Exit codes (documented in the README), the same for `plan`, `drift` and `reconcile`:
+  0  success: planned without changes, in sync, reconciled
+  1  a project, repository or run failed
+  2  bad usage or configuration (settings, repository config, unknown project, bad
+     path); the message names the file and line, the variable or the path
+  3  `plan`/`drift`: at least one project has changes, drift or pending changes
+
+Every expected failure is printed as `error: ...` by one error path
+(`runner/console/errors.py`); a traceback appears only with `--debug`. Start-up is
+kept short (`bench/cli_startup.py`): this module imports click and nothing else at
+the top; each command imports what it uses.
 """
 
 from __future__ import annotations
 
-import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-from git import BadName
 
 from runner import __version__
-from runner.config.errors import ConfigError
-from runner.engine.local_plan import ProjectFilter, select_local
-from runner.engine.planner import PlanOptions, build_planner
-from runner.engine.recording import record_plan_results
-from runner.projects.changes import ChangeDetectionError
-from runner.projects.detection import ProjectSelectionError
-from runner.results.model import PlanResult, PlanStatus
-from runner.results.render import render_plan_comment, summary_line
-from runner.settings import Settings, load_settings
-from runner.store.store import Store
+
+if TYPE_CHECKING:
+    from runner.engine.local_plan import LocalSelection
+    from runner.engine.services import Services
+    from runner.results.model import PlanResult
+    from runner.settings import Settings
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CHANGES = 3
 
+_PROGRESS = click.option(
+    "--progress/--no-progress",
+    default=True,
+    show_default=True,
+    help="Show projects as they are planned and applied (on stderr): a live table on a "
+    "terminal, one line per event otherwise.",
+)
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _Runner(click.Group):
+    """The command group with the one error path: expected failures become `error: ...`."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as error:
+            state = ctx.find_object(_Context)
+            if state is not None and state.debug:
+                raise
+            from runner.console.errors import explain
+
+            failure = explain(error)
+            click.echo(f"error: {failure.message}", err=True)
+            ctx.exit(failure.exit_code)
+
+
+@click.group(cls=_Runner, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(
+    __version__, "--version", prog_name="gitops-runner", message="%(prog)s %(version)s"
+)
 @click.option(
     "--config",
     "config_file",
     type=click.Path(dir_okay=False, path_type=Path),
     help="YAML settings file; GITOPS_* environment variables win over it.",
 )
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
 @click.pass_context
-def cli(ctx: click.Context, config_file: Path | None) -> None:
+def cli(ctx: click.Context, config_file: Path | None, debug: bool) -> None:
     """Self-hosted GitOps runner for Terraform: plans pull requests, applies on merge,
     detects drift."""
-    ctx.obj = _LazySettings(config_file)
+    ctx.obj = _Context(config_file, debug)
+    if ctx.invoked_subcommand not in ("serve", "worker"):  # servers configure their own
+        _configure_logging(debug)
 
 
-class _LazySettings:
+class _Context:
     """Settings are read when a command needs them, so `--help` works with a bad env."""
 
-    def __init__(self, config_file: Path | None) -> None:
-        self._config_file = config_file
+    def __init__(self, config_file: Path | None, debug: bool) -> None:
+        self.config_file = config_file
+        self.debug = debug
         self._settings: Settings | None = None
 
-    def get(self) -> Settings:
+    def settings(self) -> Settings:
         if self._settings is None:
-            try:
-                self._settings = load_settings(self._config_file)
-            except (ValueError, FileNotFoundError) as error:
-                raise click.UsageError(f"invalid settings: {error}") from error
+            from runner.settings import ensure_data_dir, load_settings
+
+            settings = load_settings(self.config_file)
+            ensure_data_dir(settings)
+            self._settings = settings
         return self._settings
 
 
 def _settings(ctx: click.Context) -> Settings:
-    return ctx.find_object(_LazySettings).get()
+    return ctx.find_object(_Context).settings()
+
+
+def _services(settings: Settings, progress: Any = None) -> Services:
+    """The process's `Services` (runner/wiring.py), watched by the progress display."""
+    from dataclasses import replace
+
+    from runner.wiring import build_services
+
+    return replace(build_services(settings), progress=progress)
 
 
 @cli.command()
@@ -89,6 +133,7 @@ def version() -> None:
 @click.option("-w", "--workspace", help="Plan only this workspace.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON, not Markdown.")
 @click.option("--parallelism", type=click.IntRange(min=1), help="Projects planned at once.")
+@_PROGRESS
 @click.argument("extra_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def plan(
@@ -101,45 +146,63 @@ def plan(
     workspace: str | None,
     as_json: bool,
     parallelism: int | None,
+    progress: bool,
     extra_args: tuple[str, ...],
 ) -> None:
     """Plan the projects a change touches, locally, and print the PR comment.
 
-    Extra Terraform plan flags may follow `--` (e.g. `-- -var=x=1`).
+    The working tree is planned in its snapshot under the data dir (the one `reconcile`
+    and `drift` use), never in place: nothing is written into it. Extra Terraform plan
+    flags may follow `--` (e.g. `-- -var=x=1`).
     """
-    settings = _settings(ctx)
-    try:
-        selection = select_local(
-            repo,
-            base,
-            head,
-            ProjectFilter(project, directory, workspace),
-            scratch_dir=settings.data_dir / "cli-checkouts",
-            extra_args=extra_args,
-        )
-    except (ConfigError, ProjectSelectionError, ChangeDetectionError, BadName) as error:
-        click.echo(f"error: {error}", err=True)
-        sys.exit(EXIT_USAGE)
+    from runner.engine.local_plan import ProjectFilter, select_local
 
+    settings = _settings(ctx)
+    selection = select_local(
+        repo,
+        base,
+        head,
+        ProjectFilter(project, directory, workspace),
+        data_dir=settings.data_dir,
+        extra_args=extra_args,
+    )
     for warning in selection.config.warnings:
         click.echo(f"warning: {warning.file}:{warning.line or '?'}: {warning.message}", err=True)
-    planner = build_planner(settings, parallelism=parallelism)
-    results = planner.plan_all(
-        selection.checkout,
-        selection.targets,
-        selection.commit,
-        PlanOptions(secret_values=settings.secret_values()),
-    )
-    store = Store.open(settings.resolved_database_url)
-    record_plan_results(
-        store, repo=str(repo.resolve()), results=results, trigger="cli", command="plan"
-    )
+    if selection.snapshot is not None:
+        click.echo(f"note: {selection.snapshot.describe()}", err=True)
+    results = _plan_selection(settings, selection, parallelism, progress)
     _print_results(results, selection.commit, as_json)
     sys.exit(_plan_exit_code(results))
 
 
+def _plan_selection(
+    settings: Settings, selection: LocalSelection, parallelism: int | None, progress: bool
+) -> list[PlanResult]:
+    """Plan under the per-state mutex reconcile and drift hold; record the runs."""
+    from runner.console.progress import progress_display
+    from runner.drift.scan import DriftRepo
+    from runner.engine.planner import PlanOptions, build_planner
+    from runner.engine.project_mutex import state_key
+    from runner.engine.recording import record_plan_results
+
+    key = DriftRepo.from_url(selection.repo_url).key
+    with progress_display(progress) as observer:
+        services = _services(settings, observer)
+        planner = services.planner
+        if parallelism:
+            planner = build_planner(settings, parallelism, terraform_for=services.terraform_for)
+        options = PlanOptions(
+            secret_values=services.secret_values,
+            progress=observer,
+            guard=lambda p: services.mutex.hold(state_key(key, p.dir, p.workspace)),
+        )
+        results = planner.plan_all(selection.checkout, selection.targets, selection.commit, options)
+    record_plan_results(services.store, repo=key, results=results, trigger="cli", command="plan")
+    return results
+
+
 @cli.command()
-@click.option("--repo", help="Only runs of this repository (e.g. github.com/acme/infra).")
+@click.option("--repo", help="Only runs of this repository: a key, URL or local path.")
 @click.option("--pr", "pr_number", type=int, help="Only runs of this pull request.")
 @click.option("--limit", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -148,66 +211,71 @@ def runs(
     ctx: click.Context, repo: str | None, pr_number: int | None, limit: int, as_json: bool
 ) -> None:
     """List recorded runs, newest first."""
-    store = Store.open(_settings(ctx).resolved_database_url)
-    records = store.runs.list_runs(repo=repo, pr_number=pr_number, limit=limit)
+    from runner.console.tables import print_runs
+    from runner.store.store import Store
+
+    settings = _settings(ctx)
+    store = Store.open(settings.resolved_database_url)
+    key = _repo_key(repo, settings) if repo else None
+    records = store.runs.list_runs(repo=key, pr_number=pr_number, limit=limit)
     if as_json:
-        click.echo(json.dumps([asdict(r) for r in records], indent=2, default=str))
+        _echo_json(records)
         return
-    for run in records:
-        counts = summary_line(run.summary) if run.summary else ""
-        pr = f"#{run.pr_number}" if run.pr_number else "-"
-        click.echo(
-            f"{run.id:>5}  {run.started_at:%Y-%m-%d %H:%M:%S}  {run.status:<11} "
-            f"{run.command:<6} {run.trigger:<9} {run.repo} {pr} {run.project} "
-            f"({run.workspace}) {(run.commit_sha or '')[:7]} {counts}"
-        )
+    print_runs(records, _repo_label(settings))
 
 
 @cli.command()
-@click.option("--repo", help="Only locks of this repository.")
+@click.option("--repo", help="Only locks of this repository: a key, URL or local path.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def locks(ctx: click.Context, repo: str | None, as_json: bool) -> None:
-    """List the project locks held by pull requests."""
-    store = Store.open(_settings(ctx).resolved_database_url)
-    held = store.locks.list(repo)
+def locks(ctx: click.Context, repo: str | None, limit: int, as_json: bool) -> None:
+    """List the project locks held by pull requests and runs."""
+    from runner.console.tables import print_locks
+    from runner.store.store import Store
+
+    settings = _settings(ctx)
+    store = Store.open(settings.resolved_database_url)
+    held = store.locks.list(_repo_key(repo, settings) if repo else None)[:limit]
     if as_json:
-        click.echo(json.dumps([asdict(lock) for lock in held], indent=2, default=str))
+        _echo_json(held)
         return
-    if not held:
-        click.echo("No locks are held.")
-    for lock in held:
-        owner = f"PR #{lock.owner_pr}" if lock.owner_pr else f"run {lock.run_id}"
-        click.echo(
-            f"{lock.repo} {lock.dir} ({lock.workspace}) held by {owner} "
-            f"since {lock.since:%Y-%m-%d %H:%M:%S} UTC"
-        )
+    print_locks(held, _repo_label(settings))
 
 
 @cli.command()
 @click.option("--repo", help="Repository URL or path (default: the settings' repos, else .).")
 @click.option("-p", "--project", help="Scan only this project (by name).")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@_PROGRESS
 @click.pass_context
-def drift(ctx: click.Context, repo: str | None, project: str | None, as_json: bool) -> None:
+def drift(
+    ctx: click.Context, repo: str | None, project: str | None, as_json: bool, progress: bool
+) -> None:
     """Scan the default branch for drift now, report it (Slack, issues) and print it.
 
-    Exit code: 0 all in sync, 1 a project or repository failed, 3 drift or pending changes.
+    Exit code: 0 all in sync, 3 drift or pending changes, 1 a project or repository
+    failed, 2 bad usage (unknown project, no such path, invalid config).
     """
+    from runner.console.progress import progress_display
     from runner.drift.reports import render_text
     from runner.drift.service import DriftService
     from runner.results.drift import DriftStatus
-    from runner.wiring import build_services
 
     settings = _settings(ctx)
-    store = Store.open(settings.resolved_database_url)
-    service = DriftService(build_services(settings, store))
+    if repo is not None:
+        _check_repo(repo, settings)
     target = repo if repo is not None or settings.repos else str(Path(".").resolve())
-    report = service.scan(target, project, trigger="cli")
+    with progress_display(progress) as observer:
+        report = DriftService(_services(settings, observer)).scan(
+            target, project, trigger="cli", strict=True
+        )
     if as_json:
-        click.echo(json.dumps(asdict(report), indent=2, default=str))
+        _echo_json(report)
     else:
         click.echo(render_text(report))
+    if not report.results and not report.notes:
+        click.echo(f"warning: no Terraform project found in {target or 'the repos'}", err=True)
     if report.notes or report.with_status(DriftStatus.ERROR):
         sys.exit(EXIT_FAILED)
     sys.exit(EXIT_CHANGES if report.with_status(DriftStatus.DRIFT, DriftStatus.PENDING) else 0)
@@ -219,52 +287,75 @@ def drift(ctx: click.Context, repo: str | None, project: str | None, as_json: bo
     help="Repository URL or path (a plain directory is snapshotted into a git repository "
     "under the data dir); default: the settings' repos.",
 )
-@click.option("--once", is_flag=True, help="Reconcile now and exit: 0 ok, 1 a failure.")
+@click.option(
+    "--once", is_flag=True, help="Reconcile now and exit: 0 ok, 1 a failure, 2 bad usage or config."
+)
 @click.option(
     "--interval",
     type=click.IntRange(min=1),
     help="Seconds between polls (default: each repository's poll_interval; 60 with --repo).",
 )
+@_PROGRESS
 @click.pass_context
-def reconcile(ctx: click.Context, repo: str | None, once: bool, interval: int | None) -> None:
+def reconcile(
+    ctx: click.Context, repo: str | None, once: bool, interval: int | None, progress: bool
+) -> None:
     """Pull mode: apply what changed on the default branch, now (--once) or on an interval.
 
     A new commit plans and applies the projects it changed since the last reconciled
     commit (every project the first time), with the PR flow's locks and run records;
     Slack hears about applies, and the commit gets a `gitops/apply` status when the
-    repository is on a forge the runner has a token for.
+    repository is on a forge the runner has a token for. Pull mode applies with the
+    locks and the apply path of the PR flow, but without PR `apply_requirements`
+    (there is no pull request to approve): what is merged is applied.
     """
-    import signal
-    import threading
-
-    from runner.reconcile.model import ReconcileReport
+    from runner.console.progress import progress_display
     from runner.reconcile.reconciler import Reconciler
     from runner.reconcile.reports import render_text
     from runner.reconcile.targets import configured_targets, target_for
-    from runner.wiring import build_services
 
     settings = _settings(ctx)
     seconds = float(interval) if interval else None
+    if repo:
+        _check_repo(repo, settings)
     targets = (
         [target_for(repo, settings, seconds)] if repo else configured_targets(settings, seconds)
     )
     if not targets:
         raise click.UsageError("nothing to reconcile: pass --repo, or list repos: in the settings")
-    reconciler = Reconciler(build_services(settings), targets=targets)
-    if once:
+    if not once:
+        _reconcile_forever(Reconciler(_services(settings), targets=targets))
+        return
+    with progress_display(progress) as observer:
+        reconciler = Reconciler(_services(settings, observer), targets=targets)
         reports = [reconciler.reconcile_once(target) for target in targets]
-        click.echo("\n".join(render_text(report) for report in reports))
-        sys.exit(0 if all(report.ok for report in reports) else EXIT_FAILED)
+    click.echo("\n".join(render_text(report) for report in reports))
+    sys.exit(_reconcile_exit_code(reports))
+
+
+def _reconcile_exit_code(reports: list[Any]) -> int:
+    """2 for an invalid repository config (as `plan` and `drift`), 1 for any failure."""
+    if any(report.config_invalid for report in reports):
+        return EXIT_USAGE
+    return 0 if all(report.ok for report in reports) else EXIT_FAILED
+
+
+def _reconcile_forever(reconciler: Any) -> None:
+    """Poll until Ctrl-C or SIGTERM, printing each pass that did something."""
+    import signal
+    import threading
+
+    from runner.reconcile.reports import render_text
 
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
 
-    def show(report: ReconcileReport) -> None:
+    def show(report: Any) -> None:
         if not report.up_to_date:
             click.echo(render_text(report))
 
-    names = ", ".join(target.name for target in targets)
+    names = ", ".join(target.name for target in reconciler.targets())
     click.echo(f"reconciling {names} (Ctrl-C stops; one process per deployment polls)")
     reconciler.run_forever(stop, on_report=show)
 
@@ -296,22 +387,127 @@ def worker(ctx: click.Context, burst: bool) -> None:
     run_worker(_settings(ctx), pull_request_flow_handler, burst=burst)
 
 
+def _check_repo(spec: str, settings: Settings) -> None:
+    """A `--repo` that looks like a local path must exist (exit 2 names it), unless it
+    names a configured repository."""
+    configured = {value for r in settings.repos for value in (r.url, r.full_name) if value}
+    if spec in configured or "://" in spec or "@" in spec:
+        return
+    if not Path(spec).expanduser().is_dir():
+        _usage_error(f"--repo {spec}: no such directory (and no configured repository)")
+
+
+def _repo_key(spec: str, settings: Settings) -> str:
+    """The store's key of a repository given as a key, URL or local path (relative too)."""
+    from runner.drift.scan import DriftRepo
+    from runner.workspace.snapshot import local_directory, needs_snapshot, snapshot_repository
+
+    if local_directory(spec) is None:
+        return spec  # a key as `runs` prints it, or a forge URL
+    directory = needs_snapshot(spec)
+    url = str(snapshot_repository(directory, settings.data_dir)) if directory else spec
+    return DriftRepo.from_url(str(Path(url).expanduser().absolute())).key
+
+
+def _repo_label(settings: Settings) -> Any:
+    """How a table names a repository: a snapshot by its directory's name, not its path."""
+    snapshots = (settings.data_dir / "snapshots").absolute().as_posix().strip("/") + "/"
+
+    def label(key: str) -> str:
+        if key.startswith(snapshots):
+            return f"{key.rsplit('/', 1)[-1]} (snapshot)"
+        return key
+
+    return label
+
+
 def _print_results(results: list[PlanResult], commit: str | None, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps([asdict(result) for result in results], indent=2, default=str))
+        _echo_json(results)
         return
     if not results:
         click.echo("No project is affected by this change.")
         return
+    from runner.results.render import render_plan_comment
+
     click.echo(render_plan_comment(results, commit=commit))
 
 
 def _plan_exit_code(results: list[PlanResult]) -> int:
+    from runner.results.model import PlanStatus
+
     if any(result.status is PlanStatus.ERROR for result in results):
         return EXIT_FAILED
     if any(result.status is PlanStatus.CHANGES for result in results):
         return EXIT_CHANGES
     return 0
+
+
+def _echo_json(value: Any) -> None:
+    """Dataclasses (or lists of them) as indented JSON, as every `--json` prints them."""
+    import json
+    from dataclasses import asdict
+
+    data = [asdict(item) for item in value] if isinstance(value, list) else asdict(value)
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _usage_error(message: str) -> NoReturn:
+    from runner.console.errors import CliError
+
+    raise CliError(message, EXIT_USAGE)
+
+
+def _configure_logging(debug: bool) -> None:
+    """Warnings as one line each; tracebacks only with `--debug`.
+
+    An exception logged where it is caught (a repository that failed to scan) is also
+    in the command's report, so without `--debug` its record is dropped rather than
+    printed twice.
+    """
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(name)s: %(message)s"))
+    if not debug:
+        handler.addFilter(lambda record: record.exc_info is None)
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, handlers=[handler])
+
+
+@cli.group()
+def policy() -> None:
+    """Rego policy sets: test them before they ship (docs/policies.md)."""
+
+
+@policy.command("test")
+@click.option(
+    "--policies",
+    "directory",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=Path("policies"),
+    show_default=True,
+    help="The policy set: a directory of .rego files.",
+)
+@click.option(
+    "--plan",
+    "plan_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="A `terraform show -json` plan to check; without it, run the set's tests.",
+)
+@click.option("-p", "--project", default="default", help="Project name policies see.")
+@click.option("-w", "--workspace", default="default", help="Workspace policies see.")
+@click.option("--kind", type=click.Choice(["pr", "merge", "drift", "reconcile"]), default="pr")
+def policy_test(
+    directory: Path, plan_file: Path | None, project: str, workspace: str, kind: str
+) -> None:
+    """Check a plan against a policy set, or run the set's tests; prints each result."""
+    from runner.policies.local import check_plan_file, run_set_tests
+
+    if plan_file is None:
+        ok = run_set_tests(directory, click.echo)
+    else:
+        ok = check_plan_file(directory, plan_file, project, workspace, kind, click.echo)
+    sys.exit(0 if ok else 1)
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -41,6 +41,22 @@ class PolledRepo(BaseSettings):
     # `runner.events.model.ForgeKind`, spelled out: settings is the bottom layer and
     # imports nothing of the runner (tests/test_drift_scan.py checks the two agree).
     forge: Literal["github", "gitlab"] | None = None
+
+
+class PolicySetSettings(BaseSettings):
+    """A directory of Rego policies the server checks plans against (docs/policies.md)."""
+
+    model_config = SettingsConfigDict(extra="forbid")
+
+    name: str
+    path: Path
+    # Users whose `gitops approve_policies` counts when this set fails.
+    owners: tuple[str, ...] = ()
+    # How many distinct owners must approve; 0: a failure can never be overridden.
+    approvals_needed: int = Field(default=1, ge=0)
+    # True: every project is checked; False: only projects whose default-branch config
+    # names the set in `policy_sets:`.
+    required: bool = True
 
 
 class Settings(BaseSettings):
@@ -102,6 +118,9 @@ class Settings(BaseSettings):
     slack_api_url: str = "https://slack.com/api/"  # Web API base; tests point it at a fake
 
     drift_schedule: str = ""
+    # Rego policy sets (a JSON list in GITOPS_POLICY_SETS); none: no policy checks.
+    policy_sets: tuple[PolicySetSettings, ...] = ()
+    policy_timeout: float = Field(default=10.0, gt=0, description="seconds per policy set")
     repos: tuple[PolledRepo, ...] = ()
 
     @field_validator(
@@ -181,15 +200,74 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
 
+class SettingsError(ValueError):
+    """Settings that cannot be used, one line per problem, naming the variable or file key."""
+
+
 def load_settings(config_file: str | Path | None = None, **values: Any) -> Settings:
-    """Build the settings once. Priority: `GITOPS_*` env, then `values`, then the YAML file."""
-    from_file: dict[str, Any] = {}
-    if config_file is not None:
-        path = Path(config_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: the settings file must be a mapping of setting: value")
-        from_file = loaded
-    return Settings(**{**from_file, **values})
+    """Build the settings once. Priority: `GITOPS_*` env, then `values`, then the YAML file.
+
+    Raises `SettingsError` (never pydantic's own text, with its documentation URLs).
+    """
+    path = Path(config_file) if config_file is not None else None
+    from_file, key_lines = _read_settings_file(path) if path is not None else ({}, {})
+    try:
+        return Settings(**{**from_file, **values})
+    except ValidationError as error:
+        problems = [_problem(item, path, key_lines) for item in error.errors(include_url=False)]
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
+def ensure_data_dir(settings: Settings) -> Path:
+    """Create the data directory, or say in one line why it cannot be used."""
+    data_dir = settings.data_dir
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SettingsError(
+            f"GITOPS_DATA_DIR {data_dir}: cannot create it: {error.strerror}"
+        ) from None
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        raise SettingsError(f"GITOPS_DATA_DIR {data_dir}: not writable")
+    return data_dir
+
+
+def _read_settings_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """The file's mapping, and the line of each top-level key (for error messages)."""
+    if not path.is_file():
+        raise SettingsError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        loaded = yaml.safe_load(text) or {}
+        root = yaml.compose(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(error, "problem", None) or "not valid YAML"
+        raise SettingsError(f"{where}: {problem}") from None
+    if not isinstance(loaded, dict):
+        raise SettingsError(f"{path}: the settings file must be a mapping of setting: value")
+    lines = {
+        str(key.value): key.start_mark.line + 1
+        for key, _ in getattr(root, "value", ())
+        if isinstance(key, yaml.ScalarNode)
+    }
+    return loaded, lines
+
+
+def _problem(item: Any, path: Path | None, key_lines: dict[str, int]) -> str:
+    """One validation error as `GITOPS_PORT='abc': <why>` or `file.yaml:3: port: <why>`."""
+    field = str(item["loc"][0]) if item["loc"] else ""
+    dotted = ".".join(str(part) for part in item["loc"])
+    env_name = f"GITOPS_{field.upper()}"
+    if field and env_name in os.environ:
+        shown = "" if _is_secret(field) else f"={os.environ[env_name]!r}"
+        return f"{env_name}{shown}: {item['msg']}"
+    if path is not None and field in key_lines:
+        return f"{path}:{key_lines[field]}: {dotted}: {item['msg']}"
+    return f"{dotted or 'settings'}: {item['msg']}"
+
+
+def _is_secret(field: str) -> bool:
+    info = Settings.model_fields.get(field)
+    return info is None or "Secret" in str(info.annotation)

@@ -13,32 +13,35 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from flask import Flask
+from pydantic import SecretStr
 
-from runner.commands.pr_flow import build_handler
-from runner.drift.scheduler import DriftScheduler
-from runner.drift.service import DriftService
-from runner.drift.triggers import DriftScans
 from runner.engine.apply import ApplyExecutor
 from runner.engine.planner import build_planner, build_terraform_factory
 from runner.engine.project_mutex import build_mutex
 from runner.engine.services import Services
 from runner.forge.base import Forge
-from runner.forge.factory import build_forge
-from runner.jobs.inprocess import InProcessQueue
-from runner.jobs.model import JobHandler
-from runner.jobs.queue import JobQueue
 from runner.notify.slack import build_notifier
-from runner.reconcile.reconciler import Reconciler
+from runner.policies.engine import build_policy_engine
 from runner.results.limits import OutputLimits
 from runner.results.masking import Masker
 from runner.settings import Settings, load_settings
 from runner.store.store import Store
-from runner.web.app import create_app
-from runner.web.context import WebServices
-from runner.workspace.working_copy import WorkingCopies
+from runner.workspace.credentials import GITLAB_TOKEN_USERNAME, TOKEN_USERNAME, HttpAuth
+from runner.workspace.working_copy import CredentialsFor, WorkingCopies
+
+# What only `serve` and `worker` wire (Flask, the PR flow, queues, schedulers) is
+# imported where it is built, so the CLI's commands do not pay for it at start-up.
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from runner.drift.scheduler import DriftScheduler
+    from runner.drift.triggers import DriftScans
+    from runner.jobs.model import JobHandler
+    from runner.jobs.queue import JobQueue
+    from runner.web.context import WebServices
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,8 @@ def build_services(settings: Settings, store: Store | None = None) -> Services:
 
     @cache
     def forge_for(name: str) -> Forge:
+        from runner.forge.factory import build_forge  # PyGithub: when a forge is needed
+
         return build_forge(settings, name)  # type: ignore[arg-type]
 
     mutex = build_mutex(settings, store)
@@ -66,18 +71,22 @@ def build_services(settings: Settings, store: Store | None = None) -> Services:
         settings=settings,
         store=store,
         forge_for=forge_for,
-        working_copies=WorkingCopies(settings.repos_dir, token_for=_token_for(settings)),
+        working_copies=WorkingCopies(
+            settings.repos_dir, credentials_for=_clone_credentials(settings)
+        ),
         planner=build_planner(settings, terraform_for=terraform_for),
         terraform_for=terraform_for,
         mutex=mutex,
         executor=executor,
         secret_values=secret_values,
         notifier=build_notifier(settings),
+        policies=build_policy_engine(settings),
     )
 
 
-def _token_for(settings: Settings) -> Callable[[str], str | None]:
-    """HTTPS clone token by exact host: GitHub's token for GitHub's hosts, GitLab's for GitLab's.
+def _clone_credentials(settings: Settings) -> CredentialsFor:
+    """HTTPS clone credentials by exact host: GitHub's token for GitHub's hosts, GitLab's
+    (as `oauth2:<token>`) for the host of `GITOPS_GITLAB_URL`.
 
     Exact, because a suffix match hands the token to `evilgithub.com`. The clone host
     of GitHub Enterprise is its API URL's host (`https://ghe.example.com/api/v3`); an
@@ -90,21 +99,35 @@ def _token_for(settings: Settings) -> Callable[[str], str | None]:
     github_hosts = {"github.com": "https", api_host: api.scheme}
     if api.path.strip("/") == "" and api_host.startswith("api."):
         github_hosts[api_host.removeprefix("api.")] = api.scheme
-    gitlab = urlsplit(settings.gitlab_url)
     by_host = {
-        host: (scheme, settings.github_token) for host, scheme in github_hosts.items() if host
+        host: _HostCredentials(scheme, settings.github_token, TOKEN_USERNAME)
+        for host, scheme in github_hosts.items()
+        if host
     }
+    gitlab = urlsplit(settings.gitlab_url)
     if gitlab.hostname:
-        by_host[gitlab.hostname.lower()] = (gitlab.scheme, settings.gitlab_token)
+        by_host[gitlab.hostname.lower()] = _HostCredentials(
+            gitlab.scheme, settings.gitlab_token, GITLAB_TOKEN_USERNAME
+        )
 
-    def token_for(url: str) -> str | None:
+    def credentials_for(url: str) -> HttpAuth | None:
         parts = urlsplit(url)
-        scheme, token = by_host.get((parts.hostname or "").lower(), ("", None))
-        if token is None or parts.scheme.lower() not in {"https", scheme.lower()}:
+        host = by_host.get((parts.hostname or "").lower())
+        if host is None or parts.scheme.lower() not in {"https", host.scheme.lower()}:
             return None
-        return token.get_secret_value() or None
+        token = host.token.get_secret_value() if host.token is not None else ""
+        return HttpAuth(token=token, username=host.username) if token else None
 
-    return token_for
+    return credentials_for
+
+
+@dataclass(frozen=True)
+class _HostCredentials:
+    """What a forge host gets: its token, the scheme it may travel over, the user name."""
+
+    scheme: str
+    token: SecretStr | None
+    username: str
 
 
 @dataclass(frozen=True)
@@ -143,6 +166,9 @@ def build_drift(settings: Settings, services: Services) -> DriftWiring:
     Every web process gets a scheduler when drift is scheduled; the scheduler's lease
     in the store makes exactly one of them scan (see runner/drift/scheduler.py).
     """
+    from runner.drift.scheduler import DriftScheduler
+    from runner.drift.service import DriftService
+    from runner.drift.triggers import DriftScans
 
     service = DriftService(services)
     scheduler = DriftScheduler(service) if drift_scheduled(settings) else None
@@ -164,6 +190,9 @@ def build_web_services(settings: Settings) -> WebServices:
     shared between processes. The in-process queue's threads and the drift scheduler
     start with the worker (`start_workers`) and stop when it exits.
     """
+    from runner.commands.pr_flow import build_handler
+    from runner.reconcile.reconciler import Reconciler
+    from runner.web.context import WebServices
 
     services = build_services(settings)
     queue = build_queue(settings, services.store, build_handler(services))
@@ -202,12 +231,16 @@ def create_app_from_env() -> Flask:
     `GITOPS_CONFIG_FILE`, if any). Runs in each gunicorn worker after the fork, so the
     Store and queue built here belong to that worker process alone.
     """
+    from runner.web.app import create_app
+
     settings = load_settings(os.environ.get("GITOPS_CONFIG_FILE") or None)
     return create_app(settings, build_web_services(settings))
 
 
 def pull_request_flow_handler(settings: Settings, store: Store) -> JobHandler:
     """The default handler factory: the pull-request flow, wired from settings."""
+    from runner.commands.pr_flow import build_handler
+
     return build_handler(build_services(settings, store))
 
 
@@ -217,6 +250,8 @@ def build_queue(settings: Settings, store: Store, handler: JobHandler) -> JobQue
     `handler` runs the jobs of an in-process queue. An RQ queue only submits; its
     jobs run in `gitops-runner worker` processes, which build their own handler.
     """
+    from runner.jobs.inprocess import InProcessQueue
+
     if settings.queue == "rq":
         # Imported only when asked for: redis and rq are the `redis` extra.
         from runner.jobs.rq_queue import RQQueue

@@ -352,7 +352,7 @@ def test_help_text_lists_commands_options_and_flags() -> None:
 
 def test_help_text_table_escapes_pipes() -> None:
     table_rows = [line for line in help_text().splitlines() if line.startswith("| `gitops")]
-    assert len(table_rows) == 4
+    assert len(table_rows) == 5  # plan, apply, unlock, approve_policies, help
     for row in table_rows:
         # Three unescaped pipes: the cell borders only.
         assert row.replace("\\|", "").count("|") == 3

@@ -11,7 +11,7 @@ import json
 import os
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from runner.store.store import Store
 from runner.terraform.result import CommandOutcome
 from runner.web.app import create_app
 from runner.web.context import WebServices
-from runner.wiring import _token_for
+from runner.wiring import _clone_credentials
 from runner.workspace.working_copy import WORKTREES_DIR, WorkingCopies
 from tests.support.git_repo import GitRepo
 from tests.support.github_payloads import Pull, Repo, build_delivery, pull_request_event
@@ -272,6 +272,12 @@ def test_with_an_api_token_every_api_route_needs_it(tmp_path: Path, sqlite_store
 # ---- row 15: exact token hosts, JSON for RQ, pruned deliveries ----------------------
 
 
+def _token_for(settings: Settings) -> Callable[[str], str | None]:
+    """The token the runner would send git for a clone URL, if any."""
+    credentials_for = _clone_credentials(settings)
+    return lambda url: auth.token if (auth := credentials_for(url)) else None
+
+
 def test_the_github_token_goes_to_github_hosts_only() -> None:
     token_for = _token_for(load_settings(github_token=TOKEN))
 
@@ -295,6 +301,20 @@ def test_the_github_token_goes_to_the_enterprise_clone_host(api_url: str, clone_
     assert token_for(f"https://{clone_host}/acme/infra.git") == TOKEN
     assert token_for(f"https://evil{clone_host}/acme/infra.git") is None
     assert token_for(f"https://{clone_host}.evil.net/acme/infra.git") is None
+
+
+def test_the_gitlab_token_goes_to_the_configured_gitlab_host_as_oauth2() -> None:
+    settings = load_settings(
+        github_token=TOKEN, gitlab_url="https://git.example.com/gitlab", gitlab_token="glpat-x"
+    )
+    credentials_for = _clone_credentials(settings)
+
+    auth = credentials_for("https://git.example.com/group/sub/infra.git")
+    assert auth is not None and (auth.username, auth.token) == ("oauth2", "glpat-x")
+    assert credentials_for("https://gitlab.com/group/infra.git") is None
+    assert credentials_for("https://evilgit.example.com/group/infra.git") is None
+    github = credentials_for("https://github.com/acme/infra.git")
+    assert github is not None and github.token == TOKEN
 
 
 def test_rq_messages_in_redis_are_json_not_pickle(

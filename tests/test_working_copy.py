@@ -472,7 +472,7 @@ def recording_server() -> Iterator[tuple[str, list[str | None]]]:
         server.server_close()
 
 
-def test_token_for_is_sent_as_an_extra_header_only(
+def test_clone_credentials_are_sent_as_an_extra_header_only(
     tmp_path: Path, monkeypatch, recording_server: tuple[str, list[str | None]]
 ):
     for name in PROXY_VARS:
@@ -481,12 +481,13 @@ def test_token_for_is_sent_as_an_extra_header_only(
     base_url, seen = recording_server
     asked: list[str] = []
 
-    def token_for(url: str) -> str:
-        asked.append(url)
-        return SECRET
-
-    copies = WorkingCopies(tmp_path / "root", token_for=token_for)
     auth = HttpAuth(token=SECRET)
+
+    def credentials_for(url: str) -> HttpAuth:
+        asked.append(url)
+        return auth
+
+    copies = WorkingCopies(tmp_path / "root", credentials_for=credentials_for)
     with pytest.raises(WorkingCopyError) as caught:
         copies.fetch(f"{base_url}/acme/repo.git")
 
@@ -498,9 +499,9 @@ def test_token_for_is_sent_as_an_extra_header_only(
 
 
 def test_local_remotes_never_ask_for_a_token(tmp_path: Path, remote: Remote):
-    def token_for(url: str) -> str:
+    def credentials_for(url: str) -> HttpAuth:
         raise AssertionError(f"asked for a token for {url}")
 
-    copies = WorkingCopies(tmp_path / "root", token_for=token_for)
+    copies = WorkingCopies(tmp_path / "root", credentials_for=credentials_for)
     copies.checkout(remote.url, "pr-1", remote.src.head)
     copies.checkout(str(remote.bare), "pr-2", remote.src.head)

@@ -20,6 +20,8 @@ from runner.config.errors import ConfigError
 from runner.config.loader import load_repo_config
 from runner.config.model import ApplyMode, ProjectConfig
 from runner.engine.apply import ApplyItem, ApplyRequest
+from runner.engine.services import Services
+from runner.events.model import RepoRef
 from runner.forge.base import PullRequestInfo
 from runner.store.store import Store
 from runner.workspace.working_copy import WorkingCopies
@@ -71,6 +73,15 @@ def load_trusted_rules(
             ) from error
     projects = {project.key: project for project in config.projects}
     return TrustedRules(projects, server_requirements)
+
+
+def rules_at(services: Services, repo: RepoRef, commit_or_branch: str) -> TrustedRules:
+    """The trusted rules at a commit or branch of `repo`, plus the server's requirements."""
+    working_copies = services.working_copies
+    commit = working_copies.resolve(repo.clone_url, commit_or_branch)
+    return load_trusted_rules(
+        working_copies, repo.clone_url, commit, services.settings.apply_requirements
+    )
 
 
 @dataclass(frozen=True)

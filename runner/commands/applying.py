@@ -24,11 +24,12 @@ from runner.commands.apply_gates import (
     TrustedPlanGate,
     TrustedRules,
     UntrustedConfig,
-    load_trusted_rules,
+    rules_at,
 )
 from runner.commands.apply_requirements import RequirementContext
 from runner.commands.feedback import PullRequestFeedback
 from runner.commands.planning import worktree_key
+from runner.commands.policy_review import PullRequestPolicies
 from runner.config.errors import ConfigError
 from runner.config.loader import load_repo_config
 from runner.config.model import ProjectConfig, RepoConfig
@@ -63,6 +64,7 @@ class PullRequestApplier:
     def __init__(self, services: Services, feedback: PullRequestFeedback) -> None:
         self._services = services
         self._feedback = feedback
+        self._policies = PullRequestPolicies(services, feedback)
         self._events = ApplyEvents(
             services.notifier,
             services.store,
@@ -112,6 +114,7 @@ class PullRequestApplier:
             ModeGate(rules, on_merge=pr.state == "merged"),
             HoldsLockGate(self._services.store),
             RequirementsGate(rules, context),
+            self._policies.gate(repo, pr, author, rules, Trigger.COMMENT),
         ]
         request = self._request(repo, pr, author, checkout, items, Trigger.COMMENT)
         refusals = self._services.executor.refusals(request, gates)
@@ -211,10 +214,35 @@ class PullRequestApplier:
                 "way forward."
             )
             self._needs_attention(repo, pr, author, merge_sha, message, lines)
+        items = self._policy_checked_at_merge(repo, pr, author, rules, reviewed, items)
         if not items:
             return []
         request = self._request(repo, pr, author, checkout, items, Trigger.MERGE)
         return self._apply_and_report(repo, pr, author, request)
+
+    def _policy_checked_at_merge(
+        self,
+        repo: RepoRef,
+        pr: PullRequestInfo,
+        author: str,
+        rules: TrustedRules,
+        reviewed: dict[str, PlanRecord],
+        items: list[ApplyItem],
+    ) -> list[ApplyItem]:
+        """The merge plans whose policies pass (kind `merge`), or were approved on the
+        reviewed plan; the others need attention and are not applied."""
+        gate = self._policies.gate(
+            repo, pr, author, rules, Trigger.MERGE, {n: p.id for n, p in reviewed.items()}
+        )
+        kept: list[ApplyItem] = []
+        for item in items:
+            request = ApplyRequest(repo.key, Path(), (item,), Trigger.MERGE, author)
+            why = gate.refusal(item, request)
+            if why is None:
+                kept.append(item)
+            else:
+                self._needs_attention(repo, pr, author, item.commit, why, [])
+        return kept
 
     def _release_unapplied(
         self,
@@ -415,15 +443,8 @@ class PullRequestApplier:
             raise _Refused(f"The repository configuration is invalid: {error}") from error
 
     def _trusted_rules(self, repo: RepoRef, commit_or_branch: str) -> TrustedRules:
-        services = self._services
         try:
-            commit = services.working_copies.resolve(repo.clone_url, commit_or_branch)
-            return load_trusted_rules(
-                services.working_copies,
-                repo.clone_url,
-                commit,
-                services.settings.apply_requirements,
-            )
+            return rules_at(self._services, repo, commit_or_branch)
         except (UntrustedConfig, WorkingCopyError) as error:
             raise _Refused(f"Not applied: {error}") from error
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.commands.feedback import PullRequestFeedback
+from runner.commands.policy_review import PullRequestPolicies
 from runner.config.errors import ConfigError
 from runner.config.loader import load_repo_config
 from runner.config.model import RepoConfig
@@ -84,11 +85,16 @@ class PullRequestPlanner:
         results = self._plan_targets(request, checkout, targets, cancel)
         if cancel.is_set():
             return results  # a newer push superseded this plan: it will comment instead
+        projects = {target.project.name: target.project for target in targets}
+        policies = PullRequestPolicies(services, feedback).check_plans(
+            request.repo, request.pr, request.author, results, projects
+        )
         feedback.plan_comment(
             render_plan_comment(
                 results,
                 commit=head,
                 command="plan",
+                policies=policies,
                 masker=feedback.masker,
                 limits=feedback.limits,
             ),

@@ -16,6 +16,7 @@ from runner.commands.applying import PullRequestApplier
 from runner.commands.authorization import is_trusted, refusal
 from runner.commands.feedback import PullRequestFeedback
 from runner.commands.planning import PlanRequest, PullRequestPlanner, worktree_key
+from runner.commands.policy_review import PullRequestPolicies
 from runner.engine.services import Services
 from runner.events.commands import Command, CommandError
 from runner.events.comment_parser import help_text
@@ -169,6 +170,10 @@ class PullRequestFlow:
             self._unlock(event, feedback)
         elif command.name == "plan":
             self._plan(event, command, pr, is_trusted(permission), feedback, cancel)
+        elif command.name == "approve_policies":
+            PullRequestPolicies(self._services, feedback).approve(
+                event.repo, pr, event.author, command
+            )
         else:
             self._apply(event, command, pr, feedback)
 

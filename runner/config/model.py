@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -118,6 +118,11 @@ class ProjectConfig(_Frozen):
     execution_order_group: int = 0
     terraform_version: str | None = None
     drift: DriftConfig = Field(default_factory=DriftConfig)
+    # Optional policy sets of the server to check this project against (docs/policies.md);
+    # read from the default branch, like apply_requirements.
+    policy_sets: tuple[str, ...] = ()
+    # Values the project's policies read as `input.run.project.data` (e.g. required_tags).
+    policy_data: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod

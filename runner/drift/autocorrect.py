@@ -13,6 +13,7 @@ human, with the reason in the report.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, time
 from pathlib import Path
@@ -122,7 +123,12 @@ class AutoCorrector:
         self._executor = executor
 
     def apply(
-        self, tree: Path, repo_key: str, project: ProjectConfig, result: DriftResult, gate: Gate
+        self,
+        tree: Path,
+        repo_key: str,
+        project: ProjectConfig,
+        result: DriftResult,
+        gates: Sequence[Gate],
     ) -> DriftResult:
         """Apply under the lock; returns the result marked NEEDS_APPROVAL or FAILED, or as is."""
         # The lock names the scan's plan run, so the apply path can tell it is ours.
@@ -134,7 +140,7 @@ class AutoCorrector:
             why = f"locked by PR #{holder}" if holder is not None else "the project is locked"
             return replace(result, correction=Correction.NEEDS_APPROVAL, correction_reason=why)
         try:
-            batch = self._executor.run(_request(tree, repo_key, project, result), [gate])
+            batch = self._executor.run(_request(tree, repo_key, project, result), gates)
         finally:
             self._store.locks.release(repo_key, project.dir, project.workspace)
         if batch.refused:

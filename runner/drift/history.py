@@ -61,5 +61,7 @@ def record_results(store: DriftStore, results: Sequence[DriftResult]) -> list[Tr
             issue_number=latest.issue_number if latest is not None else None,
             notified=Tracked(result, conclusive).unchanged_drift,
         )
-        tracked.append(Tracked(store.record(inherited), conclusive))
+        # The log is not stored with the result; the report of this scan still names it.
+        stored = replace(store.record(inherited), log_path=result.log_path)
+        tracked.append(Tracked(stored, conclusive))
     return tracked

@@ -14,6 +14,8 @@ from runner.drift.history import Tracked
 from runner.notify.base import Block, Message
 from runner.notify.blocks import sections
 from runner.results.drift import Correction, DriftReport, DriftResult, DriftStatus
+from runner.results.render import short_sha
+from runner.results.text import error_detail
 
 MAX_RESOURCES_PER_LINE = 5
 _ICON = {
@@ -111,12 +113,16 @@ def _heartbeat(summary: str, unchanged: list[DriftResult]) -> Message:
 
 
 def render_text(report: DriftReport) -> str:
-    """The report for a terminal: one line per project, then the counts."""
-    lines = [
-        f"{r.status.value:8} {r.repo} {r.label} @ {(r.commit or '?')[:12]}: {describe(r)}"
-        for r in report.results
-    ]
+    """The report for a terminal: the repository once, one line per project, the counts."""
+    repos = {r.repo for r in report.results}
+    lines = [f"{next(iter(repos))}:"] if len(repos) == 1 else []
+    for r in report.results:
+        where = "" if len(repos) == 1 else f" {r.repo}"
+        lines.append(f"{r.status.value:8}{where} {r.label} @ {short_sha(r.commit)}: {describe(r)}")
+        if r.status is DriftStatus.ERROR:
+            lines += error_detail(r.error, r.log_path)
     lines += [f"error    {note}" for note in report.notes]
     counts = ", ".join(f"{n} {status}" for status, n in report.counts().items())
-    lines.append(f"{len(report.results)} projects scanned: {counts}")
+    failed = f"; {len(report.notes)} repository scan(s) failed" if report.notes else ""
+    lines.append(f"{len(report.results)} projects scanned: {counts}{failed}")
     return "\n".join(lines)

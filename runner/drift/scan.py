@@ -18,6 +18,7 @@ from filelock import FileLock
 from runner.config.loader import load_repo_config
 from runner.config.model import ProjectConfig, RepoConfig
 from runner.engine.planner import Planner, PlanOptions, PlanTarget
+from runner.engine.progress import ProgressObserver
 from runner.engine.project_mutex import ProjectMutex, state_key
 from runner.engine.recording import record_plan_result
 from runner.events.model import ForgeKind, RepoRef, canonical_repo_key
@@ -121,6 +122,12 @@ def repo_forge(forge_for: Callable[[str], Forge]) -> ForgeFor:
     return forge_of
 
 
+def no_default_branch(repo: DriftRepo, errors: Sequence[str]) -> str:
+    """Why no default branch was found; each distinct git error once (main and master
+    usually fail the same way)."""
+    return f"no default branch found in {repo.name}: {'; '.join(dict.fromkeys(errors))}"
+
+
 @dataclass
 class ScanSession:
     """One repository checked out at its default branch head, held for scan + correction."""
@@ -149,8 +156,10 @@ class DriftScanner:
         mutex: ProjectMutex,
         *,
         secret_values: tuple[str, ...] = (),
+        progress: ProgressObserver | None = None,
     ) -> None:
         self._planner = planner
+        self._progress = progress
         self._copies = working_copies
         self._store = store
         self._mutex = mutex
@@ -165,7 +174,7 @@ class DriftScanner:
                 return branch, self._copies.resolve(repo.url, branch)
             except WorkingCopyError as error:  # the next candidate may exist
                 errors.append(str(error))
-        raise LookupError(f"no default branch found in {repo.name}: {'; '.join(errors)}")
+        raise LookupError(no_default_branch(repo, errors))
 
     @contextmanager
     def session(self, repo: DriftRepo) -> Iterator[ScanSession]:
@@ -198,6 +207,7 @@ class DriftScanner:
             PlanOptions(
                 lock=False,
                 secret_values=self._secret_values,
+                progress=self._progress,
                 # Never beside an apply of the same state: the plan would read it half-written.
                 guard=lambda project: self._mutex.hold(
                     state_key(session.repo.key, project.dir, project.workspace)
@@ -241,6 +251,7 @@ def classify(plan: PlanResult, repo_key: str) -> DriftResult:
         summary=plan.summary,
         plan_checksum=plan.plan_checksum,
         plan_path=plan.plan_path,
+        log_path=plan.log_path,
         scanned_at=utcnow(),
     )
     if plan.status is PlanStatus.ERROR:

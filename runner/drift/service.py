@@ -11,18 +11,24 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
+from runner.config.errors import ConfigError
 from runner.config.model import ProjectConfig
-from runner.drift.autocorrect import AutoCorrector, CorrectionGate, after_rescan
+from runner.drift.autocorrect import LOCK_USER, AutoCorrector, CorrectionGate, after_rescan
 from runner.drift.history import Tracked, record_results
 from runner.drift.issues import DriftIssues
 from runner.drift.reports import drift_message
 from runner.drift.scan import DriftRepo, DriftScanner, ForgeFor, ScanSession, repo_forge
+from runner.engine.policy_gate import PolicyGate
 from runner.engine.services import Services
 from runner.notify.base import Delivery, Notifier
+from runner.policies.input import RunContext
+from runner.projects.detection import ProjectSelectionError
 from runner.results.drift import DriftReport, DriftResult, DriftStatus
+from runner.results.policy import PolicyKind
 from runner.settings import Settings
 from runner.store.drift import DriftStore
 from runner.store.models import utcnow
+from runner.store.runs import Trigger
 from runner.workspace.snapshot import repository_url
 
 log = logging.getLogger(__name__)
@@ -67,8 +73,10 @@ class DriftService:
             services.store,
             services.mutex,
             secret_values=services.secret_values,
+            progress=services.progress,
         )
         self.corrector = AutoCorrector(services.store, services.executor)
+        self._policies = (services.policies, services.plan_documents)
         self.issues = DriftIssues(forge_for or repo_forge(services.forge_for), self.history)
         self.last_delivery: Delivery | None = None
 
@@ -81,15 +89,20 @@ class DriftService:
         *,
         projects: Sequence[str] | None = None,
         trigger: str = "schedule",
+        strict: bool = False,
     ) -> DriftReport:
         """Scan one repository (or every configured one) now; returns and reports the result.
 
         `project` (one name) or `projects` (several) narrow the scan; by default every
         project of the repository is scanned, opted in to scheduled drift or not.
+        `strict` (the CLI) raises an invalid repository config (`ConfigError`, with
+        file and line) instead of noting it in the report.
         """
         names = [project] if project else (list(projects) if projects is not None else None)
         return self._report(
-            self.resolve_repos(repo), lambda target: self._scan_repo(target, names, trigger)
+            self.resolve_repos(repo),
+            lambda target: self._scan_repo(target, names, trigger),
+            strict=strict,
         )
 
     def scan_session(
@@ -123,7 +136,11 @@ class DriftService:
     # --- steps ----------------------------------------------------------------------
 
     def _report(
-        self, repos: Sequence[DriftRepo], scan_one: Callable[[DriftRepo], list[DriftResult]]
+        self,
+        repos: Sequence[DriftRepo],
+        scan_one: Callable[[DriftRepo], list[DriftResult]],
+        *,
+        strict: bool = False,
     ) -> DriftReport:
         """Scan each repository with `scan_one`, store, open issues, notify: one report."""
         started = self._clock()
@@ -132,7 +149,11 @@ class DriftService:
         for target in repos:
             try:
                 repo_results = scan_one(target)
+            except ProjectSelectionError:
+                raise  # the caller's mistake, not the repository's: said to the caller
             except Exception as error:  # one broken repository must not hide the others
+                if strict and isinstance(error, ConfigError):
+                    raise
                 log.exception("drift scan of %s failed", target.name)
                 notes.append(f"{target.name}: scan failed: {error}")
                 continue
@@ -155,7 +176,8 @@ class DriftService:
     ) -> list[DriftResult]:
         chosen = session.projects(names)
         if names is not None and not chosen:
-            raise LookupError(f"no project named {', '.join(names)}")
+            known = ", ".join(p.name for p in session.config.projects) or "none"
+            raise ProjectSelectionError(f"no project named {', '.join(names)}; projects: {known}")
         results = self.scanner.scan(session, chosen, trigger=trigger)
         return self._correct(session, results, trigger)
 
@@ -176,8 +198,8 @@ class DriftService:
         applied: list[ProjectConfig] = []
         for result in wanted:
             project = by_name[result.project]
-            gate = CorrectionGate(result, head_now, self._clock())
-            outcome = self.corrector.apply(session.tree, session.repo.key, project, result, gate)
+            gates = [CorrectionGate(result, head_now, self._clock()), self._policy_gate(session)]
+            outcome = self.corrector.apply(session.tree, session.repo.key, project, result, gates)
             decided[result.project] = outcome
             if outcome.correction is None:
                 applied.append(project)
@@ -185,6 +207,19 @@ class DriftService:
             for fresh in self.scanner.scan(session, applied, trigger=trigger):
                 decided[fresh.project] = after_rescan(decided[fresh.project], fresh)
         return [decided.get(r.project, r) for r in results]
+
+    def _policy_gate(self, session: ScanSession) -> PolicyGate:
+        """Policies of kind `drift`: an unattended correction needs a clean result."""
+        engine, documents = self._policies
+        context = RunContext(
+            kind=PolicyKind.DRIFT,
+            repository=session.repo.key,
+            trigger=str(Trigger.SCHEDULE),
+            author=LOCK_USER,
+            branch=session.repo.branch,
+            default_branch=session.repo.branch,
+        )
+        return PolicyGate(engine, documents, context, require_clean=True)
 
     def _notify(
         self, report: DriftReport, tracked: list[Tracked], repos: Sequence[DriftRepo]

@@ -3,6 +3,12 @@
 The CLI's job without a forge. It picks the projects a branch touches (or the
 ones named), gets the right tree on disk and hands them to the Planner, so a
 person sees exactly what a pull request would show.
+
+Nothing is written into the user's tree. The working tree as it is (no `--head`) is
+planned in its snapshot (`runner/workspace/snapshot.py`), the same one `reconcile`
+and `drift` use for a plain directory, so a project without a backend plans against
+the local state they keep. A tree with uncommitted changes is labelled
+`<commit>+dirty`; a directory outside any git repository by its snapshot's commit.
 """
 
 from __future__ import annotations
@@ -22,16 +28,29 @@ from runner.engine.planner import PlanTarget
 from runner.projects.changes import changed_files
 from runner.projects.detection import affected_projects, select_projects
 from runner.terraform.modules import ModuleGraph
+from runner.workspace.snapshot import (
+    Snapshot,
+    is_git_repository,
+    snapshot_directory,
+    snapshot_repository,
+)
+
+DIRTY = "+dirty"
 
 
 @dataclass(frozen=True)
 class LocalSelection:
-    """What to plan, where the tree is, and which commit it is (None = working tree)."""
+    """What to plan, where the tree is, and which commit it is (`<sha>+dirty` for a
+    working tree with uncommitted changes)."""
 
     checkout: Path
     commit: str | None
     targets: tuple[PlanTarget, ...]
     config: RepoConfig
+    # The URL reconcile and drift know this repository by (its snapshot, for a plain
+    # directory): its key scopes the run records and the per-state mutex.
+    repo_url: str
+    snapshot: Snapshot | None = None
 
 
 @dataclass(frozen=True)
@@ -52,18 +71,25 @@ def select_local(
     base: str | None,
     head: str | None,
     wanted: ProjectFilter,
-    scratch_dir: Path,
+    data_dir: Path,
     extra_args: Sequence[str] = (),
 ) -> LocalSelection:
     """Resolve the CLI's view of a repository into plan targets.
 
     With `--base`, only projects touched between base and head are planned,
     each with the reason it was chosen; without it, every project is. With
-    `--head`, that commit's tree is exported to `scratch_dir` so the user's
-    working tree is left alone; otherwise the working tree is planned as it is.
+    `--head`, that commit's tree is exported under the data dir; otherwise the
+    working tree is planned as it is, in its snapshot (see the module docstring).
     """
     repo = repo.resolve()
-    checkout, commit = _tree_for(repo, head, scratch_dir)
+    scratch_dir = data_dir / "cli-checkouts"
+    snapshot = None
+    if head is None:
+        snapshot = snapshot_directory(repo, data_dir)
+        checkout = _snapshot_tree(snapshot, scratch_dir)
+        commit = _worktree_label(repo) or snapshot.commit
+    else:
+        checkout, commit = _tree_for(repo, head, scratch_dir)
     graph = ModuleGraph.build(checkout)
     config = load_repo_config(checkout, graph=graph)
     if wanted.active:
@@ -77,12 +103,22 @@ def select_local(
     else:
         chosen = [(project, "no --base given: every project") for project in config.projects]
     targets = tuple(PlanTarget(project, reason, tuple(extra_args)) for project, reason in chosen)
-    return LocalSelection(checkout=checkout, commit=commit, targets=targets, config=config)
+    url = str(repo) if is_git_repository(repo) else str(snapshot_repository(repo, data_dir))
+    return LocalSelection(checkout, commit, targets, config, url, snapshot)
 
 
-def _tree_for(repo: Path, head: str | None, scratch_dir: Path) -> tuple[Path, str | None]:
-    if head is None:
-        return repo, _commit_of_worktree(repo)
+def _snapshot_tree(snapshot: Snapshot, scratch_dir: Path) -> Path:
+    """The snapshot's files in a scratch tree (one per snapshot; older commits removed)."""
+    trees = scratch_dir / snapshot.repo.parent.name
+    target = trees / snapshot.commit
+    if not (target / ".complete").exists():
+        for stale in trees.glob("*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        _export_tree(git.Repo(snapshot.repo), snapshot.commit, "", target)
+    return target
+
+
+def _tree_for(repo: Path, head: str, scratch_dir: Path) -> tuple[Path, str]:
     git_repo = git.Repo(repo, search_parent_directories=True)
     sha = git_repo.commit(head).hexsha
     prefix = _prefix_in_repo(git_repo, repo)
@@ -108,11 +144,16 @@ def _export_tree(git_repo: git.Repo, sha: str, prefix: str, target: Path) -> Non
     (target / ".complete").touch()
 
 
-def _commit_of_worktree(repo: Path) -> str | None:
+def _worktree_label(repo: Path) -> str | None:
+    """HEAD of the enclosing clone, `+dirty` when `repo` has uncommitted or untracked
+    files; None outside git (or before the first commit)."""
     try:
-        return git.Repo(repo, search_parent_directories=True).head.commit.hexsha
+        git_repo = git.Repo(repo, search_parent_directories=True)
+        sha = git_repo.head.commit.hexsha
     except (git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError):
         return None
+    status = git_repo.git.status("--porcelain", "--untracked-files=normal", "--", str(repo))
+    return sha + DIRTY if status.strip() else sha
 
 
 def _prefix_in_repo(git_repo: git.Repo, path: Path) -> str:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from runner.config.model import ProjectConfig
+from runner.engine.progress import Phase, ProgressEvent, ProgressObserver, planned_event
+from runner.policies.plans import PlanDocuments
 from runner.results.limits import OutputLimits, cap_output
 from runner.results.masking import Masker
 from runner.results.model import PlanResult, PlanStatus
@@ -55,6 +57,13 @@ class PlanOptions:
     cancel: threading.Event = field(default_factory=threading.Event, compare=False)
     # Held around each project's Terraform steps: one process per state at a time.
     guard: Callable[[ProjectConfig], AbstractContextManager[object]] | None = None
+    # Told when each project is queued, starts init and plan, and is planned (the CLI).
+    progress: ProgressObserver | None = field(default=None, compare=False)
+
+    def tell(self, project: ProjectConfig, phase: Phase) -> None:
+        """Report a project entering `phase` to the observer, if there is one."""
+        if self.progress is not None:
+            self.progress(ProgressEvent(project.name, project.workspace, phase))
 
 
 def plan_file_path(checkout: Path, project: ProjectConfig) -> Path:
@@ -71,11 +80,14 @@ class Planner:
         log_dir: Path,
         parallelism: int,
         limits: OutputLimits | None = None,
+        documents: PlanDocuments | None = None,
     ) -> None:
         self._terraform_for = terraform_for
         self._log_dir = log_dir
         self._parallelism = max(1, parallelism)
         self._limits = limits or OutputLimits()
+        # Where JSON plans are kept for policy checks (by plan checksum); None: not kept.
+        self._documents = documents
 
     def plan_all(
         self,
@@ -93,6 +105,7 @@ class Planner:
         by_dir: dict[str, list[tuple[int, PlanTarget]]] = {}
         for index, target in enumerate(targets):
             by_dir.setdefault(target.project.dir, []).append((index, target))
+            options.tell(target.project, Phase.QUEUED)
 
         def plan_dir(group: list[tuple[int, PlanTarget]]) -> list[tuple[int, PlanResult]]:
             return [
@@ -117,6 +130,8 @@ class Planner:
         started = time.monotonic()
         with guard:
             result = self._plan_unguarded(checkout, target, commit, options)
+        if options.progress is not None:
+            options.progress(planned_event(result))
         # The whole project (init, workspace, plan, show), as run records report it.
         return replace(result, duration_s=time.monotonic() - started)
 
@@ -131,6 +146,7 @@ class Planner:
 
         if not workdir.is_dir():
             return base.error(f"project directory {project.dir!r} does not exist at this commit")
+        options.tell(project, Phase.INIT)
         for step in (
             lambda: terraform.init(workdir, log=log_path, cancel=options.cancel),
             lambda: terraform.select_workspace(
@@ -142,6 +158,7 @@ class Planner:
                 return base.failed(outcome, Masker.from_secrets(options.secret_values))
 
         plan_path = plan_file_path(checkout, project)
+        options.tell(project, Phase.PLAN)
         outcome = terraform.plan(
             workdir,
             out=plan_path,
@@ -163,7 +180,10 @@ class Planner:
             return base.failed(error.outcome, Masker.from_secrets(options.secret_values))
         masker = Masker.from_plan(plan_json, options.secret_values)
         digest = summarize_plan(plan_json)
-        return base.planned(PlanStatus.CHANGES, outcome, masker, plan_path, digest)
+        result = base.planned(PlanStatus.CHANGES, outcome, masker, plan_path, digest)
+        if self._documents is not None and result.plan_checksum:
+            self._documents.save(result.plan_checksum, plan_json, target.extra_args)
+        return result
 
     def _log_path(self, project: ProjectConfig, commit: str | None) -> Path:
         safe_dir = project.dir.strip("/").replace("/", "__") or "root"
@@ -281,4 +301,10 @@ def build_planner(
         settings.logs_dir,
         parallelism or settings.parallelism,
         OutputLimits.from_settings(settings),
+        PlanDocuments(plan_documents_dir(settings)),
     )
+
+
+def plan_documents_dir(settings: Settings) -> Path:
+    """Where JSON plans are kept for policy checks: the data directory, not the checkout."""
+    return settings.data_dir / "plan-json"

@@ -12,10 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from runner.engine.apply import ApplyExecutor
-from runner.engine.planner import Planner
+from runner.engine.planner import Planner, plan_documents_dir
+from runner.engine.progress import ProgressObserver
 from runner.engine.project_mutex import ProjectMutex
 from runner.forge.base import Forge
 from runner.notify.base import Notifier, NullNotifier
+from runner.policies.engine import PolicyEngine
+from runner.policies.plans import PlanDocuments
 from runner.settings import Settings
 from runner.store.store import Store
 from runner.terraform import Terraform
@@ -38,3 +41,13 @@ class Services:
     secret_values: tuple[str, ...] = field(default=())
     # Chat messages about applies (runner/notify/events.py); silent unless Slack is set up.
     notifier: Notifier = field(default_factory=NullNotifier)
+    # The server's Rego policy sets (docs/policies.md); without sets, nothing is checked.
+    policies: PolicyEngine = field(default_factory=lambda: PolicyEngine(()))
+    # Who watches plans and applies as they happen: the CLI's progress display; None
+    # on the server, whose runs are followed in comments, statuses and the dashboard.
+    progress: ProgressObserver | None = None
+
+    @property
+    def plan_documents(self) -> PlanDocuments:
+        """The JSON plans the planner keeps for policy checks."""
+        return PlanDocuments(plan_documents_dir(self.settings))

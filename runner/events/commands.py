@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-CommandName = Literal["plan", "apply", "unlock", "help"]
-COMMAND_NAMES: tuple[CommandName, ...] = ("plan", "apply", "unlock", "help")
+CommandName = Literal["plan", "apply", "unlock", "help", "approve_policies"]
+COMMAND_NAMES: tuple[CommandName, ...] = ("plan", "apply", "unlock", "help", "approve_policies")
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ _USAGE = {
     "apply": "gitops apply [-p PROJECT | -d DIR] [-w WORKSPACE]",
     "unlock": "gitops unlock",
     "help": "gitops help",
+    "approve_policies": "gitops approve_policies [-p PROJECT | -d DIR] [-w WORKSPACE]",
 }
 
 _OPTIONS = {
@@ -293,6 +294,7 @@ Comment on the pull request. Only the first line of the comment is read;
 | `{usage["plan"]}` | Plan the affected projects (or the one selected). |
 | `{usage["apply"]}` | Apply the plans of this pull request (or the one selected). |
 | `{usage["unlock"]}` | Release the locks this pull request holds and discard its plans. |
+| `{usage["approve_policies"]}` | As an owner of a failing policy set, approve its plans. |
 | `{usage["help"]}` | Show this help. |
 
 **Options**

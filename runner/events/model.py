@@ -1,6 +1,6 @@
 """Forge-neutral webhook events.
 
-`events/github.py` (and, later, a GitLab parser) turns a verified webhook payload into
+`events/github.py` and `events/gitlab.py` turn a verified webhook payload into
 one of these values; nothing past it reads the forge's JSON, and nothing past it reads
 a comment's text: a `CommentEvent` carries its parsed command. Only what the PR flow
 needs is kept, so the two forges can be mapped onto the same shape.

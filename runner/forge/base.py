@@ -7,10 +7,11 @@ two implementations; `build_forge(settings, forge_name)` picks one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 from runner.events.model import ForgeKind, RepoRef
 
@@ -27,11 +28,24 @@ def same_user(login: str, other: str) -> bool:
 # Commit status contexts: part of the user-facing contract (docs/commands.md).
 PLAN_CONTEXT = "gitops/plan"
 APPLY_CONTEXT = "gitops/apply"
+POLICY_CONTEXT = "gitops/policy"
 
 
 def project_context(base: str, project: str) -> str:
     """Per-project status context, e.g. `gitops/plan: app`."""
     return f"{base}: {project}"
+
+
+def is_ignored_context(context: str, ignore: Sequence[str]) -> bool:
+    """Whether a status is one `is_mergeable` leaves out: an entry of `ignore`, or one
+    of its per-project variants (`gitops/apply` covers `gitops/apply: app`, not
+    `gitops/applyx`)."""
+    return any(context == prefix or context.startswith(prefix + ":") for prefix in ignore)
+
+
+def cap_text(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, ending with `…` when cut (status descriptions)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class CommitState(StrEnum):
@@ -52,6 +66,45 @@ class ForgeError(Exception):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status  # the HTTP status, None when no response came (network)
+
+    @classmethod
+    def of_request(
+        cls, forge: str, what: str, detail: str, status: int | None, token: str
+    ) -> ForgeError:
+        """`GitHub (url): could not post a comment: HTTP 502: …`, with the token scrubbed."""
+        code = f"HTTP {status}" if status is not None else "no response"
+        message = f"{forge}: could not {what}: {code}: {detail}"
+        return cls(message.replace(token, "***") if token else message, status=status)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def forge_call(what: str) -> Callable[[_F], _F]:
+    """Turn a client library's exceptions into a `ForgeError` naming `what` failed.
+
+    It wraps whole methods because the clients are lazy: requests happen on attribute
+    access, anywhere in the method body. The forge says which exceptions are its
+    client's, in `self._forge_error(what, exc)`: a `ForgeError`, or None to let the
+    exception through (a bug is not a forge failure).
+    """
+
+    def decorate(method: _F) -> _F:
+        @functools.wraps(method)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except ForgeError:
+                raise  # already named by an inner call
+            except Exception as exc:
+                error = self._forge_error(what, exc)
+                if error is None:
+                    raise
+                raise error from exc
+
+        return cast(_F, wrapper)
+
+    return decorate
 
 
 @dataclass(frozen=True)

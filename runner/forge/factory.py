@@ -9,6 +9,7 @@ from __future__ import annotations
 from runner.events.model import ForgeKind
 from runner.forge.base import Forge
 from runner.forge.github import GitHubForge
+from runner.forge.gitlab import GitLabForge
 from runner.settings import Settings
 
 
@@ -21,7 +22,7 @@ def build_forge(settings: Settings, forge_name: ForgeKind) -> Forge:
     if forge_name == "github":
         return _github(settings)
     if forge_name == "gitlab":
-        raise ForgeNotConfigured("forge 'gitlab' is not supported by this runner yet")
+        return _gitlab(settings)
     raise ForgeNotConfigured(f"unknown forge {forge_name!r}; expected 'github' or 'gitlab'")
 
 
@@ -30,3 +31,10 @@ def _github(settings: Settings) -> Forge:
     if not token:
         raise ForgeNotConfigured("forge 'github' is not configured: set GITOPS_GITHUB_TOKEN")
     return GitHubForge(settings.github_api_url, token)
+
+
+def _gitlab(settings: Settings) -> Forge:
+    token = settings.gitlab_token.get_secret_value() if settings.gitlab_token else ""
+    if not token:
+        raise ForgeNotConfigured("forge 'gitlab' is not configured: set GITOPS_GITLAB_TOKEN")
+    return GitLabForge(settings.gitlab_url, token)

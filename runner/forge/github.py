@@ -9,12 +9,11 @@ of transient failures, and GitHub's own rate-limit answers still honoured.
 
 from __future__ import annotations
 
-import functools
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar, cast
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import requests
 from github import Auth, Github, GithubException, GithubRetry
@@ -30,6 +29,9 @@ from runner.forge.base import (
     IssueRef,
     Permission,
     PullRequestInfo,
+    cap_text,
+    forge_call,
+    is_ignored_context,
 )
 
 DEFAULT_TIMEOUT = 15  # seconds per HTTP request (PyGithub insists on an int)
@@ -51,8 +53,6 @@ _PERMISSIONS: dict[str, Permission] = {
 # answers a repeated reaction with the existing one. Others (comments, issues) could
 # appear twice if a request that reached GitHub were sent again.
 _IDEMPOTENT_POST = re.compile(r".*/(statuses/[^/]+|reactions)")
-
-_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class _RunnerRetry(GithubRetry):
@@ -100,28 +100,6 @@ def _transport_retry() -> GithubRetry:
         # (up to an hour) would hold a worker hostage, so that fails instead.
         max_rate_limit_wait=120,
     )
-
-
-def _forge_call(what: str) -> Callable[[_F], _F]:
-    """Turn PyGithub and transport exceptions into a `ForgeError` naming `what` failed.
-
-    It wraps whole methods because the client is lazy: requests happen on attribute
-    access, anywhere in the method body.
-    """
-
-    def decorate(method: _F) -> _F:
-        @functools.wraps(method)
-        def wrapper(self: GitHubForge, *args: Any, **kwargs: Any) -> Any:
-            try:
-                return method(self, *args, **kwargs)
-            except GithubException as exc:
-                raise self._error(what, _github_message(exc), exc.status) from exc
-            except requests.RequestException as exc:
-                raise self._error(what, f"{type(exc).__name__}: {exc}", None) from exc
-
-        return cast(_F, wrapper)
-
-    return decorate
 
 
 def _github_message(exc: GithubException) -> str:
@@ -175,7 +153,7 @@ class GitHubForge:
 
     # --- pull requests --------------------------------------------------------------
 
-    @_forge_call("read the pull request")
+    @forge_call("read the pull request")
     def pull_request(self, repo: RepoRef, number: int) -> PullRequestInfo:
         pr = self._read_pull(repo, number)
         return PullRequestInfo(
@@ -192,7 +170,7 @@ class GitHubForge:
             is_fork=_is_fork(pr),
         )
 
-    @_forge_call("list the reviews")
+    @forge_call("list the reviews")
     def approvals(self, repo: RepoRef, number: int) -> list[Approval]:
         """Each user whose latest deciding review approves, with that review's commit.
 
@@ -211,7 +189,7 @@ class GitHubForge:
             if review.state == "APPROVED"
         ]
 
-    @_forge_call("check mergeability")
+    @forge_call("check mergeability")
     def is_mergeable(self, repo: RepoRef, number: int, ignore_contexts: Sequence[str]) -> bool:
         """Atlantis' rule: GitHub would merge, or is blocked only by statuses we ignore.
 
@@ -231,21 +209,21 @@ class GitHubForge:
 
     # --- comments and statuses --------------------------------------------------------
 
-    @_forge_call("post a comment")
+    @forge_call("post a comment")
     def post_comment(self, repo: RepoRef, number: int, body: str) -> int:
         self._check_comment_size(body)
         return self._repo(repo).get_issue(number).create_comment(body).id
 
-    @_forge_call("edit a comment")
+    @forge_call("edit a comment")
     def edit_comment(self, repo: RepoRef, number: int, comment_id: int, body: str) -> None:
         self._check_comment_size(body)
         self._repo(repo).get_issue(number).get_comment(comment_id).edit(body)
 
-    @_forge_call("react to a comment")
+    @forge_call("react to a comment")
     def react(self, repo: RepoRef, number: int, comment_id: int, reaction: str) -> None:
         self._repo(repo).get_issue(number).get_comment(comment_id).create_reaction(reaction)
 
-    @_forge_call("set a commit status")
+    @forge_call("set a commit status")
     def set_status(
         self,
         repo: RepoRef,
@@ -255,14 +233,17 @@ class GitHubForge:
         description: str,
         target_url: str = "",
     ) -> None:
-        options: dict[str, str] = {"context": context, "description": _cap(description)}
+        options: dict[str, str] = {
+            "context": context,
+            "description": cap_text(description, STATUS_DESCRIPTION_CAP),
+        }
         if target_url:
             options["target_url"] = target_url
         self._repo(repo).get_commit(sha).create_status(CommitState(state).value, **options)
 
     # --- users --------------------------------------------------------------------------
 
-    @_forge_call("read a collaborator permission")
+    @forge_call("read a collaborator permission")
     def permission(self, repo: RepoRef, user: str) -> Permission:
         try:
             granted = self._repo(repo).get_collaborator_permission(user)
@@ -272,7 +253,7 @@ class GitHubForge:
             raise
         return _PERMISSIONS.get(granted, "none")
 
-    @_forge_call("read the authenticated user")
+    @forge_call("read the authenticated user")
     def bot_login(self) -> str:
         with self._login_lock:
             if self._login is None:
@@ -289,7 +270,7 @@ class GitHubForge:
         """
         return self._find_open_issue(repo, title, self.bot_login())
 
-    @_forge_call("list issues")
+    @forge_call("list issues")
     def _find_open_issue(self, repo: RepoRef, title: str, creator: str) -> IssueRef | None:
         issues = self._repo(repo).get_issues(state="open", creator=creator)
         for issue in issues:
@@ -299,17 +280,17 @@ class GitHubForge:
                 return _issue_ref(issue)
         return None
 
-    @_forge_call("open an issue")
+    @forge_call("open an issue")
     def open_issue(
         self, repo: RepoRef, title: str, body: str, labels: Sequence[str] = ()
     ) -> IssueRef:
         return _issue_ref(self._repo(repo).create_issue(title, body=body, labels=list(labels)))
 
-    @_forge_call("update an issue")
+    @forge_call("update an issue")
     def update_issue(self, repo: RepoRef, number: int, body: str) -> None:
         self._repo(repo).get_issue(number).edit(body=body)
 
-    @_forge_call("close an issue")
+    @forge_call("close an issue")
     def close_issue(self, repo: RepoRef, number: int, comment: str) -> None:
         """Comment first, so the issue never sits closed without its explanation."""
         issue = self._repo(repo).get_issue(number)
@@ -348,7 +329,7 @@ class GitHubForge:
             for run in commit.get_check_runs()
             if run.status != "completed" or run.conclusion not in _PASSING_CONCLUSIONS
         ]
-        return [name for name in failing if not _ignored(name, ignore)]
+        return [name for name in failing if not is_ignored_context(name, ignore)]
 
     def _check_comment_size(self, body: str) -> None:
         if len(body) > self.comment_cap:
@@ -356,10 +337,16 @@ class GitHubForge:
                 f"GitHub: comment of {len(body)} characters exceeds the cap of {self.comment_cap}"
             )
 
+    def _forge_error(self, what: str, exc: Exception) -> ForgeError | None:
+        """PyGithub's and the transport's exceptions, as `ForgeError` (see `forge_call`)."""
+        if isinstance(exc, GithubException):
+            return self._error(what, _github_message(exc), exc.status)
+        if isinstance(exc, requests.RequestException):
+            return self._error(what, f"{type(exc).__name__}: {exc}", None)
+        return None
+
     def _error(self, what: str, detail: str, status: int | None) -> ForgeError:
-        code = f"HTTP {status}" if status is not None else "no response"
-        message = f"GitHub ({self.api_url}): could not {what}: {code}: {detail}"
-        return ForgeError(message.replace(self._token, "***"), status=status)
+        return ForgeError.of_request(f"GitHub ({self.api_url})", what, detail, status, self._token)
 
 
 def _is_fork(pr: PullRequest) -> bool:
@@ -371,16 +358,6 @@ def _is_fork(pr: PullRequest) -> bool:
     if head_repo is None:
         return True
     return head_repo.full_name.casefold() != pr.base.repo.full_name.casefold()
-
-
-def _cap(description: str) -> str:
-    if len(description) <= STATUS_DESCRIPTION_CAP:
-        return description
-    return description[: STATUS_DESCRIPTION_CAP - 1] + "…"
-
-
-def _ignored(context: str, ignore: Sequence[str]) -> bool:
-    return any(context == prefix or context.startswith(prefix + ":") for prefix in ignore)
 
 
 def _latest_per_context(statuses: Iterable[Any]) -> list[Any]:

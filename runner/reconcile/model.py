@@ -54,6 +54,7 @@ class ProjectOutcome:
     summary: PlanSummary = field(default_factory=PlanSummary)
     plan_run_id: int | None = None
     apply_run_id: int | None = None
+    log_path: str | None = None  # the Terraform log of the step that failed
 
     @property
     def label(self) -> str:
@@ -75,6 +76,7 @@ class ReconcileReport:
     up_to_date: bool = False  # no new commit and nothing to retry: nothing was done
     retry: bool = False  # a retry of busy projects at an already seen head
     error: str = ""  # the pass itself failed (fetch, config, snapshot)
+    config_invalid: bool = False  # ... because the repository config is invalid (exit 2)
     notes: tuple[str, ...] = ()
 
     def with_status(self, *statuses: ProjectStatus) -> list[ProjectOutcome]:

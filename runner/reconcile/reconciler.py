@@ -33,15 +33,24 @@ from filelock import FileLock
 from runner.config.errors import ConfigError
 from runner.config.loader import load_repo_config
 from runner.config.model import ProjectConfig, RepoConfig
-from runner.drift.scan import DEFAULT_BRANCHES, DriftRepo, ForgeFor, repo_forge
-from runner.engine.apply import ApplyItem, ApplyRequest, LockHolder
+from runner.drift.scan import (
+    DEFAULT_BRANCHES,
+    DriftRepo,
+    ForgeFor,
+    no_default_branch,
+    repo_forge,
+)
+from runner.engine.apply import ApplyItem, ApplyRequest, LockHolder, not_applied
 from runner.engine.planner import PlanOptions, PlanTarget
+from runner.engine.policy_gate import PolicyGate
+from runner.engine.progress import Phase, ProgressEvent
 from runner.engine.project_mutex import state_key
 from runner.engine.recording import record_plan_result
 from runner.engine.services import Services
 from runner.forge.base import APPLY_CONTEXT, CommitState
 from runner.notify.base import Delivery, Notifier
 from runner.notify.events import RunLinks
+from runner.policies.input import RunContext
 from runner.projects.detection import affected_projects
 from runner.reconcile.model import (
     FAILURES,
@@ -50,10 +59,11 @@ from runner.reconcile.model import (
     ProjectStatus,
     ReconcileReport,
 )
-from runner.reconcile.reports import needs_message, reconcile_message
+from runner.reconcile.reports import describe, needs_message, reconcile_message
 from runner.reconcile.targets import configured_targets, target_for
 from runner.results.masking import Masker
 from runner.results.model import ApplyResult, ApplyStatus, PlanResult, PlanStatus, PlanSummary
+from runner.results.policy import PolicyKind
 from runner.store.leases import LeaseStore
 from runner.store.locks import LockInfo, LockOwner
 from runner.store.models import utcnow
@@ -233,7 +243,8 @@ class Reconciler:
             except ConfigError as error:
                 message = f"invalid repository configuration: {error}"
                 self._save(current, [], failed_detail=message)
-                return self._report(current, started, error=message)
+                report = self._report(current, started, error=message)
+                return replace(report, config_invalid=True)
             chosen, notes = self._choose(current, config, graph)
             if chosen and not current.retry:  # a retry every poll must not post every poll
                 self._status(current, CommitState.PENDING, f"applying {len(chosen)} project(s)")
@@ -249,7 +260,7 @@ class Reconciler:
                 return branch, self.services.working_copies.resolve(repo.url, branch)
             except WorkingCopyError as error:  # the next candidate may exist
                 errors.append(str(error))
-        raise LookupError(f"no default branch found in {repo.name}: {'; '.join(errors)}")
+        raise LookupError(no_default_branch(repo, errors))
 
     @contextmanager
     def _repo_lock(self, repo: DriftRepo) -> Iterator[None]:
@@ -342,6 +353,7 @@ class Reconciler:
         services = self.services
         options = PlanOptions(
             secret_values=services.secret_values,
+            progress=services.progress,
             guard=lambda project: self._plan_guard(current, tree, project),
         )
         targets = [target for target, _ in held]
@@ -397,10 +409,54 @@ class Reconciler:
             wait_for_state=True,
             settled=settled,
         )
-        for result in self.services.executor.run(request).results:
+        gate = self._policy_gate(current)
+        for item in items:
+            self._tell(ProgressEvent(item.project.name, item.project.workspace, Phase.APPLY))
+        for result in self._policy_refused(request, gate) + list(
+            self.services.executor.run(self._policy_passed(request, gate), [gate]).results
+        ):
             target, run_id = by_name[result.project]
-            done[result.project] = _applied_outcome(target, plans[result.project], run_id, result)
+            outcome = _applied_outcome(target, plans[result.project], run_id, result)
+            done[result.project] = outcome
+            failed = outcome.status in FAILURES
+            self._tell(
+                ProgressEvent(
+                    outcome.project, outcome.workspace, Phase.DONE, describe(outcome), failed
+                )
+            )
         return done
+
+    def _policy_gate(self, current: _Pass) -> PolicyGate:
+        """Policies of kind `reconcile`; the branch's own config is the trusted one."""
+        context = RunContext(
+            kind=PolicyKind.RECONCILE,
+            repository=current.repo.key,
+            trigger=str(Trigger.RECONCILE),
+            author=RECONCILE_USER,
+            commit=current.head,
+            branch=current.branch,
+            default_branch=current.branch,
+        )
+        return PolicyGate(self.services.policies, self.services.plan_documents, context)
+
+    @staticmethod
+    def _policy_passed(request: ApplyRequest, gate: PolicyGate) -> ApplyRequest:
+        passed = tuple(i for i in request.items if gate.refusal(i, request) is None)
+        refused = {i.project.name: ApplyStatus.FAILED for i in request.items if i not in passed}
+        return replace(request, items=passed, settled={**request.settled, **refused})
+
+    @staticmethod
+    def _policy_refused(request: ApplyRequest, gate: PolicyGate) -> list[ApplyResult]:
+        """A project its policies refuse fails alone; its dependents are then blocked."""
+        return [
+            not_applied(item, ApplyStatus.FAILED, why)
+            for item in request.items
+            if (why := gate.refusal(item, request)) is not None
+        ]
+
+    def _tell(self, event: ProgressEvent) -> None:
+        if self.services.progress is not None:
+            self.services.progress(event)
 
     # --- bookkeeping and reports ----------------------------------------------------------
 
@@ -549,6 +605,7 @@ def _outcome(
         detail=detail,
         summary=plan.summary if plan is not None else PlanSummary(),
         plan_run_id=plan_run_id,
+        log_path=plan.log_path if plan is not None else None,
     )
 
 
@@ -585,7 +642,7 @@ def _applied_outcome(
     if status is ProjectStatus.FAILED and result.run_id is not None:
         detail = f"apply failed: {result.error}"
     outcome = _outcome(target, status, detail, plan, plan_run_id)
-    return replace(outcome, apply_run_id=result.run_id)
+    return replace(outcome, apply_run_id=result.run_id, log_path=result.log_path)
 
 
 def _one_line(error: BaseException) -> str:

@@ -11,6 +11,7 @@ from runner.notify.base import Block, Message
 from runner.notify.blocks import escape, sections
 from runner.notify.events import RunLinks
 from runner.reconcile.model import ProjectOutcome, ProjectStatus, ReconcileReport
+from runner.results.text import error_detail
 
 _ICON = {
     ProjectStatus.APPLIED: ":white_check_mark:",
@@ -92,10 +93,11 @@ def _line(outcome: ProjectOutcome, links: RunLinks) -> str:
 def render_text(report: ReconcileReport) -> str:
     """The pass for a terminal: the notes, one line per project, then the outcome."""
     lines = [f"note: {note}" for note in report.notes]
-    where = f"{report.name} {report.branch or '?'} @ {short(report.head)}"
     if report.error:
-        lines.append(f"error: {where}: {report.error}")
+        lines.append(f"error: {report.name}: {report.error}")
+        lines.append("FAILED: 1 repository failed")
         return "\n".join(lines)
+    where = f"{report.name} {report.branch or '?'} @ {short(report.head)}"
     if report.up_to_date:
         lines.append(f"{where}: up to date (already reconciled, nothing to retry)")
         return "\n".join(lines)
@@ -103,6 +105,8 @@ def render_text(report: ReconcileReport) -> str:
     lines.append(f"{where} ({'retrying busy projects' if report.retry else since})")
     for outcome in report.projects:
         lines.append(f"  {outcome.status.value:10} {outcome.label}: {describe(outcome)}")
+        if outcome.status is ProjectStatus.FAILED:
+            lines += error_detail(outcome.detail, outcome.log_path, indent=" " * 15)
     if not report.projects:
         lines.append("  no Terraform project changed")
     counts = ", ".join(f"{n} {status}" for status, n in report.counts().items() if n)

@@ -44,6 +44,7 @@ class DriftResult:
     plan_checksum: str | None = None
     plan_path: str | None = None  # only meaningful during the scan that made it
     plan_run_id: int | None = None  # the scan's plan run, during the scan that made it
+    log_path: str | None = None  # the scan's Terraform log, during the scan that made it
     error: str = ""
     correction: Correction | None = None
     correction_reason: str = ""

@@ -9,7 +9,7 @@ longer than a forge allows: `split.split_comment` cuts it afterwards.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import cache
 from typing import Any, Literal, TypeVar
@@ -19,6 +19,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, TemplateNotFound
 from runner.results.limits import OutputLimits, cap_output
 from runner.results.masking import Masker
 from runner.results.model import ApplyResult, ApplyStatus, PlanResult, PlanStatus, PlanSummary
+from runner.results.policy import PolicyCheck
 
 MessageKind = Literal["lock_conflict", "help", "error", "no_projects"]
 _Result = TypeVar("_Result", PlanResult, ApplyResult)
@@ -42,6 +43,7 @@ def render_plan_comment(
     command: str = "plan",
     masker: Masker | None = None,
     limits: OutputLimits | None = None,
+    policies: Mapping[str, PolicyCheck] | None = None,
 ) -> str:
     """One comment for the plans of one command: header, a section per project, next steps.
 
@@ -57,6 +59,7 @@ def render_plan_comment(
         results=results,
         commit=commit,
         command=command,
+        policies=policies or {},
         changed=[r for r in results if r.status is PlanStatus.CHANGES],
         unchanged=[r for r in results if r.status is PlanStatus.NO_CHANGES],
         failed=[r for r in results if r.status is PlanStatus.ERROR],
@@ -156,7 +159,9 @@ def escape_markdown(text: str) -> str:
 
 
 def short_sha(commit: str | None) -> str:
-    return (commit or "")[:7]
+    """`f5540da`, keeping a label's suffix: a local plan of a dirty tree is `f5540da+dirty`."""
+    sha, plus, label = (commit or "").partition("+")
+    return sha[:7] + plus + label
 
 
 def _render(template: str, masker: Masker | None, **context: Any) -> str:

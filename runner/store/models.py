@@ -230,3 +230,23 @@ class Comment(Base):
     __table_args__ = (
         UniqueConstraint("repo", "pr_number", "comment_id", name="uq_comments_repo_pr_comment"),
     )
+
+
+class PolicyApproval(Base):
+    """An owner's `gitops approve_policies` of one failing policy set of one saved plan.
+
+    Keyed by the plan: a new plan of the project is a new row in `plans`, so earlier
+    approvals no longer count without anything being deleted (the audit trail stays).
+    """
+
+    __tablename__ = "policy_approvals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id", ondelete="CASCADE"))
+    policy_set: Mapped[str] = mapped_column(String(255))
+    user: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+
+    __table_args__ = (
+        UniqueConstraint("plan_id", "policy_set", "user", name="uq_policy_approvals_plan_set_user"),
+    )

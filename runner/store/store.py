@@ -16,11 +16,13 @@ from runner.store.db import Database, make_engine, migrate
 from runner.store.deliveries import DeliveryStore
 from runner.store.jobs import JobStore
 from runner.store.locks import LockService
+from runner.store.policies import PolicyApprovalStore
 from runner.store.runs import RunStore
 
 
 class Store(Database):
-    """The database plus its repositories: `locks`, `runs`, `deliveries`, `jobs`, `comments`."""
+    """The database plus its repositories: `locks`, `runs`, `deliveries`, `jobs`, `comments`,
+    `policy_approvals`."""
 
     def __init__(self, engine: Engine) -> None:
         super().__init__(engine)
@@ -29,6 +31,7 @@ class Store(Database):
         self.deliveries = DeliveryStore(self)
         self.jobs = JobStore(self)
         self.comments = CommentStore(self)
+        self.policy_approvals = PolicyApprovalStore(self)
 
     @classmethod
     def open(cls, url: str | URL, *, upgrade: bool = True) -> Store:

@@ -81,7 +81,8 @@ def healthz() -> tuple[Response, int]:
 @blueprint.get("/metrics")
 def metrics() -> Response:
     registry = web_context().metrics.registry
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    # content_type, not mimetype: Flask would append a second `charset=utf-8`.
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 
 @blueprint.get("/api/runs")

@@ -26,6 +26,7 @@ from werkzeug.datastructures import Headers
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from runner.events.github import parse_github_event
+from runner.events.gitlab import parse_gitlab_event
 from runner.events.model import (
     CommentEvent,
     Event,
@@ -84,10 +85,10 @@ class ForgeHooks:
 
     name: str
     event_header: str
-    delivery_header: str
+    # Tried in order; the first one present identifies the delivery (dedupe).
+    delivery_headers: tuple[str, ...]
     verify: Callable[[bytes, Headers, str], bool]
-    # None until the forge's event parser exists (GitLab: none yet).
-    parser: Parser | None
+    parser: Parser
 
 
 def _verify_github(body: bytes, headers: Headers, secret: str) -> bool:
@@ -104,16 +105,18 @@ def forge_hooks() -> tuple[ForgeHooks, ...]:
         ForgeHooks(
             name="github",
             event_header="X-GitHub-Event",
-            delivery_header="X-GitHub-Delivery",
+            delivery_headers=("X-GitHub-Delivery",),
             verify=_verify_github,
             parser=parse_github_event,
         ),
         ForgeHooks(
             name="gitlab",
             event_header="X-Gitlab-Event",
-            delivery_header="X-Gitlab-Event-UUID",
+            # Idempotency-Key (GitLab 17.4+) stays the same when GitLab retries a
+            # delivery; the event UUID identifies the event on older versions.
+            delivery_headers=("Idempotency-Key", "X-Gitlab-Event-UUID"),
             verify=_verify_gitlab,
-            parser=None,  # until GitLab payloads are parsed: verified, then answered 202
+            parser=parse_gitlab_event,
         ),
     )
 
@@ -145,7 +148,7 @@ def _log_decision(forge: ForgeHooks | None, reply: Reply) -> None:
         "webhook forge=%s event=%s delivery=%s -> %d %s %s",
         forge.name if forge else "unknown",
         _for_log(headers.get(forge.event_header, "") if forge else "", _MAX_EVENT_NAME),
-        _for_log(headers.get(forge.delivery_header, "") if forge else "", _MAX_DELIVERY_ID),
+        _for_log(_delivery_id(forge) if forge else "", _MAX_DELIVERY_ID),
         reply.status,
         reply.outcome,
         reply.body.get("reason") or reply.body.get("error") or "",
@@ -169,12 +172,6 @@ def _handle(context: WebContext, forge: ForgeHooks | None) -> Reply:
     _authenticate(forge, body, settings)
     event_name = _event_name(forge)
     payload = _decode_json(body)
-    if forge.parser is None:
-        return Reply(
-            202,
-            {"status": "ignored", "reason": f"{forge.name} events are not supported yet"},
-            "ignored",
-        )
     event = _parse(forge.parser, event_name, payload)
     if isinstance(event, PingEvent):
         return Reply(200, {"status": "pong"}, "pong")
@@ -277,10 +274,16 @@ def _check_allowlist(repo: RepoRef, patterns: tuple[str, ...]) -> None:
         raise _error(403, "forbidden", "repository not allowed")
 
 
+def _delivery_id(forge: ForgeHooks) -> str:
+    headers = request.headers
+    return next((headers[name] for name in forge.delivery_headers if headers.get(name)), "")
+
+
 def _delivery(forge: ForgeHooks, event_name: str) -> DeliveryRef:
-    delivery_id = request.headers.get(forge.delivery_header, "")
+    delivery_id = _delivery_id(forge)
     if not delivery_id or len(delivery_id) > _MAX_DELIVERY_ID:
-        raise _error(400, "bad_request", f"missing or invalid {forge.delivery_header} header")
+        names = " or ".join(forge.delivery_headers)
+        raise _error(400, "bad_request", f"missing or invalid {names} header")
     return DeliveryRef(delivery_id, forge.name, event_name)
 
 

@@ -16,9 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-# GitHub's documented user name for installation and personal tokens; GitLab
-# accepts any non-empty user name with a personal, project or group token.
+# GitHub's documented user name for installation and personal tokens.
 TOKEN_USERNAME = "x-access-token"
+# GitLab's documented user name for a token as a password: required for OAuth tokens,
+# accepted with personal, project and group access tokens.
+GITLAB_TOKEN_USERNAME = "oauth2"
 REDACTED = "***"
 
 # Userinfo in an http(s) URL inside any text: `https://user:pass@` -> `https://***@`.

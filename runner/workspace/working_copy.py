@@ -52,7 +52,8 @@ from runner.workspace.credentials import (
 
 log = logging.getLogger(__name__)
 
-TokenFor = Callable[[str], str | None]
+# The HTTPS credentials for a clone URL (without credentials), None for none.
+CredentialsFor = Callable[[str], HttpAuth | None]
 
 CACHE_DIR = "cache.git"
 WORKTREES_DIR = "worktrees"
@@ -193,17 +194,17 @@ class WorkingCopies:
     def __init__(
         self,
         root: Path,
-        token_for: TokenFor | None = None,
+        credentials_for: CredentialsFor | None = None,
         *,
         network_timeout_s: float | None = DEFAULT_NETWORK_TIMEOUT_S,
     ) -> None:
-        """`token_for(url)` gives the HTTPS token for a clone URL (without credentials).
+        """`credentials_for(url)` gives the HTTPS credentials for a clone URL without any.
 
         `network_timeout_s` bounds each fetch: a hung fetch would otherwise hold the
         repository's lock, and with it every PR of that repository, forever.
         """
         self.root = Path(root).expanduser().absolute()
-        self._token_for = token_for
+        self._credentials_for = credentials_for
         self._network_timeout_s = network_timeout_s
 
     # --- paths -------------------------------------------------------------------
@@ -336,9 +337,8 @@ class WorkingCopies:
 
     def _remote(self, repo_url: str) -> _Remote:
         url, auth = split_credentials(repo_url)
-        if auth is None and self._token_for is not None and is_http_url(url):
-            token = self._token_for(url)
-            auth = HttpAuth(token=token) if token else None
+        if auth is None and self._credentials_for is not None and is_http_url(url):
+            auth = self._credentials_for(url)
         if "://" not in url and not _SCP_LIKE.match(url):
             url = _local_path(url)  # git runs elsewhere: a relative path would break
         return _Remote(fetch_url=url, directory=self.repo_dir(repo_url), auth=auth)

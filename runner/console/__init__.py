@@ -1,0 +1,1 @@
+"""What the command line shows a person: one-line errors, live progress, tables."""
