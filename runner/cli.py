@@ -476,7 +476,8 @@ def _configure_logging(debug: bool) -> None:
 
 @cli.group()
 def policy() -> None:
-    """Rego policy sets: test them before they ship (docs/policies.md)."""
+    """Rego policy sets: test them before they ship, check a plan as the server would
+    (docs/policies.md)."""
 
 
 @policy.command("test")
@@ -508,6 +509,69 @@ def policy_test(
     else:
         ok = check_plan_file(directory, plan_file, project, workspace, kind, click.echo)
     sys.exit(0 if ok else 1)
+
+
+@policy.command("check")
+@click.option(
+    "--repo",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Repository (or a directory inside one) holding the project.",
+)
+@click.option("-p", "--project", required=True, help="The project to plan and check (by name).")
+@click.option("-w", "--workspace", help="Only this workspace of the project.")
+@click.option(
+    "--kind",
+    type=click.Choice(["pr", "merge", "drift", "reconcile"]),
+    default="pr",
+    show_default=True,
+    help="Why the plan is made, as policies read it in `input.run.kind`.",
+)
+@_PROGRESS
+@click.pass_context
+def policy_check(
+    ctx: click.Context,
+    repo: Path,
+    project: str,
+    workspace: str | None,
+    kind: str,
+    progress: bool,
+) -> None:
+    """Plan a project locally, as `plan` does, and check it against the server's policy sets.
+
+    The sets are the settings' `policy_sets`; the repository's config on disk chooses
+    optional ones and gives policy data. Prints the plan comment with its policy
+    section. Exit 0 passed (warnings allowed), 1 a policy or the plan failed.
+    """
+    from runner.engine.local_plan import ProjectFilter, select_local
+    from runner.engine.planner import kept_plan_documents
+    from runner.policies.engine import build_policy_engine
+    from runner.policies.input import RunContext
+    from runner.policies.local import check_planned
+    from runner.results.policy import PolicyKind
+    from runner.results.render import render_plan_comment
+
+    settings = _settings(ctx)
+    engine = build_policy_engine(settings)
+    if not engine.enabled:
+        _usage_error("no policy sets are configured: set `policy_sets` (GITOPS_POLICY_SETS)")
+    wanted = ProjectFilter(project, None, workspace)
+    selection = select_local(repo, None, None, wanted, data_dir=settings.data_dir)
+    if selection.snapshot is not None:
+        click.echo(f"note: {selection.snapshot.describe()}", err=True)
+    results = _plan_selection(settings, selection, None, progress)
+    # Locally there is no PR: `run.branch` and `run.default_branch` are unknown (null),
+    # so a branch-sensitive policy judges the plan as if it landed on the default branch.
+    context = RunContext(kind=PolicyKind(kind), repository=selection.repo_url, trigger="cli")
+    planned = [(t.project, r) for t, r in zip(selection.targets, results, strict=True)]
+    checks = check_planned(engine, kept_plan_documents(settings), planned, context)
+
+    click.echo(render_plan_comment(results, commit=selection.commit, policies=checks))
+    if not checks:
+        click.echo("note: no plan with changes: nothing for policies to check", err=True)
+    failed = any(not check.passed for check in checks.values())
+    sys.exit(EXIT_FAILED if failed or _plan_exit_code(results) == EXIT_FAILED else 0)
 
 
 def main() -> None:

@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = 25 * 1024 * 1024  # GitHub's own cap on a webhook payload
     # Deliveries older than this are forgotten; forges stop redelivering within days.
     delivery_retention_days: int = Field(default=14, ge=1)
+    # JSON plans kept for policy checks (they hold plan values) are deleted after this.
+    plan_json_retention_days: int = Field(default=30, ge=1)
     # When set, every /api/ route needs `Authorization: Bearer <token>`; without it the
     # run-log route is refused, since logs hold plan output.
     api_token: SecretStr | None = None

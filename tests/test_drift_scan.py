@@ -8,6 +8,7 @@ from typing import get_args
 
 import pytest
 
+from runner.drift.scan import DriftRepo
 from runner.events.model import ForgeKind
 from runner.results.drift import DriftStatus
 from runner.settings import PolledRepo
@@ -107,3 +108,16 @@ def test_the_settings_name_the_same_forge_kinds_as_the_repositories_they_configu
     # `runner.settings` is the bottom layer and cannot import `ForgeKind`: it spells it out.
     annotation = PolledRepo.model_fields["forge"].annotation
     assert set(get_args(get_args(annotation)[0])) == set(get_args(ForgeKind))
+
+
+def test_a_repo_on_a_self_managed_forge_is_keyed_like_its_merge_requests() -> None:
+    """`repos:` naming a self-managed GitLab by URL gets the PR flow's lock key."""
+    hosts = {"github": "github.com", "gitlab": "code.acme.com"}
+    repo = DriftRepo.from_url("https://code.acme.com/Team/Infra.git", forge_hosts=hosts)
+    assert (repo.key, repo.forge, repo.full_name) == (
+        "code.acme.com/team/infra",
+        "gitlab",
+        "Team/Infra",
+    )
+    local = DriftRepo.from_url("/srv/mirror/infra", forge="gitlab", forge_hosts=hosts)
+    assert local.full_name is None  # a path is not a forge repository, whatever `forge` says

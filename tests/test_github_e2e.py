@@ -154,24 +154,6 @@ def test_an_apply_cut_short_by_a_crash_is_reported_and_not_rerun(world):
         store.close()
 
 
-def test_a_huge_plan_is_split_into_comments_under_the_cap(world):
-    big = {
-        "infra/app/big.tf": (
-            'resource "terraform_data" "big" {\n  count = 700\n'
-            '  input = "a-fairly-long-value-for-instance-${count.index}"\n}\n'
-        )
-    }
-    number = open_pull(world, "huge", big)
-    world.deliver_pr("opened", number)
-
-    comments = world.comments(number)
-    assert len(comments) >= 2
-    assert all(len(body) <= 65_536 for body in comments)
-    text = "\n".join(comments)
-    for index in (0, 350, 699):
-        assert f"terraform_data.big[{index}]" in text
-
-
 def test_concurrent_handling_is_safe(world):
     """Two PRs planned at once by two workers each plan their own project."""
     runner = ServedRunner(world.settings)

@@ -163,7 +163,13 @@ def test_a_policy_running_past_its_time_limit_fails(tmp_path):
     result, documents = _real_plan(tmp_path)
     slow = (
         "package main\nimport rego.v1\n"
-        "deny contains n if { some n in numbers.range(1, 50000000); n < 0 }\n"
+        # Slow but small: 9 million pairs from two 3,000-element ranges. (A 50-million
+        # range is materialised by rego-cpp: gigabytes, still growing after the limit.)
+        "deny contains i if {\n"
+        "  some i in numbers.range(1, 3000)\n"
+        "  some j in numbers.range(1, 3000)\n"
+        "  i * j < 0\n"
+        "}\n"
     )
     engine = PolicyEngine([PolicySet("slow", _policy_dir(tmp_path, "slow", slow))], timeout_s=0.2)
     context = RunContext(kind=PolicyKind.PR, repository="r", trigger="t")

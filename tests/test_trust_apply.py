@@ -20,20 +20,9 @@ from tests.support.pr_world import APP_CHANGE, DB_CHANGE, FULL_NAME, PullRequest
 
 READER = "eve"  # read permission (make_world); alice and bob may write
 
-
-# The sample config (tests/support/git_repo.py) as a PR would rewrite it: infra/db's
-# `apply_requirements: [approved]` deleted.
-DB_REQUIREMENT_DELETED = """version: 1
-projects:
-  - dir: infra/network
-    apply: both
-  - dir: infra/app
-    depends_on: [infra/network, infra/db]
-    apply: both
-  - dir: infra/db
-    apply: both
-"""
-# ... and the same, with the db project under another name (same dir and workspace).
+# The sample config (tests/support/git_repo.py) as a PR would rewrite it: infra/db under
+# another name (same dir and workspace), its `apply_requirements: [approved]` gone. (A PR
+# deleting the requirement outright is a story of both forges: tests/test_forge_e2e.py.)
 DB_RENAMED_WITHOUT_REQUIREMENT = """version: 1
 projects:
   - dir: infra/network
@@ -102,10 +91,6 @@ def last_comment(world: PullRequestWorld, number: int) -> str:
     return world.last_comment(number).replace("\\", "")
 
 
-def head_of(world: PullRequestWorld, number: int) -> str:
-    return world.github.pull(FULL_NAME, number).head_sha
-
-
 def open_svc_pr(world: PullRequestWorld, config: str | None = None) -> int:
     """main gets the svc project (with `config`), then alice opens a PR changing its size."""
     world.commit_on_main({**SVC_FILES, "gitops-runner.yaml": config or svc_config()})
@@ -162,22 +147,6 @@ def test_an_approved_pr_merged_into_main_is_applied_exactly_once(world):
 
 
 # ---- row 3: the PR's own config does not decide who may apply ------------------------------
-
-
-def test_a_pr_deleting_its_approval_requirement_still_needs_approval(world):
-    number = world.open_pr("no-review", {"gitops-runner.yaml": DB_REQUIREMENT_DELETED, **DB_CHANGE})
-
-    world.comment(number, "gitops apply")
-
-    reply = last_comment(world, number)
-    assert "Not applied" in reply and "`approved`" in reply
-    assert not applied(world, number)
-
-    world.approve(number, reviewer="bob")
-    world.comment(number, "gitops apply")
-
-    assert applied(world, number)
-    assert world.statuses(head_of(world, number))["gitops/apply: infra/db"] == "success"
 
 
 def test_renaming_the_project_does_not_shed_its_requirement(world):

@@ -72,9 +72,10 @@ class DriftRepo:
         """
         hosts = {**_PUBLIC_HOSTS, **(forge_hosts or {})}
         location = repo_location(url)
-        if full_name is None and location.host.startswith(("github.", "gitlab.")):
+        hosted_on = _forge_of_host(location.host, hosts)
+        if full_name is None and hosted_on is not None:
             full_name = f"{location.owner}/{location.name}"
-            forge = forge or ("github" if location.host.startswith("github.") else "gitlab")
+            forge = forge or hosted_on
             hosts[forge] = location.host
         if full_name is not None:
             forge = forge or "github"
@@ -102,6 +103,17 @@ class DriftRepo:
             html_url=f"https://{host}/{self.full_name}",
             default_branch=self.branch or DEFAULT_BRANCHES[0],
         )
+
+
+def _forge_of_host(host: str, hosts: Mapping[str, str]) -> ForgeKind | None:
+    """The forge a clone URL's host belongs to: a configured forge host (a self-managed
+    GitLab, GitHub Enterprise), else a host named like the public ones."""
+    for kind, forge_host in hosts.items():
+        if host and host == forge_host:
+            return kind  # type: ignore[return-value]
+    if host.startswith(("github.", "gitlab.")):
+        return "github" if host.startswith("github.") else "gitlab"
+    return None
 
 
 ForgeFor = Callable[[DriftRepo], Forge | None]

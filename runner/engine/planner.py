@@ -301,8 +301,13 @@ def build_planner(
         settings.logs_dir,
         parallelism or settings.parallelism,
         OutputLimits.from_settings(settings),
-        PlanDocuments(plan_documents_dir(settings)),
+        kept_plan_documents(settings),
     )
+
+
+def kept_plan_documents(settings: Settings) -> PlanDocuments:
+    """The kept JSON plans, pruned after the settings' retention."""
+    return PlanDocuments(plan_documents_dir(settings), settings.plan_json_retention_days)
 
 
 def plan_documents_dir(settings: Settings) -> Path:

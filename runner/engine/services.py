@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from runner.engine.apply import ApplyExecutor
-from runner.engine.planner import Planner, plan_documents_dir
+from runner.engine.planner import Planner, kept_plan_documents
 from runner.engine.progress import ProgressObserver
 from runner.engine.project_mutex import ProjectMutex
 from runner.forge.base import Forge
@@ -50,4 +50,4 @@ class Services:
     @property
     def plan_documents(self) -> PlanDocuments:
         """The JSON plans the planner keeps for policy checks."""
-        return PlanDocuments(plan_documents_dir(self.settings))
+        return kept_plan_documents(self.settings)

@@ -205,6 +205,10 @@ class FakeGitLab(ServedFake):
         with self._lock:
             return self._update_mr(path, iid, state="merged", merge_commit_sha=merge_commit_sha)
 
+    def close(self, path: str, iid: int) -> MergeRequest:
+        """Close without merging."""
+        return self._update_mr(path, iid, state="closed")
+
     def set_merge_status(self, path: str, iid: int, detailed_merge_status: str) -> None:
         self._update_mr(path, iid, detailed_merge_status=detailed_merge_status)
 

@@ -8,19 +8,17 @@ do: push a branch and open a PR, comment, approve, merge.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from runner.commands.pr_flow import PullRequestFlow
-from runner.engine.services import Services
 from runner.events.github import parse_github_event
 from runner.events.model import CommentEvent, PullRequestEvent
-from runner.settings import Settings, load_settings
-from runner.wiring import build_services
+from runner.forge.github import GitHubForge
+from runner.settings import Settings
 from tests.support.fake_github import FakeGitHub
-from tests.support.git_repo import GitRepo, sample_repo
+from tests.support.forge_world import Access, ForgeWorld, make_origin, wire_runner
 from tests.support.github_payloads import issue_comment_event, pull_request_event
 from tests.support.local_server import LocalServer
 
@@ -35,42 +33,19 @@ APP_CHANGE = {
 DB_CHANGE = {"infra/db/extra.tf": 'output "x" {\n  value = 1\n}\n'}
 
 
-@dataclass
-class PullRequestWorld:
+@dataclass(kw_only=True)
+class PullRequestWorld(ForgeWorld):
     """Origin repo + fake GitHub + runner services, for one test."""
 
-    root: Path
     github: FakeGitHub
-    origin: GitRepo
-    bare: Path
-    settings: Settings
-    services: Services
-    flow: PullRequestFlow
-    _branches: dict[int, str] = field(default_factory=dict)
+    forge_name: str = "github"
+    comment_cap: int = GitHubForge.comment_cap
 
     @property
-    def clone_url(self) -> str:
-        return self.bare.as_uri()
+    def repo_key(self) -> str:
+        return f"github.com/{FULL_NAME}"
 
     # ---- people ---------------------------------------------------------------------------
-
-    def push_branch(self, branch: str, files: Mapping[str, str], base: str = "main") -> str:
-        """Commit `files` on `branch` (created from `base` if new) and push it."""
-        if branch not in [head.name for head in self.origin.repo.heads]:
-            self.origin.branch(branch, from_=base)
-        self.origin.checkout(branch)
-        self.origin.write(files)
-        sha = self.origin.commit(f"change on {branch}")
-        self.origin.push("origin", branch)
-        self.origin.checkout("main")
-        return sha
-
-    def commit_on_main(self, files: Mapping[str, str]) -> str:
-        self.origin.checkout("main")
-        self.origin.write(files)
-        sha = self.origin.commit("change on main")
-        self.origin.push("origin", "main")
-        return sha
 
     def open_pr(
         self, branch: str, files: Mapping[str, str], author: str = "alice", *, fork: bool = False
@@ -94,10 +69,6 @@ class PullRequestWorld:
         self.deliver_pr("opened", number)
         return number
 
-    def open_fork_pr(self, branch: str, files: Mapping[str, str], author: str = "mallory") -> int:
-        """A stranger's PR from their fork (autoplanned only if the runner allows forks)."""
-        return self.open_pr(branch, files, author, fork=True)
-
     def push_to_pr(self, number: int, files: Mapping[str, str]) -> str:
         head = self.push_branch(self._branches[number], files)
         before = self.github.push(FULL_NAME, number, head, files=list(files))
@@ -117,7 +88,7 @@ class PullRequestWorld:
         )
         event = parse_github_event("issue_comment", payload)
         assert isinstance(event, CommentEvent)
-        self.flow.handle(event, threading.Event())
+        self.handle(event)
         return comment_id
 
     def approve(self, number: int, reviewer: str = "bob", *, at: str | None = None) -> None:
@@ -131,17 +102,16 @@ class PullRequestWorld:
         return merge_sha
 
     def merge_without_event(self, number: int) -> str:
-        branch = self._branches[number]
-        self.origin.checkout("main")
-        self.origin.repo.git.merge("--no-ff", "-m", f"Merge pull request #{number}", branch)
-        merge_sha = self.origin.head
-        self.origin.push("origin", "main")
+        merge_sha = self.merge_branch(number, f"Merge pull request #{number}")
         self.github.merge(FULL_NAME, number, merge_commit_sha=merge_sha)
         return merge_sha
 
     def close(self, number: int) -> None:
         self.github.close(FULL_NAME, number)
         self.deliver_pr("closed", number)
+
+    def set_permission(self, user: str, access: Access) -> None:
+        self.github.set_permission(FULL_NAME, user, access)
 
     # ---- webhooks -------------------------------------------------------------------------
 
@@ -160,18 +130,18 @@ class PullRequestWorld:
         return event
 
     def deliver_pr(self, action: str, number: int, before: str | None = None) -> None:
-        self.flow.handle(self.pr_event(action, number, before), threading.Event())
+        self.handle(self.pr_event(action, number, before))
 
     # ---- reading the outcome --------------------------------------------------------------
 
-    def main_sha(self) -> str:
-        return self.origin.repo.commit("main").hexsha
+    def head_sha(self, number: int) -> str:
+        return self.github.pull(FULL_NAME, number).head_sha
 
     def comments(self, number: int) -> list[str]:
         return [comment.body for comment in self.github.comments(FULL_NAME, number)]
 
-    def last_comment(self, number: int) -> str:
-        return self.comments(number)[-1]
+    def reactions(self, comment_id: int) -> list[str]:
+        return [r.content for r in self.github.reactions(FULL_NAME, comment_id=comment_id)]
 
     def statuses(self, sha: str) -> dict[str, str]:
         """Latest state per context."""
@@ -183,24 +153,18 @@ class PullRequestWorld:
 
 def make_world(root: Path, config: str = "gitops-runner", **settings: object) -> PullRequestWorld:
     """Build the world under `root`; the caller stops `world.github` (use the fixture)."""
-    origin = sample_repo(root / "origin", config)  # type: ignore[arg-type]
-    bare = origin.bare_clone(root / "origin.git")
-    origin.add_remote("origin", str(bare))
+    origin, bare = make_origin(root, config)
     github = FakeGitHub(token=TOKEN)
     github.start()
     github.add_repo(FULL_NAME, clone_url=bare.as_uri())
     for user, permission in (("alice", "write"), ("bob", "write"), ("eve", "read")):
         github.set_permission(FULL_NAME, user, permission)
     values: dict[str, object] = {
-        "data_dir": root / "data",
         "github_token": TOKEN,
         "github_api_url": github.api_url,
         "github_webhook_secret": WEBHOOK_SECRET,
-        "parallelism": 2,
     }
-    values.update(settings)
-    resolved = load_settings(**values)
-    services = build_services(resolved)
+    resolved, services = wire_runner(root, values | settings)
     return PullRequestWorld(
         root=root,
         github=github,
