@@ -130,13 +130,7 @@ class PullRequestApplier:
         self, repo: RepoRef, pr: PullRequestInfo, command: Command
     ) -> list[PlanRecord]:
         plans = self._services.store.runs.latest_plans(repo.key, pr.number)
-        return [
-            plan
-            for plan in plans
-            if (command.project is None or plan.project == command.project)
-            and (command.dir is None or plan.dir == command.dir)
-            and (command.workspace is None or plan.workspace == command.workspace)
-        ]
+        return [plan for plan in plans if command.selects(plan.project, plan.dir, plan.workspace)]
 
     def _items(
         self, plans: Sequence[PlanRecord], config: RepoConfig, pr_number: int

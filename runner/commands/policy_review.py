@@ -158,9 +158,7 @@ class PullRequestPolicies:
             plan
             for plan in plans
             if plan.commit_sha == pr.head_sha
-            and (command.project is None or plan.project == command.project)
-            and (command.dir is None or plan.dir == command.dir)
-            and (command.workspace is None or plan.workspace == command.workspace)
+            and command.selects(plan.project, plan.dir, plan.workspace)
         ]
 
     def _rules(self, repo: RepoRef) -> TrustedRules:

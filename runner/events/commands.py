@@ -35,6 +35,14 @@ class Command:
     # ready to be appended to the terraform argv (never joined into a shell string).
     extra_args: tuple[str, ...] = ()
 
+    def selects(self, project: str, dir: str, workspace: str) -> bool:
+        """Whether a project (name, dir, workspace) is one this command names (or all)."""
+        return (
+            (self.project is None or project == self.project)
+            and (self.dir is None or dir == self.dir)
+            and (self.workspace is None or workspace == self.workspace)
+        )
+
 
 @dataclass(frozen=True)
 class CommandError:
