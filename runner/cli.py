@@ -474,6 +474,29 @@ def _configure_logging(debug: bool) -> None:
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, handlers=[handler])
 
 
+@cli.group("github-app")
+def github_app() -> None:
+    """Running as a GitHub App instead of with a token (docs/forges.md)."""
+
+
+@github_app.command("manifest")
+@click.option("--name", default="gitops-runner", show_default=True, help="The App's name.")
+@click.option(
+    "--url",
+    "public_url",
+    help="Where GitHub reaches the runner (webhooks go to URL/events); default: GITOPS_PUBLIC_URL.",
+)
+@click.pass_context
+def github_app_manifest(ctx: click.Context, name: str, public_url: str | None) -> None:
+    """Print the App manifest (JSON) with the permissions and events the runner needs."""
+    import json
+
+    from runner.forge.github_manifest import app_manifest
+
+    url = public_url if public_url is not None else _settings(ctx).public_url
+    click.echo(json.dumps(app_manifest(name, url), indent=2))
+
+
 @cli.group()
 def policy() -> None:
     """Rego policy sets: test them before they ship, check a plan as the server would

@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     public_url: str = ""  # where people reach the dashboard; used for links in comments
 
     github_token: SecretStr | None = None
+    # A GitHub App instead of a token (docs/forges.md): its id and private key (PEM),
+    # given inline or as a file; each webhook names the installation to act as.
+    github_app_id: int | None = Field(default=None, ge=1)
+    github_app_key: SecretStr | None = None
+    github_app_key_file: Path | None = None
     github_api_url: str = "https://api.github.com"
     github_webhook_secret: SecretStr | None = None
     gitlab_url: str = "https://gitlab.com"
@@ -145,6 +150,28 @@ class Settings(BaseSettings):
         return value.expanduser()
 
     @property
+    def github_app_configured(self) -> bool:
+        """Whether GitHub is reached as an App (installation tokens) rather than a token."""
+        return self.github_app_id is not None
+
+    def github_app_private_key(self) -> str:
+        """The App's PEM key, inline or read from its file; `SettingsError` says which is wrong."""
+        if self.github_app_key is not None and self.github_app_key.get_secret_value().strip():
+            return self.github_app_key.get_secret_value()
+        if self.github_app_key_file is None:
+            raise SettingsError(
+                "GITOPS_GITHUB_APP_ID is set: "
+                "set GITOPS_GITHUB_APP_KEY_FILE or GITOPS_GITHUB_APP_KEY"
+            )
+        path = self.github_app_key_file.expanduser()
+        try:
+            return path.read_text()
+        except OSError as error:
+            raise SettingsError(
+                f"GITOPS_GITHUB_APP_KEY_FILE {path}: cannot read it: {error.strerror}"
+            ) from None
+
+    @property
     def resolved_database_url(self) -> str:
         """The store URL: the configured one, or SQLite under the data dir."""
         if self.database_url:
@@ -156,6 +183,7 @@ class Settings(BaseSettings):
         values = [os.environ[name] for name in self.secret_env_vars if os.environ.get(name)]
         for secret in (
             self.github_token,
+            self.github_app_key,
             self.gitlab_token,
             self.github_webhook_secret,
             self.gitlab_webhook_secret,

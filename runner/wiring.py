@@ -22,6 +22,7 @@ from runner.engine.apply import ApplyExecutor
 from runner.engine.planner import build_planner, build_terraform_factory
 from runner.engine.project_mutex import build_mutex
 from runner.engine.services import Services
+from runner.events.model import RepoRef
 from runner.forge.base import Forge
 from runner.notify.slack import build_notifier
 from runner.policies.engine import build_policy_engine
@@ -72,7 +73,7 @@ def build_services(settings: Settings, store: Store | None = None) -> Services:
         store=store,
         forge_for=forge_for,
         working_copies=WorkingCopies(
-            settings.repos_dir, credentials_for=_clone_credentials(settings)
+            settings.repos_dir, credentials_for=_clone_credentials(settings, forge_for)
         ),
         planner=build_planner(settings, terraform_for=terraform_for),
         terraform_for=terraform_for,
@@ -84,7 +85,9 @@ def build_services(settings: Settings, store: Store | None = None) -> Services:
     )
 
 
-def _clone_credentials(settings: Settings) -> CredentialsFor:
+def _clone_credentials(
+    settings: Settings, forge_for: Callable[[str], Forge] | None = None
+) -> CredentialsFor:
     """HTTPS clone credentials by exact host: GitHub's token for GitHub's hosts, GitLab's
     (as `oauth2:<token>`) for the host of `GITOPS_GITLAB_URL`.
 
@@ -93,21 +96,24 @@ def _clone_credentials(settings: Settings) -> CredentialsFor:
     API at a host's root named `api.<host>` (`api.github.com`, GHE.com's
     `api.<name>.ghe.com`) clones from `<host>`. A token only travels over https, or
     over the scheme its forge's URL is configured with (a test or air-gapped forge).
+    As a GitHub App, the token is the installation token of the repository's
+    installation, asked of the forge (`forge_for("github")`) at each clone or fetch.
     """
     api = urlsplit(settings.github_api_url)
     api_host = (api.hostname or "").lower()
     github_hosts = {"github.com": "https", api_host: api.scheme}
     if api.path.strip("/") == "" and api_host.startswith("api."):
         github_hosts[api_host.removeprefix("api.")] = api.scheme
+    github_token = _github_clone_token(settings, forge_for)
     by_host = {
-        host: _HostCredentials(scheme, settings.github_token, TOKEN_USERNAME)
+        host: _HostCredentials(scheme, github_token, TOKEN_USERNAME)
         for host, scheme in github_hosts.items()
         if host
     }
     gitlab = urlsplit(settings.gitlab_url)
     if gitlab.hostname:
         by_host[gitlab.hostname.lower()] = _HostCredentials(
-            gitlab.scheme, settings.gitlab_token, GITLAB_TOKEN_USERNAME
+            gitlab.scheme, _fixed_token(settings.gitlab_token), GITLAB_TOKEN_USERNAME
         )
 
     def credentials_for(url: str) -> HttpAuth | None:
@@ -115,18 +121,44 @@ def _clone_credentials(settings: Settings) -> CredentialsFor:
         host = by_host.get((parts.hostname or "").lower())
         if host is None or parts.scheme.lower() not in {"https", host.scheme.lower()}:
             return None
-        token = host.token.get_secret_value() if host.token is not None else ""
+        token = host.token(url)
         return HttpAuth(token=token, username=host.username) if token else None
 
     return credentials_for
 
 
+def _fixed_token(secret: SecretStr | None) -> Callable[[str], str]:
+    value = secret.get_secret_value() if secret is not None else ""
+    return lambda _url: value
+
+
+def _github_clone_token(
+    settings: Settings, forge_for: Callable[[str], Forge] | None
+) -> Callable[[str], str]:
+    """The PAT; as an App, the installation token of the repository the URL names."""
+    if settings.github_app_id is None or forge_for is None:
+        return _fixed_token(settings.github_token)
+
+    def installation_token(url: str) -> str:
+        from runner.forge.github import GitHubForge  # PyGithub: only when cloning
+
+        full_name = urlsplit(url).path.strip("/").removesuffix(".git")
+        forge = forge_for("github")
+        if not isinstance(forge, GitHubForge) or full_name.count("/") != 1:
+            return ""
+        repo = RepoRef("github", full_name, clone_url=url, html_url=url, default_branch="")
+        return forge.clone_token(repo)
+
+    return installation_token
+
+
 @dataclass(frozen=True)
 class _HostCredentials:
-    """What a forge host gets: its token, the scheme it may travel over, the user name."""
+    """What a forge host gets: its token (per clone URL), the scheme it may travel over,
+    the user name."""
 
     scheme: str
-    token: SecretStr | None
+    token: Callable[[str], str]
     username: str
 
 

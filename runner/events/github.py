@@ -60,7 +60,7 @@ def _pull_request(payload: dict) -> Event:
     mapped = _PR_ACTIONS.get(action)
     if mapped is None:
         return IgnoredEvent(f"pull_request action {action!r} is not handled")
-    repo = _repo(obj(payload, "repository", ""), "repository")
+    repo = _repo(obj(payload, "repository", ""), "repository", _installation(payload))
     pr = obj(payload, "pull_request", "")
     merged = mapped == "closed" and boolean(pr, "merged", "pull_request")
     return PullRequestEvent(
@@ -111,7 +111,7 @@ def _issue_comment(payload: dict) -> Event:
     login = string(user, "login", "comment.user")
     body = string(comment, "body", "comment")
     return CommentEvent(
-        repo=_repo(obj(payload, "repository", ""), "repository"),
+        repo=_repo(obj(payload, "repository", ""), "repository", _installation(payload)),
         pr_number=integer(issue, "number", "issue"),
         comment_id=integer(comment, "id", "comment"),
         body=body,
@@ -133,7 +133,15 @@ def _ping(payload: dict) -> PingEvent:
     )
 
 
-def _repo(data: dict, path: str) -> RepoRef:
+def _installation(payload: dict) -> int | None:
+    """`installation.id`: present when the webhook is a GitHub App's, absent for a repo hook."""
+    installation = optional_obj(payload, "installation", "")
+    if installation is None:
+        return None
+    return integer(installation, "id", "installation")
+
+
+def _repo(data: dict, path: str, installation_id: int | None = None) -> RepoRef:
     html_url = string(data, "html_url", path)
     if url_host(html_url) is None:
         raise MalformedEvent(f"{path}.html_url: not an http(s) URL: {html_url[:100]!r}")
@@ -146,6 +154,7 @@ def _repo(data: dict, path: str) -> RepoRef:
         clone_url=string(data, "clone_url", path),
         html_url=html_url,
         default_branch=string(data, "default_branch", path),
+        installation_id=installation_id,
     )
 
 

@@ -8,7 +8,7 @@ needs is kept, so the two forges can be mapped onto the same shape.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -59,6 +59,10 @@ class RepoRef:
     clone_url: str
     html_url: str
     default_branch: str
+    # The GitHub App installation the webhook came through (`installation.id`): the
+    # forge acts as it for this repository. None for GitLab, tokens, and job rows
+    # written before it existed. Not part of the repository's identity.
+    installation_id: int | None = field(default=None, compare=False)
 
     @property
     def host(self) -> str:

@@ -10,7 +10,7 @@ from runner.events.model import ForgeKind
 from runner.forge.base import Forge
 from runner.forge.github import GitHubForge
 from runner.forge.gitlab import GitLabForge
-from runner.settings import Settings
+from runner.settings import Settings, SettingsError
 
 
 class ForgeNotConfigured(ValueError):
@@ -26,11 +26,37 @@ def build_forge(settings: Settings, forge_name: ForgeKind) -> Forge:
     raise ForgeNotConfigured(f"unknown forge {forge_name!r}; expected 'github' or 'gitlab'")
 
 
-def _github(settings: Settings) -> Forge:
+def _github(settings: Settings) -> GitHubForge:
+    """An App when `GITOPS_GITHUB_APP_ID` is set (it wins over a token), else the token."""
+    if settings.github_app_id is not None:
+        key = _app_private_key(settings)
+        return GitHubForge(settings.github_api_url, app=(settings.github_app_id, key))
     token = settings.github_token.get_secret_value() if settings.github_token else ""
     if not token:
-        raise ForgeNotConfigured("forge 'github' is not configured: set GITOPS_GITHUB_TOKEN")
+        raise ForgeNotConfigured(
+            "forge 'github' is not configured: set GITOPS_GITHUB_TOKEN "
+            "(or GITOPS_GITHUB_APP_ID and GITOPS_GITHUB_APP_KEY_FILE)"
+        )
     return GitHubForge(settings.github_api_url, token)
+
+
+def _app_private_key(settings: Settings) -> str:
+    """The App's key, checked to be a PEM private key before any request is signed."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = settings.github_app_private_key()
+    except SettingsError as error:
+        raise ForgeNotConfigured(str(error)) from None
+    try:
+        load_pem_private_key(key.encode(), password=None)
+    except (ValueError, TypeError):
+        where = "GITOPS_GITHUB_APP_KEY" if settings.github_app_key else "GITOPS_GITHUB_APP_KEY_FILE"
+        raise ForgeNotConfigured(
+            f"{where}: not an unencrypted PEM private key (the .pem file GitHub gives "
+            "when you generate a private key for the App)"
+        ) from None
+    return key
 
 
 def _gitlab(settings: Settings) -> Forge:

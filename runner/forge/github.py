@@ -33,6 +33,7 @@ from runner.forge.base import (
     forge_call,
     is_ignored_context,
 )
+from runner.forge.github_app import GitHubAppAuth
 
 DEFAULT_TIMEOUT = 15  # seconds per HTTP request (PyGithub insists on an int)
 STATUS_DESCRIPTION_CAP = 140  # GitHub rejects longer commit status descriptions
@@ -118,35 +119,54 @@ class GitHubForge:
     def __init__(
         self,
         api_url: str,
-        token: str,
+        token: str = "",
         *,
+        app: tuple[int, str] | None = None,
         request_timeout: int = DEFAULT_TIMEOUT,
         retry: bool = True,
         mergeable_poll: Sequence[float] = (0.5, 1.0),
     ) -> None:
         """`api_url`: `https://api.github.com` or `https://ghe.example/api/v3`.
 
+        Authenticates with `token`, or as the GitHub App `app` = (app id, PEM private
+        key): then every repository is reached through its installation's token.
         `mergeable_poll`: pauses between re-reads of a PR while GitHub is still computing
         its mergeability (a background job started by the first read after a push).
         """
-        if not token:
-            raise ValueError("a GitHub token is required")
+        if not token and app is None:
+            raise ValueError("a GitHub token or App is required")
         self.api_url = api_url.rstrip("/")
         self._token = token  # kept only to scrub it from error messages
         self._mergeable_poll = tuple(mergeable_poll)
-        self._gh = Github(
+        self._request_timeout = request_timeout
+        self._retry = retry
+        self._app = GitHubAppAuth(app[0], app[1], self._new_client) if app else None
+        self._gh = self._new_client(Auth.Token(token)) if token else None
+        self._login: str | None = None
+        self._login_lock = threading.Lock()
+
+    def _new_client(self, auth: Auth.Auth) -> Github:
+        """A PyGithub client with the runner's options (see the module docstring)."""
+        return Github(
             base_url=self.api_url,
-            auth=Auth.Token(token),
-            timeout=request_timeout,
-            retry=_transport_retry() if retry else None,
+            auth=auth,
+            timeout=self._request_timeout,
+            retry=_transport_retry() if self._retry else None,
             seconds_between_requests=None,
             seconds_between_writes=None,
             per_page=100,
             lazy=True,
             user_agent="gitops-runner",
         )
-        self._login: str | None = None
-        self._login_lock = threading.Lock()
+
+    @property
+    def is_app(self) -> bool:
+        return self._app is not None
+
+    @forge_call("get an installation token")
+    def clone_token(self, repo: RepoRef) -> str:
+        """The token git uses for `repo`: the installation's (renewed if due), or the PAT."""
+        return self._app.token(repo) if self._app is not None else self._token
 
     def __repr__(self) -> str:
         return f"GitHubForge({self.api_url!r})"
@@ -257,7 +277,9 @@ class GitHubForge:
     def bot_login(self) -> str:
         with self._login_lock:
             if self._login is None:
-                self._login = self._gh.get_user().login
+                self._login = (
+                    self._app.bot_login() if self._app is not None else self._pat().get_user().login
+                )
             return self._login
 
     # --- drift issues -----------------------------------------------------------------
@@ -302,7 +324,12 @@ class GitHubForge:
     def _repo(self, repo: RepoRef) -> Repository:
         if repo.forge != "github":
             raise ValueError(f"{repo.key} is a {repo.forge} repository, not a GitHub one")
-        return self._gh.get_repo(repo.full_name)  # lazy: no request
+        client = self._app.client(repo) if self._app is not None else self._pat()
+        return client.get_repo(repo.full_name)  # lazy: no request
+
+    def _pat(self) -> Github:
+        assert self._gh is not None  # __init__ requires a token or an App
+        return self._gh
 
     def _read_pull(self, repo: RepoRef, number: int) -> PullRequest:
         """Read the PR, re-reading briefly while GitHub still computes `mergeable`."""

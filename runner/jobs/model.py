@@ -8,6 +8,8 @@ to read it. A worker on another machine (RQ) reads the same rows.
 Versions: 1 stored a comment as its text only; 2 adds the parsed `command` (null,
 a command, or the refusal), so a worker acts on what the webhook decided instead of
 parsing the text again. Version 1 rows are still read, their body parsed on decode.
+The repository's optional `installation_id` (GitHub App mode) was added within
+version 2: rows without it read as None, and a runner without the field ignores it.
 """
 
 from __future__ import annotations

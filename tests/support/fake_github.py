@@ -29,11 +29,14 @@ import json
 import re
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
+import jwt
 from flask import Flask, Response, request
 from github import Auth, Github
 from werkzeug.exceptions import HTTPException
@@ -208,6 +211,18 @@ class _RepoState:
         return sum(1 for c in self.comments.values() if c.issue_number == number)
 
 
+@dataclass
+class _App:
+    """The GitHub App the fake knows: JWTs must verify against `public_key`."""
+
+    app_id: int
+    public_key: bytes
+    slug: str
+    installation_id: int
+    token_lifetime: float  # seconds an installation token is accepted
+    tokens: dict[str, tuple[int, float]] = field(default_factory=dict)  # token -> (id, expiry)
+
+
 class FakeGitHub(ServedFake):
     """In-memory GitHub with a real HTTP front; see the module docstring for usage."""
 
@@ -220,6 +235,7 @@ class FakeGitHub(ServedFake):
         self._repos: dict[str, _RepoState] = {}
         self._requests: list[RecordedRequest] = []
         self._faults: list[_Fault] = []
+        self._github_app: _App | None = None
         self.app = self._build_app()
 
     # --- lifecycle ------------------------------------------------------------
@@ -250,6 +266,30 @@ class FakeGitHub(ServedFake):
         return Github(**(defaults | options))
 
     # --- setup ------------------------------------------------------------------
+
+    def install_app(
+        self,
+        app_id: int,
+        public_key_pem: bytes,
+        *,
+        slug: str = "gitops-runner",
+        installation_id: int = 4242,
+        token_lifetime: float = 3600.0,
+    ) -> None:
+        """Act as GitHub for an App installed on every repository, as `installation_id`.
+
+        JWTs (RS256, `iss` = the App id) must verify against `public_key_pem`; installation
+        tokens are accepted for `token_lifetime` seconds, then answered 401 as GitHub does.
+        The App's writes (comments, issues) carry `<slug>[bot]`.
+        """
+        with self._lock:
+            self._github_app = _App(app_id, public_key_pem, slug, installation_id, token_lifetime)
+            self.login = f"{slug}[bot]"
+
+    def installation_tokens(self) -> list[str]:
+        """Every installation token issued so far, oldest first."""
+        with self._lock:
+            return list(self._github_app.tokens) if self._github_app else []
 
     def add_repo(self, full_name: str, clone_url: str, default_branch: str = "main") -> Repo:
         """Register a repository; ``clone_url`` is handed to the runner as-is."""
@@ -559,6 +599,9 @@ class FakeGitHub(ServedFake):
         repo = "/repos/<owner>/<name>"
         routes: list[tuple[str, str, Callable[..., Response]]] = [
             ("GET", "/user", self._get_user),
+            ("GET", "/app", self._get_app),
+            ("POST", "/app/installations/<int:iid>/access_tokens", self._access_token),
+            ("GET", f"{repo}/installation", self._repo_installation),
             ("GET", repo, self._get_repo),
             ("GET", f"{repo}/pulls", self._list_pulls),
             ("GET", f"{repo}/pulls/<int:number>", self._get_pull),
@@ -633,8 +676,25 @@ class FakeGitHub(ServedFake):
         if not authorization:
             raise ApiError(401, "Requires authentication")
         scheme, _, credential = authorization.partition(" ")
-        if scheme.lower() not in ("token", "bearer") or credential.strip() != self.token:
+        credential = credential.strip()
+        if scheme.lower() not in ("token", "bearer"):
             raise ApiError(401, "Bad credentials")
+        if self._github_app is not None and _needs_jwt(request.path):
+            self._check_jwt(self._github_app, credential)
+        elif self._github_app is not None and credential in self._github_app.tokens:
+            if self._github_app.tokens[credential][1] <= time.time():
+                raise ApiError(401, "Bad credentials")  # GitHub's answer to an expired token
+        elif credential != self.token:
+            raise ApiError(401, "Bad credentials")
+
+    def _check_jwt(self, app: _App, credential: str) -> None:
+        """GitHub's checks: RS256 signed by the App's key, `iss` the App, not expired."""
+        try:
+            claims = jwt.decode(credential, app.public_key, algorithms=["RS256"])
+        except jwt.PyJWTError:
+            raise ApiError(401, "A JSON web token could not be decoded") from None
+        if str(claims.get("iss")) != str(app.app_id) or "iat" not in claims:
+            raise ApiError(401, "'Issuer' claim ('iss') must be an Integer")
 
     def _apply_fault(self) -> None:
         for fault in self._faults:
@@ -651,6 +711,63 @@ class FakeGitHub(ServedFake):
         return _json(
             user_json(self.login, hosts)
             | {"name": self.login, "email": None, "created_at": "2024-01-01T00:00:00Z"}
+        )
+
+    def _app_or_404(self) -> _App:
+        if self._github_app is None:
+            raise _not_found()
+        return self._github_app
+
+    def _get_app(self) -> Response:
+        app = self._app_or_404()
+        owner = user_json("acme", _request_hosts())
+        return _json(
+            {
+                "id": app.app_id,
+                "slug": app.slug,
+                "node_id": node_id("A", app.app_id),
+                "name": app.slug,
+                "owner": owner,
+                "description": "",
+                "external_url": "https://runner.example.com",
+                "html_url": f"{_request_hosts().web}/apps/{app.slug}",
+                "created_at": "2024-01-01T00:00:00Z",
+                "updated_at": "2024-01-01T00:00:00Z",
+                "permissions": {},
+                "events": [],
+            }
+        )
+
+    def _access_token(self, iid: int) -> Response:
+        app = self._app_or_404()
+        if iid != app.installation_id:
+            raise _not_found()
+        token = f"ghs_{next(self._ids)}"
+        expires = time.time() + app.token_lifetime
+        app.tokens[token] = (iid, expires)
+        expires_at = datetime.fromtimestamp(expires, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return _json(
+            {
+                "token": token,
+                "expires_at": expires_at,
+                "permissions": {"contents": "read", "pull_requests": "write"},
+                "repository_selection": "all",
+            },
+            201,
+        )
+
+    def _repo_installation(self, state: _RepoState) -> Response:
+        app = self._app_or_404()
+        return _json(
+            {
+                "id": app.installation_id,
+                "app_id": app.app_id,
+                "app_slug": app.slug,
+                "account": user_json(state.repo.full_name.split("/")[0], _request_hosts()),
+                "target_type": "Organization",
+                "permissions": {},
+                "events": [],
+            }
         )
 
     def _get_repo(self, state: _RepoState) -> Response:
@@ -956,6 +1073,11 @@ class FakeGitHub(ServedFake):
 
 
 # --- module helpers: request/response plumbing ------------------------------------
+
+
+def _needs_jwt(path: str) -> bool:
+    """Requests only the App itself (not an installation) may make: GitHub wants a JWT."""
+    return path == "/app" or path.startswith("/app/") or path.endswith("/installation")
 
 
 def _request_hosts() -> Hosts:

@@ -38,6 +38,8 @@ class PullRequestWorld(ForgeWorld):
     """Origin repo + fake GitHub + runner services, for one test."""
 
     github: FakeGitHub
+    # Set when the runner acts as a GitHub App: webhooks then name this installation.
+    installation_id: int | None = None
     forge_name: str = "github"
     comment_cap: int = GitHubForge.comment_cap
 
@@ -86,7 +88,7 @@ class PullRequestWorld(ForgeWorld):
             comment_id,
             hosts=self.github.hosts,
         )
-        event = parse_github_event("issue_comment", payload)
+        event = parse_github_event("issue_comment", self._from_installation(payload))
         assert isinstance(event, CommentEvent)
         self.handle(event)
         return comment_id
@@ -125,9 +127,15 @@ class PullRequestWorld(ForgeWorld):
             before=before,
             hosts=self.github.hosts,
         )
-        event = parse_github_event("pull_request", payload)
+        event = parse_github_event("pull_request", self._from_installation(payload))
         assert isinstance(event, PullRequestEvent)
         return event
+
+    def _from_installation(self, payload: dict) -> dict:
+        """An App's webhooks carry the installation they were sent for."""
+        if self.installation_id is None:
+            return payload
+        return payload | {"installation": {"id": self.installation_id, "node_id": "MDIz"}}
 
     def deliver_pr(self, action: str, number: int, before: str | None = None) -> None:
         self.handle(self.pr_event(action, number, before))
@@ -151,6 +159,37 @@ class PullRequestWorld(ForgeWorld):
         return latest
 
 
+APP_ID = 31337
+APP_INSTALLATION = 4242
+
+
+def make_app_world(
+    root: Path, *, token_lifetime: float = 3600.0, private_key: str | None = None
+) -> PullRequestWorld:
+    """The world with the runner installed as a GitHub App (no token): a fresh RSA key,
+    its public half given to the fake; `private_key` overrides what the runner is given."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    key_file = root / "app-key.pem"
+    root.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(private_key or pem)
+    world = make_world(root, github_token=None, github_app_id=APP_ID, github_app_key_file=key_file)
+    world.github.install_app(
+        APP_ID, public, installation_id=APP_INSTALLATION, token_lifetime=token_lifetime
+    )
+    return world
+
+
 def make_world(root: Path, config: str = "gitops-runner", **settings: object) -> PullRequestWorld:
     """Build the world under `root`; the caller stops `world.github` (use the fixture)."""
     origin, bare = make_origin(root, config)
@@ -168,6 +207,7 @@ def make_world(root: Path, config: str = "gitops-runner", **settings: object) ->
     return PullRequestWorld(
         root=root,
         github=github,
+        installation_id=APP_INSTALLATION if "github_app_id" in settings else None,
         origin=origin,
         bare=bare,
         settings=resolved,
