@@ -13,9 +13,9 @@ the local state they keep. A tree with uncommitted changes is labelled
 
 from __future__ import annotations
 
-import io
+import os
 import shutil
-import tarfile
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ from runner.engine.planner import PlanTarget
 from runner.projects.changes import changed_files
 from runner.projects.detection import affected_projects, select_projects
 from runner.terraform.modules import ModuleGraph
+from runner.workspace.confine import remove_escaping_links
 from runner.workspace.snapshot import (
     Snapshot,
     is_git_repository,
@@ -129,19 +130,37 @@ def _tree_for(repo: Path, head: str, scratch_dir: Path) -> tuple[Path, str]:
 
 
 def _export_tree(git_repo: git.Repo, sha: str, prefix: str, target: Path) -> None:
-    """Write the tree of `sha` (below `prefix`) to `target`, without touching the repo."""
+    """Write the tree of `sha` (below `prefix`) to `target`, without touching the repo.
+
+    Through a throwaway index, as `WorkingCopies.checkout_fresh` does: git writes the
+    files itself (no tar archive to unpack), and a committed symlink that leads out of
+    the tree is removed, as in every checkout the runner makes.
+    """
     partial = target.with_name(target.name + ".partial")
     for stale in (partial, target):
         shutil.rmtree(stale, ignore_errors=True)
     partial.mkdir(parents=True)
-    buffer = io.BytesIO()
-    git_repo.archive(buffer, treeish=sha, format="tar", path=prefix or None)
-    buffer.seek(0)
-    with tarfile.open(fileobj=buffer) as archive:
-        archive.extractall(partial, filter="data")
-    (partial / prefix).rename(target)
-    shutil.rmtree(partial, ignore_errors=True)
+    treeish = f"{sha}:{prefix}" if prefix else sha
+    with tempfile.TemporaryDirectory() as scratch:
+        env = {
+            "GIT_DIR": str(git_repo.git_dir),
+            "GIT_INDEX_FILE": str(Path(scratch) / "index"),
+            "GIT_WORK_TREE": str(partial),
+        }
+        git_repo.git.read_tree(treeish, env=env)
+        git_repo.git.checkout_index("-a", "-f", env=env)
+    remove_escaping_links(partial, _symlinks(partial))
+    partial.rename(target)
     (target / ".complete").touch()
+
+
+def _symlinks(root: Path) -> list[str]:
+    return [
+        os.path.relpath(os.path.join(directory, name), root)
+        for directory, subdirs, files in os.walk(root)
+        for name in (*subdirs, *files)
+        if os.path.islink(os.path.join(directory, name))
+    ]
 
 
 def _worktree_label(repo: Path) -> str | None:
