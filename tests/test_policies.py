@@ -64,7 +64,9 @@ def _real_plan(tmp_path: Path) -> tuple[PlanResult, PlanDocuments]:
     checkout = tmp_path / "checkout"
     (checkout / "app").mkdir(parents=True)
     (checkout / "app/main.tf").write_text('resource "terraform_data" "x" {\n  input = "a"\n}\n')
-    settings = load_settings(data_dir=tmp_path / "data")
+    # The planner keeps JSON plans only when the server has policy sets.
+    policy_set = {"name": "any", "path": str(tmp_path / "sets")}
+    settings = load_settings(data_dir=tmp_path / "data", policy_sets=(policy_set,))
     result = build_planner(settings).plan(
         checkout, PlanTarget(ProjectConfig(name="app", dir="app"))
     )

@@ -301,7 +301,8 @@ def build_planner(
         settings.logs_dir,
         parallelism or settings.parallelism,
         OutputLimits.from_settings(settings),
-        kept_plan_documents(settings),
+        # JSON plans are kept for policy checks only: without sets, no write per plan.
+        kept_plan_documents(settings) if settings.policy_sets else None,
     )
 
 
