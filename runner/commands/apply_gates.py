@@ -13,7 +13,9 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from types import MappingProxyType
 
 from runner.commands.apply_requirements import RequirementContext, unmet_requirements
 from runner.config.errors import ConfigError
@@ -61,7 +63,16 @@ def load_trusted_rules(
     commit: str,
     server_requirements: tuple[str, ...] = (),
 ) -> TrustedRules:
-    """Read the config at `commit` (the default branch) in a throwaway tree."""
+    """The rules of the config at `commit` (the default branch), plus the server's."""
+    return TrustedRules(_projects_at(working_copies, repo_url, commit), server_requirements)
+
+
+# A commit's config never changes, so each is read once: an apply, a plan's policy
+# check and an approval of the same default-branch head share one export of the tree.
+@lru_cache(maxsize=128)
+def _projects_at(
+    working_copies: WorkingCopies, repo_url: str, commit: str
+) -> Mapping[StateKey, ProjectConfig]:
     with tempfile.TemporaryDirectory(prefix="gitops-trusted-") as scratch:
         tree = working_copies.checkout_fresh(repo_url, commit, Path(scratch) / "tree")
         try:
@@ -71,8 +82,7 @@ def load_trusted_rules(
                 f"the configuration of the default branch (`{commit[:7]}`) is invalid, so "
                 f"nothing can be applied until it is fixed: {error}"
             ) from error
-    projects = {project.key: project for project in config.projects}
-    return TrustedRules(projects, server_requirements)
+    return MappingProxyType({project.key: project for project in config.projects})
 
 
 def rules_at(services: Services, repo: RepoRef, commit_or_branch: str) -> TrustedRules:
