@@ -27,59 +27,44 @@ def require(data: dict, key: str, path: str) -> Any:
     return data[key]
 
 
-def obj(data: dict, key: str, path: str) -> dict:
-    value = require(data, key, path)
-    if not isinstance(value, dict):
-        raise MalformedEvent(f"{at(path, key)}: expected an object, got {type_name(value)}")
+def _typed(value: Any, kind: type, what: str, where: str) -> Any:
+    # bool is an int subclass; `true` is not a PR number.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise MalformedEvent(f"{where}: expected {what}, got {type_name(value)}")
     return value
+
+
+def obj(data: dict, key: str, path: str) -> dict:
+    return _typed(require(data, key, path), dict, "an object", at(path, key))
 
 
 def optional_obj(data: dict, key: str, path: str) -> dict | None:
     value = data.get(key)
-    if value is not None and not isinstance(value, dict):
-        raise MalformedEvent(f"{at(path, key)}: expected an object or null, got {type_name(value)}")
-    return value
+    return None if value is None else _typed(value, dict, "an object or null", at(path, key))
 
 
 def string(data: dict, key: str, path: str) -> str:
-    value = require(data, key, path)
-    if not isinstance(value, str):
-        raise MalformedEvent(f"{at(path, key)}: expected a string, got {type_name(value)}")
-    return value
+    return _typed(require(data, key, path), str, "a string", at(path, key))
 
 
 def optional_string(data: dict, key: str, path: str) -> str | None:
     value = data.get(key)
-    if value is not None and not isinstance(value, str):
-        raise MalformedEvent(f"{at(path, key)}: expected a string or null, got {type_name(value)}")
-    return value
+    return None if value is None else _typed(value, str, "a string or null", at(path, key))
 
 
 def integer(data: dict, key: str, path: str) -> int:
-    value = require(data, key, path)
-    # bool is an int subclass; `true` is not a PR number.
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise MalformedEvent(f"{at(path, key)}: expected an integer, got {type_name(value)}")
-    return value
+    return _typed(require(data, key, path), int, "an integer", at(path, key))
 
 
 def boolean(data: dict, key: str, path: str) -> bool:
-    value = require(data, key, path)
-    if not isinstance(value, bool):
-        raise MalformedEvent(f"{at(path, key)}: expected a boolean, got {type_name(value)}")
-    return value
+    return _typed(require(data, key, path), bool, "a boolean", at(path, key))
 
 
 def optional_boolean(data: dict, key: str, path: str, default: bool) -> bool:
     """A flag some forge versions leave out (GitHub's `draft`, GitLab's `draft`)."""
-    value = data.get(key, default)
-    if not isinstance(value, bool):
-        raise MalformedEvent(f"{at(path, key)}: expected a boolean, got {type_name(value)}")
-    return value
+    return _typed(data.get(key, default), bool, "a boolean", at(path, key))
 
 
 def is_json_object(payload: Any) -> dict:
     """The payload itself, which must be a JSON object."""
-    if not isinstance(payload, dict):
-        raise MalformedEvent(f"payload: expected a JSON object, got {type_name(payload)}")
-    return payload
+    return _typed(payload, dict, "a JSON object", "payload")
