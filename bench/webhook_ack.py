@@ -158,6 +158,9 @@ def start_server(
         "GITOPS_GITHUB_TOKEN": TOKEN,
         "GITOPS_GITHUB_API_URL": github.api_url,
         "GITOPS_WORKERS": "1",
+        # Webhooks only: the dashboard (which would need sign-in) is not measured here.
+        "GITOPS_DASHBOARD": "off",
+        "GITOPS_METRICS_PUBLIC": "true",  # the server's own ack histogram is read below
         # gunicorn worker processes; `serve` reads the usual variable (runner/web/server.py).
         "WEB_CONCURRENCY": str(processes),
     }

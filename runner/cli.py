@@ -212,10 +212,9 @@ def runs(
 ) -> None:
     """List recorded runs, newest first."""
     from runner.console.tables import print_runs
-    from runner.store.store import Store
 
     settings = _settings(ctx)
-    store = Store.open(settings.resolved_database_url)
+    store = _open_store(settings)
     key = _repo_key(repo, settings) if repo else None
     records = store.runs.list_runs(repo=key, pr_number=pr_number, limit=limit)
     if as_json:
@@ -232,10 +231,9 @@ def runs(
 def locks(ctx: click.Context, repo: str | None, limit: int, as_json: bool) -> None:
     """List the project locks held by pull requests and runs."""
     from runner.console.tables import print_locks
-    from runner.store.store import Store
 
     settings = _settings(ctx)
-    store = Store.open(settings.resolved_database_url)
+    store = _open_store(settings)
     held = store.locks.list(_repo_key(repo, settings) if repo else None)[:limit]
     if as_json:
         _echo_json(held)
@@ -364,27 +362,59 @@ def _reconcile_forever(reconciler: Any) -> None:
 @click.pass_context
 def serve(ctx: click.Context) -> None:
     """Run the webhook server (gunicorn) with the job workers in the same process tree."""
-    from runner.web.app import WebConfigError, check_webhook_secrets
-    from runner.web.server import run_server
+    from runner.web.app import WebConfigError
+    from runner.web.auth.startup import AuthConfigError
+    from runner.web.server import check_startup, run_server
     from runner.wiring import build_web_services
 
     settings = _settings(ctx)
+    _prepare_schema(settings)  # in the master, once: workers find it current
     try:
-        check_webhook_secrets(settings)
-    except WebConfigError as error:
+        # Webhook secrets, then sign-in (docs/dashboard.md); after the schema, since
+        # stored API tokens count as sign-in.
+        check_startup(settings)
+    except (WebConfigError, AuthConfigError) as error:
         raise click.UsageError(str(error)) from error
     run_server(settings, build_web_services)
 
 
 @cli.command()
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
+@click.option(
+    "--kinds",
+    help="Run only these kinds of job, comma-separated: families pr, drift, reconcile "
+    "or kinds such as drift_scan (default: all).",
+)
 @click.pass_context
-def worker(ctx: click.Context, burst: bool) -> None:
+def worker(ctx: click.Context, burst: bool, kinds: str | None) -> None:
     """Run an RQ job worker (for GITOPS_QUEUE=rq; needs GITOPS_REDIS_URL)."""
+    from runner.jobs.model import select_kinds
     from runner.jobs.rq_queue import run_worker
-    from runner.wiring import pull_request_flow_handler
+    from runner.wiring import job_registry
 
-    run_worker(_settings(ctx), pull_request_flow_handler, burst=burst)
+    try:
+        chosen = select_kinds(kinds.split(",")) if kinds is not None else None
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--kinds") from None
+    if chosen == ():
+        raise click.BadParameter("name at least one kind", param_hint="--kinds")
+    settings = _settings(ctx)
+    _prepare_schema(settings)
+    run_worker(settings, job_registry, burst=burst, queue_name=settings.queue_name, kinds=chosen)
+
+
+def _prepare_schema(settings: Settings) -> None:
+    """Migrate, or refuse to start on an out-of-date schema (GITOPS_AUTO_MIGRATE)."""
+    from runner.store.db import prepare_schema
+
+    prepare_schema(settings.resolved_database_url, auto_migrate=settings.migrates_at_start)
+
+
+def _open_store(settings: Settings) -> Any:
+    """The store for `runs` and `locks`, under the same schema rule as `serve`."""
+    from runner.wiring import open_store
+
+    return open_store(settings)
 
 
 def _check_repo(spec: str, settings: Settings) -> None:
@@ -595,6 +625,93 @@ def policy_check(
         click.echo("note: no plan with changes: nothing for policies to check", err=True)
     failed = any(not check.passed for check in checks.values())
     sys.exit(EXIT_FAILED if failed or _plan_exit_code(results) == EXIT_FAILED else 0)
+
+
+@cli.group()
+def db() -> None:
+    """The database schema: migrations run as a deployment step (docs/operations.md)."""
+
+
+@db.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Migrate the database to the schema this version needs (safe to run twice, or in
+    several processes at once)."""
+    from runner.store.db import SchemaOutOfDate, migrate, schema_state
+
+    url = _settings(ctx).resolved_database_url
+    before = schema_state(url)
+    if not before.known:  # migrated by a newer version: never downgrade implicitly
+        raise SchemaOutOfDate(before)
+    migrate(url)
+    after = schema_state(url)
+    if before.current == after.current:
+        click.echo(f"already up to date at revision {after.current}")
+    else:
+        click.echo(f"upgraded from {before.current or 'an empty database'} to {after.current}")
+
+
+@db.command("current")
+@click.pass_context
+def db_current(ctx: click.Context) -> None:
+    """Print the schema revision; exit 3 when `db upgrade` has work to do."""
+    from runner.store.db import schema_state
+
+    state = schema_state(_settings(ctx).resolved_database_url)
+    click.echo(f"current: {state.current or 'none'}  head: {state.head}")
+    if not state.up_to_date:
+        hint = "; run `gitops-runner db upgrade`" if state.known else ""
+        click.echo(state.describe() + hint)
+        sys.exit(EXIT_CHANGES)
+
+
+@cli.group()
+def token() -> None:
+    """API tokens for scripts and automation: `Authorization: Bearer <token>`
+    (docs/dashboard.md#sign-in)."""
+
+
+@token.command("create")
+@click.option("--name", required=True, help="Who or what uses it (shown by `token list`).")
+@click.option(
+    "--role", type=click.Choice(["viewer", "operator"]), default="viewer", show_default=True
+)
+@click.option("--expires-in", help="Lifetime such as 90d, 12h or 30m (default: no expiry).")
+@click.pass_context
+def token_create(ctx: click.Context, name: str, role: str, expires_in: str | None) -> None:
+    """Create a token and print its secret on stdout, once: only its hash is stored."""
+    from runner.console.tokens import parse_lifetime
+
+    lifetime = parse_lifetime(expires_in) if expires_in else None
+    new = _open_store(_settings(ctx)).tokens.create(name, role, lifetime)
+    click.echo(new.secret)
+    click.echo(f"token {new.record.id} ({new.record.name}, {role}): copy it now, it is not "
+               "shown again", err=True)  # fmt: skip
+
+
+@token.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def token_list(ctx: click.Context, as_json: bool) -> None:
+    """Every token with its role, use and state (never a secret)."""
+    from runner.console.tokens import print_tokens
+
+    records = _open_store(_settings(ctx)).tokens.list()
+    if as_json:
+        _echo_json(records)
+    else:
+        print_tokens(records)
+
+
+@token.command("revoke")
+@click.argument("token_id", type=int)
+@click.pass_context
+def token_revoke(ctx: click.Context, token_id: int) -> None:
+    """Revoke a token by its id (`token list`); it stops working at once."""
+    record = _open_store(_settings(ctx)).tokens.revoke(token_id)
+    if record is None:
+        _usage_error(f"no token {token_id} (see `gitops-runner token list`)")
+    click.echo(f"revoked token {record.id} ({record.name})")
 
 
 def main() -> None:

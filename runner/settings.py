@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     github_app_key_file: Path | None = None
     github_api_url: str = "https://api.github.com"
     github_webhook_secret: SecretStr | None = None
+    # Per-project results as check runs (docs/forges.md#check-runs): "auto" = when acting
+    # as a GitHub App (only Apps may write check runs); "off" = commit statuses.
+    github_checks: Literal["auto", "on", "off"] = "auto"
+    # The longest GitHub may make one request wait for its rate limit; longer fails at once.
+    github_rate_limit_max_wait: float = Field(default=120.0, ge=0)
     gitlab_url: str = "https://gitlab.com"
     gitlab_token: SecretStr | None = None
     gitlab_webhook_secret: SecretStr | None = None
@@ -90,6 +95,10 @@ class Settings(BaseSettings):
     ] = ()
     # Branches whose merges apply (besides the repository's default branch).
     apply_branches: CommaList = ()
+    # The server-side repo config, Atlantis's repos.yaml schema (config/server_config.py).
+    repo_config: Path | None = None
+    # `gitops import` and `gitops state rm` (off: they change state outside a plan).
+    enable_state_commands: bool = False
     # A pull request touching more projects than this is refused, not planned.
     max_projects_per_pr: int = Field(default=50, ge=1)
     plan_drafts: bool = True
@@ -101,15 +110,59 @@ class Settings(BaseSettings):
     # When set, every /api/ route needs `Authorization: Bearer <token>`; without it the
     # run-log route is refused, since logs hold plan output.
     api_token: SecretStr | None = None
+    # Sign-in to the dashboard and API (docs/dashboard.md#sign-in, docs/security.md).
+    # "off": only webhooks, /healthz and /metrics answer; everything else is 404.
+    dashboard: Literal["on", "off"] = "on"
+    # "none": nobody signs in and everyone may act; never on a reachable network.
+    dashboard_auth: Literal["required", "none"] = "required"
+    # Who may sign in: users and `group:NAME` entries; operators may also act.
+    dashboard_viewers: CommaList = ()
+    dashboard_operators: CommaList = ()
+    # Signs session cookies; needed by every sign-in provider (and shared by all processes).
+    session_secret: SecretStr | None = None
+    session_hours: int = Field(default=12, ge=1)
+    oidc_issuer: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret: SecretStr | None = None
+    oidc_scopes: str = "openid email profile"
+    oidc_username_claim: str = "email"
+    oidc_groups_claim: str = "groups"
+    github_oauth_client_id: str = ""
+    github_oauth_client_secret: SecretStr | None = None
+    gitlab_oauth_client_id: str = ""
+    gitlab_oauth_client_secret: SecretStr | None = None
+    # /metrics without signing in (a Prometheus on the same network); default: a token.
+    metrics_public: bool = False
+    log_format: Literal["text", "json"] = "text"
     # Terraform output kept per run (comment, result); the full masked log stays on disk.
     max_output_bytes: int = Field(default=1024 * 1024, ge=4096)
     # Comments one command may post; the last one summarises what was left out.
     max_comments_per_command: int = Field(default=10, ge=2)
 
     database_url: str | None = None
+    # Migrate the schema when a process starts. Unset: yes on SQLite (one node, the quick
+    # start), no elsewhere: PostgreSQL deployments run `gitops-runner db upgrade` as a step.
+    auto_migrate: bool | None = None
+    # Where plan files and finished run logs are kept: "" = the data dir (one machine),
+    # `s3://bucket/prefix` = object storage shared by every worker (docs/operations.md).
+    plan_store: str = ""
+    s3_endpoint_url: str | None = None  # MinIO, moto, or an S3-compatible service
+    s3_region: str | None = None
+    # Server-side encryption of uploaded objects; a KMS key id only with aws:kms.
+    s3_sse: Literal["", "AES256", "aws:kms"] = ""
+    s3_kms_key_id: str | None = None
+    # Objects of plans that can no longer be applied (closed PRs, superseded or applied
+    # plans) and of finished runs' logs are deleted after this many days.
+    plan_store_retention_days: int = Field(default=14, ge=0)
     queue: Literal["inprocess", "rq"] = "inprocess"
     redis_url: str = "redis://127.0.0.1:6379/0"
     workers: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1)
+    # A job's lease: a dead worker's job is taken up again this long (plus half of it
+    # for clock skew) after its last heartbeat; renewed four times per lease.
+    job_lease_seconds: float = Field(default=60.0, ge=2)
+    # RQ queues are named after it (`<name>`, `<name>-drift`, `<name>-reconcile`): two
+    # deployments may share one Redis under different names.
+    queue_name: str = Field(default="gitops-runner", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
 
     terraform_bin: str | None = None
     terraform_timeout: int = Field(default=3600, ge=1, description="seconds per Terraform step")
@@ -118,6 +171,9 @@ class Settings(BaseSettings):
     # Plans mostly wait on provider APIs, so more run at once than there are cores.
     parallelism: int = Field(default_factory=lambda: max(4, os.cpu_count() or 2), ge=1)
     secret_env_vars: CommaList = ()
+    # Initialised `.terraform` directories reused across worktrees for this many hours
+    # (docs/terraform.md, "Init cache"); 0 turns the init cache off.
+    init_cache_hours: float = Field(default=24.0, ge=0)
 
     slack_webhook_url: SecretStr | None = None
     slack_bot_token: SecretStr | None = None
@@ -136,6 +192,8 @@ class Settings(BaseSettings):
         "terraform_env_passthrough",
         "apply_requirements",
         "apply_branches",
+        "dashboard_viewers",
+        "dashboard_operators",
         mode="before",
     )
     @classmethod
@@ -178,6 +236,13 @@ class Settings(BaseSettings):
             return self.database_url
         return f"sqlite:///{self.data_dir / 'gitops-runner.db'}"
 
+    @property
+    def migrates_at_start(self) -> bool:
+        """GITOPS_AUTO_MIGRATE, or by default: only on SQLite (see docs/operations.md)."""
+        if self.auto_migrate is not None:
+            return self.auto_migrate
+        return self.resolved_database_url.startswith("sqlite")
+
     def secret_values(self) -> tuple[str, ...]:
         """Values never to show: the operator's secret env vars and the runner's own secrets."""
         values = [os.environ[name] for name in self.secret_env_vars if os.environ.get(name)]
@@ -190,6 +255,10 @@ class Settings(BaseSettings):
             self.slack_bot_token,
             self.slack_webhook_url,
             self.api_token,
+            self.session_secret,
+            self.oidc_client_secret,
+            self.github_oauth_client_secret,
+            self.gitlab_oauth_client_secret,
         ):
             if secret is not None and secret.get_secret_value():
                 values.append(secret.get_secret_value())
@@ -208,6 +277,10 @@ class Settings(BaseSettings):
     @property
     def plugin_cache_dir(self) -> Path:
         return self.data_dir / "plugin-cache"
+
+    @property
+    def init_cache_dir(self) -> Path:
+        return self.data_dir / "init-cache"
 
     @property
     def repos_dir(self) -> Path:

@@ -29,6 +29,8 @@ from runner.policies.engine import build_policy_engine
 from runner.results.limits import OutputLimits
 from runner.results.masking import Masker
 from runner.settings import Settings, load_settings
+from runner.store.db import prepare_schema
+from runner.store.plan_files import Encryption, PlanStore, build_plan_store
 from runner.store.store import Store
 from runner.workspace.credentials import GITLAB_TOKEN_USERNAME, TOKEN_USERNAME, HttpAuth
 from runner.workspace.working_copy import CredentialsFor, WorkingCopies
@@ -40,8 +42,10 @@ if TYPE_CHECKING:
 
     from runner.drift.scheduler import DriftScheduler
     from runner.drift.triggers import DriftScans
-    from runner.jobs.model import JobHandler
+    from runner.jobs.model import JobHandler, JobPayload
     from runner.jobs.queue import JobQueue
+    from runner.jobs.registry import JobRegistry
+    from runner.jobs.scheduler import JobScheduler, ScheduleSource
     from runner.web.context import WebServices
 
 log = logging.getLogger(__name__)
@@ -49,7 +53,7 @@ log = logging.getLogger(__name__)
 
 def build_services(settings: Settings, store: Store | None = None) -> Services:
     """Wire the PR flow for one process (each gunicorn worker or RQ worker builds its own)."""
-    store = store or Store.open(settings.resolved_database_url)
+    store = store or open_store(settings)
     terraform_for = build_terraform_factory(settings)
 
     @cache
@@ -60,6 +64,7 @@ def build_services(settings: Settings, store: Store | None = None) -> Services:
 
     mutex = build_mutex(settings, store)
     secret_values = settings.secret_values()
+    plan_store = build_plan_files(settings, store)
     executor = ApplyExecutor(
         store,
         terraform_for,
@@ -67,6 +72,7 @@ def build_services(settings: Settings, store: Store | None = None) -> Services:
         settings.logs_dir,
         Masker.from_secrets(secret_values),
         OutputLimits.from_settings(settings),
+        plan_store,
     )
     return Services(
         settings=settings,
@@ -75,7 +81,8 @@ def build_services(settings: Settings, store: Store | None = None) -> Services:
         working_copies=WorkingCopies(
             settings.repos_dir, credentials_for=_clone_credentials(settings, forge_for)
         ),
-        planner=build_planner(settings, terraform_for=terraform_for),
+        planner=build_planner(settings, terraform_for=terraform_for, plan_store=plan_store),
+        plan_store=plan_store,
         terraform_for=terraform_for,
         mutex=mutex,
         executor=executor,
@@ -152,6 +159,28 @@ def _github_clone_token(
     return installation_token
 
 
+def build_plan_files(settings: Settings, store: Store) -> PlanStore:
+    """Plan files and run logs: the data dir, or the bucket of GITOPS_PLAN_STORE; plans
+    still appliable (`store.runs.live_plan_checksums`) outlive the retention."""
+    return build_plan_store(
+        settings.plan_store,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        encryption=Encryption(settings.s3_sse, settings.s3_kms_key_id),
+        retention_days=settings.plan_store_retention_days,
+        liveness=store.runs.live_plan_checksums,
+    )
+
+
+def open_store(settings: Settings) -> Store:
+    """The store, its schema migrated first or checked (GITOPS_AUTO_MIGRATE, see
+    `db.prepare_schema`): an out-of-date schema refuses to start with a message naming
+    `gitops-runner db upgrade`."""
+    url = settings.resolved_database_url
+    prepare_schema(url, auto_migrate=settings.migrates_at_start)
+    return Store.open(url, upgrade=False)
+
+
 @dataclass(frozen=True)
 class _HostCredentials:
     """What a forge host gets: its token (per clone URL), the scheme it may travel over,
@@ -164,19 +193,17 @@ class _HostCredentials:
 
 @dataclass(frozen=True)
 class DriftWiring:
-    """Drift in a web process: scans on request, and the scheduler when drift is scheduled."""
+    """Drift in a web process: scans on request, and the scheduler when drift is scheduled.
+
+    The scheduler is a source of the process's `JobScheduler` (`build_scheduler`), which
+    ticks it and gives its lease up; scans on request are jobs when a queue is given.
+    """
 
     scans: DriftScans
     scheduler: DriftScheduler | None
 
-    def start(self) -> None:
-        if self.scheduler is not None:
-            self.scheduler.start()
-
     def stop(self) -> None:
-        """Stop ticking (and give the lease up), then stop the scans this process runs."""
-        if self.scheduler is not None:
-            _quietly(self.scheduler.stop, "drift scheduler")
+        """Stop the scans this process runs on its own threads (none with a queue)."""
         _quietly(lambda: self.scans.stop(timeout=5), "drift scans")
 
 
@@ -192,7 +219,11 @@ def drift_scheduled(settings: Settings) -> bool:
     return bool(settings.repos)
 
 
-def build_drift(settings: Settings, services: Services) -> DriftWiring:
+def build_drift(
+    settings: Settings,
+    services: Services,
+    submit_job: Callable[[JobPayload], int] | None = None,
+) -> DriftWiring:
     """The drift service on this process's store, planner, working copies and notifier.
 
     Every web process gets a scheduler when drift is scheduled; the scheduler's lease
@@ -204,7 +235,7 @@ def build_drift(settings: Settings, services: Services) -> DriftWiring:
 
     service = DriftService(services)
     scheduler = DriftScheduler(service) if drift_scheduled(settings) else None
-    return DriftWiring(DriftScans(service), scheduler)
+    return DriftWiring(DriftScans(service, submit_job=submit_job), scheduler)
 
 
 def _quietly(stop: Callable[[], object], what: str) -> None:
@@ -219,29 +250,25 @@ def build_web_services(settings: Settings) -> WebServices:
     """What one web process needs: the store, the queue's submit, drift, and worker hooks.
 
     Called once per gunicorn worker process, after the fork, so no connection is
-    shared between processes. The in-process queue's threads and the drift scheduler
-    start with the worker (`start_workers`) and stop when it exits.
+    shared between processes. Every kind of work is a job on the queue: webhooks, scans
+    on request, and what the elected scheduler enqueues (drift ticks, reconcile polls).
+    The in-process queue's threads and the scheduler start with the worker
+    (`start_workers`) and stop when it exits; with RQ nothing runs here but the scheduler.
     """
-    from runner.commands.pr_flow import build_handler
-    from runner.reconcile.reconciler import Reconciler
     from runner.web.context import WebServices
 
     services = build_services(settings)
-    queue = build_queue(settings, services.store, build_handler(services))
-    drift = build_drift(settings, services)
-    # Pull mode: repositories in `repos:` with a `poll_interval` follow their default branch.
-    polled = any(repo.poll_interval is not None for repo in settings.repos)
-    reconciler = Reconciler(services) if polled else None
+    registry = build_job_registry(services)
+    queue = build_queue(settings, services.store, registry)
+    drift = build_drift(settings, services, queue.submit)
+    scheduler = build_scheduler(settings, services.store, queue.submit, drift.scheduler)
 
     def start_workers() -> None:
         queue.start()
-        drift.start()
-        if reconciler is not None:
-            reconciler.start()
+        scheduler.start()
 
     def stop_workers() -> None:
-        if reconciler is not None:
-            reconciler.stop()
+        _quietly(scheduler.stop, "scheduler")
         drift.stop()
         # Within gunicorn's graceful timeout: 20 s to finish, then running jobs are cancelled.
         queue.stop(timeout=20)
@@ -253,7 +280,56 @@ def build_web_services(settings: Settings) -> WebServices:
         drift_report=drift.scans.latest,
         start_workers=start_workers,
         stop_workers=stop_workers,
+        plan_store=services.plan_store,
     )
+
+
+def build_job_registry(services: Services) -> JobRegistry:
+    """Every kind of job and its handler, on this process's services (`runner/jobs/`)."""
+    from runner.commands.pr_flow import build_handler
+    from runner.drift.scheduler import DriftScheduleHandler, DriftScheduler
+    from runner.drift.service import DriftService
+    from runner.drift.triggers import DriftScanHandler
+    from runner.jobs.registry import JobRegistry
+    from runner.reconcile.jobs import ReconcileHandler
+    from runner.reconcile.reconciler import Reconciler
+
+    pull_requests = build_handler(services)
+    drift = DriftService(services)
+    return JobRegistry(
+        {
+            "pull_request": pull_requests,
+            "comment": pull_requests,
+            "drift_scan": DriftScanHandler(drift),
+            "drift_schedule": DriftScheduleHandler(DriftScheduler(drift)),
+            "reconcile": ReconcileHandler(Reconciler(services), services.settings),
+        }
+    )
+
+
+def job_registry(settings: Settings, store: Store) -> JobHandler:
+    """The default handler factory of `gitops-runner worker` (and of a plain `rq worker`,
+    `GITOPS_JOB_HANDLER_FACTORY`): every kind of job."""
+    return build_job_registry(build_services(settings, store))
+
+
+def build_scheduler(
+    settings: Settings,
+    store: Store,
+    submit: Callable[[JobPayload], int],
+    drift: DriftScheduler | None,
+) -> JobScheduler:
+    """The scheduler of one web process: drift ticks (when drift is scheduled) and
+    reconcile polls (repositories with a `poll_interval`); only the lease holder submits."""
+    from runner.jobs.scheduler import JobScheduler
+    from runner.reconcile.jobs import ReconcilePolls, reconciled_repos
+
+    sources: list[ScheduleSource] = []
+    if drift is not None:
+        sources.append(drift)
+    if reconciled_repos(settings):
+        sources.append(ReconcilePolls(settings))
+    return JobScheduler(store, submit, sources)
 
 
 def create_app_from_env() -> Flask:
@@ -264,9 +340,13 @@ def create_app_from_env() -> Flask:
     Store and queue built here belong to that worker process alone.
     """
     from runner.web.app import create_app
+    from runner.web.auth.startup import check_sign_in
 
     settings = load_settings(os.environ.get("GITOPS_CONFIG_FILE") or None)
-    return create_app(settings, build_web_services(settings))
+    services = build_web_services(settings)
+    # Refuses a dashboard nobody can sign in to (AuthConfigError names the settings).
+    check_sign_in(settings, services.store.tokens.count_usable)
+    return create_app(settings, services)
 
 
 def pull_request_flow_handler(settings: Settings, store: Store) -> JobHandler:
@@ -283,10 +363,17 @@ def build_queue(settings: Settings, store: Store, handler: JobHandler) -> JobQue
     jobs run in `gitops-runner worker` processes, which build their own handler.
     """
     from runner.jobs.inprocess import InProcessQueue
+    from runner.jobs.queue import JobTiming
 
     if settings.queue == "rq":
         # Imported only when asked for: redis and rq are the `redis` extra.
         from runner.jobs.rq_queue import RQQueue
 
-        return RQQueue(store, settings.redis_url)
-    return InProcessQueue(store, handler, settings.workers, mutex=build_mutex(settings, store))
+        return RQQueue(store, settings.redis_url, settings.queue_name)
+    return InProcessQueue(
+        store,
+        handler,
+        settings.workers,
+        mutex=build_mutex(settings, store),
+        timing=JobTiming.for_lease(settings.job_lease_seconds),
+    )

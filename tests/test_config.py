@@ -185,9 +185,9 @@ def test_wrong_item_in_list_points_at_the_item(tmp_path: Path) -> None:
     [
         ("version: 1\nprojets: []\n", 2, "projets"),
         (
-            "version: 1\nprojects:\n  - dir: infra/app\n    workflow: custom\n",
+            "version: 1\nprojects:\n  - dir: infra/app\n    resolved_workflow: custom\n",
             4,
-            "projects[0].workflow",
+            "projects[0].resolved_workflow",
         ),
     ],
 )
@@ -347,10 +347,11 @@ def test_atlantis_sample_is_translated_with_warnings(tmp_path: Path) -> None:
     assert {p.apply for p in config.projects} == {"comment"}  # Atlantis applies by comment
     assert [(w.line, w.message.split(":")[0]) for w in config.warnings] == [
         (2, "automerge"),
-        (6, "projects[0].workflow"),
         (14, "projects[2].apply_requirements[1]"),
-        (15, "workflows"),
     ]
+    network = config.project("network")
+    assert network is not None and network.resolved_workflow is not None
+    assert [s.kind for s in network.resolved_workflow.stage("plan").steps] == ["init", "plan"]
 
 
 def test_atlantis_unsupported_keys_never_crash(tmp_path: Path) -> None:
@@ -364,7 +365,7 @@ def test_atlantis_unsupported_keys_never_crash(tmp_path: Path) -> None:
         parallel_plan: false
         allowed_regexp_prefixes: [dev/]
         something_new: {a: 1}
-        workflows: {custom: {plan: {steps: [init]}}}
+        workflows: {custom: {plan: {steps: [init, plan]}}}
         projects:
           - dir: infra/app
             workspace: prod
@@ -390,7 +391,7 @@ def test_atlantis_unsupported_keys_never_crash(tmp_path: Path) -> None:
     assert (project.name, project.workspace) == ("infra/app:prod", "prod")
     assert config.parallel_plan is False
     lines = [w.line for w in config.warnings]
-    assert lines == sorted(lines) and len(lines) == 17
+    assert lines == sorted(lines) and len(lines) == 15
     assert config.warnings[-2].message == "projects[0].autoplan.later: unknown key; ignored"
     assert all(w.file == "atlantis.yaml" for w in config.warnings)
 

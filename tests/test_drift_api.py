@@ -28,6 +28,7 @@ from runner.store.store import Store
 from runner.web.app import create_app
 from runner.web.context import WebServices
 from runner.wiring import build_drift, build_services, build_web_services
+from tests.support.auth import authorize, issue_token
 from tests.support.drift_world import World, make_world
 from tests.support.git_repo import GitRepo
 
@@ -102,7 +103,8 @@ class Api:
             drift_trigger=scans.submit if scans else None,
             drift_report=scans.latest if scans else None,
         )
-        return cls(create_app(world.settings, services).test_client())
+        client = create_app(world.settings, services).test_client()
+        return cls(authorize(client, issue_token(world.store, "operator")))
 
     def post(self, body: Any = None, **kwargs: Any) -> Any:
         kwargs.setdefault("headers", JSON)
@@ -338,6 +340,7 @@ def test_dashboard_shows_the_latest_drift(world: World) -> None:
 def test_web_services_scan_on_request_and_schedule_drift(world: World) -> None:
     web = build_web_services(world.settings)
     client = create_app(world.settings, web).test_client()
+    authorize(client, issue_token(web.store, "operator"))
     api = Api(client)
     try:
         assert web.start_workers is not None and web.stop_workers is not None

@@ -347,6 +347,18 @@ def test_discard_plans_keeps_those_at_the_new_commit(store: Store, tmp_path: Pat
     assert [plan.id for plan in store.runs.latest_plans(REPO, 99)] == [other_pr]
 
 
+def test_live_plan_checksums_are_the_plans_not_discarded(store: Store, tmp_path: Path) -> None:
+    """What the plan store must keep past its retention: a closed PR's plans go."""
+    closed = store.runs.get_plan(_plan(store, tmp_path, SHA_A, "prod"))
+    applied = store.runs.get_plan(_plan(store, tmp_path, SHA_A, "staging", pr_number=7))
+    pending = store.runs.get_plan(_plan(store, tmp_path, SHA_A, "prod", pr_number=99))
+    assert closed and applied and pending
+    store.runs.discard_plans(REPO, 12)
+    store.runs.discard_plan(applied.id)
+
+    assert store.runs.live_plan_checksums() == {pending.checksum}
+
+
 # --- deliveries --------------------------------------------------------------------------
 
 

@@ -239,7 +239,7 @@ def sqlite_store(sqlite_url: str) -> Iterator[Store]:
     opened.close()
 
 
-def test_run_logs_are_refused_while_no_api_token_is_configured(
+def test_run_logs_and_the_dashboard_are_refused_while_no_sign_in_is_configured(
     tmp_path: Path, sqlite_store: Store
 ) -> None:
     run_id = _run_with_log(sqlite_store, tmp_path / "data")
@@ -247,9 +247,10 @@ def test_run_logs_are_refused_while_no_api_token_is_configured(
 
     response = client.get(f"/api/runs/{run_id}/log")
 
-    assert response.status_code == 403
-    assert "GITOPS_API_TOKEN" in response.json["error"]
-    assert client.get("/").status_code == 200  # the dashboard still works
+    assert response.status_code == 401
+    assert "the whole output" not in response.get_data(as_text=True)
+    assert client.get("/").status_code == 401
+    assert client.get("/healthz").status_code == 200
 
 
 def test_with_an_api_token_every_api_route_needs_it(tmp_path: Path, sqlite_store: Store) -> None:
@@ -265,7 +266,7 @@ def test_with_an_api_token_every_api_route_needs_it(tmp_path: Path, sqlite_store
     log = client.get(f"/api/runs/{run_id}/log", headers=good)
     assert log.status_code == 200 and "the whole output" in log.get_data(as_text=True)
     assert client.get("/api/runs", headers=good).status_code == 200
-    assert client.get("/").status_code == 200
+    assert client.get("/", headers=good).status_code == 200
     assert client.get("/healthz").status_code == 200
 
 

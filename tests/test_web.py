@@ -44,6 +44,7 @@ from runner.store.runs import RunStatus
 from runner.store.store import Store
 from runner.web.app import WebConfigError, create_app
 from runner.web.context import WebServices
+from tests.support.auth import authorize
 from tests.support.github_payloads import (
     Pull,
     Repo,
@@ -91,6 +92,7 @@ API_TOKEN = "api-token-for-tests"
 
 def make_settings(tmp_path: Path, **values: Any) -> Settings:
     values.setdefault("github_webhook_secret", SECRET)
+    values.setdefault("api_token", API_TOKEN)  # the dashboard and API need sign-in
     return Settings(data_dir=tmp_path / "data", **values)
 
 
@@ -121,7 +123,7 @@ def build(tmp_path: Path, store: Store, queue: FakeQueue):
 
 @pytest.fixture
 def client(build) -> FlaskClient:
-    return build().test_client()
+    return authorize(build().test_client(), API_TOKEN)
 
 
 def pr_payload(action: str = "opened", **pull: Any) -> dict[str, Any]:
@@ -586,6 +588,7 @@ def test_create_app_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 
     monkeypatch.setenv("GITOPS_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("GITOPS_GITHUB_WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("GITOPS_API_TOKEN", API_TOKEN)
 
     app = create_app_from_env()
 
@@ -751,9 +754,8 @@ def test_dashboard_shows_runs_locks_and_jobs(
     html = response.get_data(as_text=True)
     assert "github.com/acme/infra" in html
     assert 'href="https://github.com/acme/infra/pull/7"' in html
-    # Shown, not linked: the route needs the API token, which a browser does not send.
-    assert f"/api/runs/{run_id}/log</code>" in html
-    assert f'href="/api/runs/{run_id}/log"' not in html
+    # Signed-in browsers follow a run (and its log) on the run's own page.
+    assert f'href="/runs/{run_id}"' in html
     assert "+1 ~2 -0" in html
     assert 'href="https://github.com/acme/infra/pull/9"' in html
     assert "queued" in html
@@ -785,7 +787,7 @@ def test_metrics_count_webhooks_by_outcome(client: FlaskClient) -> None:
 
 
 def test_each_app_has_its_own_metrics(build) -> None:
-    first, second = build().test_client(), build().test_client()
+    first, second = (authorize(build().test_client(), API_TOKEN) for _ in range(2))
     deliver(first, "ping", ping_event(REPO))
 
     assert 'outcome="pong"' in first.get("/metrics").get_data(as_text=True)
@@ -838,6 +840,7 @@ class ServerProcess:
             "GITOPS_HOST": "127.0.0.1",
             "GITOPS_PORT": "0",
             "GITOPS_GITHUB_WEBHOOK_SECRET": SECRET,
+            "GITOPS_API_TOKEN": API_TOKEN,
             "PYTHONPATH": str(ROOT),
         }
         self.process = subprocess.Popen(

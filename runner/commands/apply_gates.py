@@ -21,6 +21,7 @@ from runner.commands.apply_requirements import RequirementContext, unmet_require
 from runner.config.errors import ConfigError
 from runner.config.loader import load_repo_config
 from runner.config.model import ApplyMode, ProjectConfig
+from runner.config.server_config import merge_requirements, server_rules
 from runner.engine.apply import ApplyItem, ApplyRequest
 from runner.engine.services import Services
 from runner.events.model import RepoRef
@@ -89,9 +90,15 @@ def rules_at(services: Services, repo: RepoRef, commit_or_branch: str) -> Truste
     """The trusted rules at a commit or branch of `repo`, plus the server's requirements."""
     working_copies = services.working_copies
     commit = working_copies.resolve(repo.clone_url, commit_or_branch)
-    return load_trusted_rules(
-        working_copies, repo.clone_url, commit, services.settings.apply_requirements
+    try:
+        # The server-side repo config's apply_requirements are the server's too.
+        server = server_rules(services.settings.repo_config, repo.key)
+    except ConfigError as error:
+        raise UntrustedConfig(f"the server's repo config is invalid: {error}") from error
+    requirements = merge_requirements(
+        services.settings.apply_requirements, server.apply_requirements
     )
+    return load_trusted_rules(working_copies, repo.clone_url, commit, requirements)
 
 
 @dataclass(frozen=True)

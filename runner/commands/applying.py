@@ -33,6 +33,7 @@ from runner.commands.policy_review import PullRequestPolicies
 from runner.config.errors import ConfigError
 from runner.config.loader import load_repo_config
 from runner.config.model import ProjectConfig, RepoConfig
+from runner.config.server_config import server_rules
 from runner.engine.apply import ApplyItem, ApplyRequest, Gate, LockHolder
 from runner.engine.planner import PlanOptions, PlanTarget
 from runner.engine.project_mutex import state_key
@@ -105,7 +106,7 @@ class PullRequestApplier:
                 "There is no plan to apply for this selection. Comment `gitops plan` first."
             )
         checkout = self._checkout(repo, pr, plans[0].commit_sha)
-        items = self._items(plans, self._config(checkout), pr.number)
+        items = self._items(plans, self._config(checkout, repo), pr.number)
         rules = self._trusted_rules(repo, repo.default_branch)
         context = RequirementContext(forge, self._services.working_copies, repo, pr)
         gates: list[Gate] = [
@@ -183,7 +184,7 @@ class PullRequestApplier:
             store.locks.release_all(repo.key, pr.number)
             return []
         checkout = self._checkout(repo, pr, merge_sha)
-        config = self._config(checkout)
+        config = self._config(checkout, repo)
         rules = self._trusted_rules(repo, self._base_before(repo, merge_sha))
         on_merge = ModeGate(rules, on_merge=True)
         projects = [
@@ -430,9 +431,11 @@ class PullRequestApplier:
             repo.clone_url, worktree_key(pr.number), commit
         )
 
-    def _config(self, checkout: Path) -> RepoConfig:
+    def _config(self, checkout: Path, repo: RepoRef) -> RepoConfig:
+        """The config of the plans' commit, under the server's rules (its workflows run)."""
         try:
-            return load_repo_config(checkout)
+            rules = server_rules(self._services.settings.repo_config, repo.key)
+            return load_repo_config(checkout, rules=rules)
         except ConfigError as error:
             raise _Refused(f"The repository configuration is invalid: {error}") from error
 

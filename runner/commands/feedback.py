@@ -1,14 +1,17 @@
-"""What the PR sees: comments (split to the forge's cap) and commit statuses.
+"""What the PR sees: comments (split to the forge's cap) and each project's result.
 
 One place posts, so every comment is masked, split, capped in number and recorded
 the same way, and older plan comments are marked outdated when a newer plan is posted.
+A project's result is a `ProjectReport`: a commit status (token, GitLab) or, where the
+forge shows whole outputs (GitHub App check runs), a check run holding the project's
+plan; the plan comment is then a short summary linking to them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from runner.events.model import RepoRef
 from runner.forge.base import (
@@ -17,12 +20,21 @@ from runner.forge.base import (
     CommitState,
     Forge,
     ForgeError,
+    ProjectReport,
+    ReportState,
     project_context,
 )
 from runner.results.limits import OutputLimits, cap_comments
 from runner.results.masking import Masker
 from runner.results.model import ApplyResult, ApplyStatus, PlanResult, PlanStatus
-from runner.results.render import short_sha, summary_line
+from runner.results.policy import PolicyCheck
+from runner.results.render import (
+    code,
+    render_apply_comment,
+    render_plan_comment,
+    short_sha,
+    summary_line,
+)
 from runner.results.split import split_comment
 from runner.store.store import Store
 
@@ -76,17 +88,71 @@ class PullRequestFeedback:
             lambda: self.forge.set_status(self.repo, sha, context, state, description, url)
         )
 
-    def plan_statuses(self, sha: str, results: Iterable[PlanResult]) -> None:
-        """One status per project plus the roll-up `gitops/plan`."""
-        results = list(results)
-        for result in results:
-            failed = result.status is PlanStatus.ERROR
-            self.status(
+    def plan_results(
+        self,
+        sha: str,
+        results: Sequence[PlanResult],
+        policies: Mapping[str, PolicyCheck] | None = None,
+    ) -> None:
+        """Each project's result (status or check run), then the plan comment: in full, or
+        a short summary linking to the check runs when they hold the output."""
+        links = self.plan_statuses(sha, results, policies)
+        shown = [replace(result, output="") for result in results] if links else results
+        body = render_plan_comment(
+            shown,
+            commit=sha,
+            command="plan",
+            policies=policies,
+            masker=self.masker,
+            limits=self.limits,
+        )
+        self.plan_comment(body + _links_line(links), sha)
+
+    def plan_started(self, sha: str, projects: Iterable[str]) -> None:
+        """Check runs `in_progress` while Terraform plans; statuses wait for the result."""
+        if not self.forge.shows_reports:
+            return
+        for project in projects:
+            self.report(
                 sha,
-                project_context(PLAN_CONTEXT, result.project),
-                CommitState.FAILURE if failed else CommitState.SUCCESS,
-                "plan failed" if failed else summary_line(result.summary),
+                ProjectReport(
+                    project_context(PLAN_CONTEXT, project),
+                    ReportState.IN_PROGRESS,
+                    f"planning at {short_sha(sha)}",
+                    f"Terraform is planning {code(project)}.",
+                    self._details_url(),
+                ),
             )
+
+    def plan_cancelled(self, sha: str, projects: Iterable[str]) -> None:
+        """Close the check runs `plan_started` opened when a newer push supersedes them."""
+        if not self.forge.shows_reports:
+            return
+        for project in projects:
+            self.report(
+                sha,
+                ProjectReport(
+                    project_context(PLAN_CONTEXT, project),
+                    ReportState.CANCELLED,
+                    "superseded by a newer commit",
+                    details_url=self._details_url(),
+                ),
+            )
+
+    def plan_statuses(
+        self,
+        sha: str,
+        results: Iterable[PlanResult],
+        policies: Mapping[str, PolicyCheck] | None = None,
+    ) -> dict[str, str]:
+        """One result per project plus the roll-up status `gitops/plan`; returns the links
+        to the projects' check runs (none with statuses)."""
+        results = list(results)
+        links: dict[str, str] = {}
+        for result in results:
+            link = self.report(sha, self._plan_report(sha, result, policies or {}))
+            if link:
+                links[result.project] = link
         failures = sum(result.status is PlanStatus.ERROR for result in results)
         if failures:
             self.status(sha, PLAN_CONTEXT, CommitState.FAILURE, f"{failures} project(s) failed")
@@ -94,20 +160,81 @@ class PullRequestFeedback:
             self.status(
                 sha, PLAN_CONTEXT, CommitState.SUCCESS, f"{len(results)} project(s) planned"
             )
+        return links
 
     def apply_statuses(self, sha: str, results: Iterable[ApplyResult]) -> None:
-        """One `gitops/apply: <project>` status per applied or failed project."""
+        """One `gitops/apply: <project>` result per applied or failed project."""
         for result in results:
             applied = result.status is ApplyStatus.APPLIED
-            self.status(
+            body = ""
+            if self.forge.shows_reports:
+                body = render_apply_comment(
+                    [result], commit=sha, masker=self.masker, limits=self.limits
+                )
+            self.report(
                 sha,
-                project_context(APPLY_CONTEXT, result.project),
-                CommitState.SUCCESS if applied else CommitState.FAILURE,
-                "applied" if applied else "apply failed",
+                ProjectReport(
+                    project_context(APPLY_CONTEXT, result.project),
+                    ReportState.SUCCESS if applied else ReportState.FAILURE,
+                    "applied" if applied else "apply failed",
+                    body,
+                    self._details_url(),
+                ),
             )
+
+    def report(self, sha: str, report: ProjectReport) -> str:
+        """Show a project's result; "" when the forge gives no link or the call failed."""
+        link = ""
+
+        def call() -> None:
+            nonlocal link
+            link = self.forge.report_project(self.repo, sha, report)
+
+        self._quietly(call)
+        return link
+
+    def _plan_report(
+        self, sha: str, result: PlanResult, policies: Mapping[str, PolicyCheck]
+    ) -> ProjectReport:
+        failed = result.status is PlanStatus.ERROR
+        body = ""
+        if self.forge.shows_reports:
+            checked = (
+                {result.project: policies[result.project]} if result.project in policies else {}
+            )
+            body = render_plan_comment(
+                [result], commit=sha, policies=checked, masker=self.masker, limits=self.limits
+            )
+        return ProjectReport(
+            project_context(PLAN_CONTEXT, result.project),
+            _plan_state(result.status),
+            "plan failed" if failed else summary_line(result.summary),
+            body,
+            self._details_url(),
+        )
+
+    def _details_url(self) -> str:
+        """The runs of this PR on the runner's API; only with an absolute URL to give."""
+        if not self.limits.public_url:
+            return ""
+        return self.limits.runs_location(self.repo.key, self.number)
 
     def _quietly(self, call: Callable[[], object]) -> None:
         try:
             call()
         except ForgeError as error:
             log.warning("forge call failed for %s#%s: %s", self.repo.key, self.number, error)
+
+
+def _plan_state(status: PlanStatus) -> ReportState:
+    if status is PlanStatus.ERROR:
+        return ReportState.FAILURE
+    return ReportState.SUCCESS if status is PlanStatus.CHANGES else ReportState.NEUTRAL
+
+
+def _links_line(links: Mapping[str, str]) -> str:
+    """Where each project's full plan is, under the summary comment."""
+    if not links:
+        return ""
+    items = " · ".join(f"[{code(project)}]({url})" for project, url in links.items())
+    return f"\n**Full plans, in the checks:** {items}\n"

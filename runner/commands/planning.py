@@ -7,7 +7,7 @@ locks → plan (one Terraform per state at a time) → records → comment + sta
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from runner.commands.feedback import PullRequestFeedback
@@ -15,10 +15,13 @@ from runner.commands.policy_review import PullRequestPolicies
 from runner.config.errors import ConfigError
 from runner.config.loader import load_repo_config
 from runner.config.model import RepoConfig
+from runner.config.server_config import RepoRules, server_rules
+from runner.config.workflows import Step
 from runner.engine.planner import PlanOptions, PlanTarget
 from runner.engine.project_mutex import state_key
-from runner.engine.recording import record_plan_result
+from runner.engine.recording import LiveRuns, record_plan_result
 from runner.engine.services import Services
+from runner.engine.workflow_steps import StepContext, run_hooks
 from runner.events.commands import Command
 from runner.events.model import RepoRef
 from runner.forge.base import PLAN_CONTEXT, CommitState, PullRequestInfo
@@ -26,7 +29,7 @@ from runner.projects.detection import ProjectSelectionError, affected_projects, 
 from runner.results.limits import OutputLimits
 from runner.results.masking import Masker
 from runner.results.model import PlanResult, PlanStatus
-from runner.results.render import render_message, render_plan_comment
+from runner.results.render import render_message
 from runner.store.locks import LockOwner
 from runner.store.runs import Trigger
 from runner.terraform.modules import ModuleGraph
@@ -49,6 +52,23 @@ def worktree_key(number: int) -> str:
     return f"pr-{number}"
 
 
+def step_context(request: PlanRequest) -> StepContext:
+    """What custom workflow `run` steps and hooks are told about this plan (as env vars)."""
+    pr, repo = request.pr, request.repo
+    return StepContext(
+        pull_num=pr.number,
+        pull_url=pr.html_url,
+        pull_author=pr.author,
+        head_commit=pr.head_sha,
+        base_repo=repo.full_name,
+        head_repo=repo.full_name,
+        head_branch=pr.head_ref,
+        base_branch=pr.base_ref,
+        user_name=request.author,
+        comment_args=request.command.extra_args if request.command else (),
+    )
+
+
 class PullRequestPlanner:
     """Plans a PR's projects and reports on the PR."""
 
@@ -62,14 +82,25 @@ class PullRequestPlanner:
         checkout = services.working_copies.checkout(
             request.repo.clone_url, worktree_key(request.pr.number), head
         )
+        context = step_context(request)
+        try:
+            rules = server_rules(services.settings.repo_config, request.repo.key)
+        except ConfigError as error:
+            self._report_config_error(feedback, head, error)
+            return []
+        if not self._pre_workflow_hooks(rules, checkout, context, feedback, cancel):
+            return []
         graph = ModuleGraph.build(checkout, services.settings.data_dir / "module-cache")
         try:
-            config = load_repo_config(checkout, graph=graph)
+            config = load_repo_config(checkout, graph=graph, rules=rules)
         except ConfigError as error:
             self._report_config_error(feedback, head, error)
             return []
         try:
-            targets = self._targets(request, config, graph)
+            targets = [
+                replace(target, context=context)
+                for target in self._targets(request, config, graph)
+            ]
         except ProjectSelectionError as error:
             feedback.comment(render_message("error", message=str(error)))
             return []
@@ -82,26 +113,67 @@ class PullRequestPlanner:
             return []
         feedback.status(head, PLAN_CONTEXT, CommitState.PENDING, "planning")
         services.store.runs.discard_plans(request.repo.key, request.pr.number, except_commit=head)
+        feedback.plan_started(head, [target.project.name for target in targets])
         results = self._plan_targets(request, checkout, targets, cancel)
         if cancel.is_set():
+            feedback.plan_cancelled(head, [target.project.name for target in targets])
             return results  # a newer push superseded this plan: it will comment instead
         projects = {target.project.name: target.project for target in targets}
         policies = PullRequestPolicies(services, feedback).check_plans(
             request.repo, request.pr, request.author, results, projects
         )
-        feedback.plan_comment(
-            render_plan_comment(
-                results,
-                commit=head,
-                command="plan",
-                policies=policies,
-                masker=feedback.masker,
-                limits=feedback.limits,
-            ),
-            head,
-        )
-        feedback.plan_statuses(head, results)
+        # Check runs (GitHub App) or statuses per project, then the comment linking them.
+        feedback.plan_results(head, results, policies)
+        self._post_workflow_hooks(rules, checkout, context, feedback, cancel)
         return results
+
+    def _pre_workflow_hooks(
+        self,
+        rules: RepoRules,
+        checkout: Path,
+        context: StepContext,
+        feedback: PullRequestFeedback,
+        cancel: threading.Event,
+    ) -> bool:
+        """The server's pre_workflow_hooks, before the repo config is read (a hook may
+        write it); a failing hook stops the plan and is reported with its output."""
+        return self._hooks("pre", rules.pre_workflow_hooks, checkout, context, feedback, cancel)
+
+    def _post_workflow_hooks(
+        self,
+        rules: RepoRules,
+        checkout: Path,
+        context: StepContext,
+        feedback: PullRequestFeedback,
+        cancel: threading.Event,
+    ) -> None:
+        self._hooks("post", rules.post_workflow_hooks, checkout, context, feedback, cancel)
+
+    def _hooks(
+        self,
+        when: str,
+        hooks: tuple[Step, ...],
+        checkout: Path,
+        context: StepContext,
+        feedback: PullRequestFeedback,
+        cancel: threading.Event,
+    ) -> bool:
+        if not hooks:
+            return True
+        terraform = self._services.terraform_for(None)
+        env = context.hook_environ(checkout, "plan")
+        failed = run_hooks(terraform, hooks, checkout, env, cancel)
+        if failed is None:
+            return True
+        feedback.comment(
+            render_message(
+                "error",
+                message=f"A {when}_workflow_hook of this server failed "
+                f"(exit code {failed.exit_code}); nothing more was done.",
+                details=failed.stdout,
+            )
+        )
+        return False
 
     def feedback(self, repo: RepoRef, number: int) -> PullRequestFeedback:
         services = self._services
@@ -146,12 +218,21 @@ class PullRequestPlanner:
                 locked.append(target)
             else:
                 conflicts[target.project.name] = conflict
+        live = LiveRuns(
+            services.store,
+            repo=request.repo.key,
+            trigger=request.trigger,
+            commit=request.pr.head_sha,
+            pr_number=request.pr.number,
+            author=request.author,
+        )
         options = PlanOptions(
             secret_values=services.secret_values,
             cancel=cancel,
             guard=lambda project: services.mutex.hold(
                 state_key(request.repo.key, project.dir, project.workspace)
             ),
+            log_opened=live.opened,
         )
         planned = services.planner.plan_all(checkout, locked, request.pr.head_sha, options)
         by_name = {result.project: result for result in planned}
@@ -164,8 +245,10 @@ class PullRequestPlanner:
                     trigger=request.trigger,
                     pr_number=request.pr.number,
                     author=request.author,
+                    run_id=live.take(result),
                     trusted=request.trusted,
                 )
+        live.cancel_rest()
         return [by_name.get(t.project.name) or conflicts[t.project.name] for t in targets]
 
     def _lock(self, request: PlanRequest, target: PlanTarget) -> PlanResult | None:

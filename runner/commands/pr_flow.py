@@ -140,7 +140,8 @@ class PullRequestFlow:
         if parsed is None or self._from_a_bot(event):
             return
         forge = self._services.forge_for(event.repo.forge)
-        forge.react(event.repo, event.pr_number, event.comment_id, EYES)
+        if event.check_run_id is None:  # a check run's "Re-run" has no comment to react to
+            forge.react(event.repo, event.pr_number, event.comment_id, EYES)
         feedback = self._planner.feedback(event.repo, event.pr_number)
         if isinstance(parsed, CommandError):
             feedback.comment(parsed.message)

@@ -28,6 +28,8 @@ from runner.config.model import (
     default_project_name,
     normalize_dir,
 )
+from runner.config.server_config import RepoRules
+from runner.config.workflows import Workflow, WorkflowError, parse_workflows
 from runner.terraform.modules import ModuleGraph
 
 RUNNER_FILE = "gitops-runner.yaml"
@@ -41,11 +43,17 @@ _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-def load_repo_config(repo_root: Path, *, graph: ModuleGraph | None = None) -> RepoConfig:
+def load_repo_config(
+    repo_root: Path, *, graph: ModuleGraph | None = None, rules: RepoRules | None = None
+) -> RepoConfig:
     """The projects of the working copy at `repo_root`, from whichever source it has.
 
     `graph` is only used (and built when not given) for autodiscovery; pass the one
-    change detection uses to scan the repository once.
+    change detection uses to scan the repository once. `rules` are the server's for
+    this repository (`config/server_config.py`): given, a workflow or override they do
+    not allow is a ConfigError naming the file and line; not given (reading rules of
+    the default branch, say), nothing is refused but the repository's shell steps
+    stay unrunnable. Either way each project carries the workflow it runs.
     """
     root = Path(repo_root)
     atlantis = next((root / n for n in ATLANTIS_FILES if (root / n).is_file()), None)
@@ -61,7 +69,9 @@ def load_repo_config(repo_root: Path, *, graph: ModuleGraph | None = None) -> Re
         doc = _read_yaml(root, atlantis.name)
         config = _from_atlantis_file(doc)
     else:
-        return discover(graph if graph is not None else ModuleGraph.build(root))
+        discovered = discover(graph if graph is not None else ModuleGraph.build(root))
+        return govern_workflows(None, discovered, rules)
+    config = govern_workflows(doc, config, rules)
     return _with_warnings(config, _check_dirs_on_disk(root, config, doc))
 
 
@@ -211,6 +221,8 @@ def _project(doc: _Document, index: int, entry: Any, defaults: dict[str, Any]) -
     loc: _Loc = ("projects", index)
     if not isinstance(entry, dict):
         raise doc.error(loc, "each project must be a mapping")
+    if "resolved_workflow" in entry:
+        raise doc.error((*loc, "resolved_workflow"), "unknown key")
     raw = {**defaults, **entry}
     derived = "name" not in raw
     if derived:
@@ -339,6 +351,7 @@ class _RunnerFile(BaseModel):
     projects: tuple[Any, ...] = ()
     parallel_plan: bool = True
     parallel_apply: bool = False
+    workflows: Any = None
 
 
 def _from_runner_file(doc: _Document) -> RepoConfig:
@@ -350,6 +363,7 @@ def _from_runner_file(doc: _Document) -> RepoConfig:
         projects=tuple(projects),
         parallel_plan=top.parallel_plan,
         parallel_apply=top.parallel_apply,
+        workflows=_repo_workflows(doc, top.workflows),
     )
 
 
@@ -359,12 +373,10 @@ _ATLANTIS_TOP_IGNORED = {
     "automerge": "automerge is not supported; merge the pull request yourself",
     "delete_source_branch_on_merge": "not supported; configure it on the forge",
     "abort_on_execution_order_fail": "not supported; a failed group does not stop later ones",
-    "workflows": "custom workflows are not supported; the standard init/plan/apply runs",
     "allowed_regexp_prefixes": "not supported; -p selects projects by exact name",
 }
 _ATLANTIS_PROJECT_IGNORED = {
     "branch": "not supported; the project applies to pull requests on every branch",
-    "workflow": "custom workflows are not supported; the standard init/plan/apply runs",
     "plan_requirements": "not supported; plans run without requirements",
     "import_requirements": "import is not supported",
     "custom_policy_check": "policy checks are not supported by this key",
@@ -376,7 +388,7 @@ _ATLANTIS_PROJECT_IGNORED = {
 }
 _ATLANTIS_PROJECT_KEYS = {
     "name", "dir", "workspace", "autoplan", "apply_requirements", "depends_on",
-    "execution_order_group", "terraform_version",
+    "execution_order_group", "terraform_version", "workflow",
 }  # fmt: skip
 _ATLANTIS_AUTOPLAN_KEYS = {"enabled", "when_modified"}
 _ATLANTIS_APPLY_REQUIREMENTS = {"approved", "mergeable", "undiverged"}
@@ -391,6 +403,7 @@ class _AtlantisFile(BaseModel):
     projects: tuple[Any, ...] = ()
     parallel_plan: bool = True
     parallel_apply: bool = False
+    workflows: Any = None
 
 
 def _from_atlantis_file(doc: _Document) -> RepoConfig:
@@ -410,6 +423,7 @@ def _from_atlantis_file(doc: _Document) -> RepoConfig:
         warnings=tuple(sorted(warnings, key=lambda w: w.line or 0)),
         parallel_plan=top.parallel_plan,
         parallel_apply=top.parallel_apply,
+        workflows=_repo_workflows(doc, top.workflows),
     )
 
 
@@ -460,3 +474,110 @@ def _split_keys(
             )
             warnings.append(doc.warning((*loc, key), reason))
     return kept
+
+
+# --- workflows: the repository's, the server's, and what the server allows --------------
+
+
+def _repo_workflows(doc: _Document, raw: Any) -> dict[str, Workflow]:
+    """The file's `workflows:`; their shell steps may run only once the server allows."""
+    if raw is None:
+        return {}
+    try:
+        return parse_workflows(raw, "repo", shell_allowed=False)
+    except WorkflowError as error:
+        raise doc.error(("workflows", *error.loc), error.reason) from error
+
+
+def govern_workflows(
+    doc: _Document | None, config: RepoConfig, rules: RepoRules | None
+) -> RepoConfig:
+    """Check the config against the server's rules and give each project its workflow."""
+    governed = rules is not None
+    rules = rules or RepoRules.builtin()
+    refuse = _Refuser(doc, config.source)
+    repo_workflows = _allowed_repo_workflows(refuse, config, rules, governed)
+    projects = []
+    for index, project in enumerate(config.projects):
+        if governed:
+            _check_overrides(refuse, index, project, rules)
+        workflow = _workflow_of(refuse, index, project, repo_workflows, rules)
+        projects.append(project.model_copy(update={"resolved_workflow": workflow}))
+    return config.model_copy(update={"projects": tuple(projects), "workflows": repo_workflows})
+
+
+@dataclass(frozen=True)
+class _Refuser:
+    """Builds the ConfigError of a refusal, at the file and line when there is a file."""
+
+    doc: _Document | None
+    source: str
+
+    def __call__(self, loc: _Loc, reason: str) -> ConfigError:
+        if self.doc is None:
+            return ConfigError(self.source, None, reason, _format_loc(loc) or None)
+        return self.doc.error(loc, reason)
+
+
+def _allowed_repo_workflows(
+    refuse: _Refuser, config: RepoConfig, rules: RepoRules, governed: bool
+) -> dict[str, Workflow]:
+    workflows = config.workflows
+    if not workflows:
+        return {}
+    if governed and rules.configured and not rules.allow_custom_workflows:
+        raise refuse(
+            ("workflows",),
+            "refused by the server: repositories may not define workflows here "
+            "(GITOPS_REPO_CONFIG: allow_custom_workflows is false); use a server workflow",
+        )
+    allowed = rules.allow_custom_workflows
+    if governed and not allowed:
+        for name, workflow in workflows.items():
+            if workflow.uses_shell:
+                raise refuse(
+                    ("workflows", name),
+                    "refused by the server: `run` and `env: command` steps of a repository's "
+                    "workflow need allow_custom_workflows: true in GITOPS_REPO_CONFIG",
+                )
+    return {n: w.model_copy(update={"shell_allowed": allowed}) for n, w in workflows.items()}
+
+
+def _check_overrides(
+    refuse: _Refuser, index: int, project: ProjectConfig, rules: RepoRules
+) -> None:
+    if project.workflow is not None and not rules.allows("workflow"):
+        raise refuse(
+            ("projects", index, "workflow"),
+            "refused by the server: this repository may not choose a workflow "
+            "(GITOPS_REPO_CONFIG: allowed_overrides lacks `workflow`)",
+        )
+    if project.apply_requirements and not rules.allows("apply_requirements"):
+        raise refuse(
+            ("projects", index, "apply_requirements"),
+            "refused by the server: this repository may not set apply_requirements "
+            "(GITOPS_REPO_CONFIG: allowed_overrides lacks `apply_requirements`)",
+        )
+
+
+def _workflow_of(
+    refuse: _Refuser,
+    index: int,
+    project: ProjectConfig,
+    repo_workflows: dict[str, Workflow],
+    rules: RepoRules,
+) -> Workflow | None:
+    """The repository's workflow of that name, else the server's (if allowed), else None."""
+    name = project.workflow or rules.workflow
+    if name is None:
+        return None
+    if project.workflow is not None and name in repo_workflows:
+        return repo_workflows[name]
+    if name in rules.workflows:
+        if project.workflow and rules.allowed_workflows and name not in rules.allowed_workflows:
+            raise refuse(
+                ("projects", index, "workflow"),
+                f"refused by the server: workflow {name!r} is not in allowed_workflows",
+            )
+        return rules.workflows[name]
+    raise refuse(("projects", index, "workflow"), f"workflow {name!r} is not defined")

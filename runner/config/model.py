@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from runner.config.workflows import Workflow
 from runner.terraform.locate import check_terraform_version
 
 ApplyRequirement = Literal["approved", "mergeable", "undiverged"]
@@ -20,7 +21,7 @@ ApplyMode = Literal["on_merge", "comment", "both"]
 
 # Recursive like Atlantis' defaults: `*.tf*` covers .tf, .tf.json, .tfvars(.json), .tftpl,
 # .tfbackend. Change detection keeps these defaults out of nested project directories.
-DEFAULT_WHEN_MODIFIED = ("**/*.tf*", "**/.terraform.lock.hcl")
+DEFAULT_WHEN_MODIFIED = ("**/*.tf*", "**/terragrunt.hcl", "**/.terraform.lock.hcl")
 
 _WORKSPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _NAME_RE = re.compile(r"(?!-)[A-Za-z0-9_.:@+-]+(?:/[A-Za-z0-9_.:@+-]+)*")
@@ -123,6 +124,11 @@ class ProjectConfig(_Frozen):
     policy_sets: tuple[str, ...] = ()
     # Values the project's policies read as `input.run.project.data` (e.g. required_tags).
     policy_data: dict[str, Any] = Field(default_factory=dict)
+    # The custom workflow the project names (atlantis.yaml `workflow:`), and the one it
+    # runs: set by the loader only, from the repository's or the server's `workflows:`
+    # (None: the default init/plan/apply).
+    workflow: str | None = None
+    resolved_workflow: Workflow | None = None
 
     @field_validator("name")
     @classmethod
@@ -174,6 +180,8 @@ class RepoConfig(_Frozen):
     module_dirs: tuple[str, ...] = ()
     parallel_plan: bool = True
     parallel_apply: bool = False
+    # The repository's own `workflows:` (the server's are in config/server_config.py).
+    workflows: dict[str, Workflow] = Field(default_factory=dict)
 
     def project(self, name: str) -> ProjectConfig | None:
         return next((p for p in self.projects if p.name == name), None)

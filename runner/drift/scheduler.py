@@ -5,6 +5,12 @@ the store (only its holder ticks at all) and a per-project slot claim (a schedul
 start is claimed atomically before it runs, so a lease hand-over in the middle of a
 tick cannot fire it twice). Start times are spread over the period by a stable hash
 of the project, so 500 projects on `0 * * * *` do not all plan in the same second.
+
+In a server the scheduler only enqueues: as a source of the elected `JobScheduler`
+(`runner/jobs/scheduler.py`) it submits one `drift_schedule` job per configured
+repository every `tick_s` (`due`), and a worker runs it (`DriftScheduleHandler`):
+check the repository out once, read its schedules, claim the due slots, scan those
+projects. `tick()` does the same inline for every repository (tests, one process).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from runner.config.model import ProjectConfig
 from runner.drift.scan import DriftRepo, ScanSession
 from runner.drift.service import DriftService
 from runner.engine.project_mutex import state_key
+from runner.jobs.payloads import DriftScheduleJob
 from runner.results.drift import DriftReport
 from runner.store.leases import LeaseStore
 from runner.store.models import utcnow
@@ -85,6 +92,27 @@ class DriftScheduler:
         self._ttl = lease_ttl
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._next_due: datetime | None = None
+
+    # ---- as a source of the elected job scheduler -----------------------------------
+
+    lease_name = LEASE_NAME
+
+    def due(self, now: datetime, tick_s: float = DEFAULT_TICK_S) -> list[DriftScheduleJob]:
+        """One tick job per configured repository, every `tick_s` (the caller holds the lease)."""
+        if self._next_due is not None and now < self._next_due:
+            return []
+        self._next_due = now + timedelta(seconds=tick_s)
+        return [
+            DriftScheduleJob(repo=repo.key, at=now) for repo in self.service.resolve_repos(None)
+        ]
+
+    def run_job(self, job: DriftScheduleJob) -> DriftReport | None:
+        """What a worker does with a tick job: scan what is due in that repository."""
+        repo = next((r for r in self.service.resolve_repos(None) if r.key == job.repo), None)
+        if repo is None:
+            raise LookupError(f"{job.repo!r} is not a configured repository of this server")
+        return self._tick_repo(repo, job.at, strict=True)
 
     def tick(self, now: datetime | None = None) -> list[DriftReport]:
         """Scan what is due now, if this process holds the lease; returns the reports."""
@@ -94,13 +122,21 @@ class DriftScheduler:
         reports = (self._tick_repo(repo, now) for repo in self.service.resolve_repos(None))
         return [report for report in reports if report is not None]
 
-    def _tick_repo(self, repo: DriftRepo, now: datetime) -> DriftReport | None:
-        """Check the repository out once: read its schedules, then scan what is due there."""
+    def _tick_repo(
+        self, repo: DriftRepo, now: datetime, *, strict: bool = False
+    ) -> DriftReport | None:
+        """Check the repository out once: read its schedules, then scan what is due there.
+
+        `strict` (a job of its own) raises when the repository cannot be read, so the
+        job fails with the reason; inline, one such repository must not stop the others.
+        """
         with ExitStack() as held:
             try:
                 session = held.enter_context(self.service.scanner.session(repo))
                 due = self.due_projects(session, now)
-            except Exception:  # a repository that cannot be read must not stop the others
+            except Exception:
+                if strict:
+                    raise
                 log.exception("drift scheduler: cannot read %s", repo.name)
                 return None
             if not due:
@@ -139,3 +175,25 @@ class DriftScheduler:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._leases.release(LEASE_NAME, self.owner)
+
+
+class DriftScheduleHandler:
+    """Runs `drift_schedule` jobs (a `JobHandler` for the registry)."""
+
+    def __init__(self, scheduler: DriftScheduler) -> None:
+        self._scheduler = scheduler
+
+    def handle(self, event: DriftScheduleJob, cancel: threading.Event) -> None:
+        self._scheduler.run_job(event)
+
+    def is_apply(self, event: DriftScheduleJob) -> bool:
+        # A scan may auto-correct (apply); its slots are claimed: the next slot scans again.
+        return True
+
+    def report_interrupted(self, event: DriftScheduleJob) -> None:
+        log.error(
+            "a scheduled drift scan of %s was interrupted by a crash or restart; it is not "
+            "re-run (the next scheduled slot scans again). If it was auto-correcting, "
+            "Terraform may have left a state lock held: `terraform force-unlock LOCK_ID`.",
+            event.repo,
+        )

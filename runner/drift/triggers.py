@@ -1,18 +1,20 @@
 """Drift scans on demand (`POST /api/drift`): recorded as jobs, run in the background.
 
 A scan takes minutes, a request must not: `submit` records the scan as a row of the
-`jobs` table (kind `drift_scan`) and returns its id at once, so the id means the same
-in every gunicorn worker and replica (`GET /api/drift/scans/<id>`, `/api/jobs`), and the
-history survives restarts. The same scan asked for again while it runs gets the same
-id (a dedupe key), so a button pressed twice plans once.
+`jobs` table (kind `drift_scan`, payload `DriftScanJob`) and returns its id at once, so
+the id means the same in every gunicorn worker and replica (`GET /api/drift/scans/<id>`,
+`/api/jobs`), and the history survives restarts. The same scan asked for again while it
+is queued or runs gets the same id (a dedupe key), so a button pressed twice plans once.
 
-The process that accepted the request claims the row at once and runs it in a thread
-of its own. Claimed at once because nobody else would run it: the PR job workers only
-claim PR kinds, and a row left `queued` would keep their idle polling busy. While a
-scan runs, a `LeaseKeeper` renews its lease; if the process dies, job recovery finds
-the row and marks it interrupted (a scan is never re-run behind people's backs: asking
-again is one request). At most `max_running` scans run per process; more are refused
-(`ScansBusy`) rather than queued in memory, where a restart would lose them.
+In a server, `DriftScans` is given the job queue's `submit`: the scan is a job like any
+other, run by whichever worker claims `drift_scan` jobs (the in-process workers, or a
+`gitops-runner worker --kinds drift`), with `DriftScanHandler`. The web process only
+enqueues. Without a queue (one process on its own, tests) the process that accepted
+the request claims the row at once and runs it on a thread of its own, at most
+`max_running` at a time (more are refused with `ScansBusy` rather than queued in
+memory, where a restart would lose them). Either way the scan runs `run_scan`, under a
+lease; if its process dies, job recovery marks it interrupted (a scan may auto-correct,
+so it is never re-run behind people's backs: asking again is one request).
 """
 
 from __future__ import annotations
@@ -24,12 +26,16 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from runner.jobs.cancellation import LeaseKeeper
-from runner.jobs.queue import DEFAULT_TIMING, JobTiming
+from runner.jobs.model import JobPayload
+from runner.jobs.payloads import DriftScanJob
+from runner.jobs.queue import DEFAULT_TIMING, JobTiming, enqueue_job
 from runner.store.jobs import JobRecord, JobStatus
 from runner.store.owners import new_owner_id, process_owner_prefix
 from runner.store.store import Store
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from runner.drift.service import DriftService
     from runner.results.drift import DriftReport, DriftResult
 
@@ -68,12 +74,15 @@ class ScanRequest:
     repo: str | None = None
     project: str | None = None
 
+    def job(self) -> DriftScanJob:
+        return DriftScanJob(repo=self.repo, project=self.project, trigger="api")
+
     def payload(self) -> dict[str, Any]:
         return {"repo": self.repo, "project": self.project}
 
     @property
     def dedupe_key(self) -> str:
-        return f"drift-scan:{self.repo or '*'}:{self.project or '*'}"
+        return self.job().dedupe_key
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> ScanRequest:
@@ -131,7 +140,8 @@ def recent_drift_scans(store: Store, limit: int = 20) -> list[ScanStatus]:
 
 
 class DriftScans:
-    """Accepts scan requests and runs them in background threads of this process."""
+    """Accepts scan requests; queues them as jobs (`submit_job`) or runs them in
+    background threads of this process."""
 
     def __init__(
         self,
@@ -140,8 +150,10 @@ class DriftScans:
         max_running: int = DEFAULT_MAX_RUNNING,
         timing: JobTiming = DEFAULT_TIMING,
         owner_prefix: str | None = None,
+        submit_job: Callable[[JobPayload], int] | None = None,
     ) -> None:
         self._service = service
+        self._submit_job = submit_job
         self._store = service.store
         self._timing = timing
         self._prefix = owner_prefix or process_owner_prefix()
@@ -158,6 +170,8 @@ class DriftScans:
         Raises ScanRefused (bad repository or project), ScansBusy, ScansStopped.
         """
         request = self.request(repo, project)
+        if self._submit_job is not None:
+            return self._enqueue(request, self._submit_job)
         if not self._slots.acquire(blocking=False):
             raise ScansBusy("drift scans are already running in this process; try again later")
         try:
@@ -212,14 +226,21 @@ class DriftScans:
                 return candidate.key
         return None
 
+    def _enqueue(self, request: ScanRequest, submit: Callable[[JobPayload], int]) -> ScanTicket:
+        """The scan as a job for the workers; the ticket of the same one if it is pending."""
+        with self._lock:
+            if self._stopped:
+                raise ScansStopped("the runner is shutting down")
+        jobs = self._store.jobs
+        pending = jobs.active_with_key(request.dedupe_key)
+        job_id = submit(request.job())
+        current = jobs.get(job_id)
+        status = current.status if current is not None else JobStatus.QUEUED
+        return ScanTicket(job_id, status, started=job_id != pending, request=request)
+
     def _submit(self, request: ScanRequest) -> ScanTicket:
         jobs = self._store.jobs
-        job_id = jobs.enqueue(
-            DRIFT_SCAN_KIND,
-            request.payload(),
-            dedupe_key=request.dedupe_key,
-            version=DRIFT_SCAN_VERSION,
-        )
+        job_id = enqueue_job(self._store, request.job())
         owner = new_owner_id(self._prefix, "drift")
         with self._lock:
             if self._stopped:
@@ -262,16 +283,51 @@ class DriftScans:
         )
         try:
             with lease:
-                report = self._service.scan(request.repo, request.project, trigger="api")
+                run_scan(self._service, request.job())
+        except ScanFailed as failure:
+            jobs.fail(job_id, str(failure), owner)
         except Exception as error:
             log.exception("drift scan %s failed", job_id)
             jobs.fail(job_id, f"{type(error).__name__}: {error}", owner)
-            return
-        problems = _problems(report)
-        if problems:
-            jobs.fail(job_id, "; ".join(problems), owner)
         else:
             jobs.complete(job_id, owner)
+
+
+class ScanFailed(RuntimeError):
+    """A scan ran but did not do what was asked (a repository failed, nothing scanned)."""
+
+
+def run_scan(service: DriftService, job: DriftScanJob) -> DriftReport:
+    """One drift scan job, wherever it runs: refuses what the server does not scan,
+    raises `ScanFailed` with the reasons when the scan did not do what was asked."""
+    if job.repo is not None and not any(r.key == job.repo for r in service.resolve_repos(None)):
+        raise UnknownRepository(f"{job.repo!r} is not a configured repository")
+    report = service.scan(job.repo, job.project, trigger=job.trigger)
+    problems = _problems(report)
+    if problems:
+        raise ScanFailed("; ".join(problems))
+    return report
+
+
+class DriftScanHandler:
+    """Runs `drift_scan` jobs on a worker (a `JobHandler` for the registry)."""
+
+    def __init__(self, service: DriftService) -> None:
+        self._service = service
+
+    def handle(self, event: DriftScanJob, cancel: threading.Event) -> None:
+        run_scan(self._service, event)
+
+    def is_apply(self, event: DriftScanJob) -> bool:
+        return True  # it may auto-correct: an interrupted scan is not re-run by itself
+
+    def report_interrupted(self, event: DriftScanJob) -> None:
+        log.error(
+            "drift scan of %s was interrupted by a crash or restart and is not re-run; "
+            "ask again. If it was auto-correcting, Terraform may have left a state lock "
+            "held: `terraform force-unlock LOCK_ID`.",
+            event.repo or "every repository",
+        )
 
 
 def _problems(report: DriftReport) -> list[str]:

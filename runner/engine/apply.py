@@ -20,18 +20,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from runner.config.model import ProjectConfig
 from runner.engine.execution_order import apply_order
+from runner.engine.planner import plan_file_path
 from runner.engine.project_mutex import MutexBusy, ProjectMutex, state_key
+from runner.engine.workflow_steps import StageRunner, apply_with_workflow, context_of_request
 from runner.results.limits import OutputLimits, cap_output
 from runner.results.masking import Masker
 from runner.results.model import ApplyResult, ApplyStatus, PlanSummary
 from runner.store.locks import LockInfo
 from runner.store.owners import process_owner_prefix
+from runner.store.plan_files import (
+    LocalPlanStore,
+    PlanFileMismatch,
+    PlanNotStored,
+    PlanStore,
+    PlanStoreError,
+)
 from runner.store.runs import RunStatus, Trigger
 from runner.store.store import Store
 from runner.terraform import Terraform, workspace_env
@@ -39,6 +48,8 @@ from runner.terraform.planfile import plan_checksum
 from runner.terraform.result import CommandOutcome
 
 log = logging.getLogger(__name__)
+
+_PLAN_FILE_GONE = "the saved plan file is missing or was modified since it was made; plan again"
 
 TerraformFor = Callable[[str | None], Terraform]
 
@@ -131,8 +142,11 @@ class ApplyExecutor:
         logs_dir: Path,
         masker: Masker,
         limits: OutputLimits | None = None,
+        plan_store: PlanStore | None = None,
     ) -> None:
         self._store = store
+        # Plans made on another worker are fetched from here (store/plan_files.py).
+        self._plan_store = plan_store or LocalPlanStore()
         self._terraform_for = terraform_for
         self._mutex = mutex
         self._logs_dir = logs_dir
@@ -190,6 +204,8 @@ class ApplyExecutor:
 
     def _apply_holding_state(self, request: ApplyRequest, item: ApplyItem) -> ApplyResult:
         problem = self._stale(request, item)
+        if not problem:
+            item, problem = self._with_plan_file(request, item)
         if problem:
             return not_applied(item, ApplyStatus.FAILED, problem)
         project = item.project
@@ -207,18 +223,33 @@ class ApplyExecutor:
         )
         self._logs_dir.mkdir(parents=True, exist_ok=True)
         log_path = self._logs_dir / f"apply-{run_id}.log"
+        # Recorded before Terraform starts: the dashboard follows the apply as it runs.
+        self._store.runs.set_log_path(run_id, str(log_path))
         try:
-            outcome = self._terraform_for(project.terraform_version).apply(
-                request.tree / project.dir,
-                item.plan_path,
-                log=log_path,
-                env=workspace_env(project.workspace),
-            )
+            outcome = self._terraform_apply(request, item, log_path)
         except BaseException as error:  # the run must not read "running" forever
             detail = self._masker.mask(f"{type(error).__name__}: {error}")
             self._store.runs.finish(run_id, RunStatus.ERRORED, error=detail, log_path=str(log_path))
             raise
         return self._finish(item, run_id, log_path, outcome)
+
+    def _terraform_apply(
+        self, request: ApplyRequest, item: ApplyItem, log_path: Path
+    ) -> CommandOutcome:
+        """`terraform apply PLANFILE`, or the apply stage of the project's custom workflow."""
+        project = item.project
+        terraform = self._terraform_for(project.terraform_version)
+        workdir = request.tree / project.dir
+        workflow = project.resolved_workflow
+        if workflow is None:
+            return terraform.apply(
+                workdir, item.plan_path, log=log_path, env=workspace_env(project.workspace)
+            )
+        context = context_of_request(
+            request.repo_key, request.pr_number, request.author, item.commit
+        )
+        runner = StageRunner(terraform, workdir, project, item.plan_path, context, log_path)
+        return apply_with_workflow(runner, workflow)
 
     def _stale(self, request: ApplyRequest, item: ApplyItem) -> str:
         """Checked under the state's mutex, so nothing can change between check and apply."""
@@ -230,16 +261,45 @@ class ApplyExecutor:
             stored = self._store.runs.get_plan(item.plan_id)
             if stored is None or stored.discarded_at is not None:
                 return "this plan was already applied or discarded; plan again"
-        path = item.plan_path
-        if not path.is_file() or plan_checksum(path) != item.plan_checksum:
-            return "the saved plan file is missing or was modified since it was made; plan again"
         return ""
+
+    def _with_plan_file(self, request: ApplyRequest, item: ApplyItem) -> tuple[ApplyItem, str]:
+        """The item with the reviewed plan file byte for byte, and "" or why there is none.
+
+        The file where it was made, if that is on this machine and unchanged; otherwise
+        fetched from the plan store into this checkout, verified against the checksum
+        recorded at plan time before Terraform can read it, and the checkout initialised.
+        """
+        path = item.plan_path
+        if path.is_file() and plan_checksum(path) == item.plan_checksum:
+            return item, ""
+        destination = plan_file_path(request.tree, item.project)
+        try:
+            self._plan_store.fetch_plan(item.plan_checksum, destination)
+        except PlanFileMismatch:
+            return item, (
+                "the plan file in the plan store does not match the checksum recorded when "
+                "it was planned (modified or corrupted); refused: plan again"
+            )
+        except PlanNotStored:
+            return item, _PLAN_FILE_GONE
+        except PlanStoreError as error:
+            return item, f"the plan store cannot be read ({error}); try again"
+        # This checkout never planned: providers and modules are installed first.
+        init = self._terraform_for(item.project.terraform_version).init(
+            request.tree / item.project.dir
+        )
+        if not init.ok:
+            why = self._masker.mask(init.stderr_tail()) or f"exit code {init.exit_code}"
+            return item, f"terraform init before applying the fetched plan failed: {why}"
+        return replace(item, plan_path=destination), ""
 
     def _finish(
         self, item: ApplyItem, run_id: int, log_path: Path, outcome: CommandOutcome
     ) -> ApplyResult:
         runs = self._store.runs
         limits = self._limits
+        self._plan_store.keep_log(log_path)  # the API serves it from any machine
         output = cap_output(
             self._masker.mask(outcome.stdout),
             limits.max_output_bytes,

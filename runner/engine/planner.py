@@ -10,21 +10,26 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from runner.config.model import ProjectConfig
+from runner.config.workflows import Step
 from runner.engine.progress import Phase, ProgressEvent, ProgressObserver, planned_event
+from runner.engine.scheduling import PlanAdmission
+from runner.engine.workflow_steps import StageRunner, StepContext, workspace_var_file_args
 from runner.policies.plans import PlanDocuments
 from runner.results.limits import OutputLimits, cap_output
 from runner.results.masking import Masker
 from runner.results.model import PlanResult, PlanStatus
 from runner.results.summary import PlanDigest, summarize_plan
 from runner.settings import Settings
+from runner.store.plan_files import LocalPlanStore, PlanStore, PlanStoreError
 from runner.terraform import (
+    InitCache,
     StepTimeouts,
     Terraform,
     TerraformError,
@@ -46,6 +51,8 @@ class PlanTarget:
     project: ProjectConfig
     reason: str = ""
     extra_args: tuple[str, ...] = ()
+    # What a custom workflow's `run` steps are told about the change (workflow_steps.py).
+    context: StepContext = field(default_factory=StepContext)
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,9 @@ class PlanOptions:
     guard: Callable[[ProjectConfig], AbstractContextManager[object]] | None = None
     # Told when each project is queued, starts init and plan, and is planned (the CLI).
     progress: ProgressObserver | None = field(default=None, compare=False)
+    # Told each project's log file before its Terraform starts, so a run record can
+    # point at it while it is written (the dashboard streams it live).
+    log_opened: Callable[[ProjectConfig, str], None] | None = field(default=None, compare=False)
 
     def tell(self, project: ProjectConfig, phase: Phase) -> None:
         """Report a project entering `phase` to the observer, if there is one."""
@@ -81,10 +91,15 @@ class Planner:
         parallelism: int,
         limits: OutputLimits | None = None,
         documents: PlanDocuments | None = None,
+        plan_store: PlanStore | None = None,
     ) -> None:
         self._terraform_for = terraform_for
+        # Where plans with changes and plan logs go for other workers (store/plan_files.py).
+        self._plan_store = plan_store or LocalPlanStore()
         self._log_dir = log_dir
         self._parallelism = max(1, parallelism)
+        # One plan per core while they compute, up to `parallelism` while they wait.
+        self._admission = PlanAdmission(self._parallelism)
         self._limits = limits or OutputLimits()
         # Where JSON plans are kept for policy checks (by plan checksum); None: not kept.
         self._documents = documents
@@ -128,8 +143,10 @@ class Planner:
         options = options or PlanOptions()
         guard = options.guard(target.project) if options.guard else nullcontext()
         started = time.monotonic()
-        with guard:
+        # The state mutex first: a plan waiting for another's state takes no CPU slot.
+        with guard, self._admission.slot():
             result = self._plan_unguarded(checkout, target, commit, options)
+        result = self._keep(result)
         if options.progress is not None:
             options.progress(planned_event(result))
         # The whole project (init, workspace, plan, show), as run records report it.
@@ -142,32 +159,43 @@ class Planner:
         workdir = checkout / project.dir
         terraform = self._terraform_for(project.terraform_version)
         log_path = self._log_path(project, commit)
+        if options.log_opened is not None:
+            options.log_opened(project, str(log_path))
         base = _ResultBase(target, commit, str(log_path), self._limits)
 
         if not workdir.is_dir():
             return base.error(f"project directory {project.dir!r} does not exist at this commit")
         options.tell(project, Phase.INIT)
-        for step in (
-            lambda: terraform.init(workdir, log=log_path, cancel=options.cancel),
-            lambda: terraform.select_workspace(
-                workdir, project.workspace, log=log_path, cancel=options.cancel
-            ),
-        ):
-            outcome = step()
-            if outcome is not None and not outcome.ok:
-                return base.failed(outcome, Masker.from_secrets(options.secret_values))
-
         plan_path = plan_file_path(checkout, project)
-        options.tell(project, Phase.PLAN)
-        outcome = terraform.plan(
-            workdir,
-            out=plan_path,
-            extra_args=target.extra_args,
-            lock=options.lock,
-            log=log_path,
-            env=workspace_env(project.workspace),
-            cancel=options.cancel,
-        )
+        if project.resolved_workflow is not None:
+            staged = self._plan_stage(terraform, workdir, target, plan_path, log_path, options)
+            if isinstance(staged, str):
+                return base.error(staged)
+            outcome = staged
+        else:
+            for step in (
+                lambda: terraform.init(workdir, log=log_path, cancel=options.cancel),
+                lambda: terraform.select_workspace(
+                    workdir, project.workspace, log=log_path, cancel=options.cancel
+                ),
+            ):
+                step_outcome = step()
+                if step_outcome is not None and not step_outcome.ok:
+                    return base.failed(step_outcome, Masker.from_secrets(options.secret_values))
+
+            options.tell(project, Phase.PLAN)
+            outcome = terraform.plan(
+                workdir,
+                out=plan_path,
+                extra_args=(
+                    *workspace_var_file_args(workdir, project.workspace),
+                    *target.extra_args,
+                ),
+                lock=options.lock,
+                log=log_path,
+                env=workspace_env(project.workspace),
+                cancel=options.cancel,
+            )
         if outcome.exit_code == EXIT_NO_CHANGES and outcome.ok:
             masker = Masker.from_secrets(options.secret_values)
             return base.planned(PlanStatus.NO_CHANGES, outcome, masker, plan_path)
@@ -183,6 +211,56 @@ class Planner:
         result = base.planned(PlanStatus.CHANGES, outcome, masker, plan_path, digest)
         if self._documents is not None and result.plan_checksum:
             self._documents.save(result.plan_checksum, plan_json, target.extra_args)
+        return result
+
+    def _plan_stage(
+        self,
+        terraform: Terraform,
+        workdir: Path,
+        target: PlanTarget,
+        plan_path: Path,
+        log_path: Path,
+        options: PlanOptions,
+    ) -> CommandOutcome | str:
+        """The plan stage of the project's custom workflow; a str: why it was refused."""
+        project = target.project
+        assert project.resolved_workflow is not None
+        runner = StageRunner(
+            terraform, workdir, project, plan_path, target.context, log_path, options.cancel
+        )
+
+        def plan(step: Step, env: Mapping[str, str]) -> CommandOutcome:
+            options.tell(project, Phase.PLAN)
+            var_file = workspace_var_file_args(workdir, project.workspace)
+            return terraform.plan(
+                workdir,
+                out=plan_path,
+                extra_args=(*var_file, *step.extra_args, *target.extra_args),
+                lock=options.lock,
+                log=log_path,
+                env=workspace_env(project.workspace) | dict(env),
+                cancel=options.cancel,
+            )
+
+        return runner.outcome(project.resolved_workflow, "plan", plan)
+
+    def _keep(self, result: PlanResult) -> PlanResult:
+        """Hand a plan with changes, and the log, to the plan store, so another worker can
+        apply it; a plan that cannot be stored is an error, never a plan nobody can apply."""
+        if result.log_path:
+            self._plan_store.keep_log(Path(result.log_path))
+        if result.status is not PlanStatus.CHANGES or not result.plan_checksum:
+            return result
+        try:
+            self._plan_store.keep_plan(Path(result.plan_path or ""), result.plan_checksum)
+        except (PlanStoreError, OSError) as error:
+            return replace(
+                result,
+                status=PlanStatus.ERROR,
+                error=f"the plan was made but could not be kept in the plan store: {error}",
+                plan_path=None,
+                plan_checksum=None,
+            )
         return result
 
     def _log_path(self, project: ProjectConfig, commit: str | None) -> Path:
@@ -273,6 +351,7 @@ def build_terraform_factory(settings: Settings) -> Callable[[str | None], Terraf
     lock = threading.Lock()
     timeouts = StepTimeouts(plan=settings.terraform_timeout, apply=settings.terraform_timeout)
     mask = Masker.from_secrets(settings.secret_values()).mask
+    init_cache = build_init_cache(settings)
 
     def terraform_for(version: str | None) -> Terraform:
         with lock:
@@ -284,16 +363,29 @@ def build_terraform_factory(settings: Settings) -> Callable[[str | None], Terraf
                     timeouts=timeouts,
                     env_passthrough=settings.terraform_env_passthrough,
                     mask=mask,
+                    init_cache=init_cache,
                 )
             return terraforms[version]
 
     return terraform_for
 
 
+def build_init_cache(settings: Settings) -> InitCache | None:
+    """Initialised `.terraform` directories shared by every worktree; None when turned off."""
+    if settings.init_cache_hours <= 0:
+        return None
+    return InitCache(
+        settings.init_cache_dir,
+        settings.plugin_cache_dir,
+        max_age_s=settings.init_cache_hours * 3600,
+    )
+
+
 def build_planner(
     settings: Settings,
     parallelism: int | None = None,
     terraform_for: Callable[[str | None], Terraform] | None = None,
+    plan_store: PlanStore | None = None,
 ) -> Planner:
     """The Planner for these settings."""
     return Planner(
@@ -303,6 +395,7 @@ def build_planner(
         OutputLimits.from_settings(settings),
         # JSON plans are kept for policy checks only: without sets, no write per plan.
         kept_plan_documents(settings) if settings.policy_sets else None,
+        plan_store,
     )
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from datetime import timedelta
 
+from runner.config.model import ProjectConfig
 from runner.results.model import PlanResult, PlanStatus
 from runner.results.summary import changes_content_hash
 from runner.store.models import utcnow
+from runner.store.owners import process_owner_prefix
 from runner.store.runs import RunStatus, Trigger
 from runner.store.store import Store
 
@@ -90,3 +93,53 @@ def record_plan_results(
         )
         for result in results
     ]
+
+
+class LiveRuns:
+    """Plan runs recorded as running the moment their log opens (`PlanOptions.log_opened`),
+    so the dashboard lists them and streams their log while Terraform runs.
+
+    `record_plan_result(..., run_id=live.take(result))` finishes each one; `cancel_rest`
+    marks the ones never recorded (the plan was cancelled) as cancelled, and a crash
+    leaves them to job recovery, which the `owner` lets tell a dead process.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        repo: str,
+        trigger: Trigger | str,
+        commit: str | None,
+        pr_number: int | None = None,
+        author: str | None = None,
+    ) -> None:
+        self._store = store
+        self._run = {"repo": repo, "trigger": trigger, "commit_sha": commit,
+                     "pr_number": pr_number, "author": author}  # fmt: skip
+        self._ids: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def opened(self, project: ProjectConfig, log_path: str) -> None:
+        run_id = self._store.runs.start(
+            project=project.name,
+            dir=project.dir,
+            workspace=project.workspace,
+            command="plan",
+            log_path=log_path,
+            owner=process_owner_prefix(),
+            **self._run,
+        )
+        with self._lock:
+            self._ids[(project.dir, project.workspace)] = run_id
+
+    def take(self, result: PlanResult) -> int | None:
+        """The run started for `result`'s project (None: its Terraform never started)."""
+        with self._lock:
+            return self._ids.pop((result.dir, result.workspace), None)
+
+    def cancel_rest(self) -> None:
+        with self._lock:
+            left, self._ids = list(self._ids.values()), {}
+        for run_id in left:
+            self._store.runs.finish(run_id, RunStatus.CANCELLED, error="cancelled")

@@ -20,6 +20,7 @@ from runner.notify.base import Notifier, NullNotifier
 from runner.policies.engine import PolicyEngine
 from runner.policies.plans import PlanDocuments
 from runner.settings import Settings
+from runner.store.plan_files import LocalPlanStore, PlanStore
 from runner.store.store import Store
 from runner.terraform import Terraform
 from runner.workspace.working_copy import WorkingCopies
@@ -46,6 +47,8 @@ class Services:
     # Who watches plans and applies as they happen: the CLI's progress display; None
     # on the server, whose runs are followed in comments, statuses and the dashboard.
     progress: ProgressObserver | None = None
+    # Plan files and run logs beyond this machine (GITOPS_PLAN_STORE; store/plan_files.py).
+    plan_store: PlanStore = field(default_factory=LocalPlanStore)
 
     @property
     def plan_documents(self) -> PlanDocuments:

@@ -10,8 +10,11 @@ into its command here, the one time it is read.
 
 from __future__ import annotations
 
+from runner.events.commands import Command
 from runner.events.comment_parser import parse_comment
 from runner.events.model import (
+    BRANCH_REF_PREFIX,
+    CheckRunRerun,
     CommentEvent,
     Event,
     IgnoredEvent,
@@ -20,6 +23,7 @@ from runner.events.model import (
     PullRequestAction,
     PullRequestEvent,
     PullRequestRef,
+    PushEvent,
     RepoRef,
     url_host,
 )
@@ -52,7 +56,26 @@ def parse_github_event(event_name: str, payload: dict) -> Event:
         return _issue_comment(payload)
     if event_name == "ping":
         return _ping(payload)
+    if event_name == "check_run":
+        return _check_run(payload)
+    if event_name == "push":
+        return _push(payload)
     return IgnoredEvent(f"GitHub event {event_name!r} is not handled")
+
+
+def _push(payload: dict) -> Event:
+    """A branch push (tags and deletions are ignored); see `PushEvent`."""
+    ref = string(payload, "ref", "")
+    if not ref.startswith(BRANCH_REF_PREFIX):
+        return IgnoredEvent(f"push to {ref[:100]!r}, not a branch")
+    if optional_boolean(payload, "deleted", "", False):
+        return IgnoredEvent("branch deleted")
+    return PushEvent(
+        repo=_repo(obj(payload, "repository", ""), "repository", _installation(payload)),
+        branch=ref.removeprefix(BRANCH_REF_PREFIX),
+        after=string(payload, "after", ""),
+        sender=_login(payload, "sender", ""),
+    )
 
 
 def _pull_request(payload: dict) -> Event:
@@ -119,6 +142,63 @@ def _issue_comment(payload: dict) -> Event:
         # GitHub App accounts have type "Bot" and a "[bot]" login suffix; either suffices.
         author_is_bot=user.get("type") == "Bot" or login.endswith("[bot]"),
         command=parse_comment(body),
+    )
+
+
+# The runner's check runs that "Re-run" re-plans: `gitops/plan: <project>`.
+RERUNNABLE_CHECK_PREFIX = "gitops/plan: "
+
+
+def _check_run(payload: dict) -> Event:
+    action = string(payload, "action", "")
+    if action != "rerequested":
+        return IgnoredEvent(f"check_run action {action!r} is not handled")
+    run = obj(payload, "check_run", "")
+    pulls = run.get("pull_requests")
+    if not isinstance(pulls, list) or not all(isinstance(pr, dict) for pr in pulls):
+        raise MalformedEvent("check_run.pull_requests: expected a list of objects")
+    sender = obj(payload, "sender", "")
+    login = string(sender, "login", "sender")
+    return CheckRunRerun(
+        repo=_repo(obj(payload, "repository", ""), "repository", _installation(payload)),
+        check_run_id=integer(run, "id", "check_run"),
+        name=string(run, "name", "check_run"),
+        app_id=integer(obj(run, "app", "check_run"), "id", "check_run.app"),
+        pr_numbers=tuple(integer(pr, "number", "check_run.pull_requests[]") for pr in pulls),
+        sender=login,
+        sender_is_bot=sender.get("type") == "Bot" or login.endswith("[bot]"),
+    )
+
+
+def rerun_as_command(event: CheckRunRerun, app_id: int | None) -> CommentEvent | IgnoredEvent:
+    """A "Re-run" of this runner's plan check run as the `gitops plan -p <project>` comment
+    the person who clicked could have written; anything else is ignored.
+
+    `app_id` is the App this runner is (None: a token, which has no check runs). The
+    PR flow then authorises it like a comment: fork PRs and strangers are refused there.
+    """
+    if app_id is None or event.app_id != app_id:
+        return IgnoredEvent("check run of another app")
+    if not event.name.startswith(RERUNNABLE_CHECK_PREFIX):
+        return IgnoredEvent(f"check run {event.name[:100]!r} is not a plan this runner re-runs")
+    if event.sender_is_bot:
+        return IgnoredEvent("re-run by a bot")
+    if not event.pr_numbers:
+        # GitHub lists no pull request for a fork's head commit, nor once it is closed.
+        return IgnoredEvent("check run on no open pull request of this repository")
+    project = event.name.removeprefix(RERUNNABLE_CHECK_PREFIX)
+    command = parse_comment(f"gitops plan -p {project}")
+    if not isinstance(command, Command):
+        return IgnoredEvent(f"check run {event.name[:100]!r} names no valid project")
+    return CommentEvent(
+        repo=event.repo,
+        pr_number=min(event.pr_numbers),
+        comment_id=0,
+        body="",
+        author=event.sender,
+        author_is_bot=False,
+        command=command,
+        check_run_id=event.check_run_id,
     )
 
 

@@ -16,6 +16,7 @@ import re
 
 from runner.events.comment_parser import parse_comment
 from runner.events.model import (
+    BRANCH_REF_PREFIX,
     CommentEvent,
     Event,
     IgnoredEvent,
@@ -23,6 +24,7 @@ from runner.events.model import (
     PullRequestAction,
     PullRequestEvent,
     PullRequestRef,
+    PushEvent,
     RepoRef,
     url_host,
 )
@@ -39,6 +41,7 @@ from runner.events.payload import (
 
 MERGE_REQUEST_HOOK = "Merge Request Hook"
 NOTE_HOOK = "Note Hook"
+PUSH_HOOK = "Push Hook"
 
 # Merge request actions → the PR flow's; "update" is decided by `_update_action`.
 _MR_ACTIONS: dict[str, PullRequestAction] = {
@@ -62,7 +65,25 @@ def parse_gitlab_event(event_name: str, payload: dict) -> Event:
         return _merge_request(payload)
     if event_name == NOTE_HOOK:
         return _note(payload)
+    if event_name == PUSH_HOOK:
+        return _push(payload)
     return IgnoredEvent(f"GitLab event {event_name!r} is not handled")
+
+
+def _push(payload: dict) -> Event:
+    """A branch push (tag pushes come as `Tag Push Hook`; a deletion has no new head)."""
+    ref = string(payload, "ref", "")
+    if not ref.startswith(BRANCH_REF_PREFIX):
+        return IgnoredEvent(f"push to {ref[:100]!r}, not a branch")
+    after = string(payload, "after", "")
+    if set(after) == {"0"}:
+        return IgnoredEvent("branch deleted")
+    return PushEvent(
+        repo=_repo(obj(payload, "project", ""), "project"),
+        branch=ref.removeprefix(BRANCH_REF_PREFIX),
+        after=after,
+        sender=string(payload, "user_username", ""),
+    )
 
 
 def _merge_request(payload: dict) -> Event:

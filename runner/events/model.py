@@ -123,6 +123,47 @@ class CommentEvent:
     # None when the comment is not addressed to the runner. The web layer, the job and
     # the PR flow all read this, never the body.
     command: Command | CommandError | None
+    # Set when no comment was written: someone clicked "Re-run" on this runner's check
+    # run (GitHub), which asks for what `gitops plan -p <project>` would. Nothing to react to.
+    check_run_id: int | None = None
+
+
+@dataclass(frozen=True)
+class CheckRunRerun:
+    """Someone clicked "Re-run" on a check run (GitHub `check_run` `rerequested`).
+
+    Not work yet: the web layer checks it is one of this runner's own check runs (the
+    App's id, a `gitops/plan: ` name) and turns it into the `CommentEvent` of
+    `gitops plan -p <project>` by the person who clicked (`events/github.py`).
+    """
+
+    repo: RepoRef
+    check_run_id: int
+    name: str  # `gitops/plan: infra/app`
+    app_id: int  # the App that created the check run
+    # Open PRs whose head is the run's commit; GitHub lists none for a fork's PR.
+    pr_numbers: tuple[int, ...]
+    sender: str
+    sender_is_bot: bool
+
+
+# Pushes name their branch as a ref; both forges spell it the same.
+BRANCH_REF_PREFIX = "refs/heads/"
+
+
+@dataclass(frozen=True)
+class PushEvent:
+    """A push of commits to a branch (GitHub `push`, GitLab `Push Hook`).
+
+    Only the branch and its new head are kept: a push to the default branch of a
+    reconciled repository queues its reconcile at once (runner/reconcile/push.py).
+    Tag pushes and branch deletions never become a PushEvent.
+    """
+
+    repo: RepoRef
+    branch: str  # `main`, from `refs/heads/main`
+    after: str  # the branch's new head commit
+    sender: str
 
 
 @dataclass(frozen=True)
@@ -141,4 +182,4 @@ class IgnoredEvent:
     reason: str
 
 
-Event = PullRequestEvent | CommentEvent | PingEvent | IgnoredEvent
+Event = PullRequestEvent | CommentEvent | PushEvent | CheckRunRerun | PingEvent | IgnoredEvent

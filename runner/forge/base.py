@@ -55,6 +55,47 @@ class CommitState(StrEnum):
     ERROR = "error"
 
 
+class ReportState(StrEnum):
+    """Where one project's run stands, in check-run terms (statuses map it onto theirs)."""
+
+    IN_PROGRESS = "in_progress"
+    SUCCESS = "success"
+    FAILURE = "failure"
+    NEUTRAL = "neutral"  # done, nothing to do: a plan without changes
+    CANCELLED = "cancelled"  # superseded by a newer push before it finished
+
+
+_STATUS_OF_REPORT = {
+    ReportState.IN_PROGRESS: CommitState.PENDING,
+    ReportState.SUCCESS: CommitState.SUCCESS,
+    ReportState.FAILURE: CommitState.FAILURE,
+    ReportState.NEUTRAL: CommitState.SUCCESS,
+    ReportState.CANCELLED: CommitState.ERROR,
+}
+
+
+@dataclass(frozen=True)
+class ProjectReport:
+    """One project's result of one command on one commit, as the forge shows it.
+
+    A check run on GitHub when the runner is an App (title, summary line, the whole
+    output); a commit status elsewhere (title only). Built by `commands/feedback.py`.
+    """
+
+    context: str  # `gitops/plan: infra/app`: the check run's or the status's name
+    state: ReportState
+    title: str  # one line: Terraform's summary sentence, or what failed
+    body: str = ""  # Markdown: the project's full output; shown by check runs only
+    details_url: str = ""
+
+
+def report_as_status(forge: Forge, repo: RepoRef, sha: str, report: ProjectReport) -> str:
+    """`report_project` for forges that show it as a commit status; no link of its own."""
+    state = _STATUS_OF_REPORT[report.state]
+    forge.set_status(repo, sha, report.context, state, report.title, report.details_url)
+    return ""
+
+
 class ForgeError(Exception):
     """A forge API call failed for good (after whatever retries the implementation does).
 
@@ -175,6 +216,15 @@ class Forge(Protocol):
         description: str,
         target_url: str = "",
     ) -> None: ...
+
+    # Whether `report_project` shows a project's whole output (GitHub check runs), so the
+    # plan comment can be a short summary linking to it.
+    shows_reports: bool
+
+    def report_project(self, repo: RepoRef, sha: str, report: ProjectReport) -> str:
+        """Show one project's result on `sha`: a check run, or a commit status (see
+        `report_as_status`). Returns a link to it, "" when it has none of its own."""
+        ...
 
     def permission(self, repo: RepoRef, user: str) -> Permission: ...
 

@@ -28,16 +28,26 @@ def build_forge(settings: Settings, forge_name: ForgeKind) -> Forge:
 
 def _github(settings: Settings) -> GitHubForge:
     """An App when `GITOPS_GITHUB_APP_ID` is set (it wins over a token), else the token."""
+    wait = settings.github_rate_limit_max_wait
     if settings.github_app_id is not None:
         key = _app_private_key(settings)
-        return GitHubForge(settings.github_api_url, app=(settings.github_app_id, key))
+        checks = settings.github_checks != "off"
+        app = (settings.github_app_id, key)
+        return GitHubForge(
+            settings.github_api_url, app=app, checks=checks, max_rate_limit_wait=wait
+        )
     token = settings.github_token.get_secret_value() if settings.github_token else ""
     if not token:
         raise ForgeNotConfigured(
             "forge 'github' is not configured: set GITOPS_GITHUB_TOKEN "
             "(or GITOPS_GITHUB_APP_ID and GITOPS_GITHUB_APP_KEY_FILE)"
         )
-    return GitHubForge(settings.github_api_url, token)
+    if settings.github_checks == "on":
+        raise ForgeNotConfigured(
+            "GITOPS_GITHUB_CHECKS=on needs a GitHub App (GITOPS_GITHUB_APP_ID): GitHub lets "
+            "only Apps write check runs; use auto or off with GITOPS_GITHUB_TOKEN"
+        )
+    return GitHubForge(settings.github_api_url, token, max_rate_limit_wait=wait)
 
 
 def _app_private_key(settings: Settings) -> str:

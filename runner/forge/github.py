@@ -9,17 +9,15 @@ of transient failures, and GitHub's own rate-limit answers still honoured.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import requests
-from github import Auth, Github, GithubException, GithubRetry
+from github import Auth, Github, GithubException
 from github.PullRequest import PullRequest
 from github.Repository import Repository
-from urllib3.exceptions import MaxRetryError, ProtocolError, ReadTimeoutError
 
 from runner.events.model import ForgeKind, RepoRef
 from runner.forge.base import (
@@ -28,12 +26,16 @@ from runner.forge.base import (
     ForgeError,
     IssueRef,
     Permission,
+    ProjectReport,
     PullRequestInfo,
     cap_text,
     forge_call,
     is_ignored_context,
+    report_as_status,
 )
 from runner.forge.github_app import GitHubAppAuth
+from runner.forge.github_checks import CheckRuns
+from runner.forge.rate_limits import DEFAULT_MAX_WAIT, github_retry
 
 DEFAULT_TIMEOUT = 15  # seconds per HTTP request (PyGithub insists on an int)
 STATUS_DESCRIPTION_CAP = 140  # GitHub rejects longer commit status descriptions
@@ -50,57 +52,6 @@ _PERMISSIONS: dict[str, Permission] = {
     "triage": "read",
     "read": "read",
 }
-# POSTs whose repetition changes nothing: the newest status per context wins, and GitHub
-# answers a repeated reaction with the existing one. Others (comments, issues) could
-# appear twice if a request that reached GitHub were sent again.
-_IDEMPOTENT_POST = re.compile(r".*/(statuses/[^/]+|reactions)")
-
-
-class _RunnerRetry(GithubRetry):
-    """PyGithub's retry (rate-limit aware), minus retries that could duplicate a write.
-
-    A 5xx or a read error on a POST may come after GitHub has acted; repeating a comment
-    POST would then post the comment twice. Connection errors (nothing was sent) and
-    rate-limit refusals (nothing was done) stay retryable for every method.
-    """
-
-    def increment(  # type: ignore[override]
-        self,
-        method: str | None = None,
-        url: str | None = None,
-        response: Any = None,
-        error: Exception | None = None,
-        _pool: Any = None,
-        _stacktrace: Any = None,
-    ) -> GithubRetry:
-        if method == "POST" and not _idempotent_post(url) and _may_have_acted(response, error):
-            # With raise_on_status=False urllib3 hands the response back to PyGithub,
-            # which raises its usual exception for the status.
-            raise MaxRetryError(_pool, url or "", error)
-        return super().increment(method, url, response, error, _pool, _stacktrace)
-
-
-def _idempotent_post(url: str | None) -> bool:
-    return bool(url) and _IDEMPOTENT_POST.fullmatch((url or "").split("?", 1)[0]) is not None
-
-
-def _may_have_acted(response: Any, error: Exception | None) -> bool:
-    if response is not None:
-        return int(response.status) >= 500
-    return isinstance(error, ReadTimeoutError | ProtocolError)
-
-
-def _transport_retry() -> GithubRetry:
-    """A few quick retries; first one at once, then 0.5 s, 1 s (urllib3 2 back-off)."""
-    return _RunnerRetry(
-        total=3,
-        backoff_factor=0.25,
-        backoff_max=2,
-        raise_on_status=False,
-        # Secondary rate limits ask for about a minute; waiting for a primary reset
-        # (up to an hour) would hold a worker hostage, so that fails instead.
-        max_rate_limit_wait=120,
-    )
 
 
 def _github_message(exc: GithubException) -> str:
@@ -124,6 +75,8 @@ class GitHubForge:
         app: tuple[int, str] | None = None,
         request_timeout: int = DEFAULT_TIMEOUT,
         retry: bool = True,
+        max_rate_limit_wait: float = DEFAULT_MAX_WAIT,
+        checks: bool = False,
         mergeable_poll: Sequence[float] = (0.5, 1.0),
     ) -> None:
         """`api_url`: `https://api.github.com` or `https://ghe.example/api/v3`.
@@ -132,14 +85,19 @@ class GitHubForge:
         key): then every repository is reached through its installation's token.
         `mergeable_poll`: pauses between re-reads of a PR while GitHub is still computing
         its mergeability (a background job started by the first read after a push).
+        `checks`: report project results as check runs (an App only); `max_rate_limit_wait`:
+        the longest one request waits for a rate limit (`forge/rate_limits.py`).
         """
         if not token and app is None:
             raise ValueError("a GitHub token or App is required")
+        if checks and app is None:
+            raise ValueError("check runs need a GitHub App: GitHub refuses them to tokens")
         self.api_url = api_url.rstrip("/")
         self._token = token  # kept only to scrub it from error messages
         self._mergeable_poll = tuple(mergeable_poll)
         self._request_timeout = request_timeout
-        self._retry = retry
+        self._retry = github_retry(max_rate_limit_wait) if retry else None
+        self._checks = CheckRuns() if checks else None
         self._app = GitHubAppAuth(app[0], app[1], self._new_client) if app else None
         self._gh = self._new_client(Auth.Token(token)) if token else None
         self._login: str | None = None
@@ -151,7 +109,7 @@ class GitHubForge:
             base_url=self.api_url,
             auth=auth,
             timeout=self._request_timeout,
-            retry=_transport_retry() if self._retry else None,
+            retry=self._retry,
             seconds_between_requests=None,
             seconds_between_writes=None,
             per_page=100,
@@ -162,6 +120,15 @@ class GitHubForge:
     @property
     def is_app(self) -> bool:
         return self._app is not None
+
+    @property
+    def app_id(self) -> int | None:
+        """The App the runner acts as (its check runs carry this id), None with a token."""
+        return self._app.app_id if self._app is not None else None
+
+    @property
+    def shows_reports(self) -> bool:
+        return self._checks is not None
 
     @forge_call("get an installation token")
     def clone_token(self, repo: RepoRef) -> str:
@@ -260,6 +227,13 @@ class GitHubForge:
         if target_url:
             options["target_url"] = target_url
         self._repo(repo).get_commit(sha).create_status(CommitState(state).value, **options)
+
+    @forge_call("report a project's result")
+    def report_project(self, repo: RepoRef, sha: str, report: ProjectReport) -> str:
+        """A check run in App mode with checks on (`forge/github_checks.py`), else a status."""
+        if self._checks is None:
+            return report_as_status(self, repo, sha, report)
+        return self._checks.report(self._repo(repo), repo.key, sha, report)
 
     # --- users --------------------------------------------------------------------------
 

@@ -33,10 +33,12 @@ from runner.forge.base import (
     ForgeError,
     IssueRef,
     Permission,
+    ProjectReport,
     PullRequestInfo,
     cap_text,
     forge_call,
     is_ignored_context,
+    report_as_status,
 )
 
 DEFAULT_TIMEOUT = 15  # seconds per HTTP request
@@ -85,6 +87,7 @@ class GitLabForge:
 
     name: ForgeKind = "gitlab"
     comment_cap: int = 1_000_000  # GitLab's note length limit
+    shows_reports: bool = False  # project results are commit statuses (no check runs)
 
     def __init__(
         self,
@@ -200,6 +203,9 @@ class GitLabForge:
                 raise
 
     @forge_call("set a commit status")
+    def report_project(self, repo: RepoRef, sha: str, report: ProjectReport) -> str:
+        return report_as_status(self, repo, sha, report)
+
     def set_status(
         self,
         repo: RepoRef,

@@ -14,8 +14,8 @@ import time
 
 from runner.engine.project_mutex import ProjectMutex
 from runner.jobs.cancellation import CancelRegistry, Superseded, Superseder
-from runner.jobs.model import JobHandler, WorkEvent
-from runner.jobs.queue import DEFAULT_TIMING, JobRunner, JobTiming, enqueue_event
+from runner.jobs.model import JobHandler, JobPayload
+from runner.jobs.queue import DEFAULT_TIMING, JobRunner, JobTiming, enqueue_job
 from runner.jobs.recovery import recover
 from runner.store.deliveries import DeliveryRef
 from runner.store.owners import process_owner_prefix
@@ -68,13 +68,13 @@ class InProcessQueue:
         )
         self._superseder = Superseder(store, self._superseded)
 
-    def submit(self, event: WorkEvent, *, delivery: DeliveryRef | None = None) -> int:
+    def submit(self, event: JobPayload, *, delivery: DeliveryRef | None = None) -> int:
         """Persist the job (one transaction, with `delivery`) and return; see JobQueue.
 
         A push or close wakes a worker only once its superseding pass is done, so the
         worker does not first claim an older autoplan that is about to be cancelled.
         """
-        job_id = enqueue_event(self._store, event, delivery)
+        job_id = enqueue_job(self._store, event, delivery)
         if not self._superseder.request(job_id, event):
             self._wake_one()
         return job_id
@@ -151,7 +151,7 @@ class InProcessQueue:
                 log.exception("job recovery failed; retrying later")
 
     def _recover(self) -> None:
-        report = recover(self._store, self._handler, self._timing.lease_grace_s)
+        report = recover(self._store, self._handler, self._timing.lease_grace_s, self._runner.kinds)
         if report.requeued:
             with self._wake:
                 self._wake.notify_all()

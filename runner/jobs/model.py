@@ -1,9 +1,15 @@
-"""What a job is and how it is persisted.
+"""What a job is and how it is persisted: the catalogue of job kinds.
 
-A job is one normalised forge event that needs work (an autoplan, a comment
-command, a merge). Its persisted form is explicit and versioned: the `kind` names
-the event type, the `payload` is the event as JSON, `JOB_FORMAT_VERSION` says how
-to read it. A worker on another machine (RQ) reads the same rows.
+Every kind of work is a job: a forge event (an autoplan, a comment command, a merge),
+a drift scan, a scheduler's drift tick, a reconcile pass. Its persisted form is
+explicit and versioned: the `kind` names the payload type (`KINDS`), the `payload` is
+that value as JSON, the row's `version` says how to read it. A worker on another
+machine (RQ) reads the same rows; it claims only kinds it knows and handles
+(`runner/jobs/registry.py`), so during a rolling upgrade a new kind waits for a new
+worker instead of failing on an old one.
+
+`JOB_FORMAT_VERSION` is the version of the forge-event kinds (`pull_request`,
+`comment`); the other kinds carry their own (`JobKind.version`).
 
 Versions: 1 stored a comment as its text only; 2 adds the parsed `command` (null,
 a command, or the refusal), so a worker acts on what the webhook decided instead of
@@ -15,13 +21,16 @@ version 2: rows without it read as None, and a runner without the field ignores 
 from __future__ import annotations
 
 import threading
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from runner.events.commands import Command, CommandError
 from runner.events.comment_parser import parse_comment
 from runner.events.model import CommentEvent, PullRequestEvent
+from runner.jobs.payloads import DriftScanJob, DriftScheduleJob, ReconcileJob
 
 JOB_FORMAT_VERSION = 2
 # Rows a rolling upgrade may still hold; drop 1 once no runner writes it any more.
@@ -78,17 +87,147 @@ def pr_group(event: WorkEvent) -> str:
     return f"{event.repo.key}#{number}"
 
 
-class JobHandler(Protocol):
-    """The work behind a job; the PR flow implements it, the queue only calls it."""
+# ---- every kind of job ---------------------------------------------------------------
 
-    def handle(self, event: WorkEvent, cancel: threading.Event) -> None:
+JobPayload = WorkEvent | DriftScanJob | DriftScheduleJob | ReconcileJob
+# What `gitops-runner worker --kinds` selects by (besides exact kind names); RQ has one
+# queue per family, so a worker started for some families never receives the others.
+Family = Literal["pr", "drift", "reconcile"]
+FAMILIES: tuple[Family, ...] = ("pr", "drift", "reconcile")
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """One kind of work: its payload type, how it is read, grouped and deduplicated."""
+
+    name: str
+    family: Family
+    payload_type: type
+    version: int
+    decode: Callable[[dict[str, Any], int], Any]
+    # Jobs of one group run one at a time, in order (None: no order to keep).
+    group: Callable[[Any], str | None]
+    # At most one queued-or-running job per key (None: every job is new).
+    dedupe: Callable[[Any], str | None]
+
+
+def _pydantic_kind(
+    name: str, family: Family, payload_type: type, group: Callable[[Any], str | None]
+) -> JobKind:
+    adapter = TypeAdapter(payload_type)
+
+    def decode(payload: dict[str, Any], version: int) -> Any:
+        if version != 1:
+            raise UnknownJobFormat(f"cannot read job kind={name!r} version={version}")
+        return adapter.validate_python(payload)
+
+    return JobKind(name, family, payload_type, 1, decode, group, lambda p: p.dedupe_key)
+
+
+def _event_kind(name: str, payload_type: type) -> JobKind:
+    return JobKind(
+        name,
+        "pr",
+        payload_type,
+        JOB_FORMAT_VERSION,
+        lambda payload, version: decode_event(name, payload, version),
+        pr_group,
+        lambda _event: None,
+    )
+
+
+KINDS: dict[str, JobKind] = {
+    kind.name: kind
+    for kind in (
+        _event_kind("pull_request", PullRequestEvent),
+        _event_kind("comment", CommentEvent),
+        _pydantic_kind("drift_scan", "drift", DriftScanJob, lambda _p: None),
+        _pydantic_kind(
+            "drift_schedule", "drift", DriftScheduleJob, lambda p: f"drift-schedule:{p.repo}"
+        ),
+        _pydantic_kind("reconcile", "reconcile", ReconcileJob, lambda p: f"reconcile:{p.repo}"),
+    )
+}
+PR_KINDS = ("pull_request", "comment")
+
+
+def kind_for(payload: JobPayload) -> JobKind:
+    """The kind a payload is persisted as (by its type)."""
+    for kind in KINDS.values():
+        if isinstance(payload, kind.payload_type):
+            return kind
+    raise TypeError(f"no job kind for {type(payload).__name__}")
+
+
+@dataclass(frozen=True)
+class EncodedJob:
+    """A payload as its job row stores it."""
+
+    kind: str
+    payload: dict[str, Any]
+    version: int
+    group_key: str | None
+    dedupe_key: str | None
+
+
+def encode_job(payload: JobPayload) -> EncodedJob:
+    """The row for any payload, in its kind's current version."""
+    kind = kind_for(payload)
+    data = TypeAdapter(kind.payload_type).dump_python(payload, mode="json")
+    return EncodedJob(kind.name, data, kind.version, kind.group(payload), kind.dedupe(payload))
+
+
+def decode_job(kind: str, payload: dict[str, Any], version: int) -> JobPayload:
+    """The payload a stored job carries; `UnknownJobFormat` for kinds and versions this
+    runner does not know, or a payload that does not validate."""
+    known = KINDS.get(kind)
+    if known is None:
+        raise UnknownJobFormat(f"cannot read job kind={kind!r} version={version}")
+    try:
+        return known.decode(payload, version)  # type: ignore[no-any-return]
+    except ValidationError as error:
+        raise UnknownJobFormat(f"invalid {kind} payload: {error}") from None
+
+
+def group_of(payload: JobPayload) -> str | None:
+    return kind_for(payload).group(payload)
+
+
+def select_kinds(selection: Iterable[str]) -> tuple[str, ...]:
+    """Kind names for `--kinds`: families (`pr`, `drift`, `reconcile`) or exact kinds.
+
+    Unknown names are refused (ValueError naming the choices): a typo must not start a
+    worker that silently runs nothing.
+    """
+    chosen: list[str] = []
+    for name in (part.strip() for part in selection):
+        if not name:
+            continue
+        if name in FAMILIES:
+            chosen += [k.name for k in KINDS.values() if k.family == name]
+        elif name in KINDS:
+            chosen.append(name)
+        else:
+            choices = ", ".join(dict.fromkeys((*FAMILIES, *KINDS)))
+            raise ValueError(f"unknown job kind {name!r}; choose from {choices}")
+    return tuple(dict.fromkeys(chosen))
+
+
+class JobHandler(Protocol):
+    """The work behind a job; the PR flow implements it, the queue only calls it.
+
+    A handler of forge events only (the PR flow) receives `WorkEvent`s; the registry
+    (`runner/jobs/registry.py`) is a handler of every kind it was given handlers for.
+    """
+
+    def handle(self, event: Any, cancel: threading.Event) -> None:
         """Do the work. `cancel` is set when a newer push supersedes this job."""
         ...
 
-    def is_apply(self, event: WorkEvent) -> bool:
+    def is_apply(self, event: Any) -> bool:
         """Whether the job may run `terraform apply` (never re-run after a crash)."""
         ...
 
-    def report_interrupted(self, event: WorkEvent) -> None:
+    def report_interrupted(self, event: Any) -> None:
         """Tell the PR that an apply was cut short by a crash or restart."""
         ...

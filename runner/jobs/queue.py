@@ -22,15 +22,17 @@ from typing import Protocol
 from runner.engine.project_mutex import MutexBusy, ProjectMutex
 from runner.jobs.cancellation import CancelRegistry, LeaseKeeper
 from runner.jobs.model import (
-    JOB_FORMAT_VERSION,
+    PR_KINDS,
     JobHandler,
+    JobPayload,
     UnknownJobFormat,
     WorkEvent,
-    decode_event,
-    encode_event,
-    pr_group,
+    decode_job,
+    encode_job,
+    group_of,
 )
 from runner.jobs.recovery import is_orphaned, orphan_cutoff
+from runner.jobs.registry import handled_kinds
 from runner.store.deliveries import DeliveryRef
 from runner.store.jobs import JobRecord
 from runner.store.owners import new_owner_id
@@ -38,18 +40,21 @@ from runner.store.store import Store
 
 log = logging.getLogger(__name__)
 
-# The kinds this version can run (see model.kind_of). Claiming only these leaves jobs
-# of a newer runner's new kinds to that runner during a rolling upgrade.
-CLAIMABLE_KINDS = ("pull_request", "comment")
-# Mutex keys of PR groups; project keys (repo|dir|workspace) never start like this.
+# The kinds a plain (PR flow) handler runs. A queue claims the kinds of its handler
+# (`registry.handled_kinds`), which leaves jobs of kinds it does not run, such as a newer
+# runner's new kinds during a rolling upgrade, to the workers that do.
+CLAIMABLE_KINDS = PR_KINDS
+# Mutex keys of job groups (a PR's, a repository's reconcile, ...); project keys
+# (repo|dir|workspace) never start like this. Named when only PRs had groups.
 GROUP_KEY_PREFIX = "pr-group:"
 
 
 class JobQueue(Protocol):
     """What the web layer (and the CLI) need from a queue."""
 
-    def submit(self, event: WorkEvent, *, delivery: DeliveryRef | None = None) -> int:
-        """Persist the event as a job and wake a worker; supersede what it makes pointless.
+    def submit(self, event: JobPayload, *, delivery: DeliveryRef | None = None) -> int:
+        """Persist the event (any job payload) as a job and wake a worker; supersede what
+        it makes pointless.
 
         Returns the job id. Once this returns, the job survives a crash of this process.
         With `delivery` (the webhook that carried the event), the delivery is recorded in
@@ -75,12 +80,15 @@ class JobQueue(Protocol):
         ...
 
 
+DEFAULT_LEASE_S = 60.0
+
+
 @dataclass(frozen=True)
 class JobTiming:
     """Lease arithmetic. The lease is short, so a dead worker's jobs come back quickly;
     it is renewed four times per lease, so a slow database never costs a live lease."""
 
-    lease_s: float = 60.0
+    lease_s: float = DEFAULT_LEASE_S
     heartbeat_s: float = 15.0
     poll_s: float = 1.0  # status checks, idle polling, waiting for the PR's turn
     lease_grace_s: float = 30.0  # see recovery.DEFAULT_LEASE_GRACE_S
@@ -88,6 +96,14 @@ class JobTiming:
     @property
     def recovery_every_s(self) -> float:
         return self.lease_s / 2
+
+    @classmethod
+    def for_lease(cls, lease_s: float) -> JobTiming:
+        """Everything in proportion to the lease (`GITOPS_JOB_LEASE_SECONDS`): renewed
+        four times per lease, a grace of half a lease, recovery twice per lease."""
+        if lease_s == DEFAULT_LEASE_S:
+            return cls()
+        return cls(lease_s=lease_s, heartbeat_s=lease_s / 4, lease_grace_s=lease_s / 2)
 
 
 DEFAULT_TIMING = JobTiming()
@@ -100,24 +116,37 @@ class Outcome(StrEnum):
     RELEASED = "released"  # given back to the queue before it started (shutdown)
 
 
-def enqueue_event(store: Store, event: WorkEvent, delivery: DeliveryRef | None = None) -> int:
-    """Persist `event` as a queued job (versioned format, with its PR group); its id.
+def enqueue_job(store: Store, payload: JobPayload, delivery: DeliveryRef | None = None) -> int:
+    """Persist `payload` as a queued job (its kind's versioned format, group and dedupe
+    key); its id, or the id of the same job already queued or running (dedupe).
 
     One write transaction, with the webhook `delivery` if given (`DuplicateDelivery`
     when it was recorded before). What the queues' `submit` does while a webhook waits.
     """
-    kind, payload = encode_event(event)
+    job = encode_job(payload)
     return store.jobs.enqueue(
-        kind, payload, version=JOB_FORMAT_VERSION, group_key=pr_group(event), delivery=delivery
+        job.kind,
+        job.payload,
+        job.dedupe_key,
+        version=job.version,
+        group_key=job.group_key,
+        delivery=delivery,
     )
+
+
+def enqueue_event(store: Store, event: WorkEvent, delivery: DeliveryRef | None = None) -> int:
+    """`enqueue_job` for a forge event (its PR group); kept for its callers."""
+    return enqueue_job(store, event, delivery)
 
 
 class JobRunner:
     """Runs one claimed job from start to recorded outcome; both queues use it.
 
-    Jobs of one PR group run one at a time and in id order, across threads, processes
-    and hosts: the runner holds the group's mutex around the handler, and gives its turn
-    to an older job of the group that was claimed first but has not got the mutex yet.
+    It claims only the kinds its handler runs (`kinds`, default: `handled_kinds`).
+    Jobs of one group (a PR's, a repository's reconcile passes) run one at a time and
+    in id order, across threads, processes and hosts: the runner holds the group's
+    mutex around the handler, and gives its turn to an older job of the group that was
+    claimed first but has not got the mutex yet. Jobs without a group just run.
     """
 
     def __init__(
@@ -130,9 +159,11 @@ class JobRunner:
         timing: JobTiming = DEFAULT_TIMING,
         registry: CancelRegistry | None = None,
         stopping: threading.Event | None = None,
+        kinds: tuple[str, ...] | None = None,
     ) -> None:
         self._store = store
         self._handler = handler
+        self.kinds = kinds if kinds is not None else handled_kinds(handler)
         self._mutex = mutex
         self._owner_prefix = owner_prefix
         self._timing = timing
@@ -141,18 +172,18 @@ class JobRunner:
 
     def has_queued(self) -> bool:
         """A cheap read, so idle workers poll without taking the database's write lock."""
-        return self._store.jobs.any_queued()
+        return self._store.jobs.any_queued(self.kinds)
 
     def run_next(self, label: str) -> Outcome | None:
         """Claim the oldest queued job and run it; None if there was none."""
         owner = new_owner_id(self._owner_prefix, label)
-        record = self._store.jobs.claim(owner, CLAIMABLE_KINDS, self._timing.lease_s)
+        record = self._store.jobs.claim(owner, self.kinds, self._timing.lease_s)
         return None if record is None else self._run(record, owner)
 
     def run_id(self, job_id: int, label: str) -> Outcome | None:
         """Run this job if it is still queued; None if it was taken, cancelled or ended."""
         stored = self._store.jobs.get(job_id)
-        if stored is None or stored.kind not in CLAIMABLE_KINDS:
+        if stored is None or stored.kind not in self.kinds:
             return None
         owner = new_owner_id(self._owner_prefix, label)
         record = self._store.jobs.claim_id(job_id, owner, self._timing.lease_s)
@@ -178,24 +209,22 @@ class JobRunner:
 
     def _run_leased(self, record: JobRecord, owner: str, cancel: threading.Event) -> Outcome:
         try:
-            event = decode_event(record.kind, record.payload, record.version)
+            event = decode_job(record.kind, record.payload, record.version)
         except (UnknownJobFormat, ValueError) as error:
             self._store.jobs.fail(record.id, f"unreadable job: {error}", owner)
             return Outcome.FAILED
-        turn = self._wait_for_turn(record.id, event, cancel)
+        group = group_of(event)
+        turn = ExitStack() if group is None else self._wait_for_turn(record.id, group, cancel)
         if turn is None:
             return self._give_back(record, owner)
         with turn:
             return self._handle(record, owner, event, cancel)
 
-    def _wait_for_turn(
-        self, job_id: int, event: WorkEvent, cancel: threading.Event
-    ) -> ExitStack | None:
-        """Hold the PR group's mutex, once no older job of the group is waiting for it.
+    def _wait_for_turn(self, job_id: int, group: str, cancel: threading.Event) -> ExitStack | None:
+        """Hold the group's mutex, once no older job of the group is waiting for it.
 
         None when the job was cancelled or the queue is stopping before its turn came.
         """
-        group = pr_group(event)
         poll_s = self._timing.poll_s
         while not (cancel.is_set() or self._stopping.is_set()):
             turn = ExitStack()
@@ -237,7 +266,7 @@ class JobRunner:
         return Outcome.RELEASED if released is not None else Outcome.CANCELLED
 
     def _handle(
-        self, record: JobRecord, owner: str, event: WorkEvent, cancel: threading.Event
+        self, record: JobRecord, owner: str, event: JobPayload, cancel: threading.Event
     ) -> Outcome:
         log.info("job %s: running %s", record.id, record.kind)
         try:
@@ -253,7 +282,7 @@ class JobRunner:
 
 def _group_of(record: JobRecord) -> str | None:
     try:
-        return pr_group(decode_event(record.kind, record.payload, record.version))
+        return group_of(decode_job(record.kind, record.payload, record.version))
     except (UnknownJobFormat, ValueError):
         return None
 

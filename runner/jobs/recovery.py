@@ -13,15 +13,20 @@ attempt limit. An orphaned apply never runs again by itself: it is marked
 infrastructure and left its state lock held.
 `recover` is idempotent and safe to run from any number of processes at once: each
 job is recovered by exactly one of them (the store checks and changes it atomically).
+A process recovers only the kinds it runs (`kinds`): a worker started for `--kinds pr`
+leaves a dead drift worker's scan to the drift workers, whose handler knows whether
+it may re-run it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-from runner.jobs.model import JobHandler, UnknownJobFormat, WorkEvent, decode_event
+from runner.jobs.model import JobHandler, UnknownJobFormat, decode_job
 from runner.store.jobs import JobRecord, JobStatus
 from runner.store.models import utcnow
 from runner.store.owners import owner_is_gone
@@ -54,9 +59,13 @@ def is_orphaned(record: JobRecord, expired_before: datetime) -> bool:
 
 
 def recover(
-    store: Store, handler: JobHandler, lease_grace: float = DEFAULT_LEASE_GRACE_S
+    store: Store,
+    handler: JobHandler,
+    lease_grace: float = DEFAULT_LEASE_GRACE_S,
+    kinds: Collection[str] | None = None,
 ) -> RecoveryReport:
-    """Re-queue orphaned plans, interrupt (and report) orphaned applies."""
+    """Re-queue orphaned plans, interrupt (and report) orphaned applies (of `kinds`;
+    default: all)."""
     report = RecoveryReport()
     # A run (apply or plan) left "running" by a dead process, whatever started it.
     for run_id in store.runs.interrupt_orphaned(lambda owner: owner_is_gone(owner + ":")):
@@ -64,6 +73,8 @@ def recover(
     expired_before = orphan_cutoff(lease_grace)
     for record in store.jobs.list(status=JobStatus.RUNNING):
         if not is_orphaned(record, expired_before):
+            continue
+        if kinds is not None and record.kind not in kinds:
             continue
         gone = owner_is_gone(record.lease_owner)
         reason = "its worker process is gone" if gone else "its lease expired"
@@ -91,16 +102,16 @@ def recover(
     return report
 
 
-def _decode(record: JobRecord) -> WorkEvent | None:
+def _decode(record: JobRecord) -> Any:
     try:
-        return decode_event(record.kind, record.payload, record.version)
+        return decode_job(record.kind, record.payload, record.version)
     except (UnknownJobFormat, ValueError):
         # Written by another version: whether it applies is unknown, so never re-run it.
         log.error("job %s has a format this runner cannot read; interrupting it", record.id)
         return None
 
 
-def _is_apply(handler: JobHandler, event: WorkEvent) -> bool:
+def _is_apply(handler: JobHandler, event: Any) -> bool:
     try:
         return handler.is_apply(event)
     except Exception:
@@ -108,7 +119,7 @@ def _is_apply(handler: JobHandler, event: WorkEvent) -> bool:
         return True
 
 
-def _report(handler: JobHandler, job_id: int, event: WorkEvent) -> None:
+def _report(handler: JobHandler, job_id: int, event: Any) -> None:
     try:
         handler.report_interrupted(event)
     except Exception:

@@ -351,10 +351,15 @@ class Reconciler:
         self, current: _Pass, tree: Path, held: list[tuple[PlanTarget, int]]
     ) -> dict[str, PlanResult]:
         services = self.services
+        run_ids = {target.project.name: run_id for target, run_id in held}
         options = PlanOptions(
             secret_values=services.secret_values,
             progress=services.progress,
             guard=lambda project: self._plan_guard(current, tree, project),
+            # The runs exist already: point them at their logs (followed on the dashboard).
+            log_opened=lambda project, log: services.store.runs.set_log_path(
+                run_ids[project.name], log
+            ),
         )
         targets = [target for target, _ in held]
         results = services.planner.plan_all(tree, targets, current.head, options)

@@ -16,6 +16,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,14 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError as AlembicError
 from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
+
+from runner.settings import SettingsError
 
 DATABASE_FILENAME = "gitops-runner.db"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -298,4 +302,82 @@ def current_revision(target: str | URL | Engine) -> str | None:
 
 def head_revision() -> str | None:
     """The newest revision shipped with this version of the package."""
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+    return _script_directory().get_current_head()
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """Where a database's schema is, against what this version of the package ships."""
+
+    current: str | None  # None: an empty database
+    head: str | None
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.current == self.head
+
+    @property
+    def known(self) -> bool:
+        """False when the database was migrated by a newer gitops-runner than this one."""
+        return self.current is None or _is_shipped(self.current)
+
+    def describe(self) -> str:
+        """One line for `gitops-runner db current` and the refusal to start."""
+        at = f"revision {self.current}" if self.current else "empty (no tables yet)"
+        if self.up_to_date:
+            return f"the database schema is at {at}: up to date"
+        if not self.known:
+            return (
+                f"the database schema is at revision {self.current}, which this version of "
+                f"gitops-runner does not know (its newest is {self.head}): a newer version "
+                "migrated it; run that version"
+            )
+        return f"the database schema is {at}; this version of gitops-runner needs {self.head}"
+
+
+class SchemaOutOfDate(SettingsError):
+    """A process that may not migrate found the schema behind (or ahead of) the package."""
+
+    def __init__(self, state: SchemaState) -> None:
+        hint = (
+            ": run `gitops-runner db upgrade` first (or set GITOPS_AUTO_MIGRATE=true)"
+            if state.known
+            else ""
+        )
+        super().__init__(state.describe() + hint)
+        self.state = state
+
+
+def schema_state(target: str | URL | Engine) -> SchemaState:
+    """The database's revision and the package's newest, read without changing anything."""
+    return SchemaState(current=current_revision(target), head=head_revision())
+
+
+def prepare_schema(target: str | URL | Engine, *, auto_migrate: bool) -> SchemaState:
+    """What every process does at start-up: migrate, or check and refuse.
+
+    With `auto_migrate` the schema is brought to head (safe in several processes at
+    once, see `migrate`); a schema a newer version wrote is never touched. Without, an
+    out-of-date schema raises `SchemaOutOfDate`, whose message names `gitops-runner db
+    upgrade`: on PostgreSQL migrations are a deployment step, so a rolling upgrade never
+    has old processes meet a new schema they were not written for, or a dozen replicas
+    race to alter tables.
+    """
+    state = schema_state(target)
+    if auto_migrate and not state.up_to_date and state.known:
+        migrate(target)
+        state = schema_state(target)
+    if not state.up_to_date:
+        raise SchemaOutOfDate(state)
+    return state
+
+
+def _script_directory() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def _is_shipped(revision: str) -> bool:
+    try:
+        return _script_directory().get_revision(revision) is not None
+    except AlembicError:  # "Can't locate revision identified by ..."
+        return False

@@ -83,6 +83,7 @@ class JobRecord:
 _JOBS = Job.__table__
 _INSERT_JOB = insert(_JOBS)
 _ANY_QUEUED = select(_JOBS.c.id).where(_JOBS.c.status == JobStatus.QUEUED.value).limit(1)
+_ANY_QUEUED_OF_KINDS = _ANY_QUEUED.where(_JOBS.c.kind.in_(bindparam("kinds", expanding=True)))
 _OLDEST_QUEUED = (
     select(_JOBS)
     .where(_JOBS.c.status == JobStatus.QUEUED.value)
@@ -438,11 +439,19 @@ class JobStore:
         with self._db.read() as session:
             return [_record(row) for row in session.scalars(statement)]
 
-    def any_queued(self) -> bool:
-        """Whether some job waits to be claimed: the idle workers' poll, a read that
-        neither takes the write lock nor decodes a payload."""
+    def active_with_key(self, dedupe_key: str) -> int | None:
+        """The queued or running job with this dedupe key, if there is one."""
         with self._db.read() as session:
-            return session.execute(_ANY_QUEUED).first() is not None
+            return session.scalar(_active_with_key(dedupe_key))
+
+    def any_queued(self, kinds: Collection[str] | None = None) -> bool:
+        """Whether some job (of `kinds`) waits to be claimed: the idle workers' poll, a
+        read that neither takes the write lock nor decodes a payload."""
+        with self._db.read() as session:
+            if kinds is None:
+                return session.execute(_ANY_QUEUED).first() is not None
+            found = session.execute(_ANY_QUEUED_OF_KINDS, {"kinds": list(kinds)})
+            return found.first() is not None
 
     def running_in_group(self, group_key: str, before_id: int) -> builtins.list[JobRecord]:
         """Running jobs older than `before_id` of a PR group, oldest first, for the

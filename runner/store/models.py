@@ -250,3 +250,21 @@ class PolicyApproval(Base):
     __table_args__ = (
         UniqueConstraint("plan_id", "policy_set", "user", name="uq_policy_approvals_plan_set_user"),
     )
+
+
+class ApiToken(Base):
+    """An API token (`gitops-runner token create`): only the SHA-256 of its secret is kept.
+
+    Revoked tokens stay as rows (revoked_at set), so `token list` shows what existed.
+    """
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]

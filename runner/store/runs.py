@@ -16,7 +16,7 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from runner.results.model import PlanSummary, ResourceChange
@@ -99,6 +99,36 @@ class PlanRecord:
         """
         path = Path(self.path)
         return path.is_file() and plan_checksum(path) == self.checksum
+
+
+@dataclass(frozen=True)
+class RunQuery:
+    """Filters of a run search; None means any. Exact matches only (they are indexed
+    or few), so a filter can never become a pattern someone crafts."""
+
+    repo: str | None = None
+    project: str | None = None
+    dir: str | None = None
+    workspace: str | None = None
+    pr_number: int | None = None
+    status: RunStatus | None = None
+    trigger: Trigger | None = None
+    command: str | None = None
+    author: str | None = None
+
+    def conditions(self) -> list:
+        columns = {
+            Run.repo: self.repo,
+            Run.project: self.project,
+            Run.dir: self.dir,
+            Run.workspace: self.workspace,
+            Run.pr_number: self.pr_number,
+            Run.status: self.status.value if self.status else None,
+            Run.trigger: self.trigger.value if self.trigger else None,
+            Run.command: self.command,
+            Run.author: self.author,
+        }
+        return [column == value for column, value in columns.items() if value is not None]
 
 
 class RunStore:
@@ -209,6 +239,40 @@ class RunStore:
         with self._db.read() as session:
             return [_run_record(row) for row in session.scalars(statement)]
 
+    def search(
+        self, query: RunQuery, limit: int = 50, before_id: int | None = None
+    ) -> list[RunRecord]:
+        """Newest first, filtered; `before_id` (the last id of the previous page) pages on.
+
+        Paged by id rather than offset so that runs starting meanwhile never shift a
+        page: the dashboard's runs list, the API and the audit export read through here.
+        """
+        statement = select(Run).where(*query.conditions()).order_by(Run.id.desc()).limit(limit)
+        if before_id is not None:
+            statement = statement.where(Run.id < before_id)
+        with self._db.read() as session:
+            return [_run_record(row) for row in session.scalars(statement)]
+
+    def set_log_path(self, run_id: int, log_path: str) -> None:
+        """Point a running run at its log as soon as it is opened, so it can be followed."""
+        with self._db.write() as session:
+            _run_row(session, run_id).log_path = log_path
+
+    def latest_per_project(self, repo: str | None = None) -> list[RunRecord]:
+        """The newest run of every (repo, dir, workspace): what the project list shows."""
+        newest = select(func.max(Run.id)).group_by(Run.repo, Run.dir, Run.workspace)
+        if repo is not None:
+            newest = newest.where(Run.repo == repo)
+        statement = select(Run).where(Run.id.in_(newest)).order_by(Run.repo, Run.dir)
+        with self._db.read() as session:
+            return [_run_record(row) for row in session.scalars(statement)]
+
+    def plans_of_run(self, run_id: int) -> list[PlanRecord]:
+        """The plan files a run saved (a plan run saves at most one), for its page."""
+        statement = select(Plan).where(Plan.run_id == run_id).order_by(Plan.id)
+        with self._db.read() as session:
+            return [_plan_record(row) for row in session.scalars(statement)]
+
     def record_plan(
         self,
         run_id: int,
@@ -284,6 +348,16 @@ class RunStore:
             statement = statement.where(Plan.commit_sha != except_commit)
         with self._db.write() as session:
             return session.execute(statement).rowcount
+
+    def live_plan_checksums(self) -> set[str]:
+        """Checksums of the plans that may still be applied (not discarded).
+
+        The plan store keeps their files past its retention; everything else (a closed
+        PR's plans, superseded or applied ones) may go.
+        """
+        statement = select(Plan.checksum).where(Plan.discarded_at.is_(None)).distinct()
+        with self._db.read() as session:
+            return set(session.scalars(statement))
 
     def discard_plan(self, plan_id: int) -> bool:
         """Invalidate one plan once it was applied: a saved plan is applied at most once."""

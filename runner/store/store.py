@@ -18,6 +18,7 @@ from runner.store.jobs import JobStore
 from runner.store.locks import LockService
 from runner.store.policies import PolicyApprovalStore
 from runner.store.runs import RunStore
+from runner.store.tokens import TokenStore
 
 
 class Store(Database):
@@ -32,6 +33,7 @@ class Store(Database):
         self.jobs = JobStore(self)
         self.comments = CommentStore(self)
         self.policy_approvals = PolicyApprovalStore(self)
+        self.tokens = TokenStore(self)
 
     @classmethod
     def open(cls, url: str | URL, *, upgrade: bool = True) -> Store:

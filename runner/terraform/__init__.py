@@ -1,5 +1,6 @@
 """terraform: the one place the runner runs the Terraform CLI (see docs/terraform.md)."""
 
+from runner.terraform.init_cache import InitCache
 from runner.terraform.locate import (
     TerraformBinary,
     TerraformNotFoundError,
@@ -18,6 +19,7 @@ from runner.terraform.terraform import (
 
 __all__ = [
     "CommandOutcome",
+    "InitCache",
     "StepTimeouts",
     "Terraform",
     "TerraformBinary",

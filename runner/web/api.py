@@ -1,15 +1,12 @@
-"""Read-only JSON API, health check and Prometheus metrics.
+"""Read-only JSON API and health check (metrics: runner/web/metrics.py).
 
 Everything here reads the store; nothing changes state, so a GET never races a job.
-With `GITOPS_API_TOKEN` set, every `/api/` route (this module's and the drift API's)
-needs `Authorization: Bearer <token>`. Run logs hold plan output, so their route is
-refused outright while no token is configured. `/healthz`, `/metrics` and the
-dashboard stay open: keep them behind the network boundary (docs/operations.md).
+Every route but `/healthz` needs a signed-in viewer: an API token or a browser
+session (runner/web/auth/, the guard in front of every blueprint).
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 from dataclasses import asdict
 from datetime import datetime
@@ -18,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, abort, jsonify, request, send_file
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -34,36 +30,6 @@ blueprint = Blueprint("api", __name__)
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
-API_PREFIX = "/api/"
-_BEARER = "bearer "
-
-
-@blueprint.before_app_request
-def require_api_token() -> tuple[Response, int] | None:
-    """Every `/api/` request carries the configured token; others are not this check's."""
-    token = configured_api_token()
-    if not request.path.startswith(API_PREFIX) or token is None:
-        return None
-    presented = _presented_token()
-    if presented is not None and hmac.compare_digest(presented.encode(), token.encode()):
-        return None
-    response = jsonify({"error": "missing or wrong API token (Authorization: Bearer ...)"})
-    response.headers["WWW-Authenticate"] = 'Bearer realm="gitops-runner"'
-    return response, 401
-
-
-def configured_api_token() -> str | None:
-    """GITOPS_API_TOKEN, or None when the API is open (the log route is then closed)."""
-    secret = web_context().settings.api_token
-    value = secret.get_secret_value() if secret is not None else ""
-    return value or None
-
-
-def _presented_token() -> str | None:
-    header = request.headers.get("Authorization", "")
-    if not header.lower().startswith(_BEARER):
-        return None
-    return header[len(_BEARER) :].strip() or None
 
 
 @blueprint.get("/healthz")
@@ -76,13 +42,6 @@ def healthz() -> tuple[Response, int]:
         logger.exception("health check: the database does not answer")
         return jsonify({"status": "unavailable"}), 503
     return jsonify({"status": "ok"}), 200
-
-
-@blueprint.get("/metrics")
-def metrics() -> Response:
-    registry = web_context().metrics.registry
-    # content_type, not mimetype: Flask would append a second `charset=utf-8`.
-    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 
 @blueprint.get("/api/runs")
@@ -106,16 +65,13 @@ def get_run(run_id: int) -> Response:
 def get_run_log(run_id: int) -> Response | tuple[Response, int]:
     """The run's Terraform output as plain text (already masked when it was written).
 
-    Only with an API token configured (then checked by `require_api_token`): a log
-    holds a plan's whole output, which nobody should read anonymously.
+    Signed-in viewers only, like every route here (runner/web/auth/guard.py): a log
+    holds a plan's whole output.
     """
-    if configured_api_token() is None:
-        message = "run logs are served only with an API token: set GITOPS_API_TOKEN"
-        return jsonify({"error": message}), 403
     run = _run_or_404(run_id)
     path = _log_file(run)
     if path is None:
-        abort(404, description="this run has no log file")
+        return _stored_log(run)
     response = send_file(path, mimetype="text/plain", max_age=0)
     response.headers["Content-Type"] = "text/plain; charset=utf-8"
     return response
@@ -181,6 +137,15 @@ def _log_file(run: RunRecord) -> Path | None:
     if not path.is_relative_to(data_dir) or not path.is_file():
         return None
     return path
+
+
+def _stored_log(run: RunRecord) -> Response:
+    """The log another machine wrote and kept in the plan store (GITOPS_PLAN_STORE)."""
+    name = Path(run.log_path).name if run.log_path else ""
+    kept = web_context().services.plan_store.read_log(name) if name else None
+    if kept is None:
+        abort(404, description="this run has no log file")
+    return Response(kept, content_type="text/plain; charset=utf-8")
 
 
 def _plain(value: Any) -> Any:

@@ -17,7 +17,8 @@ from flask import Flask, Response, request
 from runner.settings import Settings
 from runner.store.deliveries import DeliveryPruner
 from runner.store.store import Store
-from runner.web import api, dashboard, drift_api, webhooks
+from runner.web import api, api_v1, dashboard, drift_api, pages, webhooks
+from runner.web.auth import install_auth
 from runner.web.context import (
     EXTENSION_KEY,
     WEBHOOK_PATH,
@@ -25,6 +26,7 @@ from runner.web.context import (
     WebMetrics,
     WebServices,
 )
+from runner.web.metrics import install_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +34,10 @@ logger = logging.getLogger(__name__)
 _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; "
-        "form-action 'none'; frame-ancestors 'none'"
+        "default-src 'none'; style-src 'self' 'unsafe-inline'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'; "
+        # The dashboard's own files only (runner/web/static): log.js and its live log.
+        "script-src 'self'; connect-src 'self'; img-src 'self'"
     ),
     "Referrer-Policy": "no-referrer",
 }
@@ -80,7 +84,10 @@ def create_app(settings: Settings, services: WebServices) -> Flask:
     app.extensions[EXTENSION_KEY] = WebContext(
         settings=settings, services=services, metrics=WebMetrics(services.store)
     )
+    # Before the blueprints: its guard must run ahead of every other request hook.
+    install_auth(app, settings, services.store.tokens)
     _register_blueprints(app)
+    install_metrics(app, app.extensions[EXTENSION_KEY].metrics)
     app.after_request(_security_headers)
     _prune_deliveries_after_webhooks(app, settings, services.store)
     return app
@@ -91,6 +98,8 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(api.blueprint)
     app.register_blueprint(drift_api.blueprint)
     app.register_blueprint(dashboard.blueprint)
+    app.register_blueprint(api_v1.blueprint)
+    app.register_blueprint(pages.blueprint)
 
 
 def _prune_deliveries_after_webhooks(app: Flask, settings: Settings, store: Store) -> None:

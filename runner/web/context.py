@@ -8,21 +8,19 @@ the factory so the blueprints never import the module that imports them.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from flask import current_app
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from runner.drift.triggers import ScanTicket
 from runner.jobs.model import WorkEvent
 from runner.results.drift import DriftResult
 from runner.settings import Settings
 from runner.store.deliveries import DeliveryRef
-from runner.store.jobs import JobStatus
+from runner.store.plan_files import LocalPlanStore, PlanStore
 from runner.store.store import Store
+from runner.web.metrics import WebMetrics  # re-exported: the factory builds one per app
 
 EXTENSION_KEY = "gitops_runner"
 WEBHOOK_PATH = "/events"
@@ -33,8 +31,6 @@ DriftTrigger = Callable[[str | None, str | None], ScanTicket]
 # repo -> the newest stored result of every project (of that repository).
 DriftReport = Callable[[str | None], Sequence[DriftResult]]
 
-# A webhook acknowledgement should take milliseconds; the top buckets catch regressions.
-_ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Submit(Protocol):
@@ -64,60 +60,8 @@ class WebServices:
     drift_report: DriftReport | None = None
     start_workers: Callable[[], None] | None = None
     stop_workers: Callable[[], None] | None = None
-
-
-class WebMetrics:
-    """Prometheus metrics of one app, in a registry of its own.
-
-    Per-app rather than the global registry so that several apps in one process (tests)
-    never collide on metric names or see each other's counts.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self.registry = CollectorRegistry()
-        self.webhooks = Counter(
-            "gitops_webhooks",
-            "Webhook deliveries received, by forge and outcome.",
-            ["forge", "outcome"],
-            registry=self.registry,
-        )
-        self.ack_seconds = Histogram(
-            "gitops_webhook_ack_seconds",
-            "Time from receiving a webhook to answering it.",
-            ["forge"],
-            buckets=_ACK_BUCKETS,
-            registry=self.registry,
-        )
-        self.registry.register(_StoreCollector(store))
-
-    def observe_webhook(self, forge: str, outcome: str, seconds: float) -> None:
-        self.webhooks.labels(forge=forge, outcome=outcome).inc()
-        self.ack_seconds.labels(forge=forge).observe(seconds)
-
-
-class _StoreCollector(Collector):
-    """Queue depth and held locks, read from the store at scrape time.
-
-    Read rather than counted in-process, so every process (and the RQ workers) agree.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    def describe(self) -> list:
-        # Without this, registering would call collect() (and query the DB) at app build.
-        return [
-            GaugeMetricFamily("gitops_jobs", "Jobs queued or running.", labels=["status"]),
-            GaugeMetricFamily("gitops_locks_held", "Project locks currently held."),
-        ]
-
-    def collect(self) -> list:
-        jobs = GaugeMetricFamily("gitops_jobs", "Jobs queued or running.", labels=["status"])
-        for status in (JobStatus.QUEUED, JobStatus.RUNNING):
-            jobs.add_metric([status.value], self._store.jobs.count(status))
-        locks = GaugeMetricFamily("gitops_locks_held", "Project locks currently held.")
-        locks.add_metric([], len(self._store.locks.list()))
-        return [jobs, locks]
+    # Where finished runs' logs are read when this machine lacks the file (GITOPS_PLAN_STORE).
+    plan_store: PlanStore = field(default_factory=LocalPlanStore)
 
 
 @dataclass(frozen=True)

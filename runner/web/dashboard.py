@@ -1,13 +1,16 @@
-"""`/`: a small server-rendered status page (active jobs, locks, drift, recent runs).
+"""`/`: every project's sync state at a glance, then active jobs, locks, drift, recent runs.
 
-Plain HTML and CSS from one Jinja template; autoescaped, because repo names, branch
-names and errors come from pull requests anyone may open.
+Server-rendered from Jinja templates (base.html and its pages); autoescaped, because
+repo names, branch names and errors come from pull requests anyone may open. The
+helpers here (`run_row`, `display_helpers`) format records for every page (pages.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
 
 from flask import Blueprint, render_template
 
@@ -21,6 +24,8 @@ from runner.store.runs import RunRecord, RunStatus
 from runner.web.api import job_subject
 from runner.web.context import web_context
 from runner.web.drift_api import drift_overview
+from runner.web.read_model import all_projects, state_counts
+from runner.web.sync_state import SyncState
 
 blueprint = Blueprint("dashboard", __name__)
 
@@ -56,7 +61,8 @@ class RunRow:
     summary: str
     started: str
     duration: str
-    log_url: str | None  # shown, not linked: the route needs the API token
+    log_url: str | None
+    page_url: str
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,8 @@ class DriftRow:
 def index() -> str:
     context = web_context()
     store = context.services.store
-    runs = [_run_row(run, context.settings) for run in store.runs.list_runs(limit=RECENT_RUNS)]
+    runs = [run_row(run, context.settings) for run in store.runs.list_runs(limit=RECENT_RUNS)]
+    projects = all_projects(context)
     jobs = [
         job
         for status in (JobStatus.RUNNING, JobStatus.QUEUED)
@@ -85,11 +92,28 @@ def index() -> str:
         locks=store.locks.list(),
         jobs=[(job, job_subject(job)) for job in jobs],
         drift=[_drift_row(result) for result in drift_overview(context).results],
-        format_time=format_time,
+        projects=projects,
+        counts=state_counts(projects),
+        **display_helpers(),
     )
 
 
-def _run_row(run: RunRecord, settings: Settings) -> RunRow:
+def display_helpers() -> dict[str, Any]:
+    """What every page's template formats with."""
+    return {
+        "format_time": format_time,
+        "format_summary": format_summary,
+        "project_url": project_url,
+        "states": list(SyncState),
+    }
+
+
+def project_url(repo: str, dir: str, workspace: str) -> str:
+    return "/projects/view?" + urlencode({"repo": repo, "dir": dir, "workspace": workspace})
+
+
+def run_row(run: RunRecord, settings: Settings) -> RunRow:
+    """A run with every value formatted for a table row."""
     return RunRow(
         run=run,
         pr_url=pr_url(run.repo, run.pr_number, settings),
@@ -97,7 +121,8 @@ def _run_row(run: RunRecord, settings: Settings) -> RunRow:
         summary=format_summary(run.summary),
         started=format_time(run.started_at),
         duration=_duration(run.started_at, run.finished_at),
-        log_url=f"/api/runs/{run.id}/log" if run.log_path else None,
+        log_url=f"/api/v1/runs/{run.id}/log" if run.log_path else None,
+        page_url=f"/runs/{run.id}",
     )
 
 

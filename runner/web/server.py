@@ -16,18 +16,23 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from sqlalchemy.exc import SQLAlchemyError
 
 from runner.settings import Settings
+from runner.store.store import Store
 from runner.web.app import (
     check_webhook_secrets,
     create_app,
     start_app_workers,
     stop_app_workers,
 )
+from runner.web.auth.startup import check_sign_in
 from runner.web.context import WebServices
+from runner.web.metrics import MULTIPROC_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +139,22 @@ class RunnerServer(BaseApplication):
         return create_app(self._settings, self._services_factory(self._settings))
 
 
+def check_startup(settings: Settings) -> None:
+    """The checks `serve` makes before forking: webhook secrets, then sign-in."""
+    check_webhook_secrets(settings)
+    check_sign_in(settings, lambda: stored_token_count(settings))
+
+
+def stored_token_count(settings: Settings) -> int:
+    """Usable stored API tokens, read in a connection of its own that is closed at once
+    (the gunicorn master keeps no database connection); 0 before the first migration."""
+    try:
+        with Store.open(settings.resolved_database_url, upgrade=False) as store:
+            return store.tokens.count_usable()
+    except SQLAlchemyError:
+        return 0
+
+
 def run_server(
     settings: Settings,
     services_factory: ServicesFactory,
@@ -142,8 +163,32 @@ def run_server(
     """Serve the web app under gunicorn until stopped (SIGTERM/SIGINT); blocks.
 
     `services_factory(settings)` is called once in each worker process. Raises
-    WebConfigError before starting anything if no webhook secret is configured.
+    WebConfigError (no webhook secret) or AuthConfigError (a dashboard nobody can sign
+    in to) before starting anything.
     """
-    check_webhook_secrets(settings)
+    check_startup(settings)
+    options = {**gunicorn_options(settings), **(overrides or {})}
+    if int(options["workers"]) > 1:
+        share_metrics_between_workers(settings.data_dir / "prometheus")
     logger.info("serving on %s", bind_address(settings))
     RunnerServer(settings, services_factory, overrides).run()
+
+
+def share_metrics_between_workers(directory: Path) -> None:
+    """prometheus-client's multiprocess mode, set up in the master before the fork.
+
+    Each worker process then writes its webhook counters to files in `directory`, and
+    a scrape (answered by any one worker) sums them all. An operator's own
+    PROMETHEUS_MULTIPROC_DIR is kept; files of an earlier run are removed, or their
+    counts would be added to this one's.
+    """
+    from prometheus_client import values
+
+    path = Path(os.environ.get(MULTIPROC_ENV) or directory)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    os.environ[MULTIPROC_ENV] = str(path)
+    # The client picks its value store when first imported, which the master has
+    # already done; choose again so that the forked workers write to files.
+    values.ValueClass = values.get_value_class()

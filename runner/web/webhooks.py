@@ -25,18 +25,22 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from runner.events.github import parse_github_event
+from runner.events.github import parse_github_event, rerun_as_command
 from runner.events.gitlab import parse_gitlab_event
 from runner.events.model import (
+    CheckRunRerun,
     CommentEvent,
     Event,
     IgnoredEvent,
     MalformedEvent,
     PingEvent,
     PullRequestEvent,
+    PushEvent,
     RepoRef,
 )
 from runner.events.signature import verify_github_signature, verify_gitlab_token
+from runner.jobs.payloads import ReconcileJob
+from runner.reconcile.jobs import job_for_push
 from runner.settings import Settings
 from runner.store.deliveries import DeliveryRef, DuplicateDelivery
 from runner.web.context import WebContext, web_context
@@ -173,14 +177,30 @@ def _handle(context: WebContext, forge: ForgeHooks | None) -> Reply:
     event_name = _event_name(forge)
     payload = _decode_json(body)
     event = _parse(forge.parser, event_name, payload)
+    if isinstance(event, CheckRunRerun):
+        # "Re-run" on our plan check run: the `gitops plan -p` comment of who clicked.
+        event = rerun_as_command(event, settings.github_app_id)
     if isinstance(event, PingEvent):
         return Reply(200, {"status": "pong"}, "pong")
     if isinstance(event, IgnoredEvent):
         raise _ignored(event.reason)
     _check_allowlist(event.repo, settings.repo_allowlist)
     delivery = _delivery(forge, event_name)
+    if isinstance(event, PushEvent):
+        return _submit(context, _reconcile_on_push(event, settings), delivery)
     _check_relevance(event, settings)
     return _submit(context, event, delivery)
+
+
+def _reconcile_on_push(event: PushEvent, settings: Settings) -> ReconcileJob:
+    """A push to the default branch of a reconciled repository: its reconcile, now.
+
+    Anything else pushed is acknowledged and ignored (the poll stays the safety net).
+    """
+    job = job_for_push(event, settings)
+    if isinstance(job, str):
+        raise _ignored(job)
+    return job
 
 
 def _read_body(limit: int) -> bytes:
@@ -312,7 +332,9 @@ def _check_relevance(event: PullRequestEvent | CommentEvent, settings: Settings)
 
 
 def _submit(
-    context: WebContext, event: PullRequestEvent | CommentEvent, delivery: DeliveryRef
+    context: WebContext,
+    event: PullRequestEvent | CommentEvent | ReconcileJob,
+    delivery: DeliveryRef,
 ) -> Reply:
     try:
         # One transaction: the delivery and its job are both stored, or neither is.

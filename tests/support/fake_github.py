@@ -65,6 +65,13 @@ from tests.support.local_server import ServedFake
 
 ENTERPRISE_PREFIX = "/api/v3"
 DOCS_URL = "https://docs.github.com/rest"
+# GitHub's own wording; PyGithub tells the two limits apart by it.
+SECONDARY_RATE_LIMIT_MESSAGE = (
+    "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."
+)
+PRIMARY_RATE_LIMIT_MESSAGE = "API rate limit exceeded for installation ID 4242."
+# The largest `output.summary` / `output.text` of a check run GitHub accepts.
+CHECK_OUTPUT_CAP = 65_535
 
 # GitHub's "permission" field folds the finer roles into the classic three;
 # "role_name" keeps the role as granted.
@@ -89,10 +96,11 @@ _SHA_RE = re.compile(r"[0-9a-f]{40}")
 class ApiError(Exception):
     """Raised inside handlers; rendered as GitHub's ``{"message": ...}`` error body."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
 
 def _not_found() -> ApiError:
@@ -118,6 +126,15 @@ class Status:
 
 
 @dataclass(frozen=True)
+class CheckOutput:
+    """A check run's `output`: GitHub caps `summary` and `text` at 65535 characters each."""
+
+    title: str | None = None
+    summary: str | None = None
+    text: str | None = None
+
+
+@dataclass(frozen=True)
 class CheckRun:
     """A check run (GitHub Actions and other Apps report CI this way, not as statuses)."""
 
@@ -128,6 +145,13 @@ class CheckRun:
     conclusion: str | None
     app: str = "github-actions"
     started_at: str = field(default_factory=iso_now)
+    # The App that created it: the installed App's id for runs it posted over the API.
+    app_id: int | None = None
+    output: CheckOutput = field(default_factory=CheckOutput)
+    details_url: str | None = None
+    external_id: str = ""
+    # Every status it went through, in order (`in_progress`, then `completed`).
+    history: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -180,6 +204,7 @@ class _Fault:
     status: int
     message: str
     remaining: int
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -508,16 +533,38 @@ class FakeGitHub(ServedFake):
         status: int = 500,
         message: str = "Server Error",
         times: int = 1,
+        headers: dict[str, str] | None = None,
     ) -> None:
-        """Make the next ``times`` matching requests fail.
+        """Make the next ``times`` matching requests fail (with ``headers`` on the answer).
 
         ``path`` is a regex fullmatched against the path below the API root (no ``/api/v3``).
 
         Clients built by :meth:`client` do not retry; PyGithub's default client retries
         5xx with back-off, which makes such tests slow.
         """
+        fault = _Fault(method.upper(), re.compile(path), status, message, times, headers or {})
         with self._lock:
-            self._faults.append(_Fault(method.upper(), re.compile(path), status, message, times))
+            self._faults.append(fault)
+
+    def secondary_rate_limit_next(
+        self, method: str, path: str, *, retry_after: int | None = 1, times: int = 1
+    ) -> None:
+        """GitHub's secondary rate limit on the next ``times`` matching requests: 403, its
+        message, and ``Retry-After`` (seconds) unless None (then clients should wait a minute)."""
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+        self.fail_next(method, path, 403, SECONDARY_RATE_LIMIT_MESSAGE, times, headers)
+
+    def primary_rate_limit_next(
+        self, method: str, path: str, *, reset_in: float, status: int = 403, times: int = 1
+    ) -> None:
+        """The primary rate limit used up: 403 (or 429), ``x-ratelimit-remaining: 0`` and
+        ``x-ratelimit-reset`` ``reset_in`` seconds from now (an epoch second, as GitHub's)."""
+        headers = {
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Used": "5000",
+            "X-RateLimit-Reset": str(int(time.time() + reset_in + 0.999)),
+        }
+        self.fail_next(method, path, status, PRIMARY_RATE_LIMIT_MESSAGE, times, headers)
 
     # --- inspection -------------------------------------------------------------
 
@@ -542,6 +589,46 @@ class FakeGitHub(ServedFake):
         """Every status posted for ``sha``, oldest first."""
         with self._lock:
             return list(self._state(full_name).statuses.get(sha, ()))
+
+    def check_runs(self, full_name: str, sha: str) -> list[CheckRun]:
+        """Every check run on ``sha``, oldest first, as it is now."""
+        with self._lock:
+            return list(self._state(full_name).check_runs.get(sha, ()))
+
+    def check_run_event(
+        self,
+        full_name: str,
+        run_id: int,
+        sender: str,
+        *,
+        action: str = "rerequested",
+        pull_numbers: Iterable[int] | None = None,
+    ) -> Json:
+        """The ``check_run`` webhook GitHub sends when ``sender`` clicks "Re-run".
+
+        ``pull_requests`` lists the open PRs whose head is the run's commit and lives in
+        this repository: GitHub leaves fork PRs out. ``pull_numbers`` overrides the list.
+        """
+        with self._lock:
+            state = self._state(full_name)
+            run = next(r for runs in state.check_runs.values() for r in runs if r.id == run_id)
+            if pull_numbers is None:
+                pull_numbers = [
+                    pr.number
+                    for pr in state.pulls.values()
+                    if pr.head_sha == run.head_sha and pr.head_repo is None and pr.state == "open"
+                ]
+            hosts = self.hosts
+            data = _check_run_json(state.repo, run, hosts)
+            data["pull_requests"] = [
+                _check_run_pull_json(state.repo, state.pulls[n], hosts) for n in pull_numbers
+            ]
+            return {
+                "action": action,
+                "check_run": data,
+                "repository": repo_json(state.repo, hosts),
+                "sender": user_json(sender, hosts),
+            }
 
     def reactions(
         self, full_name: str, *, comment_id: int | None = None, issue_number: int | None = None
@@ -627,6 +714,9 @@ class FakeGitHub(ServedFake):
             ("GET", f"{repo}/commits/<ref>/statuses", self._list_statuses),
             ("GET", f"{repo}/commits/<ref>/status", self._combined_status),
             ("GET", f"{repo}/commits/<ref>/check-runs", self._list_check_runs),
+            ("POST", f"{repo}/check-runs", self._create_check_run),
+            ("GET", f"{repo}/check-runs/<int:run_id>", self._get_check_run),
+            ("PATCH", f"{repo}/check-runs/<int:run_id>", self._update_check_run),
             ("GET", f"{repo}/collaborators/<login>/permission", self._get_permission),
             ("GET", f"{repo}/compare/<path:basehead>", self._compare),
         ]
@@ -702,7 +792,7 @@ class FakeGitHub(ServedFake):
                 fault.remaining -= 1
                 if fault.remaining <= 0:
                     self._faults.remove(fault)
-                raise ApiError(fault.status, fault.message)
+                raise ApiError(fault.status, fault.message, fault.headers)
 
     # --- handlers: users and repos -----------------------------------------------
 
@@ -1038,10 +1128,63 @@ class FakeGitHub(ServedFake):
             runs = list({run.name: run for run in runs}.values())
         elif wanted != "all":
             raise _invalid()
+        if "check_name" in request.args:
+            runs = [run for run in runs if run.name == request.args["check_name"]]
         hosts = _request_hosts()
         return _paginate_listing(
             "check_runs", [_check_run_json(state.repo, run, hosts) for run in runs]
         )
+
+    def _calling_app(self) -> _App:
+        """The App whose installation token authenticates this request; GitHub lets only
+        Apps write check runs."""
+        credential = (request.headers.get("Authorization") or "").partition(" ")[2].strip()
+        app = self._github_app
+        if app is None or credential not in app.tokens:
+            raise ApiError(403, "You must authenticate via a GitHub App.")
+        return app
+
+    def _check_run_or_404(self, state: _RepoState, run_id: int) -> CheckRun:
+        for runs in state.check_runs.values():
+            for run in runs:
+                if run.id == run_id:
+                    return run
+        raise _not_found()
+
+    def _create_check_run(self, state: _RepoState) -> Response:
+        app = self._calling_app()
+        data = _body()
+        name, sha = data.get("name"), data.get("head_sha")
+        if not isinstance(name, str) or not name or not isinstance(sha, str):
+            raise _invalid()
+        run = _changed_check_run(
+            CheckRun(
+                id=next(self._ids),
+                head_sha=sha,
+                name=name,
+                status="queued",
+                conclusion=None,
+                app=app.slug,
+                app_id=app.app_id,
+            ),
+            data,
+        )
+        state.check_runs.setdefault(sha, []).append(run)
+        return _json(_check_run_json(state.repo, run, _request_hosts()), 201)
+
+    def _get_check_run(self, state: _RepoState, run_id: int) -> Response:
+        run = self._check_run_or_404(state, run_id)
+        return _json(_check_run_json(state.repo, run, _request_hosts()))
+
+    def _update_check_run(self, state: _RepoState, run_id: int) -> Response:
+        app = self._calling_app()
+        run = self._check_run_or_404(state, run_id)
+        if run.app_id != app.app_id:
+            raise ApiError(403, "Invalid app_id - check run can only be modified by its creator")
+        changed = _changed_check_run(run, _body())
+        runs = state.check_runs[run.head_sha]
+        runs[runs.index(run)] = changed
+        return _json(_check_run_json(state.repo, changed, _request_hosts()))
 
     def _compare(self, state: _RepoState, basehead: str) -> Response:
         base, sep, head = basehead.partition("...")
@@ -1092,7 +1235,9 @@ def _json(data: Any, status: int = 200) -> Response:
 
 def _error_response(error: ApiError) -> Response:
     body = {"message": error.message, "documentation_url": DOCS_URL, "status": str(error.status)}
-    return _json(body, error.status)
+    response = _json(body, error.status)
+    response.headers.update(error.headers)
+    return response
 
 
 def _github_headers(response: Response) -> Response:
@@ -1250,6 +1395,54 @@ def _status_json(repo: Repo, status: Status, hosts: Hosts) -> Json:
     }
 
 
+def _changed_check_run(run: CheckRun, data: Json) -> CheckRun:
+    """`run` with a create/update body applied, validated as GitHub does (422)."""
+    status = data.get("status", run.status)
+    conclusion = data.get("conclusion", run.conclusion)
+    if "conclusion" in data and "status" not in data:
+        status = "completed"  # GitHub: a conclusion completes the run
+    if status not in _CHECK_STATUSES or (status == "completed") != (conclusion is not None):
+        raise _invalid()
+    if conclusion is not None and conclusion not in _CHECK_CONCLUSIONS:
+        raise _invalid()
+    output = run.output
+    given = data.get("output")
+    if given is not None:
+        if not isinstance(given, dict) or not given.get("title") or not given.get("summary"):
+            raise _invalid("output requires a title and a summary")
+        for key in ("summary", "text"):
+            value = given.get(key)
+            if value is not None and len(value) > CHECK_OUTPUT_CAP:
+                raise _invalid(
+                    f"Invalid request. Only {CHECK_OUTPUT_CAP} characters are allowed; "
+                    f"{len(value)} were supplied."
+                )
+        output = CheckOutput(given["title"], given["summary"], given.get("text"))
+    history = run.history if run.history and run.history[-1] == status else (*run.history, status)
+    return dataclasses.replace(
+        run,
+        status=status,
+        conclusion=conclusion,
+        output=output,
+        details_url=data.get("details_url", run.details_url),
+        external_id=data.get("external_id", run.external_id),
+        history=history,
+    )
+
+
+def _check_run_pull_json(repo: Repo, pr: Pull, hosts: Hosts) -> Json:
+    """A PR as a check run lists it: number, and its head and base by ref and sha."""
+    api = f"{hosts.api}/repos/{repo.full_name}"
+    slim_repo = {"id": repo.id, "url": api, "name": repo.name}
+    return {
+        "id": stable_id("pull", f"{repo.full_name}#{pr.number}"),
+        "number": pr.number,
+        "url": f"{api}/pulls/{pr.number}",
+        "head": {"ref": pr.head_ref, "sha": pr.head_sha, "repo": slim_repo},
+        "base": {"ref": pr.base_ref, "sha": pr.base_sha, "repo": slim_repo},
+    }
+
+
 def _check_run_json(repo: Repo, run: CheckRun, hosts: Hosts) -> Json:
     api = f"{hosts.api}/repos/{repo.full_name}"
     html = f"{hosts.web}/{repo.full_name}/runs/{run.id}"
@@ -1257,19 +1450,19 @@ def _check_run_json(repo: Repo, run: CheckRun, hosts: Hosts) -> Json:
         "id": run.id,
         "node_id": node_id("CR", run.id),
         "head_sha": run.head_sha,
-        "external_id": "",
+        "external_id": run.external_id,
         "url": f"{api}/check-runs/{run.id}",
         "html_url": html,
-        "details_url": html,
+        "details_url": run.details_url or html,
         "status": run.status,
         "conclusion": run.conclusion,
         "started_at": run.started_at,
         "completed_at": run.started_at if run.status == "completed" else None,
-        "output": {"title": None, "summary": None, "text": None, "annotations_count": 0},
+        "output": dataclasses.asdict(run.output) | {"annotations_count": 0},
         "name": run.name,
         "check_suite": {"id": stable_id("check_suite", (repo.full_name, run.head_sha))},
         "app": {
-            "id": stable_id("app", run.app),
+            "id": run.app_id if run.app_id is not None else stable_id("app", run.app),
             "slug": run.app,
             "name": run.app,
             "owner": user_json(repo.owner, hosts),

@@ -559,6 +559,35 @@ def ping_event(
     return payload | {"sender": user_json(sender, hosts)}
 
 
+def push_event(
+    repo: Repo,
+    ref: str,
+    before: str,
+    after: str,
+    sender: str,
+    *,
+    deleted: bool = False,
+    hosts: Hosts = GITHUB_COM,
+) -> Json:
+    """A ``push`` delivery (``ref`` like ``refs/heads/main``); commits are left out,
+    as GitHub does beyond 20 of them: the runner reads only the ref and the new head."""
+    return {
+        "ref": ref,
+        "before": before,
+        "after": "0" * 40 if deleted else after,
+        "created": False,
+        "deleted": deleted,
+        "forced": False,
+        "base_ref": None,
+        "compare": f"{hosts.web}/{repo.full_name}/compare/{before[:12]}...{after[:12]}",
+        "commits": [],
+        "head_commit": None,
+        "repository": repo_json(repo, hosts),
+        "pusher": {"name": sender, "email": f"{sender}@example.com"},
+        "sender": user_json(sender, hosts),
+    }
+
+
 # --- signing and delivery ---------------------------------------------------
 
 

@@ -223,6 +223,30 @@ def note_hook(
     }
 
 
+def push_hook(
+    project: Project, ref: str, before: str, after: str, user: str, *, web: str
+) -> Json:
+    """A `Push Hook` body (GitLab's "Push events"); `after` all zeros is a deletion."""
+    return {
+        "object_kind": "push",
+        "event_name": "push",
+        "before": before,
+        "after": after,
+        "ref": ref,
+        "ref_protected": True,
+        "checkout_sha": after,
+        "user_id": stable_id("user", user),
+        "user_name": user.title(),
+        "user_username": user,
+        "user_email": "",
+        "project_id": project.id,
+        "project": project_json(project, web),
+        "repository": {"name": project.name, "url": project.clone_url, "description": ""},
+        "commits": [],
+        "total_commits_count": 0,
+    }
+
+
 def post_gitlab_delivery(
     url: str,
     event: str,

@@ -1,0 +1,187 @@
+"""Migrations as a deployment step (issue 16, part 3).
+
+`gitops-runner db upgrade` brings an empty database, or one at the previous revision,
+to the package's head on SQLite and PostgreSQL without losing rows; `serve`, `worker`
+and the local commands migrate at start only where GITOPS_AUTO_MIGRATE allows it (by
+default: SQLite) and otherwise refuse with a message naming the command. Every test
+runs the real CLI in a subprocess against a real database; revisions are read from the
+shipped script directory, never hard-coded, so a new migration needs no test edit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+
+from runner.store.db import (
+    alembic_config,
+    current_revision,
+    head_revision,
+    make_engine,
+    migrate,
+    schema_state,
+)
+from runner.store.runs import Trigger
+from runner.store.store import Store
+from tests.support.cli import run_cli
+
+EXIT_USAGE = 2
+EXIT_PENDING = 3
+UPGRADE_HINT = "gitops-runner db upgrade"
+
+
+def previous_revision() -> str:
+    """The revision before head, from the migrations the package ships."""
+    script = ScriptDirectory.from_config(alembic_config())
+    head = script.get_revision(script.get_current_head())
+    assert head is not None and isinstance(head.down_revision, str)
+    return head.down_revision
+
+
+def db_cli(*args: str, url: str, data_dir: Path, **env: str):
+    return run_cli(*args, data_dir=data_dir, GITOPS_DATABASE_URL=url, **env)
+
+
+def add_a_run(url: str) -> int:
+    """A row written at whatever revision the database is at (columns since 0001)."""
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO runs (repo, project, dir, workspace, command, trigger, status,"
+                    " started_at) VALUES ('github.com/acme/infra', 'app', 'infra/app',"
+                    " 'default', 'plan', 'cli', 'success', CURRENT_TIMESTAMP)"
+                )
+            )
+            return int(connection.execute(text("SELECT max(id) FROM runs")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+# ---- db upgrade / db current ----------------------------------------------------------------
+
+
+def test_upgrade_builds_an_empty_database_to_head(db_url: str, tmp_path: Path) -> None:
+    pending = db_cli("db", "current", url=db_url, data_dir=tmp_path)
+    assert pending.returncode == EXIT_PENDING, pending.stderr
+    assert UPGRADE_HINT in pending.stdout
+
+    done = db_cli("db", "upgrade", url=db_url, data_dir=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    assert f"upgraded from an empty database to {head_revision()}" in done.stdout
+    assert current_revision(db_url) == head_revision()
+    current = db_cli("db", "current", url=db_url, data_dir=tmp_path)
+    assert current.returncode == 0 and "up to date" not in current.stdout
+    assert f"current: {head_revision()}" in current.stdout
+
+
+def test_upgrade_from_the_previous_revision_keeps_the_rows(db_url: str, tmp_path: Path) -> None:
+    previous = previous_revision()
+    migrate(db_url, previous)
+    run_id = add_a_run(db_url)
+    assert db_cli("db", "current", url=db_url, data_dir=tmp_path).returncode == EXIT_PENDING
+
+    done = db_cli("db", "upgrade", url=db_url, data_dir=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    assert f"upgraded from {previous} to {head_revision()}" in done.stdout
+    with Store.open(db_url, upgrade=False) as store:
+        run = store.runs.get_run(run_id)
+        assert run is not None and run.trigger is Trigger.CLI
+        # The upgraded schema is usable for everything the runner writes.
+        store.runs.finish(run_id, "success")
+
+
+def test_upgrade_twice_is_a_no_op(db_url: str, tmp_path: Path) -> None:
+    assert db_cli("db", "upgrade", url=db_url, data_dir=tmp_path).returncode == 0
+
+    again = db_cli("db", "upgrade", url=db_url, data_dir=tmp_path)
+
+    assert again.returncode == 0
+    assert f"already up to date at revision {head_revision()}" in again.stdout
+
+
+def test_a_schema_from_a_newer_version_is_never_touched(db_url: str, tmp_path: Path) -> None:
+    migrate(db_url)
+    engine = make_engine(db_url)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999_future'"))
+    engine.dispose()
+
+    upgrade = db_cli("db", "upgrade", url=db_url, data_dir=tmp_path)
+    runs = db_cli("runs", url=db_url, data_dir=tmp_path, GITOPS_AUTO_MIGRATE="true")
+
+    for refused in (upgrade, runs):
+        assert refused.returncode == EXIT_USAGE
+        assert "9999_future" in refused.stderr and "newer version" in refused.stderr
+    assert current_revision(db_url) == "9999_future"
+
+
+# ---- who migrates at start ----------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_serve_refuses_a_postgres_schema_behind_and_names_the_command(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    migrate(postgres_url, previous_revision())
+
+    served = db_cli("serve", url=postgres_url, data_dir=tmp_path, GITOPS_GITHUB_WEBHOOK_SECRET="s")
+
+    assert served.returncode == EXIT_USAGE
+    assert f"needs {head_revision()}" in served.stderr
+    assert UPGRADE_HINT in served.stderr
+    assert current_revision(postgres_url) == previous_revision()  # nothing was changed
+
+
+@pytest.mark.postgres
+def test_worker_refuses_an_empty_postgres_database(postgres_url: str, tmp_path: Path) -> None:
+    worker = db_cli("worker", "--burst", url=postgres_url, data_dir=tmp_path, GITOPS_QUEUE="rq")
+
+    assert worker.returncode == EXIT_USAGE
+    assert "empty (no tables yet)" in worker.stderr and UPGRADE_HINT in worker.stderr
+    assert current_revision(postgres_url) is None
+
+
+@pytest.mark.postgres
+def test_local_commands_follow_the_same_rule_on_postgres(postgres_url: str, tmp_path: Path) -> None:
+    refused = db_cli("locks", url=postgres_url, data_dir=tmp_path)
+    assert refused.returncode == EXIT_USAGE and UPGRADE_HINT in refused.stderr
+
+    allowed = db_cli("locks", url=postgres_url, data_dir=tmp_path, GITOPS_AUTO_MIGRATE="true")
+
+    assert allowed.returncode == 0, allowed.stderr
+    assert schema_state(postgres_url).up_to_date
+
+
+def test_sqlite_migrates_at_start_by_default(sqlite_url: str, tmp_path: Path) -> None:
+    """The embedded quick start needs no extra step."""
+    migrate(sqlite_url, previous_revision())
+
+    listed = db_cli("runs", url=sqlite_url, data_dir=tmp_path)
+
+    assert listed.returncode == 0, listed.stderr
+    assert current_revision(sqlite_url) == head_revision()
+
+
+def test_sqlite_with_auto_migrate_off_refuses(sqlite_url: str, tmp_path: Path) -> None:
+    migrate(sqlite_url, previous_revision())
+
+    listed = db_cli("runs", url=sqlite_url, data_dir=tmp_path, GITOPS_AUTO_MIGRATE="false")
+
+    assert listed.returncode == EXIT_USAGE
+    assert UPGRADE_HINT in listed.stderr
+    assert current_revision(sqlite_url) == previous_revision()
+
+
+def test_the_default_sqlite_store_of_the_quick_start_is_created(tmp_path: Path) -> None:
+    """No database URL at all: the SQLite file under the data dir, migrated on first use."""
+    listed = run_cli("runs", data_dir=tmp_path)
+
+    assert listed.returncode == 0, listed.stderr
+    assert current_revision(f"sqlite:///{tmp_path}/gitops-runner.db") == head_revision()

@@ -1,0 +1,222 @@
+"""Atlantis custom workflows, end to end: an Atlantis user's repository, unchanged.
+
+The repository holds one root module planned in two workspaces, each with its own var
+file passed by its workflow's `extra_args`, and `run` steps before and after Terraform.
+Everything is real: git, the fake GitHub over HTTP, the embedded Terraform with local
+state (`terraform_data`), the PR flow as a worker runs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runner.store.runs import RunStatus
+from tests.support.pr_world import PullRequestWorld, make_world
+
+WEB_MODULE = """variable "env" {
+  type = string
+}
+
+variable "size" {
+  type = number
+}
+
+resource "terraform_data" "web" {
+  input = "${var.env}-${var.size}"
+}
+
+output "web" {
+  value = terraform_data.web.output
+}
+"""
+
+ATLANTIS_YAML = """version: 3
+projects:
+  - name: web-staging
+    dir: stacks/web
+    workspace: staging
+    workflow: staging
+  - name: web-production
+    dir: stacks/web
+    workspace: production
+    workflow: production
+workflows:
+  staging:
+    plan:
+      steps:
+        - init
+        - plan:
+            extra_args: ["-var-file", "staging.tfvars"]
+  production:
+    plan:
+      steps:
+        - init
+        - plan:
+            extra_args: ["-var-file=production.tfvars"]
+"""
+
+SHELL_WORKFLOW_YAML = """version: 3
+projects:
+  - name: web
+    dir: stacks/web
+    workspace: staging
+    workflow: checked
+workflows:
+  checked:
+    plan:
+      steps:
+        - run: echo "before init of $PROJECT_NAME in $WORKSPACE for PR $PULL_NUM by $USER_NAME"
+        - init
+        - env:
+            name: GREETING
+            value: hello-from-env
+        - plan:
+            extra_args: ["-var-file", "staging.tfvars"]
+        - run: echo "after plan, $GREETING, branch=$HEAD_BRANCH_NAME"
+    apply:
+      steps:
+        - run: echo "applying $PLANFILE"
+        - apply
+"""
+
+REPO_FILES = {
+    "stacks/web/main.tf": WEB_MODULE,
+    "stacks/web/staging.tfvars": 'env  = "staging"\nsize = 1\n',
+    "stacks/web/production.tfvars": 'env  = "production"\nsize = 3\n',
+}
+
+
+REPOS_YAML = """repos:
+  - id: /.*/
+    allowed_overrides: [workflow, apply_requirements]
+    allow_custom_workflows: true
+"""
+
+
+def built_world(tmp_path: Path, **settings: object) -> Iterator[PullRequestWorld]:
+    built = make_world(tmp_path, **settings)
+    try:
+        yield built
+    finally:
+        built.github.stop()
+        built.services.store.close()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[PullRequestWorld]:
+    """The world with no server-side repo config."""
+    yield from built_world(tmp_path)
+
+
+@pytest.fixture
+def custom_world(tmp_path: Path) -> Iterator[PullRequestWorld]:
+    """The world under a repos.yaml that allows repositories their own workflows."""
+    repos = tmp_path / "repos.yaml"
+    repos.write_text(REPOS_YAML)
+    yield from built_world(tmp_path, repo_config=repos)
+
+
+def use_atlantis_repo(world: PullRequestWorld, config: str) -> None:
+    """Main holds only the Atlantis user's repository: atlantis.yaml and stacks/web."""
+    origin = world.origin
+    origin.checkout("main")
+    origin.remove([p for p in ("gitops-runner.yaml",) if (origin.path / p).exists()])
+    origin.write({**REPO_FILES, "atlantis.yaml": config})
+    origin.commit("the Atlantis repository")
+    origin.push("origin", "main")
+
+
+def change(size_comment: str) -> dict[str, str]:
+    return {"stacks/web/notes.tf": f"# {size_comment}\n"}
+
+
+def test_per_workspace_var_files_from_workflows_plan_and_apply(world: PullRequestWorld) -> None:
+    use_atlantis_repo(world, ATLANTIS_YAML)
+
+    number = world.open_pr("bump", change("bump"))
+
+    comment = world.last_comment(number)
+    assert "No value for required variable" not in comment
+    assert "`web-staging`" in comment and "`web-production`" in comment
+    assert '"staging-1"' in comment and '"production-3"' in comment
+    assert "2 with changes" in comment
+
+    world.comment(number, "atlantis apply")
+
+    statuses = [
+        (run.project, run.status)
+        for run in world.services.store.runs.list_runs(pr_number=number)
+        if run.command == "apply"
+    ]
+    assert sorted(statuses) == [
+        ("web-production", RunStatus.SUCCESS),
+        ("web-staging", RunStatus.SUCCESS),
+    ]
+
+
+def test_run_steps_refused_without_the_servers_permission(world: PullRequestWorld) -> None:
+    use_atlantis_repo(world, SHELL_WORKFLOW_YAML)
+
+    number = world.open_pr("bump", change("bump"))
+
+    comment = world.last_comment(number)
+    assert "atlantis.yaml" in comment and "allow_custom_workflows" in comment
+    assert "before init" not in comment
+    assert world.services.store.runs.list_runs(pr_number=number) == []
+
+
+def test_run_and_env_steps_show_their_output_where_they_ran(
+    custom_world: PullRequestWorld,
+) -> None:
+    world = custom_world
+    use_atlantis_repo(world, SHELL_WORKFLOW_YAML)
+
+    number = world.open_pr("bump", change("bump"))
+
+    comment = world.last_comment(number)
+    before = comment.index(f"before init of web in staging for PR {number} by alice")
+    plan = comment.index("terraform_data.web")
+    after = comment.index("after plan, hello-from-env, branch=bump")
+    assert before < plan < after
+
+    world.comment(number, "gitops apply")
+    assert "applying " in world.last_comment(number)
+    assert "gitops-staging.tfplan" in world.last_comment(number)
+
+
+def test_a_failing_run_step_fails_the_project_with_its_output(
+    custom_world: PullRequestWorld,
+) -> None:
+    world = custom_world
+    failing = SHELL_WORKFLOW_YAML.replace(
+        'echo "after plan, $GREETING, branch=$HEAD_BRANCH_NAME"',
+        'echo "policy says no" && exit 2',
+    )
+    use_atlantis_repo(world, failing)
+
+    number = world.open_pr("bump", change("bump"))
+
+    comment = world.last_comment(number)
+    assert "policy says no" in comment and "1 failed" in comment
+    world.comment(number, "gitops apply")
+    assert "no plan to apply" in world.last_comment(number)
+
+
+@pytest.mark.parametrize(
+    "branch", ["x;touch${IFS}pwned", "x$(touch${IFS}pwned)", "x`touch${IFS}pwned`"]
+)
+def test_a_branch_name_never_runs_as_shell(custom_world: PullRequestWorld, branch: str) -> None:
+    world = custom_world
+    use_atlantis_repo(world, SHELL_WORKFLOW_YAML)
+
+    number = world.open_pr(branch, change("bump"))
+
+    comment = world.last_comment(number)
+    assert f"branch={branch}" in comment.replace("\\", "")  # a value, printed verbatim
+    checkout = world.services.working_copies.checkout(
+        world.clone_url, f"pr-{number}", world.head_sha(number)
+    )
+    assert not list(checkout.rglob("pwned"))
