@@ -399,8 +399,23 @@ def worker(ctx: click.Context, burst: bool, kinds: str | None) -> None:
     if chosen == ():
         raise click.BadParameter("name at least one kind", param_hint="--kinds")
     settings = _settings(ctx)
+    _configure_server_logging(settings)
     _prepare_schema(settings)
     run_worker(settings, job_registry, burst=burst, queue_name=settings.queue_name, kinds=chosen)
+
+
+def _configure_server_logging(settings: Settings) -> None:
+    """A long-running process logs INFO, as text or JSON lines (GITOPS_LOG_FORMAT)."""
+    import logging
+
+    from runner.observability.logs import SERVER_TEXT_FORMAT, configure_logging
+
+    configure_logging(
+        settings.log_format,
+        level=logging.INFO,
+        secrets=settings.secret_values(),
+        fmt=SERVER_TEXT_FORMAT,
+    )
 
 
 def _prepare_schema(settings: Settings) -> None:
@@ -411,10 +426,12 @@ def _prepare_schema(settings: Settings) -> None:
 
 
 def _open_store(settings: Settings) -> Any:
-    """The store for `runs` and `locks`, under the same schema rule as `serve`."""
-    from runner.wiring import open_store
+    """The store for `runs` and `locks`, under the same schema rule as `serve` (without
+    importing the composition root: these commands stay quick to start)."""
+    from runner.store.store import Store
 
-    return open_store(settings)
+    _prepare_schema(settings)
+    return Store.open(settings.resolved_database_url, upgrade=False)
 
 
 def _check_repo(spec: str, settings: Settings) -> None:
@@ -497,11 +514,10 @@ def _configure_logging(debug: bool) -> None:
     """
     import logging
 
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(name)s: %(message)s"))
-    if not debug:
-        handler.addFilter(lambda record: record.exc_info is None)
-    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, handlers=[handler])
+    from runner.observability.logs import configure_logging
+
+    level = logging.INFO if debug else logging.WARNING
+    configure_logging("text", level=level, quiet_tracebacks=not debug)
 
 
 @cli.group("github-app")

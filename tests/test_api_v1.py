@@ -419,3 +419,39 @@ def test_the_older_api_routes_still_answer(
     assert viewer.get("/api/runs").json["runs"][0]["id"] == run_id
     assert viewer.get(f"/api/runs/{run_id}").status_code == 200
     assert viewer.get("/api/locks").status_code == 200
+
+
+# --- reconcile ------------------------------------------------------------------------------
+
+RECONCILED = "https://github.com/acme/infra.git"
+
+
+def test_an_operator_queues_a_reconcile_of_a_reconciled_repository(
+    store: Store, data_dir: Path
+) -> None:
+    submitted: list[object] = []
+
+    def submit(event: object, *, delivery: object = None) -> int:
+        submitted.append(event)
+        return 41 + len(submitted)
+
+    repos = [{"url": RECONCILED, "poll_interval": 60}, {"url": "https://github.com/acme/other"}]
+    app = dashboard_app(store, data_dir, submit=submit, repos=repos)
+    operator = app.test_client()
+    operator.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TEST_API_TOKEN}"
+    viewer = app.test_client()
+    viewer.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {issue_token(store, 'viewer')}"
+
+    by_name = operator.post("/api/v1/reconcile", json={"repo": "acme/infra"})
+    by_key = operator.post("/api/v1/reconcile", json={"repo": "github.com/acme/infra"})
+    refused = [
+        viewer.post("/api/v1/reconcile", json={"repo": RECONCILED}),
+        # Scanned for drift but not reconciled, and a URL nobody configured: never applied.
+        operator.post("/api/v1/reconcile", json={"repo": "https://github.com/acme/other"}),
+        operator.post("/api/v1/reconcile", json={"repo": "file:///tmp/evil"}),
+    ]
+
+    assert (by_name.status_code, by_name.json) == (202, {"repo": RECONCILED, "job": 42})
+    assert by_key.status_code == 202
+    assert [answer.status_code for answer in refused] == [403, 404, 404]
+    assert [(job.repo, job.trigger) for job in submitted] == [(RECONCILED, "poll")] * 2  # type: ignore[attr-defined]

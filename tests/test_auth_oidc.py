@@ -12,16 +12,22 @@ from typing import Any
 
 import pytest
 import requests
-from flask import Flask, jsonify
+from flask import Flask
 from flask.testing import FlaskClient
 
 from runner.settings import Settings
 from runner.store.store import Store
 from runner.web.app import create_app
-from runner.web.auth import Role, current_principal, require_role
 from runner.web.auth.session import COOKIE_NAME
 from runner.web.context import WebServices
-from tests.support.auth import TEST_PUBLIC_URL, bearer, csrf_header, csrf_of, sign_in
+from tests.support.auth import (
+    TEST_PUBLIC_URL,
+    add_operator_action,
+    bearer,
+    csrf_header,
+    csrf_of,
+    sign_in,
+)
 from tests.support.fake_oidc import FakeOIDC
 
 HTML = {"Accept": "text/html"}
@@ -53,12 +59,7 @@ def build_app(store: Store, tmp_path: Path, idp: FakeOIDC, **values: Any) -> Fla
     settings = Settings(data_dir=tmp_path / "data", github_webhook_secret="whs", **values)
     app = create_app(settings, WebServices(store=store, submit=lambda event, delivery=None: 1))
 
-    @app.post("/api/test-action")
-    @require_role(Role.OPERATOR)
-    def act() -> Any:
-        principal = current_principal()
-        assert principal is not None
-        return jsonify({"by": principal.name, "role": principal.role.label})
+    add_operator_action(app)
 
     return app
 
@@ -90,7 +91,7 @@ def test_an_operator_by_group_signs_in_reads_and_acts_with_the_csrf_token(
     assert client.post("/api/test-action").status_code == 403  # no CSRF token
     acted = client.post("/api/test-action", headers=csrf_header(client))
     assert acted.status_code == 200
-    assert acted.json == {"by": BOB, "role": "operator"}
+    assert acted.json == {"by": BOB, "role": "operator", "how": "oidc"}
     form = client.post("/api/test-action", data={"csrf_token": csrf_of(client)})
     assert form.status_code == 200
 

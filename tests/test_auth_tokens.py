@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask, jsonify, render_template_string
+from flask import Flask, render_template_string
 from flask.testing import FlaskClient
 from sqlalchemy import text
 
@@ -23,9 +23,8 @@ from runner.settings import Settings
 from runner.store.store import Store
 from runner.store.tokens import hash_secret
 from runner.web.app import create_app
-from runner.web.auth import Role, current_principal, require_role
 from runner.web.context import WebServices
-from tests.support.auth import TEST_API_TOKEN, bearer, issue_token
+from tests.support.auth import TEST_API_TOKEN, add_operator_action, bearer, issue_token
 
 WEBHOOK_SECRET = "webhook-secret"
 READ_ROUTES = ("/api/runs", "/api/locks", "/api/jobs", "/api/drift", "/metrics")
@@ -35,13 +34,7 @@ def build_app(store: Store, tmp_path: Path, **values: Any) -> Flask:
     settings = Settings(data_dir=tmp_path / "data", github_webhook_secret=WEBHOOK_SECRET, **values)
     app = create_app(settings, WebServices(store=store, submit=lambda event, delivery=None: 1))
 
-    # An action as the dashboard's are written: operator only.
-    @app.post("/api/test-action")
-    @require_role(Role.OPERATOR)
-    def act() -> Any:
-        principal = current_principal()
-        assert principal is not None
-        return jsonify({"by": principal.name, "how": principal.how})
+    add_operator_action(app)
 
     # A page with a form embeds the session's CSRF token, as the dashboard's do.
     @app.get("/test-form")
@@ -173,7 +166,7 @@ def test_an_operator_token_acts_without_a_csrf_token(store: Store, client: Flask
     response = client.post("/api/test-action", headers=operator)
 
     assert response.status_code == 200
-    assert response.json == {"by": "token:deploy-bot", "how": "token"}
+    assert response.json == {"by": "token:deploy-bot", "role": "operator", "how": "token"}
 
 
 def test_the_bootstrap_token_is_an_operator(client: FlaskClient) -> None:

@@ -7,14 +7,13 @@ watch a running plan's log stream in, unlock as an operator and be refused as a 
 export the audit as CSV.
 
 Skipped with a reason where /usr/bin/chromium is missing; required under CI=true
-(.ci/run installs it). With GITOPS_SCREENSHOTS=1 each story saves its page into
+(.ci/run installs it). With RUNNER_SCREENSHOTS=1 each story saves its page into
 docs/screenshots/, which the README shows.
 """
 
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
 import os
 import threading
@@ -33,7 +32,13 @@ from runner.store.runs import RunQuery, RunStatus, Trigger
 from runner.web.app import create_app
 from runner.web.context import WebServices
 from runner.wiring import build_services
-from tests.support.dashboard import WEBHOOK_SECRET, no_submit, record_run
+from tests.support.dashboard import (
+    WEBHOOK_SECRET,
+    hold_state_lock,
+    no_submit,
+    record_run,
+    release_state_lock,
+)
 from tests.support.drift_world import World, make_world
 from tests.support.fake_oidc import FakeOIDC
 from tests.support.local_server import LocalServer
@@ -142,8 +147,8 @@ def viewer_page(browser: Any, idp: FakeOIDC, runner_url: str) -> Iterator[Any]:
 
 
 def screenshot(page: Any, name: str) -> None:
-    """Kept for the README when asked for (GITOPS_SCREENSHOTS=1), not on every run."""
-    if os.environ.get("GITOPS_SCREENSHOTS"):
+    """Kept for the README when asked for (RUNNER_SCREENSHOTS=1), not on every run."""
+    if os.environ.get("RUNNER_SCREENSHOTS"):
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
@@ -179,9 +184,8 @@ def test_a_running_plan_streams_its_log_into_the_page(
     page = operator_page
     services = build_services(world.settings, world.store)
     beta = next(p for p in load_repo_config(world.repo.path).projects if p.name == "beta")
-    live = LiveRuns(world.store, repo=str(world.repo.path), trigger=Trigger.API, commit=None)
-    state_lock = (world.state / "beta.tfstate").open("r+b")
-    fcntl.lockf(state_lock, fcntl.LOCK_EX)  # Terraform's own local-backend lock (fcntl)
+    live = LiveRuns(world.store, repo=world.drift_repo().key, trigger=Trigger.API, commit=None)
+    state_lock = hold_state_lock(world.state / "beta.tfstate")
     run_started = threading.Event()
 
     def plan() -> None:
@@ -191,7 +195,7 @@ def test_a_running_plan_streams_its_log_into_the_page(
         target = PlanTarget(beta, "browser test", ("-lock-timeout=120s",))
         [result] = services.planner.plan_all(world.repo.path, [target], None, options)
         record_plan_result(
-            world.store, result, repo=str(world.repo.path), trigger=Trigger.API,
+            world.store, result, repo=world.drift_repo().key, trigger=Trigger.API,
             run_id=live.take(result),
         )  # fmt: skip
 
@@ -203,20 +207,24 @@ def test_a_running_plan_streams_its_log_into_the_page(
         page.goto(f"{runner_url}/runs/{run.id}")
         assert page.inner_text("#run-status") == "running"
         page.wait_for_function("document.getElementById('log').textContent.includes('terraform')")
-        assert page.inner_text("#log-state") in ("streaming…", "reconnecting…")
+        assert page.inner_text("#log-state") in ("streaming…", "reconnecting…"), Path(
+            run.log_path or ""
+        ).read_text()
         screenshot(page, "run-live")
     finally:
-        fcntl.lockf(state_lock, fcntl.LOCK_UN)
-        state_lock.close()
+        release_state_lock(world.state / "beta.tfstate", state_lock)  # Terraform goes on
         planning.join()
 
     page.wait_for_selector("#log-state[data-finished]")
-    assert page.get_attribute("#log-state", "data-finished") == "no_changes"
+    log = world.store.runs.get_run(run.id)
+    assert page.get_attribute("#log-state", "data-finished") == "no_changes", (
+        Path(log.log_path).read_text() if log and log.log_path else log
+    )
     assert "No changes" in page.inner_text("#log")
 
 
 def test_an_operator_unlocks_a_project(operator_page: Any, world: World, runner_url: str) -> None:
-    key = str(world.repo.path)
+    key = world.drift_repo().key
     owner = LockOwner(pr_number=41, user="mallory")
     assert world.store.locks.acquire(key, "beta", "default", owner).acquired
     page = operator_page
@@ -231,7 +239,7 @@ def test_an_operator_unlocks_a_project(operator_page: Any, world: World, runner_
 
 
 def test_a_viewer_is_refused_the_unlock(viewer_page: Any, world: World, runner_url: str) -> None:
-    key = str(world.repo.path)
+    key = world.drift_repo().key
     owner = LockOwner(pr_number=42, user="bob")
     assert world.store.locks.acquire(key, "alpha", "default", owner).acquired
     page = viewer_page

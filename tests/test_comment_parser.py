@@ -352,7 +352,73 @@ def test_help_text_lists_commands_options_and_flags() -> None:
 
 def test_help_text_table_escapes_pipes() -> None:
     table_rows = [line for line in help_text().splitlines() if line.startswith("| `gitops")]
-    assert len(table_rows) == 5  # plan, apply, unlock, approve_policies, help
+    assert len(table_rows) == 9  # every command
     for row in table_rows:
         # Three unescaped pipes: the cell borders only.
         assert row.replace("\\|", "").count("|") == 3
+
+
+# --- import, state rm, version, cancel ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            "atlantis import -p web terraform_data.x i-0abc",
+            Command("import", project="web", args=("terraform_data.x", "i-0abc")),
+        ),
+        (
+            "gitops import -d stacks/web -w staging 'aws_iam_role.r[\"a\"]' arn:aws:iam::1:role/a",
+            Command(
+                "import",
+                dir="stacks/web",
+                workspace="staging",
+                args=('aws_iam_role.r["a"]', "arn:aws:iam::1:role/a"),
+            ),
+        ),
+        (
+            "gitops import module.vm.google_compute_instance.this[0] projects/p/zones/z/vm",
+            Command(
+                "import",
+                args=("module.vm.google_compute_instance.this[0]", "projects/p/zones/z/vm"),
+            ),
+        ),
+        (
+            "gitops state rm -p web terraform_data.a terraform_data.b",
+            Command("state_rm", project="web", args=("terraform_data.a", "terraform_data.b")),
+        ),
+        ("gitops STATE RM x.y", Command("state_rm", args=("x.y",))),
+        ("gitops version", Command("version")),
+        ("atlantis cancel", Command("cancel")),
+    ],
+)
+def test_state_and_housekeeping_commands_parse(body: str, expected: Command) -> None:
+    assert ok(body) == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("gitops import terraform_data.x", "needs a resource address and an id"),
+        ("gitops import terraform_data.x a b", "needs a resource address and an id"),
+        ("gitops import 'x.y; touch /tmp/pwned' id", "is not a Terraform resource address"),
+        ("gitops import x.y 'id;touch${IFS}/tmp/pwned'", "is not a resource id"),
+        ("gitops import x.y '$(touch /tmp/pwned)'", "is not a resource id"),
+        ("gitops import x.y `id`", "is not a resource id"),
+        ("gitops import x.y -lock=false", "Unknown option"),
+        ("gitops import x.y id -- -var=a=b", "only accepted on `plan`"),
+        ("gitops state", "Only `state rm` is supported"),
+        ("gitops state list", "Only `state rm` is supported"),
+        ("gitops state rm", "needs at least one resource address"),
+        ("gitops state rm -state=/etc/passwd x.y", "Unknown option"),
+        ("gitops state rm '-backup=/tmp/x'", "Unknown option"),
+        ("gitops state rm x.y && rm -rf /", "Unknown option"),
+        ("gitops state rm x.y && reboot", "is not a Terraform resource address"),
+        ("gitops version now", "takes no arguments"),
+        ("gitops cancel all", "takes no arguments"),
+        ("gitops apply x.y", "Unknown argument"),
+    ],
+)
+def test_state_command_injection_and_misuse_are_refused(body: str, reason: str) -> None:
+    assert reason in refused(body).reason

@@ -19,6 +19,7 @@ from runner.projects.detection import (
     matches_globs,
     select_projects,
 )
+from runner.terraform import modules
 from runner.terraform.modules import CallChain, ModuleGraph
 from tests.support.git_repo import GitRepo, sample_files, sample_repo
 
@@ -402,3 +403,60 @@ def test_select_nothing_is_a_clear_error() -> None:
     assert str(caught.value) == "no project matches -p db -w prod; projects: app, app-staging, db"
     with pytest.raises(ProjectSelectionError, match="escapes the repository"):
         select_projects(selection_config(), dir="../x")
+
+
+# --- the tree index: a PR re-reads only what it changed -----------------------------------
+
+
+def _graph_answers(graph: ModuleGraph) -> tuple[object, ...]:
+    modules_ = sorted(graph.module_dirs())
+    return (
+        sorted(graph.terraform_dirs()),
+        modules_,
+        {module: graph.callers_of(module) for module in modules_},
+    )
+
+
+def test_the_tree_index_follows_a_pr_reading_only_the_files_it_changed(
+    sample: GitRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    ModuleGraph.build(sample.path, cache_dir=cache)  # main, as the server saw it before
+    new_caller = 'module "tags" {\n  source = "../../modules/tags"\n  name = "new"\n}\n'
+    changed = open_pr(
+        sample,
+        write={"infra/new/main.tf": new_caller, **edit(sample, "modules/tags/main.tf")},
+        remove=["infra/db/main.tf"],
+    )
+    read: list[str] = []
+    real_sources = modules._file_sources
+    monkeypatch.setattr(
+        modules, "_file_sources", lambda root, path: read.append(path) or real_sources(root, path)
+    )
+
+    indexed = ModuleGraph.build(sample.path, cache_dir=cache)
+    again = ModuleGraph.build(sample.path, cache_dir=cache)
+
+    full = ModuleGraph.build(sample.path)  # no cache: the full scan
+    assert _graph_answers(indexed) == _graph_answers(full) == _graph_answers(again)
+    assert "infra/new" in indexed.terraform_dirs() and "infra/db" not in indexed.terraform_dirs()
+    # The PR's .tf files were read once, for the first build; the second loaded the index.
+    assert sorted(read) == sorted(
+        p for p in changed if p.endswith(".tf") and p != "infra/db/main.tf"
+    )
+
+
+def test_a_damaged_or_foreign_tree_index_means_a_full_scan(sample: GitRepo, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    ModuleGraph.build(sample.path, cache_dir=cache)
+    (entry,) = (cache / modules.TREE_INDEX_DIR).glob("*.json")
+    entry.write_text('{"format": "tree-scan-v1", "tf_files": [], "sources": {}}'[:20])
+    other = tmp_path / "other-repo"
+    GitRepo.init(other).write({"x/main.tf": "\n"}).commit("unrelated")
+    ModuleGraph.build(other, cache_dir=cache)  # a tree of another repository is stored too
+
+    files = open_pr(sample, edit(sample, "modules/tags/main.tf"))
+    graph = ModuleGraph.build(sample.path, cache_dir=cache)
+
+    assert _graph_answers(graph) == _graph_answers(ModuleGraph.build(sample.path))
+    assert reasons(sample, files, cache_dir=cache) == reasons(sample, files)

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from runner.commands.planning import PullRequestPlanner
 from runner.events.commands import Command
-from runner.events.github import rerun_as_command
+from runner.events.github import RERUNNABLE_CHECK_PREFIX, rerun_as_command
 from runner.events.model import CheckRunRerun, CommentEvent, IgnoredEvent, RepoRef
-from runner.forge.base import ProjectReport, ReportState
+from runner.forge.base import PLAN_CONTEXT, ProjectReport, ReportState, project_context
 from runner.forge.factory import ForgeNotConfigured, build_forge
 from runner.forge.github_checks import CHECK_OUTPUT_CAP, check_output
 from runner.jobs.model import decode_event, encode_event
@@ -331,6 +332,10 @@ def _rerun(name: str = "gitops/plan: infra/app", **changes: object) -> CheckRunR
     return CheckRunRerun(**(fields | changes))
 
 
+def test_the_rerunnable_prefix_is_the_plan_check_runs_name():
+    assert project_context(PLAN_CONTEXT, "infra/app") == RERUNNABLE_CHECK_PREFIX + "infra/app"
+
+
 def test_a_rerun_is_the_plan_comment_of_who_clicked_and_survives_the_queue():
     event = rerun_as_command(_rerun(), APP_ID)
 
@@ -356,3 +361,36 @@ def test_other_reruns_are_ignored(rerun: CheckRunRerun, app_id: int | None, reas
     event = rerun_as_command(rerun, app_id)
 
     assert isinstance(event, IgnoredEvent) and reason in event.reason
+
+
+def test_an_installation_without_the_checks_permission_still_gets_statuses(app_world):
+    # Installed before the App asked for `checks: write`: GitHub refuses the check runs.
+    app_world.github.fail_next(
+        "POST", rf"/repos/{FULL_NAME}/check-runs", 403, "Resource not accessible", times=99
+    )
+
+    number = app_world.open_pr("feature", APP_CHANGE)
+
+    head = app_world.head_sha(number)
+    assert app_world.statuses(head)["gitops/plan: infra/app"] == "success"
+    assert app_world.github.check_runs(FULL_NAME, head) == []
+    assert "```diff" in app_world.last_comment(number)  # no check run: the full plan
+
+
+def test_a_superseded_plan_closes_its_check_runs_as_cancelled(app_world):
+    number = app_world.github.open_pull(
+        FULL_NAME, head_sha="c" * 40, head_ref="x", base_sha=app_world.main_sha()
+    )
+    repo = app_world.pr_event("opened", number).repo
+    feedback = PullRequestPlanner(app_world.services).feedback(repo, number)
+
+    feedback.plan_started("c" * 40, ["infra/app"])
+    feedback.plan_cancelled("c" * 40, ["infra/app"])
+
+    (run,) = app_world.github.check_runs(FULL_NAME, "c" * 40)
+    assert (run.name, run.history, run.conclusion) == (
+        "gitops/plan: infra/app",
+        ("in_progress", "completed"),
+        "cancelled",
+    )
+    assert run.output.title == "superseded by a newer commit"

@@ -18,7 +18,16 @@ from runner.forge.base import ForgeError
 from runner.forge.github import GitHubForge
 from runner.forge.rate_limits import rate_limit_wait
 from tests.support.fake_github import FakeGitHub
-from tests.support.pr_world import APP_CHANGE, FULL_NAME, PullRequestWorld, make_app_world
+from tests.support.github_payloads import post_delivery, pull_request_event
+from tests.support.pr_world import (
+    APP_CHANGE,
+    APP_INSTALLATION,
+    FULL_NAME,
+    WEBHOOK_SECRET,
+    PullRequestWorld,
+    ServedRunner,
+    make_app_world,
+)
 
 TOKEN = "ghp_rate-limited-token"
 HEAD = "a" * 40
@@ -66,8 +75,26 @@ def app_world(tmp_path: Path) -> Iterator[PullRequestWorld]:
 def test_a_secondary_rate_limit_is_waited_out_and_the_plan_comment_still_lands(app_world):
     comments = rf"/repos/{FULL_NAME}/issues/\d+/comments"
     app_world.github.secondary_rate_limit_next("POST", comments, retry_after=1)
-
-    number = app_world.open_pr("feature", APP_CHANGE)
+    head = app_world.push_branch("feature", APP_CHANGE)
+    number = app_world.github.open_pull(
+        FULL_NAME, head_sha=head, head_ref="feature", base_sha=app_world.main_sha()
+    )
+    pull = app_world.github.pull(FULL_NAME, number)
+    payload = pull_request_event(
+        "opened", app_world.github.repo(FULL_NAME), pull, pull.user, hosts=app_world.github.hosts
+    )
+    runner = ServedRunner(app_world.settings)
+    try:
+        reply = post_delivery(
+            runner.url,
+            "pull_request",
+            payload | {"installation": {"id": APP_INSTALLATION}},
+            WEBHOOK_SECRET,
+        )
+        assert reply.status_code == 202
+        runner.wait_idle()
+    finally:
+        runner.stop()
 
     assert "`infra/app`" in app_world.last_comment(number)
     assert len(app_world.comments(number)) == 1  # the refused POST was not stored twice
@@ -87,6 +114,27 @@ def test_a_burst_of_events_shares_one_installation_token_and_one_app_lookup(app_
 
 
 # ---- the forge ----------------------------------------------------------------------------
+
+
+def test_a_used_up_limit_is_waited_out_before_the_next_request_is_sent(fake, repo, pr):
+    fake.set_rate_limit(remaining=1, reset_in=1)  # GitHub refuses everything until the reset
+    forge = forge_for(fake)
+    forge.pull_request(repo, pr)  # answered with x-ratelimit-remaining: 0
+
+    forge.post_comment(repo, pr, "Plan")
+
+    assert [c.body for c in fake.comments(FULL_NAME, pr)] == ["Plan"]
+    assert sent(fake, "POST", f"/issues/{pr}/comments") == 1  # sent once, after the reset
+
+
+def test_a_used_up_limit_resetting_beyond_the_bound_sends_nothing(fake, repo, pr):
+    fake.set_rate_limit(remaining=1, reset_in=3600)
+    forge = forge_for(fake)
+    forge.pull_request(repo, pr)
+
+    with pytest.raises(ForgeError, match=r"primary rate limit is used up until .* not sent"):
+        forge.post_comment(repo, pr, "Plan")
+    assert sent(fake, "POST", f"/issues/{pr}/comments") == 0
 
 
 def test_a_429_with_retry_after_is_retried(fake, repo, pr):

@@ -10,6 +10,7 @@ shipped script directory, never hard-coded, so a new migration needs no test edi
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from runner.store.db import (
 )
 from runner.store.runs import Trigger
 from runner.store.store import Store
-from tests.support.cli import run_cli
+from tests.support.cli import CLI, cli_env, run_cli
 
 EXIT_USAGE = 2
 EXIT_PENDING = 3
@@ -104,6 +105,22 @@ def test_upgrade_twice_is_a_no_op(db_url: str, tmp_path: Path) -> None:
 
     assert again.returncode == 0
     assert f"already up to date at revision {head_revision()}" in again.stdout
+
+
+def test_two_upgrades_at_once_both_succeed(db_url: str, tmp_path: Path) -> None:
+    """Two deploy steps started together (a retried hook Job, say): one migrates, the
+    other waits for its lock and finds the schema current."""
+    command = [*CLI, "db", "upgrade"]
+    env = cli_env(tmp_path, GITOPS_DATABASE_URL=db_url)
+    started = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+
+    outcomes = [process.communicate(timeout=300) for process in started]
+
+    assert [process.returncode for process in started] == [0, 0], outcomes
+    assert current_revision(db_url) == head_revision()
 
 
 def test_a_schema_from_a_newer_version_is_never_touched(db_url: str, tmp_path: Path) -> None:

@@ -335,6 +335,8 @@ def test_fetch_verifies_the_bytes_and_leaves_nothing_behind(tmp_path: Path, s3):
     with pytest.raises(PlanNotStored):
         store.fetch_plan("0" * 64, destination)
     assert sorted(p.name for p in destination.parent.iterdir()) == []
+    assert store.read_log("no-such-run.log") is None
+    assert store.read_log("../plans/" + checksum + ".tfplan") is None  # never outside logs/
 
 
 def test_bad_plan_store_settings_say_which_variable(tmp_path: Path):

@@ -322,6 +322,59 @@ def test_a_worker_killed_mid_plan_leaves_the_plan_to_the_other_worker(
         forge.stop()
 
 
+HELD_TF = """resource "terraform_data" "held" {
+  input = "v1"
+  provisioner "local-exec" {
+    command = "touch %(started)s; while [ ! -f %(release)s ]; do sleep 0.2; done"
+  }
+}
+"""
+
+
+def test_a_worker_killed_mid_apply_reports_it_on_the_pr_and_never_applies_again(
+    tmp_path: Path, database_url: str, redis_url: str
+) -> None:
+    started, release = tmp_path / "apply-started", tmp_path / "apply-release"
+    config = "version: 1\nprojects:\n  - dir: infra/held\n    apply: both\n"
+    held = HELD_TF % {"started": started, "release": release}
+    forge = Forge(tmp_path, {"gitops-runner.yaml": config, "infra/held/main.tf": held})
+    cluster = deployment(tmp_path, database_url, redis_url, forge)
+    try:
+        web = cluster.start_web()
+        first = cluster.start_worker()  # alone: it plans, so the plan file is on its disk
+        number, opened = forge.open_pr("held", {"infra/held/note.tf": "# apply me\n"})
+        assert post(web, "pull_request", opened, "held-opened").status_code == 202
+        cluster.wait_until(cluster.idle, "the autoplan")
+        answer = post(web, "issue_comment", forge.comment(number, "gitops apply"), "held-apply")
+        assert answer.status_code == 202, answer.text
+        apply_job = answer.json()["job"]
+        cluster.wait_until(started.exists, "terraform apply to start")
+        second = cluster.start_worker()
+
+        first.kill()  # mid-apply: Terraform may have changed things and holds the state lock
+
+        cluster.wait_until(
+            lambda: cluster.store.jobs.get(apply_job).status is JobStatus.INTERRUPTED,  # type: ignore[union-attr]
+            "the apply to be marked interrupted",
+        )
+        release.touch()
+        cluster.wait_until(
+            lambda: any("interrupted" in body for body in forge.comments(number)),
+            "the PR to be told",
+        )
+        record = cluster.store.jobs.get(apply_job)
+        assert record is not None and record.attempts == 1  # never re-run
+        told = next(body for body in forge.comments(number) if "interrupted" in body)
+        assert "force-unlock" in told and "state lock" in told
+        applies = [r for r in cluster.store.runs.list_runs() if r.command == "apply"]
+        assert [r.status.value for r in applies] == ["interrupted"]
+        assert second.process.poll() is None  # the survivor carries on
+    finally:
+        release.touch()
+        cluster.stop()
+        forge.stop()
+
+
 def test_drift_runs_on_a_drift_worker_and_two_web_processes_schedule_it_once(
     tmp_path: Path, database_url: str, redis_url: str, forge: Forge
 ) -> None:

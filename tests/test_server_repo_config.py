@@ -204,7 +204,7 @@ def server_world(tmp_path: Path) -> Iterator[PullRequestWorld]:
         textwrap.dedent(
             """
             repos:
-              - id: github.com/acme/infra
+              - id: /acme/infra$/  # the fake GitHub's host is 127.0.0.1:PORT
                 apply_requirements: [approved]
                 workflow: staging
                 pre_workflow_hooks:

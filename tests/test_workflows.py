@@ -220,3 +220,94 @@ def test_a_branch_name_never_runs_as_shell(custom_world: PullRequestWorld, branc
         world.clone_url, f"pr-{number}", world.head_sha(number)
     )
     assert not list(checkout.rglob("pwned"))
+
+
+# ---- Atlantis defaults and the workflow schema ----------------------------------------------
+
+
+def test_atlantis_default_when_modified_patterns_and_module_patterns(tmp_path: Path) -> None:
+    from runner.config.loader import load_repo_config
+    from runner.projects.detection import affected_projects
+    from runner.terraform.modules import ModuleGraph
+
+    (tmp_path / "stacks/web").mkdir(parents=True)
+    (tmp_path / "stacks/web/main.tf").write_text(WEB_MODULE)
+    (tmp_path / "stacks/live").mkdir(parents=True)
+    (tmp_path / "stacks/live/terragrunt.hcl").write_text("inputs = {}\n")
+    (tmp_path / "atlantis.yaml").write_text(
+        "version: 3\nprojects:\n"
+        "  - dir: stacks/live\n"
+        "  - dir: stacks/web\n"
+        "    autoplan:\n"
+        '      when_modified: ["*.tf", "../../modules/**/*.tf"]\n'
+    )
+    config = load_repo_config(tmp_path)
+    graph = ModuleGraph.build(tmp_path)
+
+    def planned(*files: str) -> list[str]:
+        return [a.project.dir for a in affected_projects(config, list(files), graph)]
+
+    assert planned("stacks/live/terragrunt.hcl") == ["stacks/live"]
+    assert planned("stacks/live/.terraform.lock.hcl") == ["stacks/live"]
+    assert planned("stacks/live/vars.tfvars") == ["stacks/live"]
+    assert planned("modules/net/main.tf") == ["stacks/web"]
+    assert planned("stacks/web/README.md") == []
+
+
+def test_a_workspace_var_file_is_used_when_present(tmp_path: Path) -> None:
+    from runner.engine.workflow_steps import workspace_var_file_args
+
+    (tmp_path / "env").mkdir()
+    (tmp_path / "env/staging.tfvars").write_text("x = 1\n")
+    assert workspace_var_file_args(tmp_path, "staging") == ("-var-file=env/staging.tfvars",)
+    assert workspace_var_file_args(tmp_path, "production") == ()
+    (tmp_path / "env/production.tfvars").symlink_to("/etc/hostname")
+    assert workspace_var_file_args(tmp_path, "production") == ()  # never outside the project
+
+
+def test_comment_args_are_escaped_character_by_character() -> None:
+    from runner.engine.workflow_steps import comment_args_value
+
+    assert comment_args_value(["-target=a.b", "-var=x=$(id)"]) == (
+        "\\-\\t\\a\\r\\g\\e\\t\\=\\a\\.\\b,\\-\\v\\a\\r\\=\\x\\=\\$\\(\\i\\d\\)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("workflows", "reason"),
+    [
+        ("{w: {plan: {steps: [init, plan, plan]}}}", "at most one `plan` step"),
+        ("{w: {plan: {steps: [init]}}}", "needs a `plan` step, or `run` steps"),
+        ("{w: {plan: {steps: [init, plan, apply]}}}", "`apply` does not belong in plan"),
+        ("{w: {deploy: {steps: [init]}}}", "unknown stage"),
+        ("{w: {plan: {steps: [{plan: {extra_args: -x}}]}}}", "must be a list of strings"),
+        ("{w: {plan: {steps: [{run: ''}, plan]}}}", "non-empty shell line"),
+        ("{w: {plan: {steps: [{env: {name: 'A B', value: x}}, plan]}}}", "variable name"),
+        ("{w: {plan: {steps: [{env: {name: A}}, plan]}}}", "exactly one of `value`"),
+        ("{w: {plan: {steps: [{run: {command: x, shell: 'sh -c'}}, plan]}}}", "program name"),
+    ],
+)
+def test_bad_workflows_are_config_errors_with_the_line(
+    tmp_path: Path, workflows: str, reason: str
+) -> None:
+    from runner.config.errors import ConfigError
+    from runner.config.loader import load_repo_config
+
+    (tmp_path / "atlantis.yaml").write_text(
+        f"version: 3\nprojects:\n  - dir: .\n    workflow: w\nworkflows: {workflows}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_repo_config(tmp_path)
+    assert caught.value.file == "atlantis.yaml" and caught.value.line == 5
+    assert reason in caught.value.reason
+
+
+def test_an_unknown_workflow_name_is_an_error(tmp_path: Path) -> None:
+    from runner.config.errors import ConfigError
+    from runner.config.loader import load_repo_config
+
+    (tmp_path / "gitops-runner.yaml").write_text(
+        "version: 1\nprojects:\n  - dir: .\n    workflow: nope\n"
+    )
+    with pytest.raises(ConfigError, match="workflow 'nope' is not defined"):
+        load_repo_config(tmp_path)

@@ -12,7 +12,7 @@ from runner.events.commands import Command
 from runner.forge.base import WRITE_PERMISSIONS, Permission, PullRequestInfo
 
 # Commands that change state or trust: they need write permission whatever their options.
-_WRITE_COMMANDS = frozenset({"apply", "unlock"})
+_WRITE_COMMANDS = frozenset({"apply", "unlock", "import", "state_rm", "cancel"})
 
 
 def refusal(

@@ -97,7 +97,8 @@ class PullRequestFeedback:
         """Each project's result (status or check run), then the plan comment: in full, or
         a short summary linking to the check runs when they hold the output."""
         links = self.plan_statuses(sha, results, policies)
-        shown = [replace(result, output="") for result in results] if links else results
+        # A project whose check run holds its plan is summarised; one without keeps it.
+        shown = [replace(r, output="") if r.project in links else r for r in results]
         body = render_plan_comment(
             shown,
             commit=sha,
@@ -110,34 +111,27 @@ class PullRequestFeedback:
 
     def plan_started(self, sha: str, projects: Iterable[str]) -> None:
         """Check runs `in_progress` while Terraform plans; statuses wait for the result."""
-        if not self.forge.shows_reports:
-            return
         for project in projects:
-            self.report(
+            self._plan_check(
                 sha,
-                ProjectReport(
-                    project_context(PLAN_CONTEXT, project),
-                    ReportState.IN_PROGRESS,
-                    f"planning at {short_sha(sha)}",
-                    f"Terraform is planning {code(project)}.",
-                    self._details_url(),
-                ),
+                project,
+                ReportState.IN_PROGRESS,
+                f"planning at {short_sha(sha)}",
+                f"Terraform is planning {code(project)}.",
             )
 
     def plan_cancelled(self, sha: str, projects: Iterable[str]) -> None:
         """Close the check runs `plan_started` opened when a newer push supersedes them."""
-        if not self.forge.shows_reports:
-            return
         for project in projects:
-            self.report(
-                sha,
-                ProjectReport(
-                    project_context(PLAN_CONTEXT, project),
-                    ReportState.CANCELLED,
-                    "superseded by a newer commit",
-                    details_url=self._details_url(),
-                ),
-            )
+            self._plan_check(sha, project, ReportState.CANCELLED, "superseded by a newer commit")
+
+    def _plan_check(
+        self, sha: str, project: str, state: ReportState, title: str, body: str = ""
+    ) -> None:
+        """A project's plan check run between its start and its result (none with statuses)."""
+        if self.forge.shows_reports:
+            context = project_context(PLAN_CONTEXT, project)
+            self.report(sha, ProjectReport(context, state, title, body, self._details_url()))
 
     def plan_statuses(
         self,

@@ -15,8 +15,10 @@ import threading
 from runner.commands.applying import PullRequestApplier
 from runner.commands.authorization import is_trusted, refusal
 from runner.commands.feedback import PullRequestFeedback
+from runner.commands.housekeeping import housekeeping_reply
 from runner.commands.planning import PlanRequest, PullRequestPlanner, worktree_key
 from runner.commands.policy_review import PullRequestPolicies
+from runner.commands.state_commands import StateCommands
 from runner.engine.services import Services
 from runner.events.commands import Command, CommandError
 from runner.events.comment_parser import help_text
@@ -175,6 +177,10 @@ class PullRequestFlow:
             PullRequestPolicies(self._services, feedback).approve(
                 event.repo, pr, event.author, command
             )
+        elif command.name in ("import", "state_rm"):
+            StateCommands(self._services, feedback).run(event.repo, pr, event.author, command)
+        elif command.name in ("version", "cancel"):
+            feedback.comment(housekeeping_reply(self._services, event, command))
         else:
             self._apply(event, command, pr, feedback)
 

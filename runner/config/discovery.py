@@ -7,12 +7,22 @@ its callers. Hidden directories (and so `.terraform`) are skipped.
 
 from __future__ import annotations
 
+import functools
+
 from pydantic import ValidationError
 
 from runner.config.model import ConfigWarning, ProjectConfig, RepoConfig
 from runner.terraform.modules import ModuleGraph
 
 AUTODISCOVERY = "(autodiscovery)"
+
+
+@functools.lru_cache(maxsize=65536)
+def _project(dir: str) -> ProjectConfig:
+    """The discovered project of a directory, validated once per process: a monorepo's
+    thousands of directories are mostly the same from one pull request to the next
+    (ProjectConfig is frozen, so sharing one is safe). A ValidationError is not cached."""
+    return ProjectConfig(name=dir, dir=dir)
 
 
 def discover(graph: ModuleGraph) -> RepoConfig:
@@ -22,7 +32,7 @@ def discover(graph: ModuleGraph) -> RepoConfig:
     warnings: list[ConfigWarning] = []
     for dir in sorted(graph.terraform_dirs() - module_dirs):
         try:
-            projects.append(ProjectConfig(name=dir, dir=dir))
+            projects.append(_project(dir))
         except ValidationError:
             # A directory name with spaces etc. cannot be a project name on its own.
             warnings.append(

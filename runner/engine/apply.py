@@ -29,6 +29,7 @@ from runner.engine.execution_order import apply_order
 from runner.engine.planner import plan_file_path
 from runner.engine.project_mutex import MutexBusy, ProjectMutex, state_key
 from runner.engine.workflow_steps import StageRunner, apply_with_workflow, context_of_request
+from runner.observability.log_context import log_context
 from runner.results.limits import OutputLimits, cap_output
 from runner.results.masking import Masker
 from runner.results.model import ApplyResult, ApplyStatus, PlanSummary
@@ -225,13 +226,17 @@ class ApplyExecutor:
         log_path = self._logs_dir / f"apply-{run_id}.log"
         # Recorded before Terraform starts: the dashboard follows the apply as it runs.
         self._store.runs.set_log_path(run_id, str(log_path))
-        try:
-            outcome = self._terraform_apply(request, item, log_path)
-        except BaseException as error:  # the run must not read "running" forever
-            detail = self._masker.mask(f"{type(error).__name__}: {error}")
-            self._store.runs.finish(run_id, RunStatus.ERRORED, error=detail, log_path=str(log_path))
-            raise
-        return self._finish(item, run_id, log_path, outcome)
+        # Every line logged during the apply names the run (JSON logs: a field).
+        with log_context(run=run_id, project=project.name, pr=request.pr_number):
+            try:
+                outcome = self._terraform_apply(request, item, log_path)
+            except BaseException as error:  # the run must not read "running" forever
+                detail = self._masker.mask(f"{type(error).__name__}: {error}")
+                self._store.runs.finish(
+                    run_id, RunStatus.ERRORED, error=detail, log_path=str(log_path)
+                )
+                raise
+            return self._finish(item, run_id, log_path, outcome)
 
     def _terraform_apply(
         self, request: ApplyRequest, item: ApplyItem, log_path: Path

@@ -6,11 +6,11 @@ one of the two: four CPU-bound plans on two cores only thrash (each takes twice 
 long and the first comment comes later), while four waiting plans overlap nicely.
 
 `PlanAdmission` starts at the number of cores and, while plans queue, samples how much
-CPU the running plans' processes use (/proc: this process's children, so other load
-on a shared machine does not count): well under a core per running plan means they
-wait on I/O, so one more is admitted, up to the configured parallelism; close to a
-core each lowers the limit again (never below the core count, and no running plan is
-stopped). One admission is shared by every plan of a
+CPU the running plans' processes want (`CpuDemand`: time on a CPU plus time waiting
+for one, of this process's descendants only): well under a core per running plan
+means they wait on I/O, so one more is admitted, up to the configured parallelism;
+about a core each lowers the limit again (never below the core count, and no running
+plan is stopped). One admission is shared by every plan of a
 process, so two job workers planning at once share the same cores.
 """
 
@@ -23,11 +23,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-# Cores used per running plan. Below this the plans mostly wait (on I/O): admit one more.
+# Cores wanted per running plan. Below this the plans mostly wait (on I/O): admit one more.
 RAISE_BELOW = 0.5
 # Above it they compute: admit no more than one per core.
 LOWER_ABOVE = 0.8
-SAMPLE_INTERVAL_S = 0.5
+SAMPLE_INTERVAL_S = 0.25
 
 
 def usable_cores() -> int:
@@ -38,44 +38,68 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-class ChildrenCpu:
-    """Cores used by this process's running child processes (Terraform) since the last
-    call, from /proc: the plans' own CPU use, whatever else loads the machine."""
+class CpuDemand:
+    """How many cores this process's descendants (Terraform and its providers) wanted
+    since the last call: time on a CPU plus time runnable but waiting for one, from
+    /proc/PID/task/*/schedstat. Counting the run-queue wait keeps a CPU-bound plan
+    CPU-bound on a machine that other work keeps busy; other processes do not count."""
 
-    def __init__(self, proc: Path = Path("/proc"), parent: int | None = None) -> None:
+    def __init__(self, proc: Path = Path("/proc"), root_pid: int | None = None) -> None:
         self._proc = proc
-        self._parent = os.getpid() if parent is None else parent
-        self._ticks_per_s = os.sysconf("SC_CLK_TCK")
-        self._previous = self._children_ticks()
+        self._root = os.getpid() if root_pid is None else root_pid
+        self._previous = self._demand_ns()
         self._at = time.monotonic()
 
     def __call__(self) -> float | None:
-        """Cores busy with children since the last call; None when /proc cannot be read."""
-        current, now = self._children_ticks(), time.monotonic()
+        """Cores wanted since the last call; None when /proc cannot be read."""
+        current, now = self._demand_ns(), time.monotonic()
         previous, self._previous = self._previous, current
         elapsed, self._at = now - self._at, now
         if current is None or previous is None or elapsed <= 0:
             return None
-        used = sum(ticks - previous.get(pid, 0) for pid, ticks in current.items())
-        return used / self._ticks_per_s / elapsed
+        wanted_ns = sum(ns - previous.get(pid, 0) for pid, ns in current.items())
+        return wanted_ns / 1e9 / elapsed
 
-    def _children_ticks(self) -> dict[int, int] | None:
-        """utime + stime of every live child, by pid."""
+    def _demand_ns(self) -> dict[int, int] | None:
+        """CPU + run-queue nanoseconds of every live descendant, by pid."""
+        children = self._children_by_parent()
+        if children is None:
+            return None
+        demand = {}
+        pending = list(children.get(self._root, ()))
+        while pending:
+            pid = pending.pop()
+            pending.extend(children.get(pid, ()))
+            demand[pid] = self._task_ns(pid)
+        return demand
+
+    def _children_by_parent(self) -> dict[int, list[int]] | None:
         try:
-            entries = list(self._proc.iterdir())
+            entries = [e for e in self._proc.iterdir() if e.name.isdigit()]
         except OSError:
             return None
-        found = {}
+        children: dict[int, list[int]] = {}
         for entry in entries:
-            if not entry.name.isdigit():
-                continue
             try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
                 continue  # gone meanwhile
-            if int(fields[1]) == self._parent:  # fields: state, ppid, ..., utime, stime
-                found[int(entry.name)] = int(fields[11]) + int(fields[12])
-        return found
+            children.setdefault(parent, []).append(int(entry.name))
+        return children
+
+    def _task_ns(self, pid: int) -> int:
+        total = 0
+        try:
+            tasks = list((self._proc / str(pid) / "task").iterdir())
+        except OSError:
+            return 0
+        for task in tasks:
+            try:
+                on_cpu, waiting = (task / "schedstat").read_text().split()[:2]
+            except (OSError, ValueError):
+                continue
+            total += int(on_cpu) + int(waiting)
+        return total
 
 
 class PlanAdmission:
@@ -91,7 +115,7 @@ class PlanAdmission:
         self.ceiling = max(1, ceiling)
         self.floor = min(self.ceiling, cores or usable_cores())
         self.limit = self.floor
-        self._cores_used = cores_used or ChildrenCpu()
+        self._cores_used = cores_used or CpuDemand()
         self._interval_s = interval_s
         self._running = 0
         self._changed = threading.Condition()
@@ -105,6 +129,9 @@ class PlanAdmission:
     def slot(self) -> Iterator[None]:
         """Wait until one more plan may run, and count it while it runs."""
         with self._changed:
+            if self._running == 0:  # measure this batch, not the idle time before it
+                self._cores_used()
+                self._last_sample = time.monotonic()
             while self._running >= self._adjusted_limit():
                 self._changed.wait(timeout=self._interval_s)
             self._running += 1

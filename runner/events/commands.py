@@ -13,8 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-CommandName = Literal["plan", "apply", "unlock", "help", "approve_policies"]
-COMMAND_NAMES: tuple[CommandName, ...] = ("plan", "apply", "unlock", "help", "approve_policies")
+CommandName = Literal[
+    "plan", "apply", "unlock", "help", "approve_policies", "import", "state_rm", "version", "cancel"
+]
+COMMAND_NAMES: tuple[CommandName, ...] = (
+    "plan", "apply", "unlock", "help", "approve_policies", "import", "state_rm", "version", "cancel"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,9 @@ class Command:
     # Only on plan; each item is an allowlisted flag normalised to `-flag` or `-flag=value`,
     # ready to be appended to the terraform argv (never joined into a shell string).
     extra_args: tuple[str, ...] = ()
+    # `import`: (ADDRESS, ID); `state_rm`: the addresses. Each checked by the parser and
+    # passed to Terraform as one argv item.
+    args: tuple[str, ...] = ()
 
     def selects(self, project: str, dir: str, workspace: str) -> bool:
         """Whether a project (name, dir, workspace) is one this command names (or all)."""

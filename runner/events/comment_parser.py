@@ -34,12 +34,18 @@ _KEY = r'\[(?:[0-9]+|"[^"\\$`\x00-\x1f\x7f]*")\]'
 _ADDRESS_RE = re.compile(rf"{_IDENT}(?:{_KEY})?(?:\.{_IDENT}(?:{_KEY})?)*")
 _IDENT_RE = re.compile(_IDENT)
 # Project names may contain "/" because autodiscovery names projects after their dir.
-_PROJECT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./-]{0,127}")
+# ":" too: a project without a name is called `dir:workspace` (config/model.py).
+_PROJECT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./:@+-]{0,127}")
 # Terraform refuses workspace names that are not a plain URL path segment.
 _WORKSPACE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,89}")
 _DIR_RE = re.compile(r"[A-Za-z0-9_./@+-]{1,255}")
 # Refused in -var values: shell metacharacters and control characters (see module doc).
 _VAR_VALUE_FORBIDDEN = re.compile(r"[`$;&|<>\x00-\x1f\x7f]")
+
+# Resource ids are the provider's (`i-0abc`, ARNs, `/subscriptions/...`, `proj/zone/vm`):
+# printable, no quoting or substitution characters, never starting with `-` (a flag).
+_RESOURCE_ID_RE = re.compile(r"[A-Za-z0-9_./:@=+,%~#*\[\]{}][A-Za-z0-9_./:@=+,%~#*\[\]{}-]{0,1023}")
+_MAX_STATE_ADDRESSES = 50
 
 _USAGE = {
     "plan": "gitops plan [-p PROJECT | -d DIR] [-w WORKSPACE] [-- FLAGS]",
@@ -47,7 +53,13 @@ _USAGE = {
     "unlock": "gitops unlock",
     "help": "gitops help",
     "approve_policies": "gitops approve_policies [-p PROJECT | -d DIR] [-w WORKSPACE]",
+    "import": "gitops import [-p PROJECT | -d DIR] [-w WORKSPACE] ADDRESS ID",
+    "state_rm": "gitops state rm [-p PROJECT | -d DIR] [-w WORKSPACE] ADDRESS...",
+    "version": "gitops version",
+    "cancel": "gitops cancel",
 }
+# Commands that take no arguments at all.
+_BARE = frozenset({"unlock", "help", "version", "cancel"})
 
 _OPTIONS = {
     "-p": "project",
@@ -190,11 +202,39 @@ _VALIDATORS: dict[str, Callable[[str], str]] = {
 }
 
 
+def _resource_id(value: str) -> str:
+    if not _RESOURCE_ID_RE.fullmatch(value):
+        raise _Invalid(
+            f"{_code(value)} is not a resource id this runner accepts (printable, no quotes, "
+            "`$`, `;`, `&`, `|`, `<`, `>` or backticks; not starting with `-`)."
+        )
+    return value
+
+
+def _positional(name: CommandName, positional: list[str]) -> tuple[str, ...]:
+    """`import ADDRESS ID`, `state rm ADDRESS...`: checked, one argv item each."""
+    if name == "import":
+        if len(positional) != 2:
+            raise _Invalid("`import` needs a resource address and an id: `ADDRESS ID`.")
+        return (_address(positional[0]), _resource_id(positional[1]))
+    if name == "state_rm":
+        if not positional:
+            raise _Invalid("`state rm` needs at least one resource address.")
+        if len(positional) > _MAX_STATE_ADDRESSES:
+            raise _Invalid(f"`state rm` takes at most {_MAX_STATE_ADDRESSES} addresses.")
+        return tuple(_address(address) for address in positional)
+    if positional:
+        raise _Invalid(f"Unknown argument {_code(positional[0])}.")
+    return ()
+
+
 def _parse_args(name: CommandName, args: list[str]) -> Command:
-    if name in ("unlock", "help") and args:
-        raise _Invalid(f"`{name}` takes no arguments.")
+    if name in _BARE and args:
+        shown = "state rm" if name == "state_rm" else name
+        raise _Invalid(f"`{shown}` takes no arguments.")
     values: dict[str, str] = {}
     extra: tuple[str, ...] = ()
+    positional: list[str] = []
     i = 0
     while i < len(args):
         token = args[i]
@@ -206,6 +246,9 @@ def _parse_args(name: CommandName, args: list[str]) -> Command:
             break
         option, eq, value = token.partition("=")
         field = _OPTIONS.get(option)
+        if field is None and not token.startswith("-") and name in ("import", "state_rm"):
+            positional.append(token)
+            continue
         if field is None:
             kind = "option" if token.startswith("-") else "argument"
             raise _Invalid(f"Unknown {kind} {_code(token)}.")
@@ -225,6 +268,7 @@ def _parse_args(name: CommandName, args: list[str]) -> Command:
         dir=values.get("dir"),
         workspace=values.get("workspace"),
         extra_args=extra,
+        args=_positional(name, positional),
     )
 
 
@@ -256,14 +300,22 @@ def parse_comment(body: str) -> Command | CommandError | None:
         if len(tokens) < 2:
             raise _Invalid("No command given.")
         name = _command_name(tokens[1])
-        return _parse_args(name, tokens[2:])
+        rest = tokens[2:]
+        if name == "state_rm":
+            # `gitops state rm ...`: Atlantis's only state subcommand.
+            if not rest or rest[0].lower() != "rm":
+                raise _Invalid("Only `state rm` is supported.")
+            rest = rest[1:]
+        return _parse_args(name, rest)
     except _Invalid as exc:
         return _error(str(exc), name)
 
 
 def _command_name(token: str) -> CommandName:
+    if token.lower() == "state":
+        return "state_rm"
     for name in COMMAND_NAMES:
-        if token.lower() == name:
+        if token.lower() == name and name != "state_rm":
             return name
     raise _Invalid(f"Unknown command {_code(token)}.")
 
@@ -295,6 +347,10 @@ Comment on the pull request. Only the first line of the comment is read;
 | `{usage["apply"]}` | Apply the plans of this pull request (or the one selected). |
 | `{usage["unlock"]}` | Release the locks this pull request holds and discard its plans. |
 | `{usage["approve_policies"]}` | As an owner of a failing policy set, approve its plans. |
+| `{usage["import"]}` | Import an existing object into the project's state (when enabled). |
+| `{usage["state_rm"]}` | Remove objects from the project's state (when enabled). |
+| `{usage["cancel"]}` | Drop this pull request's queued runs. |
+| `{usage["version"]}` | Show the runner's and Terraform's versions. |
 | `{usage["help"]}` | Show this help. |
 
 **Options**

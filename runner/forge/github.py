@@ -9,6 +9,7 @@ of transient failures, and GitHub's own rate-limit answers still honoured.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -35,7 +36,14 @@ from runner.forge.base import (
 )
 from runner.forge.github_app import GitHubAppAuth
 from runner.forge.github_checks import CheckRuns
-from runner.forge.rate_limits import DEFAULT_MAX_WAIT, github_retry
+from runner.forge.rate_limits import (
+    DEFAULT_MAX_WAIT,
+    PrimaryLimitUsedUp,
+    github_retry,
+    wait_for_primary_reset,
+)
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 15  # seconds per HTTP request (PyGithub insists on an int)
 STATUS_DESCRIPTION_CAP = 140  # GitHub rejects longer commit status descriptions
@@ -97,6 +105,7 @@ class GitHubForge:
         self._mergeable_poll = tuple(mergeable_poll)
         self._request_timeout = request_timeout
         self._retry = github_retry(max_rate_limit_wait) if retry else None
+        self._max_rate_limit_wait = max_rate_limit_wait
         self._checks = CheckRuns() if checks else None
         self._app = GitHubAppAuth(app[0], app[1], self._new_client) if app else None
         self._gh = self._new_client(Auth.Token(token)) if token else None
@@ -233,7 +242,15 @@ class GitHubForge:
         """A check run in App mode with checks on (`forge/github_checks.py`), else a status."""
         if self._checks is None:
             return report_as_status(self, repo, sha, report)
-        return self._checks.report(self._repo(repo), repo.key, sha, report)
+        try:
+            return self._checks.report(self._repo(repo), repo.key, sha, report)
+        except GithubException as exc:
+            if exc.status != 403:
+                raise
+            # An installation approved before the App asked for `checks: write` still
+            # gets its results, as a status (and the full plan in the comment).
+            log.warning("check run refused (%s); reporting a status instead", exc.status)
+            return report_as_status(self, repo, sha, report)
 
     # --- users --------------------------------------------------------------------------
 
@@ -299,7 +316,17 @@ class GitHubForge:
         if repo.forge != "github":
             raise ValueError(f"{repo.key} is a {repo.forge} repository, not a GitHub one")
         client = self._app.client(repo) if self._app is not None else self._pat()
+        self._pace(client)
         return client.get_repo(repo.full_name)  # lazy: no request
+
+    def _pace(self, client: Github) -> None:
+        """Hold a request while the client's primary rate limit is used up (bounded)."""
+        if self._retry is None:
+            return
+        try:
+            wait_for_primary_reset(client.requester, self._max_rate_limit_wait)
+        except PrimaryLimitUsedUp as used_up:
+            raise ForgeError(f"GitHub ({self.api_url}): {used_up}") from None
 
     def _pat(self) -> Github:
         assert self._gh is not None  # __init__ requires a token or an App

@@ -1,8 +1,12 @@
-"""How the runner retries GitHub requests: rate limits honoured and bounded, writes never doubled.
+"""How the runner paces and retries GitHub requests: rate limits honoured and bounded,
+writes never doubled.
 
-PyGithub's `GithubRetry` (a urllib3 `Retry`) already retries a 403 whose body names a
-rate limit, waiting for `x-ratelimit-reset` (primary) or a minute (secondary). Three
-gaps are closed here, on top of it:
+Before a request, a client whose last answer said its primary limit is used up
+(`x-ratelimit-remaining: 0`) waits for the reset rather than send what GitHub would
+refuse (`wait_for_primary_reset`). After a refusal, PyGithub's `GithubRetry` (a urllib3
+`Retry`) already retries a 403 whose body names a rate limit, waiting for
+`x-ratelimit-reset` (primary) or a minute (secondary). Three gaps are closed here, on
+top of it:
 
 - A `Retry-After` header is obeyed for 403 *and* 429 (GitHub sends either), and a
   `429` or `403` with `x-ratelimit-remaining: 0` waits for `x-ratelimit-reset`, whatever
@@ -26,6 +30,7 @@ from typing import Any
 
 from github import GithubRetry
 from github.GithubException import RateLimitExceededExceedsMaxWait
+from github.Requester import Requester
 from urllib3 import Retry
 from urllib3.exceptions import MaxRetryError, ProtocolError, ReadTimeoutError
 
@@ -80,6 +85,29 @@ class RunnerRetry(GithubRetry):
         raise RateLimitExceededExceedsMaxWait(
             response.status, {"message": message}, dict(response.headers), wait=wait
         )
+
+
+class PrimaryLimitUsedUp(Exception):
+    """The last answer said the primary limit is used up until later than the bound."""
+
+
+def wait_for_primary_reset(requester: Requester, max_wait: float) -> None:
+    """Before a request: if GitHub's last answer on this client (one per installation) said
+    `x-ratelimit-remaining: 0`, wait for `x-ratelimit-reset` instead of sending a request
+    GitHub would refuse; raise `PrimaryLimitUsedUp` if that is further than `max_wait`."""
+    remaining, _limit = requester.rate_limiting
+    if remaining != 0:
+        return
+    wait = requester.rate_limiting_resettime - time.time() + 1
+    if wait <= 0:
+        return
+    if wait > max_wait:
+        until = datetime.fromtimestamp(requester.rate_limiting_resettime, UTC)
+        raise PrimaryLimitUsedUp(
+            f"rate limited: the primary rate limit is used up until {until:%H:%M:%S} UTC, "
+            f"longer than GITOPS_GITHUB_RATE_LIMIT_MAX_WAIT ({max_wait:.0f} s); not sent"
+        )
+    time.sleep(wait)
 
 
 def rate_limit_wait(headers: Mapping[str, str], now: float) -> float | None:

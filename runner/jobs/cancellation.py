@@ -63,6 +63,22 @@ def is_superseding(event: WorkEvent) -> bool:
     return isinstance(event, PullRequestEvent) and event.action in _SUPERSEDING_ACTIONS
 
 
+def drop_queued(store: Store, group: str, reason: str) -> list[int]:
+    """`gitops cancel` (once its author was authorised): the PR group's jobs that have not
+    started are cancelled; running ones finish, so an apply never stops half-way. The
+    cancel job has no group (jobs/model.py), so it does not wait behind what it drops."""
+    queued = [
+        record.id
+        for kind in ("pull_request", "comment")
+        for record in store.jobs.active_in_group(group, kind, _ANY_JOB)
+        if record.status == JobStatus.QUEUED
+    ]
+    return store.jobs.cancel_queued(queued, reason)
+
+
+_ANY_JOB = 2**62  # active_in_group reads jobs older than an id: every one
+
+
 def supersede(store: Store, event: WorkEvent, new_job_id: int) -> Superseded:
     """Cancel the autoplans of the PR that `event` (job `new_job_id`) makes pointless.
 

@@ -20,6 +20,7 @@ version 2: rows without it read as None, and a runner without the field ignores 
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -87,6 +88,14 @@ def pr_group(event: WorkEvent) -> str:
     return f"{event.repo.key}#{number}"
 
 
+def _ordered_group(event: WorkEvent) -> str | None:
+    """The PR group, except for `gitops cancel`: it must not wait behind what it drops."""
+    command = event.command if isinstance(event, CommentEvent) else None
+    if isinstance(command, Command) and command.name == "cancel":
+        return None
+    return pr_group(event)
+
+
 # ---- every kind of job ---------------------------------------------------------------
 
 JobPayload = WorkEvent | DriftScanJob | DriftScheduleJob | ReconcileJob
@@ -131,7 +140,7 @@ def _event_kind(name: str, payload_type: type) -> JobKind:
         payload_type,
         JOB_FORMAT_VERSION,
         lambda payload, version: decode_event(name, payload, version),
-        pr_group,
+        _ordered_group,
         lambda _event: None,
     )
 
@@ -170,10 +179,17 @@ class EncodedJob:
     dedupe_key: str | None
 
 
+@functools.cache
+def _dump_adapter(payload_type: type) -> TypeAdapter[Any]:
+    # Built once per type: building one generates the whole schema, which cost more
+    # CPU than the rest of a webhook acknowledgement together (issue 10, profiled).
+    return TypeAdapter(payload_type)
+
+
 def encode_job(payload: JobPayload) -> EncodedJob:
     """The row for any payload, in its kind's current version."""
     kind = kind_for(payload)
-    data = TypeAdapter(kind.payload_type).dump_python(payload, mode="json")
+    data = _dump_adapter(kind.payload_type).dump_python(payload, mode="json")
     return EncodedJob(kind.name, data, kind.version, kind.group(payload), kind.dedupe(payload))
 
 

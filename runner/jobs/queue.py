@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from runner.engine.project_mutex import MutexBusy, ProjectMutex
+from runner.events.model import CommentEvent, PullRequestEvent
 from runner.jobs.cancellation import CancelRegistry, LeaseKeeper
 from runner.jobs.model import (
     PR_KINDS,
@@ -33,6 +34,7 @@ from runner.jobs.model import (
 )
 from runner.jobs.recovery import is_orphaned, orphan_cutoff
 from runner.jobs.registry import handled_kinds
+from runner.observability.log_context import log_context
 from runner.store.deliveries import DeliveryRef
 from runner.store.jobs import JobRecord
 from runner.store.owners import new_owner_id
@@ -268,16 +270,29 @@ class JobRunner:
     def _handle(
         self, record: JobRecord, owner: str, event: JobPayload, cancel: threading.Event
     ) -> Outcome:
-        log.info("job %s: running %s", record.id, record.kind)
-        try:
-            self._handler.handle(event, cancel)
-        except Exception as error:
-            log.exception("job %s failed", record.id)
-            recorded = self._store.jobs.fail(record.id, describe(error), owner)
-            return Outcome.FAILED if recorded else Outcome.CANCELLED
+        # Every line logged by the job (in this thread) names it and its PR.
+        with log_context(job=record.id, **job_log_ids(event)):
+            log.info("job %s: running %s", record.id, record.kind)
+            try:
+                self._handler.handle(event, cancel)
+            except Exception as error:
+                log.exception("job %s failed", record.id)
+                recorded = self._store.jobs.fail(record.id, describe(error), owner)
+                return Outcome.FAILED if recorded else Outcome.CANCELLED
         if self._store.jobs.complete(record.id, owner):
             return Outcome.DONE
         return Outcome.CANCELLED
+
+
+def job_log_ids(event: JobPayload) -> dict[str, object]:
+    """The repository and PR a job is about, for its log lines (where it has them)."""
+    repo = getattr(event, "repo", None)
+    ids: dict[str, object] = {"repo": getattr(repo, "key", None)}
+    if isinstance(event, PullRequestEvent):
+        ids["pr"] = event.pr.number
+    elif isinstance(event, CommentEvent):
+        ids["pr"] = event.pr_number
+    return ids
 
 
 def _group_of(record: JobRecord) -> str | None:

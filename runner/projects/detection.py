@@ -140,15 +140,25 @@ def _candidate_index(projects: Sequence[ProjectConfig]) -> dict[str, set[int]]:
     index: dict[str, set[int]] = defaultdict(set)
     for i, project in enumerate(projects):
         index[project.dir].add(i)
-        for pattern in map(_clean, project.autoplan.when_modified):
-            if pattern.startswith("../"):
-                fixed = itertools.takewhile(
-                    lambda part: not _GLOB_MAGIC.search(part), pattern.split("/")[:-1]
-                )
-                anchor = posixpath.normpath(posixpath.join(project.dir, *fixed))
-                if anchor != ".." and not anchor.startswith("../"):
-                    index[anchor].add(i)
+        for fixed in _outside_anchors(tuple(project.autoplan.when_modified)):
+            anchor = posixpath.normpath(posixpath.join(project.dir, *fixed))
+            if anchor != ".." and not anchor.startswith("../"):
+                index[anchor].add(i)
     return index
+
+
+@functools.lru_cache(maxsize=1024)
+def _outside_anchors(patterns: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """The fixed leading parts of the `../` patterns; computed once per set of globs
+    (thousands of projects share the default one, which has none)."""
+    anchors = []
+    for pattern in map(_clean, patterns):
+        if pattern.startswith("../"):
+            fixed = itertools.takewhile(
+                lambda part: not _GLOB_MAGIC.search(part), pattern.split("/")[:-1]
+            )
+            anchors.append(tuple(fixed))
+    return tuple(anchors)
 
 
 def _clean(pattern: str) -> str:

@@ -21,7 +21,7 @@ from runner.results.masking import Masker
 from runner.results.model import ApplyResult, ApplyStatus, PlanResult, PlanStatus, PlanSummary
 from runner.results.policy import PolicyCheck
 
-MessageKind = Literal["lock_conflict", "help", "error", "no_projects"]
+MessageKind = Literal["lock_conflict", "help", "error", "no_projects", "state_command"]
 _Result = TypeVar("_Result", PlanResult, ApplyResult)
 
 # What users type to talk to the runner; the comment parser also accepts "atlantis".
@@ -93,11 +93,38 @@ def render_message(kind: MessageKind, *, masker: Masker | None = None, **context
     help: commands, a sequence of (usage, description)
     error: message (plain text, e.g. why a command could not run), details (optional)
     no_projects: command
+    state_command: see render_state_command
     """
     try:
         return _render(f"message_{kind}.md.j2", masker, **context)
     except TemplateNotFound:
         raise ValueError(f"unknown message kind {kind!r}") from None
+
+
+def render_state_command(
+    *,
+    command: str,
+    project: str,
+    dir: str,
+    workspace: str,
+    ok: bool,
+    output: str,
+    plans_discarded: int,
+    masker: Masker | None = None,
+) -> str:
+    """The reply to `gitops import` / `gitops state rm`: what happened, the output, and
+    that the PR's plan of the project must be made again."""
+    return render_message(
+        "state_command",
+        masker=masker,
+        command=command,
+        project=project,
+        dir=dir,
+        workspace=workspace,
+        ok=ok,
+        output=output,
+        plans_discarded=plans_discarded,
+    )
 
 
 def _capped(result: _Result, limits: OutputLimits, run_id: int | None) -> _Result:

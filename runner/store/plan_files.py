@@ -157,7 +157,7 @@ class S3PlanStore:
     # What expiry must keep (plans still appliable); given: retention is enforced after
     # uploads, at most hourly per process. None: only when `expire` is called.
     liveness: LiveChecksums | None = None
-    _last_expiry: float = field(default=0.0, repr=False)
+    _next_expiry: float = field(default=0.0, repr=False)  # time.monotonic()
     _expiry_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def keep_plan(self, path: Path, checksum: str) -> None:
@@ -191,15 +191,19 @@ class S3PlanStore:
             log.warning("run log %s not uploaded to the plan store: %s", path.name, error)
 
     def read_log(self, name: str) -> bytes | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         if "/" in name or name in ("", ".", ".."):
             return None
+        key = self.location.key("logs", name)
         try:
-            response = self.client.get_object(
-                Bucket=self.location.bucket, Key=self.location.key("logs", name)
-            )
+            response = self.client.get_object(Bucket=self.location.bucket, Key=key)
+            return bytes(response["Body"].read())
         except self.client.exceptions.NoSuchKey:
             return None
-        return bytes(response["Body"].read())
+        except (BotoCoreError, ClientError) as error:  # the API answers 404, not 500
+            log.warning("run log %s not readable from the plan store: %s", name, error)
+            return None
 
     def expire(self, live: LiveChecksums, now: datetime | None = None) -> int:
         cutoff = (now or datetime.now(UTC)) - self.retention
@@ -248,9 +252,9 @@ class S3PlanStore:
         if self.liveness is None:
             return
         with self._expiry_lock:
-            if time.monotonic() - self._last_expiry < _EXPIRE_EVERY_S and self._last_expiry:
+            if time.monotonic() < self._next_expiry:
                 return
-            self._last_expiry = time.monotonic()
+            self._next_expiry = time.monotonic() + _EXPIRE_EVERY_S
         try:
             self.expire(self.liveness)
         except Exception:  # retention is housekeeping: a failure must not fail the plan

@@ -37,6 +37,8 @@ import hcl2.parser
 from hcl2.postlexer import PostLexer
 from lark import Lark, Token, Tree
 
+from runner.terraform.tree_index import TreeIndex, TreeScan
+
 # ERE for `git grep`: deliberately loose; `_TF_SOURCE_RE` decides on each line.
 _GREP_PATTERN = r'source[[:space:]]*=[[:space:]]*"\.\.?/'
 _TF_SOURCE_RE = re.compile(r'(?<![\w-])source\s*=\s*"(\.\.?/[^"]*)"')
@@ -45,6 +47,7 @@ _TF_SOURCE_RE = re.compile(r'(?<![\w-])source\s*=\s*"(\.\.?/[^"]*)"')
 _COMMENT_LINE_RE = re.compile(r"\s*(?:#|//)")
 _GREP_RECORD_RE = re.compile(r"([^\0]*)\0([^\n]*)\n")
 _CACHE_NAMESPACE = f"module-calls-v1-hcl2-{hcl2.version.__version__}"
+TREE_INDEX_DIR = "tree-scans"
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,37 @@ def _scan_git(repo_root: Path) -> _Scan:
         if found and not is_hidden(path):
             sources[path].extend(found)
     return _Scan(tuple(tf_files), {p: tuple(s) for p, s in sources.items()})
+
+
+def _indexed_scan(repo_root: Path, index_dir: Path) -> _Scan:
+    """`_scan_git`, kept by tree id and updated from the diff (tree_index.py)."""
+
+    def full_scan() -> TreeScan:
+        scan = _scan_git(repo_root)
+        return TreeScan(scan.tf_files, scan.candidate_sources)
+
+    def sources_of(path: str) -> tuple[str, ...]:
+        return _file_sources(repo_root, path) if path.endswith(".tf") else ()
+
+    scan = TreeIndex(index_dir).scan(repo_root, full_scan, _listed, sources_of)
+    return _Scan(scan.tf_files, scan.sources)
+
+
+def _listed(path: str) -> bool:
+    """A path the git scan lists: a Terraform file outside hidden directories."""
+    return _is_tf(path) and not is_hidden(path)
+
+
+def _file_sources(repo_root: Path, path: str) -> tuple[str, ...]:
+    """Candidate local sources in one file of the checkout (as `git grep` finds them)."""
+    file = repo_root / path
+    if file.is_symlink() and not file.resolve().is_relative_to(repo_root.resolve()):
+        return ()  # never read outside the repository
+    try:
+        text = file.read_text(errors="replace")
+    except OSError:
+        return ()
+    return tuple(s for line in text.splitlines() for s in _sources_in_line(line))
 
 
 def _scan_tree(repo_root: Path) -> _Scan:
@@ -337,7 +371,12 @@ class ModuleGraph:
         `cache_dir` keeps hcl2 parse results by blob SHA across runs and processes.
         """
         root = Path(repo_root)
-        scan = _scan_git(root) if (root / ".git").exists() else _scan_tree(root)
+        if not (root / ".git").exists():
+            scan = _scan_tree(root)
+        elif cache_dir is None:
+            scan = _scan_git(root)
+        else:
+            scan = _indexed_scan(root, Path(cache_dir) / TREE_INDEX_DIR)
         return cls(root, scan, _ParseCache(Path(cache_dir) if cache_dir else None))
 
     def terraform_dirs(self) -> frozenset[str]:

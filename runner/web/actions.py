@@ -1,4 +1,4 @@
-"""What an operator may do from the dashboard or the API: unlock a project, start a scan.
+"""What an operator may do from the dashboard or the API: unlock, start a scan or a reconcile.
 
 Both the unlock button (pages.py) and `POST /api/v1/...` (api_v1.py) call these, after
 the auth guard checked the role (and, for a browser, the CSRF token). Each action is
@@ -17,6 +17,9 @@ from runner.drift.triggers import (
     ScanTicket,
     UnknownRepository,
 )
+from runner.jobs.payloads import ReconcileJob
+from runner.reconcile.jobs import reconciled_repos
+from runner.reconcile.targets import target_for
 from runner.store.locks import LockInfo
 from runner.store.store import Store
 from runner.web.context import WebContext
@@ -80,3 +83,28 @@ def start_drift_scan(
         raise ActionRefused(503, str(error)) from None
     logger.info("%s started drift scan %s (%s %s)", who, ticket.id, repo or "*", project or "*")
     return ticket
+
+
+@dataclass(frozen=True)
+class ReconcileQueued:
+    repo: str  # the configured repository's URL
+    job_id: int
+
+
+def queue_reconcile(context: WebContext, repo: str, who: str) -> ReconcileQueued:
+    """Queue a reconcile pass of a reconciled repository now, as its poll would.
+
+    Only repositories of the server config with a `poll_interval` (named by URL, key or
+    owner/name): a request never makes the runner clone and apply something else. Queued
+    as a poll, so it joins a poll already waiting instead of queuing a second pass.
+    """
+    settings = context.settings
+    for entry in reconciled_repos(settings):
+        target = target_for(entry.url, settings)
+        if repo in (entry.url, target.repo.key, target.repo.full_name):
+            job_id = context.services.submit(ReconcileJob(repo=entry.url, trigger="poll"))
+            logger.info("%s queued a reconcile of %s (job %s)", who, entry.url, job_id)
+            return ReconcileQueued(entry.url, job_id)
+    raise ActionRefused(
+        404, f"{repo!r} is not a reconciled repository (repos: entries with a poll_interval)"
+    )

@@ -14,7 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, abort, jsonify, request, send_file
+from flask import Blueprint, Response, abort, jsonify, render_template, request, send_file
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -22,7 +22,7 @@ from runner.results.model import PlanSummary
 from runner.store.jobs import JobRecord, JobStatus
 from runner.store.locks import LockInfo
 from runner.store.runs import RunRecord
-from runner.web.context import web_context
+from runner.web.context import WEBHOOK_PATH, web_context
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ blueprint = Blueprint("api", __name__)
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
+API_PREFIX = "/api/"
 
 
 @blueprint.get("/healthz")
@@ -99,9 +100,20 @@ def list_jobs() -> Response:
 @blueprint.app_errorhandler(404)
 @blueprint.app_errorhandler(405)
 @blueprint.app_errorhandler(413)
-def _json_error(error: Any) -> tuple[Response, int]:
-    # Every endpoint but the dashboard speaks JSON; an HTML error page helps nobody there.
+def _json_error(error: Any) -> tuple[Response | str, int]:
+    # API clients get JSON; a person on a dashboard page gets the page's own layout.
+    if _person_on_a_page():
+        return render_template("error.html", status=error.code, message=error.description), (
+            error.code
+        )
     return jsonify({"error": error.description}), error.code
+
+
+def _person_on_a_page() -> bool:
+    """A browser on a dashboard page (it asks for HTML first), not a forge or a script."""
+    if request.path.startswith(API_PREFIX) or request.path == WEBHOOK_PATH:
+        return False
+    return request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html"
 
 
 def _int_arg(name: str, minimum: int) -> int | None:

@@ -158,9 +158,8 @@ class ScanOut(_Out):
 
 
 class ReconcileOut(_Out):
-    repo: str
-    started: bool
-    detail: str
+    repo: str = Field(description="the configured repository's URL")
+    job: int = Field(description="the queued job (GET /api/jobs)")
 
 
 # ---- parameters and bodies ----------------------------------------------------------------

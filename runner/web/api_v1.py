@@ -15,7 +15,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, stream_wit
 from runner.results.masking import Masker
 from runner.store.runs import RunQuery, RunRecord
 from runner.web import api_models as m
-from runner.web.actions import ActionRefused, start_drift_scan, unlock
+from runner.web.actions import ActionRefused, queue_reconcile, start_drift_scan, unlock
 from runner.web.audit import audit_query, csv_lines, every_apply
 from runner.web.auth import Role, current_principal
 from runner.web.context import WebContext, web_context
@@ -25,6 +25,7 @@ from runner.web.log_stream import (
     StreamSlots,
     confined_log,
     parse_offset,
+    whole_log_events,
 )
 from runner.web.openapi import ApiError, ApiRoute, openapi_document, register
 from runner.web.read_model import (
@@ -101,15 +102,20 @@ def get_run(run_id: int) -> m.RunDetailOut:
 
 def get_run_log(run_id: int) -> Response:
     """The log so far, masked, as text (the stream below follows it live)."""
-    path = _log_or_404(run_or_404(run_id))
-    masker = log_masker(web_context())
-    text = path.read_text("utf-8", "replace")
-    return Response(masker.mask(text), mimetype="text/plain")
+    context = web_context()
+    text = _log_text(context, run_or_404(run_id))
+    return Response(log_masker(context).mask(text), mimetype="text/plain")
 
 
 def stream_run_log(run_id: int) -> Response:
-    run_or_404(run_id)
-    return log_stream_response(web_context(), run_id)
+    context = web_context()
+    run = run_or_404(run_id)
+    here = confined_log(run.log_path, context.settings.data_dir)
+    if run.status.finished and here is None and run.log_path:
+        # Finished on another machine: its log is in the plan store, if anywhere.
+        text = log_masker(context).mask(_log_text(context, run))
+        return Response(whole_log_events(text, run.status.value), mimetype="text/event-stream")
+    return log_stream_response(context, run_id)
 
 
 def list_locks() -> m.LockList:
@@ -156,6 +162,14 @@ def post_drift_scan(body: m.DriftScanBody) -> m.ScanOut:
     )
 
 
+def post_reconcile(body: m.ReconcileBody) -> m.ReconcileOut:
+    try:
+        queued = queue_reconcile(web_context(), body.repo, who=principal_name())
+    except ActionRefused as refused:
+        raise ApiError(refused.status, refused.message) from None
+    return m.ReconcileOut(repo=queued.repo, job=queued.job_id)
+
+
 # ---- shared with the pages -----------------------------------------------------------------
 
 
@@ -171,11 +185,16 @@ def run_or_404(run_id: int) -> RunRecord:
     return run
 
 
-def _log_or_404(run: RunRecord) -> Path:
-    path = confined_log(run.log_path, web_context().settings.data_dir)
-    if path is None:
+def _log_text(context: WebContext, run: RunRecord) -> str:
+    """The log on this machine, else the copy another worker kept in the plan store."""
+    path = confined_log(run.log_path, context.settings.data_dir)
+    if path is not None:
+        return path.read_text("utf-8", "replace")
+    name = Path(run.log_path).name if run.log_path else ""
+    kept = context.services.plan_store.read_log(name) if name else None
+    if kept is None:
         raise ApiError(404, "this run has no log file")
-    return path
+    return kept.decode("utf-8", "replace")
 
 
 def log_masker(context: WebContext) -> Masker:
@@ -240,6 +259,10 @@ ROUTES: list[ApiRoute] = [
              "Start a drift scan in the background", post_drift_scan, m.ScanOut,
              body=m.DriftScanBody, status=202, role=Role.OPERATOR, errors=(404, 429, 503),
              tags=("drift",)),
+    ApiRoute("POST", f"{V1}/reconcile", "queue_reconcile",
+             "Queue a reconcile pass of a reconciled repository", post_reconcile,
+             m.ReconcileOut, body=m.ReconcileBody, status=202, role=Role.OPERATOR,
+             errors=(404,), tags=("reconcile",)),
 ]  # fmt: skip
 register(blueprint, ROUTES)
 

@@ -32,7 +32,6 @@ DriftTrigger = Callable[[str | None, str | None], ScanTicket]
 DriftReport = Callable[[str | None], Sequence[DriftResult]]
 
 
-
 class Submit(Protocol):
     """The job queue's submit (`JobQueue.submit`): the job and its delivery in one write."""
 

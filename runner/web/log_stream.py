@@ -110,6 +110,14 @@ def end_event(status: str) -> str:
     return f"event: end\ndata: {status}\n\n"
 
 
+def whole_log_events(text: str, status: str) -> Iterator[str]:
+    """A finished run's log kept elsewhere (the plan store), as one stream: log, end."""
+    yield f"retry: {_RETRY_MS}\n\n"
+    if text:
+        yield log_event(text, len(text.encode()))
+    yield end_event(status)
+
+
 class StreamSlots:
     """At most `limit` log streams at once in this process (each holds a thread)."""
 

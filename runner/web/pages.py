@@ -15,12 +15,12 @@ from flask import Blueprint, Response, abort, redirect, render_template, request
 from pydantic import BaseModel, ValidationError
 
 from runner.web import api_models as m
-from runner.web.actions import unlock
+from runner.web.actions import ActionRefused, queue_reconcile, start_drift_scan, unlock
 from runner.web.api_v1 import principal_name, runs_query
 from runner.web.auth import Role, require_role
 from runner.web.charts import drift_chart
 from runner.web.context import web_context
-from runner.web.dashboard import display_helpers, run_row
+from runner.web.dashboard import display_helpers, project_url, run_row
 from runner.web.openapi import describe, query_values
 from runner.web.read_model import drift_history, find_project, page_of_runs, project_runs
 
@@ -31,8 +31,9 @@ Query = TypeVar("Query", bound=BaseModel)
 
 @blueprint.get("/projects/view")
 def project_page() -> str:
+    fields = {k: v for k, v in query_values().items() if k in m.ProjectQuery.model_fields}
     try:
-        query = m.ProjectQuery.model_validate(query_values())
+        query = m.ProjectQuery.model_validate(fields)
     except ValidationError as error:
         abort(400, description=describe(error))
     context = web_context()
@@ -46,6 +47,7 @@ def project_page() -> str:
         history=history,
         chart=drift_chart(history),
         runs=[run_row(run, context.settings) for run in project_runs(context, status)],
+        notice=request.args.get("notice", ""),
         **display_helpers(),
     )
 
@@ -106,6 +108,39 @@ def unlock_form() -> Response:
     )
     released = f"{body.dir} ({body.workspace})" if done.released else "nothing"
     return redirect("/locks?" + urlencode({"released": released}), code=303)  # type: ignore[return-value]
+
+
+@blueprint.post("/drift/scan")
+@require_role(Role.OPERATOR)
+def drift_scan_form() -> Response:
+    """A project page's "Scan for drift" button: the scan runs in the background."""
+    repo, project = request.form.get("repo") or None, request.form.get("project") or None
+    try:
+        ticket = start_drift_scan(web_context(), repo, project, who=principal_name())
+        notice = f"drift scan {ticket.id} {'started' if ticket.started else 'already running'}"
+    except ActionRefused as refused:
+        notice = f"no drift scan: {refused.message}"
+    return _back_with(notice)
+
+
+@blueprint.post("/reconcile")
+@require_role(Role.OPERATOR)
+def reconcile_form() -> Response:
+    """A project page's "Reconcile now" button: a pass is queued like a poll."""
+    try:
+        queued = queue_reconcile(web_context(), request.form.get("repo", ""), principal_name())
+        notice = f"reconcile of {queued.repo} queued (job {queued.job_id})"
+    except ActionRefused as refused:
+        notice = f"no reconcile: {refused.message}"
+    return _back_with(notice)
+
+
+def _back_with(notice: str) -> Response:
+    """Back to the project page the form came from (rebuilt here: never a URL from the
+    request), saying what happened."""
+    form = request.form
+    back = project_url(form.get("repo", ""), form.get("dir", ""), form.get("workspace", ""))
+    return redirect(f"{back}&{urlencode({'notice': notice})}", code=303)  # type: ignore[return-value]
 
 
 @blueprint.get("/audit")

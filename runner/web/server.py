@@ -22,6 +22,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from sqlalchemy.exc import SQLAlchemyError
 
+from runner.observability.logs import gunicorn_logconfig
 from runner.settings import Settings
 from runner.store.store import Store
 from runner.web.app import (
@@ -39,15 +40,6 @@ logger = logging.getLogger(__name__)
 ServicesFactory = Callable[[Settings], WebServices]
 
 DEFAULT_THREADS = 8
-
-# Application loggers (`runner.*`) go to stderr next to gunicorn's own error log.
-LOGCONFIG: dict[str, Any] = {
-    "root": {"level": "INFO", "handlers": ["error_console"]},
-    "loggers": {
-        "gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
-        "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
-    },
-}
 
 
 def post_worker_init(worker: Any) -> None:
@@ -93,7 +85,8 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "keepalive": 5,
         "post_worker_init": post_worker_init,
         "worker_exit": worker_exit,
-        "logconfig_dict": LOGCONFIG,
+        # Text or JSON lines (GITOPS_LOG_FORMAT), the runner's secrets masked.
+        "logconfig_dict": gunicorn_logconfig(settings.log_format, settings.secret_values()),
         "proc_name": "gitops-runner",
         # gunicorn >= 25 opens a control socket in $HOME by default: one path shared by
         # every instance on the host, and a write to $HOME the container need not allow.

@@ -40,6 +40,7 @@ from runner.events.model import (
 )
 from runner.events.signature import verify_github_signature, verify_gitlab_token
 from runner.jobs.payloads import ReconcileJob
+from runner.observability.log_context import log_context
 from runner.reconcile.jobs import job_for_push
 from runner.settings import Settings
 from runner.store.deliveries import DeliveryRef, DuplicateDelivery
@@ -136,13 +137,16 @@ def receive_event() -> tuple[Response, int]:
     started = time.perf_counter()
     context = web_context()
     forge = _detect_forge(request.headers, current_app.extensions[_FORGES_KEY])
-    try:
-        reply = _handle(context, forge)
-    except _Stop as stop:
-        reply = stop.reply
     forge_name = forge.name if forge else "unknown"
-    context.metrics.observe_webhook(forge_name, reply.outcome, time.perf_counter() - started)
-    _log_decision(forge, reply)
+    # Every line logged while handling it names the delivery (JSON logs: a field).
+    delivery = _for_log(_delivery_id(forge), _MAX_DELIVERY_ID) if forge else None
+    with log_context(delivery=delivery, forge=forge_name):
+        try:
+            reply = _handle(context, forge)
+        except _Stop as stop:
+            reply = stop.reply
+        context.metrics.observe_webhook(forge_name, reply.outcome, time.perf_counter() - started)
+        _log_decision(forge, reply)
     return jsonify(reply.body), reply.status
 
 

@@ -15,9 +15,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from flask import Flask, jsonify
 from flask.testing import FlaskClient
 
 from runner.store.store import Store
+from runner.web.auth import Role, current_principal, require_role
 from runner.web.auth.session import CSRF_HEADER
 from tests.support.fake_oidc import FakeOIDC
 
@@ -59,9 +61,16 @@ def sign_in(
     followed by hand: the provider is a real HTTP server, the runner a test client.
     """
     idp.sign_in_as(email, groups, **user)
+    return follow_sign_in(client, "oidc", next_path)
+
+
+def follow_sign_in(client: FlaskClient, provider: str, next_path: str | None = None) -> Any:
+    """Go through `/login/<provider>` and back, as a browser would, with whoever the
+    provider (a fake served over HTTP) was told to sign in; returns the callback's
+    response."""
     query = f"?next={next_path}" if next_path else ""
     client.get(f"/login{query}")
-    start = client.get("/login/oidc")
+    start = client.get(f"/login/{provider}")
     assert start.status_code == 302, start.get_data(as_text=True)
     answer = requests.get(start.headers["Location"], allow_redirects=False, timeout=10)
     assert answer.status_code == 302, answer.text
@@ -77,3 +86,18 @@ def csrf_of(client: FlaskClient) -> str:
 
 def csrf_header(client: FlaskClient) -> dict[str, str]:
     return {CSRF_HEADER: csrf_of(client)}
+
+
+def add_operator_action(app: Flask) -> Flask:
+    """Give `app` an operator-only action, `POST /api/test-action`, written as the
+    dashboard's actions are (`@require_role`); it answers who acted, with which role
+    and how they signed in."""
+
+    @app.post("/api/test-action")
+    @require_role(Role.OPERATOR)
+    def act() -> Any:
+        principal = current_principal()
+        assert principal is not None
+        return jsonify({"by": principal.name, "role": principal.role.label, "how": principal.how})
+
+    return app

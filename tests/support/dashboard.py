@@ -6,10 +6,12 @@ exactly as the engine writes them, so the pages and `/api/v1/` read real rows.
 
 from __future__ import annotations
 
+import fcntl
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from flask import Flask
 
@@ -37,7 +39,7 @@ def dashboard_settings(data_dir: Path, **values: Any) -> Settings:
 
 
 def no_submit(event: Any, *, delivery: Any = None) -> int:
-    raise AssertionError("the dashboard never submits webhook jobs")
+    raise AssertionError("this test's dashboard submits no job")
 
 
 def dashboard_app(
@@ -45,9 +47,10 @@ def dashboard_app(
     data_dir: Path,
     *,
     drift_trigger: Callable[..., Any] | None = None,
+    submit: Callable[..., int] = no_submit,
     **values: Any,
 ) -> Flask:
-    services = WebServices(store=store, submit=no_submit, drift_trigger=drift_trigger)
+    services = WebServices(store=store, submit=submit, drift_trigger=drift_trigger)
     return create_app(dashboard_settings(data_dir, **values), services)
 
 
@@ -125,3 +128,34 @@ def record_drift(
 def lock_project(store: Store, project: str, pr: int = 9, user: str = "bob") -> None:
     owner = LockOwner(pr_number=pr, pr_url=f"https://github.com/acme/infra/pull/{pr}", user=user)
     assert store.locks.acquire(REPO, project, "default", owner).acquired
+
+
+def hold_state_lock(state: Path) -> BinaryIO:
+    """Hold a local-backend state lock as another Terraform would: an fcntl lock on the
+    state file and the lock info beside it (Terraform reads it to say who holds it).
+
+    A plan run with `-lock-timeout` then waits, really running, until the returned file
+    is closed (and the info removed with `release_state_lock`).
+    """
+    info = {
+        "ID": "11111111-2222-3333-4444-555555555555",
+        "Operation": "OperationTypeApply",
+        "Info": "",
+        "Who": "someone@elsewhere",
+        "Version": "1.15.0",
+        "Created": "2026-01-01T00:00:00Z",
+        "Path": str(state),
+    }
+    _lock_info(state).write_text(json.dumps(info))
+    held = state.open("r+b")
+    fcntl.lockf(held, fcntl.LOCK_EX)
+    return held
+
+
+def release_state_lock(state: Path, held: BinaryIO) -> None:
+    held.close()  # closing drops the fcntl lock
+    _lock_info(state).unlink(missing_ok=True)
+
+
+def _lock_info(state: Path) -> Path:
+    return state.parent / f".{state.name}.lock.info"

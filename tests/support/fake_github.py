@@ -23,7 +23,9 @@ Usage::
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import itertools
 import json
 import re
@@ -261,6 +263,10 @@ class FakeGitHub(ServedFake):
         self._requests: list[RecordedRequest] = []
         self._faults: list[_Fault] = []
         self._github_app: _App | None = None
+        # (requests left, epoch second of the reset) while a primary limit is simulated.
+        self._rate_limit: tuple[int, float] | None = None
+        # "Sign in with GitHub" (OAuth apps): see `add_oauth_app` and `sign_in_as`.
+        self._oauth = _OAuth()
         self.app = self._build_app()
 
     # --- lifecycle ------------------------------------------------------------
@@ -546,6 +552,13 @@ class FakeGitHub(ServedFake):
         with self._lock:
             self._faults.append(fault)
 
+    def set_rate_limit(self, remaining: int, reset_in: float) -> None:
+        """Simulate the primary rate limit: ``remaining`` more requests are answered (each
+        saying how many are left in ``x-ratelimit-remaining``), then every request is
+        refused with 403 as GitHub does, until ``reset_in`` seconds from now."""
+        with self._lock:
+            self._rate_limit = (remaining, time.time() + reset_in)
+
     def secondary_rate_limit_next(
         self, method: str, path: str, *, retry_after: int | None = 1, times: int = 1
     ) -> None:
@@ -678,7 +691,7 @@ class FakeGitHub(ServedFake):
     def _build_app(self) -> Flask:
         app = Flask("fake_github")
         app.before_request(self._before_request)
-        app.after_request(_github_headers)
+        app.after_request(self._after_request)
         app.register_error_handler(ApiError, _error_response)
         app.register_error_handler(
             HTTPException, lambda e: _error_response(ApiError(e.code or 500, e.name))
@@ -686,6 +699,10 @@ class FakeGitHub(ServedFake):
         repo = "/repos/<owner>/<name>"
         routes: list[tuple[str, str, Callable[..., Response]]] = [
             ("GET", "/user", self._get_user),
+            ("GET", "/user/orgs", self._oauth_user_orgs),
+            ("GET", "/user/teams", self._oauth_user_teams),
+            ("GET", "/login/oauth/authorize", self._oauth_authorize),
+            ("POST", "/login/oauth/access_token", self._oauth_access_token),
             ("GET", "/app", self._get_app),
             ("POST", "/app/installations/<int:iid>/access_tokens", self._access_token),
             ("GET", f"{repo}/installation", self._repo_installation),
@@ -760,9 +777,31 @@ class FakeGitHub(ServedFake):
             )
             self._check_auth(authorization)
             self._apply_fault()
+            self._count_rate_limit()
         return None
 
+    def _count_rate_limit(self) -> None:
+        """One request off the simulated primary limit; refused once none are left."""
+        if self._rate_limit is None:
+            return
+        remaining, reset = self._rate_limit
+        if time.time() >= reset:
+            self._rate_limit = None  # reset: back to GitHub's usual headers
+            return
+        headers = _rate_limit_headers(max(remaining - 1, 0), reset)
+        if remaining <= 0:
+            raise ApiError(403, PRIMARY_RATE_LIMIT_MESSAGE, headers)
+        self._rate_limit = (remaining - 1, reset)
+        request.environ["fake_github.rate_limit"] = headers
+
+    def _after_request(self, response: Response) -> Response:
+        for name, value in request.environ.get("fake_github.rate_limit", {}).items():
+            response.headers.setdefault(name, value)
+        return _github_headers(response)
+
     def _check_auth(self, authorization: str | None) -> None:
+        if request.path.startswith(_OAUTH_PAGES):
+            return  # the browser's sign-in pages: the app authenticates in the form
         if not authorization:
             raise ApiError(401, "Requires authentication")
         scheme, _, credential = authorization.partition(" ")
@@ -774,7 +813,7 @@ class FakeGitHub(ServedFake):
         elif self._github_app is not None and credential in self._github_app.tokens:
             if self._github_app.tokens[credential][1] <= time.time():
                 raise ApiError(401, "Bad credentials")  # GitHub's answer to an expired token
-        elif credential != self.token:
+        elif credential != self.token and credential not in self._oauth.tokens:
             raise ApiError(401, "Bad credentials")
 
     def _check_jwt(self, app: _App, credential: str) -> None:
@@ -798,10 +837,69 @@ class FakeGitHub(ServedFake):
 
     def _get_user(self) -> Response:
         hosts = _request_hosts()
+        person = self._oauth_person()
+        login = person.login if person else self.login
         return _json(
-            user_json(self.login, hosts)
-            | {"name": self.login, "email": None, "created_at": "2024-01-01T00:00:00Z"}
+            user_json(login, hosts)
+            | {"name": login, "email": None, "created_at": "2024-01-01T00:00:00Z"}
         )
+
+    # --- handlers: "Sign in with GitHub" (OAuth apps) ---------------------------
+
+    def add_oauth_app(self, client_id: str, client_secret: str) -> None:
+        """Register an OAuth app: its authorization codes are exchanged with this secret."""
+        with self._lock:
+            self._oauth.apps[client_id] = client_secret
+
+    def sign_in_as(self, login: str, orgs: Iterable[str] = (), teams: Iterable[str] = ()) -> None:
+        """Who the next `/login/oauth/authorize` signs in, with no form: a user, the orgs
+        they belong to and their teams as `org/team-slug`."""
+        with self._lock:
+            self._oauth.next_person = _OAuthPerson(login, tuple(orgs), tuple(teams))
+
+    def _oauth_person(self) -> _OAuthPerson | None:
+        credential = (request.headers.get("Authorization") or "").partition(" ")[2].strip()
+        return self._oauth.tokens.get(credential)
+
+    def _oauth_authorize(self) -> Response:
+        args = request.args
+        person = self._oauth.next_person
+        if args.get("client_id") not in self._oauth.apps or person is None:
+            raise _not_found()  # GitHub shows an error page for an unknown client
+        code = f"code-{next(self._ids)}"
+        self._oauth.codes[code] = (person, args.get("redirect_uri", ""),
+                                   args.get("code_challenge"))  # fmt: skip
+        query = urlencode({"code": code, "state": args.get("state", "")})
+        return Response(status=302, headers={"Location": f"{args.get('redirect_uri')}?{query}"})
+
+    def _oauth_access_token(self) -> Response:
+        form = request.form
+        basic = request.authorization
+        client_id = basic.username if basic else form.get("client_id")
+        secret = basic.password if basic else form.get("client_secret")
+        grant = self._oauth.codes.pop(form.get("code", ""), None)
+        if client_id not in self._oauth.apps or self._oauth.apps[client_id] != secret:
+            return _json({"error": "incorrect_client_credentials"})  # GitHub answers 200
+        if grant is None or grant[1] != form.get("redirect_uri"):
+            return _json({"error": "bad_verification_code"})
+        if grant[2] and _s256(form.get("code_verifier", "")) != grant[2]:
+            return _json({"error": "bad_verification_code"})
+        token = f"gho_{next(self._ids)}"
+        self._oauth.tokens[token] = grant[0]
+        return _json({"access_token": token, "token_type": "bearer", "scope": "read:org"})
+
+    def _oauth_user_orgs(self) -> Response:
+        person = self._oauth_person()
+        hosts = _request_hosts()
+        return _json([user_json(org, hosts) for org in (person.orgs if person else ())])
+
+    def _oauth_user_teams(self) -> Response:
+        person = self._oauth_person()
+        teams = []
+        for team in person.teams if person else ():
+            org, _, slug = team.partition("/")
+            teams.append({"slug": slug, "name": slug, "organization": {"login": org}})
+        return _json(teams)
 
     def _app_or_404(self) -> _App:
         if self._github_app is None:
@@ -1229,6 +1327,31 @@ def _request_hosts() -> Hosts:
     return Hosts(api=root + request.script_root, web=root)
 
 
+_OAUTH_PAGES = "/login/oauth/"
+
+
+@dataclass(frozen=True)
+class _OAuthPerson:
+    login: str
+    orgs: tuple[str, ...]
+    teams: tuple[str, ...]
+
+
+@dataclass
+class _OAuth:
+    """OAuth apps (client id -> secret), pending codes, issued user tokens."""
+
+    apps: dict[str, str] = field(default_factory=dict)
+    next_person: _OAuthPerson | None = None
+    codes: dict[str, tuple[_OAuthPerson, str, str | None]] = field(default_factory=dict)
+    tokens: dict[str, _OAuthPerson] = field(default_factory=dict)
+
+
+def _s256(verifier: str) -> str:
+    digest = hashlib.sha256(verifier.encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
 def _json(data: Any, status: int = 200) -> Response:
     return Response(json.dumps(data), status=status, mimetype="application/json")
 
@@ -1248,6 +1371,15 @@ def _github_headers(response: Response) -> Response:
     response.headers.setdefault("X-RateLimit-Resource", "core")
     response.headers.setdefault("X-GitHub-Media-Type", "github.v3; format=json")
     return response
+
+
+def _rate_limit_headers(remaining: int, reset: float) -> dict[str, str]:
+    return {
+        "X-RateLimit-Limit": "5000",
+        "X-RateLimit-Remaining": str(remaining),
+        "X-RateLimit-Used": str(5000 - remaining),
+        "X-RateLimit-Reset": str(int(reset + 0.999)),
+    }
 
 
 def _body() -> Json:

@@ -223,9 +223,7 @@ def note_hook(
     }
 
 
-def push_hook(
-    project: Project, ref: str, before: str, after: str, user: str, *, web: str
-) -> Json:
+def push_hook(project: Project, ref: str, before: str, after: str, user: str, *, web: str) -> Json:
     """A `Push Hook` body (GitLab's "Push events"); `after` all zeros is a deletion."""
     return {
         "object_kind": "push",

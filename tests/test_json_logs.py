@@ -1,0 +1,183 @@
+"""GITOPS_LOG_FORMAT=json: one JSON object per line, naming the delivery, job, run and
+PR being worked on, and never a secret.
+
+The server test runs the real `gitops-runner serve` and reads its stderr; the job
+test runs a job on the real in-process queue and reads the runner's log handler.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from runner.engine.project_mutex import FileMutex
+from runner.events.model import PullRequestEvent
+from runner.jobs.inprocess import InProcessQueue
+from runner.jobs.queue import enqueue_event
+from runner.observability.log_context import current_ids, log_context
+from runner.observability.logs import build_handler
+from runner.store.jobs import JobStatus
+from runner.store.store import Store
+from tests.support.auth import TEST_API_TOKEN, bearer
+from tests.support.github_payloads import (
+    Pull,
+    Repo,
+    ping_event,
+    post_delivery,
+    pull_request_event,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+WEBHOOK_SECRET = "webhook-secret-never-logged"
+GITHUB_TOKEN = "ghp_github_token_never_logged_0123456789"
+REPO = Repo("acme/infra", clone_url="https://github.com/acme/infra.git")
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """Every non-empty line, parsed: a line that is not JSON fails the test."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def captured() -> Any:
+    """The runner's JSON handler on the root logger, writing into a buffer."""
+    buffer = io.StringIO()
+    handler = build_handler("json", secrets=[GITHUB_TOKEN], stream=buffer)
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    yield buffer
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+
+
+def test_context_ids_nest_and_are_undone() -> None:
+    with log_context(delivery="d-1", forge="github"):
+        with log_context(job=7, pr=None):
+            assert current_ids() == {"delivery": "d-1", "forge": "github", "job": 7}
+        assert current_ids() == {"delivery": "d-1", "forge": "github"}
+    assert current_ids() == {}
+    with pytest.raises(ValueError, match="unknown log context"), log_context(password="x"):
+        pass
+
+
+def test_a_line_is_json_with_the_ids_and_the_secret_masked(captured: io.StringIO) -> None:
+    log = logging.getLogger("runner.test")
+    with log_context(job=3, pr=7, run=11):
+        log.warning("cloning https://x-access-token:%s@github.com/acme/infra", GITHUB_TOKEN)
+        try:
+            raise RuntimeError(f"token {GITHUB_TOKEN} refused")
+        except RuntimeError:
+            log.exception("it failed")
+        log.info("mirror at https://bot:%s@git.example/infra.git", "an-unknown-password")
+
+    first, second, third = json_lines(captured.getvalue())
+    assert first["level"] == "WARNING" and first["logger"] == "runner.test"
+    assert (first["job"], first["pr"], first["run"]) == (3, 7, 11)
+    assert "time" in first and "ids" not in first
+    assert GITHUB_TOKEN not in captured.getvalue()
+    assert "x-access-token:(sensitive value)@github.com" in first["message"]
+    assert "RuntimeError" in second["exc_info"] and "(sensitive value)" in second["exc_info"]
+    assert third["message"] == "mirror at https://bot:***@git.example/infra.git"
+
+
+class LoggingHandler:
+    """A job handler that logs what it does, as the PR flow does."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+    def handle(self, event: Any, cancel: threading.Event) -> None:
+        logging.getLogger("runner.commands.test").info("planning with %s", GITHUB_TOKEN)
+        self.done.set()
+
+    def is_apply(self, event: Any) -> bool:
+        return False
+
+    def report_interrupted(self, event: Any) -> None:
+        pass
+
+
+def test_a_job_logs_with_its_job_pr_and_repository(
+    sqlite_url: str, tmp_path: Path, captured: io.StringIO
+) -> None:
+    from runner.events.github import parse_github_event
+
+    store = Store.open(sqlite_url)
+    pull = Pull(number=7, head_sha="a" * 40, head_ref="feature", base_sha="b" * 40)
+    payload = pull_request_event("opened", REPO, pull, sender="alice")
+    event = parse_github_event("pull_request", payload)
+    assert isinstance(event, PullRequestEvent)
+    handler = LoggingHandler()
+    queue = InProcessQueue(store, handler, 1, mutex=FileMutex(tmp_path / "locks"))
+    job_id = enqueue_event(store, event)
+    queue.start()
+    try:
+        assert handler.done.wait(60)
+        deadline = time.monotonic() + 30
+        while store.jobs.get(job_id).status is not JobStatus.DONE:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        queue.stop(timeout=10)
+        store.close()
+
+    lines = [line for line in json_lines(captured.getvalue()) if line.get("job") == job_id]
+    planning = next(line for line in lines if line["message"].startswith("planning"))
+    assert planning["pr"] == 7 and planning["repo"] == event.repo.key
+    assert GITHUB_TOKEN not in captured.getvalue()
+
+
+def test_serve_writes_json_lines_naming_the_delivery_and_no_secret(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GITOPS_")}
+    env |= {
+        "GITOPS_DATA_DIR": str(tmp_path / "data"), "GITOPS_HOST": "127.0.0.1",
+        "GITOPS_PORT": "0", "GITOPS_GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "GITOPS_GITHUB_TOKEN": GITHUB_TOKEN, "GITOPS_API_TOKEN": TEST_API_TOKEN,
+        "GITOPS_LOG_FORMAT": "json", "GITOPS_WORKERS": "1",
+    }  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-m", "runner", "serve"], cwd=ROOT, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        assert server.stderr is not None
+        url = None
+        for line in server.stderr:
+            lines.append(line)
+            message = json.loads(line)["message"]
+            if message.startswith("Listening at: "):
+                url = message.split()[2]
+                break
+        assert url, "".join(lines)
+        threading.Thread(target=lambda: lines.extend(server.stderr or ()), daemon=True).start()
+        requests.get(f"{url}/healthz", timeout=120)
+        answer = post_delivery(f"{url}/events", "ping", ping_event(REPO), WEBHOOK_SECRET,
+                               delivery_id="delivery-json-1")  # fmt: skip
+        assert answer.status_code == 200
+        assert requests.get(f"{url}/api/runs", headers=bearer("wrong"), timeout=30).status_code
+        requests.get(f"{url}/api/runs", headers=bearer(TEST_API_TOKEN), timeout=30)
+        time.sleep(0.5)  # the webhook's log line is written after the answer is sent
+    finally:
+        server.terminate()
+        server.wait(timeout=120)
+    text = "".join(lines)
+    records = json_lines(text)
+    webhook = next(r for r in records if r.get("logger") == "runner.web.webhooks")
+    assert webhook["delivery"] == "delivery-json-1" and webhook["forge"] == "github"
+    assert {"time", "level", "message"} <= set(webhook)
+    for secret in (WEBHOOK_SECRET, GITHUB_TOKEN, TEST_API_TOKEN):
+        assert secret not in text
