@@ -26,6 +26,7 @@ from tests.support.auth import (
     bearer,
     csrf_header,
     csrf_of,
+    follow_sign_in,
     sign_in,
 )
 from tests.support.fake_oidc import FakeOIDC
@@ -263,3 +264,35 @@ def test_the_session_cookie_is_httponly_lax_and_secure_off_localhost_http(
     started = public.test_client().get("/login?next=/runs", base_url="https://runner.example")
     assert "Secure" in started.headers["Set-Cookie"]
     assert "HttpOnly" in started.headers["Set-Cookie"]
+
+
+# ---- GitLab: an OIDC provider at GITOPS_GITLAB_URL -------------------------------------
+
+
+def test_gitlab_users_and_groups_are_their_own_entries(
+    sqlite_store: Store, tmp_path: Path, idp: FakeOIDC
+) -> None:
+    # The fake stands in for GitLab: user name in `nickname`, groups only from userinfo.
+    gitlab = {
+        "gitlab_url": idp.issuer,
+        "gitlab_oauth_client_id": idp.client_id,
+        "gitlab_oauth_client_secret": idp.client_secret,
+        "dashboard_viewers": ("gitlab:carol",),
+        "dashboard_operators": ("group:gitlab:acme/infra",),
+    }
+    client = build_app(sqlite_store, tmp_path, idp, **gitlab).test_client()
+    page = client.get("/login", headers=HTML).get_data(as_text=True)
+    assert 'href="/login/oidc"' in page and 'href="/login/gitlab"' in page  # two: a choice
+
+    idp.sign_in_as("dave@example.com", ["acme/infra"], username="dave", groups_in_id_token=False)
+    assert follow_sign_in(client, "gitlab").status_code == 302
+    acted = client.post("/api/test-action", headers=csrf_header(client))
+    assert acted.json == {"by": "gitlab:dave", "role": "operator", "how": "oidc"}
+
+    viewer = build_app(sqlite_store, tmp_path, idp, **gitlab).test_client()
+    idp.sign_in_as("carol@example.com", ["acme/web"], username="carol", groups_in_id_token=False)
+    follow_sign_in(viewer, "gitlab")
+    assert viewer.post("/api/test-action", headers=csrf_header(viewer)).status_code == 403
+    # `carol` on GitLab is not the OIDC user `carol@example.com`, nor the reverse.
+    stranger = build_app(sqlite_store, tmp_path, idp, **gitlab).test_client()
+    assert sign_in(stranger, idp, "carol@example.com").status_code == 403

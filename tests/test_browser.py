@@ -72,7 +72,8 @@ class LateApp:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    """Two applied projects; `alpha` edited outside Terraform, then a real drift scan."""
+    """Two applied projects scanned in sync; then `alpha` edited outside Terraform and
+    scanned again (real drift scans, real files provider)."""
     with pytest.MonkeyPatch.context() as monkeypatch:
         built = make_world(
             tmp_path_factory.mktemp("browser"),
@@ -80,6 +81,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             {"alpha": "one", "beta": "two"},
             github_webhook_secret=WEBHOOK_SECRET,
         )
+        built.service().scan(built.drift_repo())  # in sync: the history's first mark
         built.file("alpha").write_text("edited by hand")
         built.service().scan(built.drift_repo())
         try:

@@ -408,6 +408,12 @@ def test_select_nothing_is_a_clear_error() -> None:
 # --- the tree index: a PR re-reads only what it changed -----------------------------------
 
 
+@pytest.fixture
+def fresh_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No tree seen before by this process (other tests build graphs of the same trees)."""
+    monkeypatch.setattr(modules, "_SKELETONS", modules._SkeletonMemo(8))
+
+
 def _graph_answers(graph: ModuleGraph) -> tuple[object, ...]:
     modules_ = sorted(graph.module_dirs())
     return (
@@ -418,7 +424,7 @@ def _graph_answers(graph: ModuleGraph) -> tuple[object, ...]:
 
 
 def test_the_tree_index_follows_a_pr_reading_only_the_files_it_changed(
-    sample: GitRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sample: GitRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_process: None
 ) -> None:
     cache = tmp_path / "cache"
     ModuleGraph.build(sample.path, cache_dir=cache)  # main, as the server saw it before
@@ -450,10 +456,12 @@ def test_a_damaged_or_foreign_tree_index_means_a_full_scan(sample: GitRepo, tmp_
     cache = tmp_path / "cache"
     ModuleGraph.build(sample.path, cache_dir=cache)
     (entry,) = (cache / modules.TREE_INDEX_DIR).glob("*.json")
-    entry.write_text('{"format": "tree-scan-v1", "tf_files": [], "sources": {}}'[:20])
+    entry.write_text('{"format": "tree-scan-v2", "tf_files": "", "sources": ""}'[:20])
     other = tmp_path / "other-repo"
     GitRepo.init(other).write({"x/main.tf": "\n"}).commit("unrelated")
     ModuleGraph.build(other, cache_dir=cache)  # a tree of another repository is stored too
+    monkeypatch_memo = modules._SkeletonMemo(8)  # as a new process finds it
+    modules._SKELETONS = monkeypatch_memo
 
     files = open_pr(sample, edit(sample, "modules/tags/main.tf"))
     graph = ModuleGraph.build(sample.path, cache_dir=cache)

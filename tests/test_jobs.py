@@ -340,6 +340,7 @@ def test_a_comment_job_carries_its_parsed_command_as_json() -> None:
         "dir": None,
         "workspace": None,
         "extra_args": ["-target=module.vpc"],
+        "args": [],  # import / state rm arguments (an optional field: older jobs decode)
     }
     assert decode_event(kind, payload) == event
 

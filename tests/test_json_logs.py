@@ -10,9 +10,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -37,8 +34,8 @@ from tests.support.github_payloads import (
     post_delivery,
     pull_request_event,
 )
+from tests.support.served_cli import ServedCli
 
-ROOT = Path(__file__).resolve().parent.parent
 WEBHOOK_SECRET = "webhook-secret-never-logged"
 GITHUB_TOKEN = "ghp_github_token_never_logged_0123456789"
 REPO = Repo("acme/infra", clone_url="https://github.com/acme/infra.git")
@@ -141,43 +138,24 @@ def test_a_job_logs_with_its_job_pr_and_repository(
 
 
 def test_serve_writes_json_lines_naming_the_delivery_and_no_secret(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GITOPS_")}
-    env |= {
-        "GITOPS_DATA_DIR": str(tmp_path / "data"), "GITOPS_HOST": "127.0.0.1",
-        "GITOPS_PORT": "0", "GITOPS_GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        "GITOPS_GITHUB_TOKEN": GITHUB_TOKEN, "GITOPS_API_TOKEN": TEST_API_TOKEN,
-        "GITOPS_LOG_FORMAT": "json", "GITOPS_WORKERS": "1",
-    }  # fmt: skip
-    server = subprocess.Popen(
-        [sys.executable, "-m", "runner", "serve"], cwd=ROOT, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    server = ServedCli(
+        tmp_path / "data", GITOPS_GITHUB_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        GITOPS_GITHUB_TOKEN=GITHUB_TOKEN, GITOPS_API_TOKEN=TEST_API_TOKEN,
+        GITOPS_LOG_FORMAT="json", GITOPS_WORKERS="1",
     )  # fmt: skip
-    lines: list[str] = []
-    try:
-        assert server.stderr is not None
-        url = None
-        for line in server.stderr:
-            lines.append(line)
-            message = json.loads(line)["message"]
-            if message.startswith("Listening at: "):
-                url = message.split()[2]
-                break
-        assert url, "".join(lines)
-        threading.Thread(target=lambda: lines.extend(server.stderr or ()), daemon=True).start()
-        requests.get(f"{url}/healthz", timeout=120)
-        answer = post_delivery(f"{url}/events", "ping", ping_event(REPO), WEBHOOK_SECRET,
+    with server:
+        requests.get(f"{server.url}/healthz", timeout=120)
+        answer = post_delivery(f"{server.url}/events", "ping", ping_event(REPO), WEBHOOK_SECRET,
                                delivery_id="delivery-json-1")  # fmt: skip
         assert answer.status_code == 200
-        assert requests.get(f"{url}/api/runs", headers=bearer("wrong"), timeout=30).status_code
-        requests.get(f"{url}/api/runs", headers=bearer(TEST_API_TOKEN), timeout=30)
-        time.sleep(0.5)  # the webhook's log line is written after the answer is sent
-    finally:
-        server.terminate()
-        server.wait(timeout=120)
-    text = "".join(lines)
+        wrong = requests.get(f"{server.url}/api/runs", headers=bearer("wrong"), timeout=30)
+        assert wrong.status_code == 401
+        requests.get(f"{server.url}/api/runs", headers=bearer(TEST_API_TOKEN), timeout=30)
+    text = server.stderr
     records = json_lines(text)
     webhook = next(r for r in records if r.get("logger") == "runner.web.webhooks")
     assert webhook["delivery"] == "delivery-json-1" and webhook["forge"] == "github"
     assert {"time", "level", "message"} <= set(webhook)
+    assert any(r["message"].startswith("Listening at: ") for r in records)  # gunicorn's too
     for secret in (WEBHOOK_SECRET, GITHUB_TOKEN, TEST_API_TOKEN):
         assert secret not in text

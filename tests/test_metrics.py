@@ -4,11 +4,6 @@ the webhook counters summed over gunicorn worker processes by the real `serve`.
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,8 +21,8 @@ from runner.web.app import create_app
 from runner.web.context import WebServices
 from tests.support.auth import TEST_API_TOKEN, bearer, issue_token
 from tests.support.github_payloads import Repo, ping_event, post_delivery
+from tests.support.served_cli import ServedCli
 
-ROOT = Path(__file__).resolve().parent.parent
 SECRET = "webhook-secret"
 
 
@@ -110,45 +105,12 @@ def test_an_empty_store_scrapes_cleanly(store: Store, tmp_path: Path) -> None:
 # ---- several worker processes -------------------------------------------------------
 
 
-class Served:
-    """`gitops-runner serve` with two worker processes, webhooks only, metrics public."""
-
-    def __init__(self, data_dir: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GITOPS_")}
-        env |= {
-            "GITOPS_DATA_DIR": str(data_dir), "GITOPS_HOST": "127.0.0.1", "GITOPS_PORT": "0",
-            "GITOPS_GITHUB_WEBHOOK_SECRET": SECRET, "GITOPS_API_TOKEN": TEST_API_TOKEN,
-            "GITOPS_WORKERS": "1", "WEB_CONCURRENCY": "2",
-        }  # fmt: skip
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "runner", "serve"], cwd=ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        self.lines: list[str] = []
-        self.url = f"http://127.0.0.1:{self._port()}"
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _port(self) -> int:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line)
-            if match := re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", line):
-                return int(match.group(1))
-        raise AssertionError("serve exited:\n" + "".join(self.lines))
-
-    def _drain(self) -> None:
-        assert self.process.stderr is not None
-        self.lines.extend(self.process.stderr)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=120)
-
-
 def test_webhook_counts_are_summed_over_worker_processes(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    server = Served(data)
+    server = ServedCli(
+        data, GITOPS_GITHUB_WEBHOOK_SECRET=SECRET, GITOPS_API_TOKEN=TEST_API_TOKEN,
+        GITOPS_WORKERS="1", WEB_CONCURRENCY="2",
+    )  # fmt: skip
     try:
         assert requests.get(f"{server.url}/healthz", timeout=120).status_code == 200
         repo = Repo("acme/infra", clone_url="https://github.com/acme/infra.git")

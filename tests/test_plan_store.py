@@ -12,9 +12,10 @@ the run log served from the bucket, and the default local store left as it was.
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from pydantic import SecretStr
 
 from runner.commands.pr_flow import PullRequestFlow
 from runner.settings import SettingsError, load_settings
@@ -58,8 +60,12 @@ def moto() -> Iterator[S3Server]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    binary = Path(os.environ.get("VIRTUAL_ENV", Path(__file__).parents[1] / ".venv")) / "bin"
-    command = [str(binary / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    # The script installed beside this interpreter (the test extra), else one on PATH.
+    beside = Path(sys.executable).with_name("moto_server")
+    binary = str(beside) if beside.exists() else shutil.which("moto_server")
+    if binary is None:
+        pytest.fail("moto_server not found: install the test extra (moto[server])")
+    command = [binary, "-H", "127.0.0.1", "-p", str(port)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for_port(port)
@@ -299,16 +305,12 @@ def test_the_plan_log_is_served_from_the_bucket_by_another_machine(workers, s3):
     assert "terraform_data.svc" in written
 
 
-def _secret(value: str):
-    from pydantic import SecretStr
-
+def _secret(value: str) -> SecretStr:
     return SecretStr(value)
 
 
 def _forget_worker_a(world: PullRequestWorld) -> None:
     """Worker A is gone: nothing it wrote on disk is left (the database is elsewhere)."""
-    import shutil
-
     shutil.rmtree(world.settings.data_dir)
 
 

@@ -274,7 +274,8 @@ def test_ping_is_answered_with_pong(client: FlaskClient) -> None:
 @pytest.mark.parametrize(
     ("event", "payload"),
     [
-        ("push", {"ref": "refs/heads/main", "repository": {}}),
+        # (A push is work now: it may queue a reconcile, tests/test_push_reconcile.py.)
+        ("watch", {"action": "started", "repository": {}}),
         ("pull_request", {"action": "labeled"}),
     ],
     ids=["unknown event", "unknown action"],

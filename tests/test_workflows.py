@@ -311,3 +311,35 @@ def test_an_unknown_workflow_name_is_an_error(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="workflow 'nope' is not defined"):
         load_repo_config(tmp_path)
+
+
+RUN_ONLY_YAML = """version: 3
+projects:
+  - name: web
+    dir: stacks/web
+    workspace: staging
+    workflow: wrapper
+workflows:
+  wrapper:
+    plan:
+      steps:
+        - init
+        - run: terraform plan -input=false -no-color -var-file=staging.tfvars -out "$PLANFILE"
+    apply:
+      steps:
+        - run: terraform apply -input=false -no-color "$PLANFILE"
+"""
+
+
+def test_a_wrapper_workflow_of_run_steps_plans_and_applies(custom_world: PullRequestWorld) -> None:
+    """Terragrunt-style: `run` steps do the plan and the apply themselves, with the
+    runner's own Terraform on PATH (the embedded one when no binary is installed)."""
+    world = custom_world
+    use_atlantis_repo(world, RUN_ONLY_YAML)
+
+    number = world.open_pr("bump", change("bump"))
+
+    comment = world.last_comment(number)
+    assert "1 with changes" in comment and '"staging-1"' in comment
+    world.comment(number, "gitops apply")
+    assert "Apply complete! Resources: 1 added" in world.last_comment(number)

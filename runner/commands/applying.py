@@ -14,6 +14,7 @@ Both go through the one guarded apply path (`engine/apply.py`) with the PR's gat
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from runner.commands.apply_gates import (
@@ -28,7 +29,7 @@ from runner.commands.apply_gates import (
 )
 from runner.commands.apply_requirements import RequirementContext
 from runner.commands.feedback import PullRequestFeedback
-from runner.commands.planning import worktree_key
+from runner.commands.planning import PlanRequest, step_context, worktree_key
 from runner.commands.policy_review import PullRequestPolicies
 from runner.config.errors import ConfigError
 from runner.config.loader import load_repo_config
@@ -328,7 +329,9 @@ class PullRequestApplier:
                 state_key(repo.key, project.dir, project.workspace)
             ),
         )
-        targets = [PlanTarget(p, "merged") for p in projects]
+        request = PlanRequest(repo, pr, Trigger.MERGE, author)
+        context = replace(step_context(request), head_commit=merge_sha)
+        targets = [PlanTarget(p, "merged", context=context) for p in projects]
         results = services.planner.plan_all(checkout, targets, merge_sha, options)
         for result in results:
             record_plan_result(

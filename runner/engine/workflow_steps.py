@@ -16,8 +16,11 @@ outcome: that is what the comment shows under the project.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+import shlex
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -115,6 +118,24 @@ class StepContext:
             "USER_NAME": self.user_name,
             "COMMENT_ARGS": comment_args_value(self.comment_args),
         }
+
+
+def terraform_on_path(terraform: Terraform) -> str:
+    """PATH for a `run` step, starting with a directory whose `terraform` is the one the
+    runner uses (the embedded one included), so `terraform plan -out $PLANFILE` in a
+    step runs the same Terraform as the `plan` step."""
+    argv = terraform.binary.argv
+    digest = hashlib.sha256("\0".join(argv).encode()).hexdigest()[:16]
+    shim_dir = terraform.plugin_cache_dir.parent / "terraform-shims" / digest
+    shim = shim_dir / "terraform"
+    if not shim.exists():
+        shim_dir.mkdir(parents=True, exist_ok=True)
+        script = "#!/bin/sh\nexec " + " ".join(shlex.quote(a) for a in argv) + ' "$@"\n'
+        partial = shim_dir / f".terraform.{os.getpid()}.{threading.get_ident()}"
+        partial.write_text(script)
+        partial.chmod(0o755)
+        partial.replace(shim)  # atomic: a concurrent step never sees half a script
+    return os.pathsep.join((str(shim_dir), terraform.env.get("PATH", os.defpath)))
 
 
 def comment_args_value(args: Sequence[str]) -> str:
@@ -246,6 +267,7 @@ class StageRunner:
     def _shell(self, step: Step, stage_env: Mapping[str, str]) -> CommandOutcome:
         assert step.command is not None
         env = self.context.environ(self.project, self.workdir, self.plan_path)
+        env["PATH"] = terraform_on_path(self.terraform)
         return self.terraform.run_step(
             (step.shell, *step.shell_args, step.command),
             self.workdir,
@@ -360,6 +382,7 @@ def run_hooks(
 ) -> CommandOutcome | None:
     """Run the server's workflow hooks in the checkout's root, in order; the first
     failing hook's outcome (its output in `stdout`), or None when all succeeded."""
+    env = dict(env) | {"PATH": terraform_on_path(terraform)}
     for hook in hooks:
         assert hook.command is not None
         argv = (hook.shell, *hook.shell_args, hook.command)

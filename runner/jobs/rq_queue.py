@@ -212,6 +212,9 @@ class WorkerContext:
 
 
 _context: WorkerContext | None = None
+# Set while `run_worker`'s maintenance thread recovers periodically: then a job's start
+# need not recover too (it costs a write transaction per job).
+_maintained = threading.Event()
 
 
 def build_context(
@@ -267,7 +270,8 @@ def run_stored_job(job_id: int) -> str:
     is of a kind this worker does not run).
     """
     context = _current_context()
-    _recover(context, _current_queues())
+    if not _maintained.is_set():  # a plain `rq worker`: every job start is a recovery point
+        _recover(context, _current_queues())
     outcome = context.runner.run_id(job_id, "rq")
     return "skipped" if outcome is None else outcome.value
 
@@ -286,7 +290,8 @@ def _current_queues() -> RoutedQueues | None:
 
 
 def _recover(context: WorkerContext, queues: RoutedQueues | None) -> None:
-    # Every job start is a recovery point, and `Maintenance` runs one while idle.
+    # At start-up, then every half lease (`Maintenance`); in a plain `rq worker`, at every
+    # job start.
     report = recover(
         context.store, context.handler, context.timing.lease_grace_s, context.runner.kinds
     )
@@ -309,9 +314,11 @@ class Maintenance:
 
     def __enter__(self) -> Maintenance:
         self._thread.start()
+        _maintained.set()
         return self
 
     def __exit__(self, *_exc: object) -> None:
+        _maintained.clear()
         self._stop.set()
         self._thread.join(10)
 

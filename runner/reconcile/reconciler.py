@@ -33,6 +33,7 @@ from filelock import FileLock
 from runner.config.errors import ConfigError
 from runner.config.loader import load_repo_config
 from runner.config.model import ProjectConfig, RepoConfig
+from runner.config.server_config import server_rules
 from runner.drift.scan import (
     DEFAULT_BRANCHES,
     DriftRepo,
@@ -239,7 +240,9 @@ class Reconciler:
             tree = self.services.working_copies.checkout(repo.url, TREE_KEY, head)
             graph = ModuleGraph.build(tree, self.settings.data_dir / "module-cache")
             try:
-                config = load_repo_config(tree, graph=graph)
+                # The server's repo config (GITOPS_REPO_CONFIG) governs workflows here too.
+                rules = server_rules(self.settings.repo_config, repo.key)
+                config = load_repo_config(tree, graph=graph, rules=rules)
             except ConfigError as error:
                 message = f"invalid repository configuration: {error}"
                 self._save(current, [], failed_detail=message)

@@ -26,8 +26,9 @@ import posixpath
 import re
 import sqlite3
 import subprocess
-from collections import defaultdict
-from collections.abc import Iterable, Iterator
+import threading
+from collections import OrderedDict, defaultdict
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ import hcl2.parser
 from hcl2.postlexer import PostLexer
 from lark import Lark, Token, Tree
 
-from runner.terraform.tree_index import TreeIndex, TreeScan
+from runner.terraform.tree_index import TreeIndex, TreeScan, index_tree
 
 # ERE for `git grep`: deliberately loose; `_TF_SOURCE_RE` decides on each line.
 _GREP_PATTERN = r'source[[:space:]]*=[[:space:]]*"\.\.?/'
@@ -137,7 +138,7 @@ def _scan_git(repo_root: Path) -> _Scan:
     return _Scan(tuple(tf_files), {p: tuple(s) for p, s in sources.items()})
 
 
-def _indexed_scan(repo_root: Path, index_dir: Path) -> _Scan:
+def _indexed_scan(repo_root: Path, index_dir: Path, tree: str | None) -> _Scan:
     """`_scan_git`, kept by tree id and updated from the diff (tree_index.py)."""
 
     def full_scan() -> TreeScan:
@@ -147,7 +148,7 @@ def _indexed_scan(repo_root: Path, index_dir: Path) -> _Scan:
     def sources_of(path: str) -> tuple[str, ...]:
         return _file_sources(repo_root, path) if path.endswith(".tf") else ()
 
-    scan = TreeIndex(index_dir).scan(repo_root, full_scan, _listed, sources_of)
+    scan = TreeIndex(index_dir).scan(repo_root, tree, full_scan, _listed, sources_of)
     return _Scan(scan.tf_files, scan.sources)
 
 
@@ -338,6 +339,69 @@ def _decode_entry(text: str) -> dict | None:
     return entry
 
 
+@dataclass(frozen=True)
+class _Skeleton:
+    """What a tree's text scan implies before any file is parsed: the Terraform dirs and
+    the candidate edges. It depends on the tree alone, so graphs of one tree share it."""
+
+    scan: _Scan
+    tf_dirs: frozenset[str]
+    candidate_callers: Mapping[str, frozenset[str]]
+    files_in_dir: Mapping[str, tuple[str, ...]]
+    json_files: tuple[str, ...]  # their calls need a parse: indexed per graph
+
+    @classmethod
+    def of(cls, scan: _Scan) -> _Skeleton:
+        callers: dict[str, set[str]] = defaultdict(set)
+        in_dir: dict[str, list[str]] = defaultdict(list)
+        json_files = []
+        for path in scan.tf_files:
+            if path.endswith(".tf.json"):
+                json_files.append(path)
+                continue
+            sources = scan.candidate_sources.get(path)
+            if not sources:
+                continue
+            caller = dir_of(path)
+            in_dir[caller].append(path)
+            for source in sources:
+                target = resolve_source(caller, source)
+                if target is not None:
+                    callers[target].add(path)
+        return cls(
+            scan,
+            frozenset(dir_of(p) for p in scan.tf_files),
+            {target: frozenset(files) for target, files in callers.items()},
+            {dir: tuple(files) for dir, files in in_dir.items()},
+            tuple(json_files),
+        )
+
+
+class _SkeletonMemo:
+    """The skeletons of the last few trees of this process, by tree id."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[str, _Skeleton] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, tree: str) -> _Skeleton | None:
+        with self._lock:
+            found = self._entries.get(tree)
+            if found is not None:
+                self._entries.move_to_end(tree)
+            return found
+
+    def put(self, tree: str, skeleton: _Skeleton) -> None:
+        with self._lock:
+            self._entries[tree] = skeleton
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+
+_SKELETONS = _SkeletonMemo(8)
+
+
 class ModuleGraph:
     """Local module calls between the directories of one working copy.
 
@@ -345,24 +409,30 @@ class ModuleGraph:
     files they need, so asking about a few modules in a huge repo stays cheap.
     """
 
-    def __init__(self, repo_root: Path, scan: _Scan, cache: _ParseCache) -> None:
+    def __init__(
+        self,
+        repo_root: Path,
+        scan: _Scan,
+        cache: _ParseCache,
+        skeleton: _Skeleton | None = None,
+    ) -> None:
         self.repo_root = repo_root
         self._scan = scan
         self._cache = cache
-        self._tf_dirs = frozenset(dir_of(p) for p in scan.tf_files)
+        skeleton = skeleton or _Skeleton.of(scan)
+        self._tf_dirs = skeleton.tf_dirs
         self._calls: dict[str, tuple[ModuleCall, ...]] = {}
         self._direct: dict[str, frozenset[str]] = {}
         self.problems: list[str] = []
-        # Files that may call modules, by candidate target and by their own dir.
-        self._candidate_callers: dict[str, set[str]] = defaultdict(set)
-        self._files_in_dir: dict[str, list[str]] = defaultdict(list)
-        for path in scan.tf_files:
-            if path.endswith(".tf.json"):
+        # Files that may call modules, by candidate target and by their own dir. Shared
+        # with other graphs of the same tree: only copied when JSON files add to them.
+        self._candidate_callers: Mapping[str, Collection[str]] = skeleton.candidate_callers
+        self._files_in_dir: Mapping[str, Sequence[str]] = skeleton.files_in_dir
+        if skeleton.json_files:
+            self._candidate_callers = {k: set(v) for k, v in self._candidate_callers.items()}
+            self._files_in_dir = {k: list(v) for k, v in self._files_in_dir.items()}
+            for path in skeleton.json_files:
                 self._index(path, (c.module_dir for c in self._calls_in(path)))
-            elif path in scan.candidate_sources:
-                caller = dir_of(path)
-                targets = (resolve_source(caller, s) for s in scan.candidate_sources[path])
-                self._index(path, (t for t in targets if t is not None))
 
     @classmethod
     def build(cls, repo_root: Path, cache_dir: Path | None = None) -> ModuleGraph:
@@ -371,13 +441,19 @@ class ModuleGraph:
         `cache_dir` keeps hcl2 parse results by blob SHA across runs and processes.
         """
         root = Path(repo_root)
+        cache = _ParseCache(Path(cache_dir) if cache_dir else None)
         if not (root / ".git").exists():
-            scan = _scan_tree(root)
-        elif cache_dir is None:
-            scan = _scan_git(root)
-        else:
-            scan = _indexed_scan(root, Path(cache_dir) / TREE_INDEX_DIR)
-        return cls(root, scan, _ParseCache(Path(cache_dir) if cache_dir else None))
+            return cls(root, _scan_tree(root), cache)
+        if cache_dir is None:
+            return cls(root, _scan_git(root), cache)
+        tree = index_tree(root)
+        skeleton = _SKELETONS.get(tree) if tree else None
+        if skeleton is None:
+            scan = _indexed_scan(root, Path(cache_dir) / TREE_INDEX_DIR, tree)
+            skeleton = _Skeleton.of(scan)
+            if tree:
+                _SKELETONS.put(tree, skeleton)
+        return cls(root, skeleton.scan, cache, skeleton)
 
     def terraform_dirs(self) -> frozenset[str]:
         """Every non-hidden directory holding `*.tf` or `*.tf.json` files."""
@@ -417,14 +493,16 @@ class ModuleGraph:
         )
 
     def _index(self, path: str, targets: Iterable[str]) -> None:
-        self._files_in_dir[dir_of(path)].append(path)
+        """Add a JSON file's calls (only on this graph's own copies, see __init__)."""
+        self._files_in_dir.setdefault(dir_of(path), []).append(path)  # type: ignore[attr-defined]
         for target in targets:
-            self._candidate_callers[target].add(path)
+            self._candidate_callers.setdefault(target, set()).add(path)  # type: ignore[attr-defined]
 
     def _has_caller(self, target: str) -> bool:
         if target in self._direct:
             return bool(self._direct[target])
-        return any(self._confirms(f, target) for f in sorted(self._candidate_callers[target]))
+        callers = self._candidate_callers.get(target, ())
+        return any(self._confirms(f, target) for f in sorted(callers))
 
     def _direct_callers(self, target: str) -> frozenset[str]:
         if target not in self._direct:

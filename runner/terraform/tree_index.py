@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-FORMAT = "tree-scan-v1"
+FORMAT = "tree-scan-v2"
 MAX_ENTRIES = 64
 # How many of the most recent scans are tried as the base of an update.
 RECENT_BASES = 4
@@ -46,16 +46,16 @@ class TreeIndex:
     def scan(
         self,
         repo_root: Path,
+        tree: str | None,
         full_scan: Callable[[], TreeScan],
         keeps: Callable[[str], bool],
         sources_of: Callable[[str], tuple[str, ...]],
     ) -> TreeScan:
         """The scan of the checkout's index: stored, updated from a stored one, or full.
 
-        `keeps(path)`: a Terraform file the scan lists; `sources_of(path)`: the
-        candidate sources of a `.tf` file of this checkout.
+        `tree`: the checkout's `index_tree`; `keeps(path)`: a Terraform file the scan
+        lists; `sources_of(path)`: the candidate sources of a `.tf` file of this checkout.
         """
-        tree = _index_tree(repo_root)
         if tree is None:
             return full_scan()
         stored = self._load(tree)
@@ -98,12 +98,24 @@ class TreeIndex:
         if not isinstance(document, dict) or document.get("format") != FORMAT:
             return None
         files, sources = document.get("tf_files"), document.get("sources")
-        if not isinstance(files, list) or not isinstance(sources, dict):
+        if not isinstance(files, str) or not isinstance(sources, str):
             return None
-        return TreeScan(tuple(files), {path: tuple(found) for path, found in sources.items()})
+        # One string per field, split in C: a 10,000-file list loads several times faster
+        # than as JSON arrays. Paths cannot hold NUL; git's -z output relies on that too.
+        rows = (row.split("\0") for row in sources.split("\n") if row)
+        return TreeScan(
+            tuple(path for path in files.split("\0") if path),
+            {row[0]: tuple(row[1:]) for row in rows if len(row) > 1},
+        )
 
     def _store(self, tree: str, scan: TreeScan) -> None:
-        document = {"format": FORMAT, "tf_files": scan.tf_files, "sources": scan.sources}
+        if any("\n" in path for path in scan.sources):
+            return  # a newline in a path would split a row: do not keep this one
+        document = {
+            "format": FORMAT,
+            "tf_files": "\0".join(scan.tf_files),
+            "sources": "\n".join("\0".join((p, *found)) for p, found in scan.sources.items()),
+        }
         try:
             self._directory.mkdir(parents=True, exist_ok=True)
             partial = self._directory / f".{uuid.uuid4().hex}.tmp"
@@ -140,7 +152,7 @@ def _apply(
     return TreeScan(tuple(sorted(files)), sources)
 
 
-def _index_tree(repo_root: Path) -> str | None:
+def index_tree(repo_root: Path) -> str | None:
     """The tree id of the checkout's index (what `git grep --cached` searches)."""
     output = _git(repo_root, "write-tree")
     tree = output.strip() if output is not None else ""

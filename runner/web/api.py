@@ -23,6 +23,7 @@ from runner.store.jobs import JobRecord, JobStatus
 from runner.store.locks import LockInfo
 from runner.store.runs import RunRecord
 from runner.web.context import WEBHOOK_PATH, web_context
+from runner.web.log_stream import confined_log
 
 logger = logging.getLogger(__name__)
 
@@ -137,18 +138,8 @@ def _run_or_404(run_id: int) -> RunRecord:
 
 
 def _log_file(run: RunRecord) -> Path | None:
-    """The run's log if it is a file under the data dir; never anything else.
-
-    The path comes from the database; confining it keeps a bad row (or a restored
-    backup from another machine) from turning this endpoint into a file reader.
-    """
-    if not run.log_path:
-        return None
-    data_dir = web_context().settings.data_dir.resolve()
-    path = Path(run.log_path).resolve()
-    if not path.is_relative_to(data_dir) or not path.is_file():
-        return None
-    return path
+    """The run's log if it is a file under the data dir; never anything else."""
+    return confined_log(run.log_path, web_context().settings.data_dir)
 
 
 def _stored_log(run: RunRecord) -> Response:

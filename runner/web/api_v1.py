@@ -2,7 +2,8 @@
 
 The handlers read through read_model.py and act through actions.py; the table `ROUTES`
 at the bottom is the API: it registers the routes (openapi.py) and is the OpenAPI
-document served at `/api/openapi.json`. Viewers read; operators unlock and start scans.
+document served at `/api/openapi.json`. Viewers read; operators unlock, start drift
+scans and queue reconciles.
 The older `/api/` routes (api.py, drift_api.py) stay as they were.
 """
 
@@ -40,7 +41,6 @@ from runner.web.read_model import (
 
 blueprint = Blueprint("api_v1", __name__)
 
-API_VERSION = "1"
 OPENAPI_PATH = "/api/openapi.json"
 _STREAMS_KEY = "gitops_runner_log_streams"
 
