@@ -162,11 +162,29 @@ def _cpu() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
+def forget_process_memos() -> None:
+    """What a fresh process has not seen yet: the trees' module-graph skeletons, the
+    validated discovered projects, the parsed glob anchors (cold means cold)."""
+    from runner.config import discovery
+    from runner.projects import detection
+    from runner.terraform import modules
+
+    if hasattr(modules, "_SkeletonMemo"):
+        modules._SKELETONS = modules._SkeletonMemo(8)
+    for memo in (
+        getattr(discovery, "_project", None),
+        getattr(detection, "_outside_anchors", None),
+    ):
+        if memo is not None:
+            memo.cache_clear()
+
+
 def measure(root: Path, work: Path, reps: int) -> list[tuple[str, list[Sample]]]:
     rows = []
     for label in ("autodiscovery", RUNNER_FILE):
         cold = []
         for rep in range(reps):
+            forget_process_memos()
             cold.append(map_change(root, work / f"{label}-cold-{rep}"))
         warm_cache = work / f"{label}-warm"
         map_change(root, warm_cache)  # fill the cache

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
+from runner.config.server_config import check_server_config
 from runner.engine.apply import ApplyExecutor
 from runner.engine.planner import build_planner, build_terraform_factory
 from runner.engine.project_mutex import build_mutex
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 
 def build_services(settings: Settings, store: Store | None = None) -> Services:
     """Wire the PR flow for one process (each gunicorn worker or RQ worker builds its own)."""
+    check_server_config(settings.repo_config)  # a broken repos.yaml stops start-up
     store = store or open_store(settings)
     terraform_for = build_terraform_factory(settings)
 

@@ -6,6 +6,7 @@ posts without the CSRF token, redirects to other sites.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -296,3 +297,31 @@ def test_gitlab_users_and_groups_are_their_own_entries(
     # `carol` on GitLab is not the OIDC user `carol@example.com`, nor the reverse.
     stranger = build_app(sqlite_store, tmp_path, idp, **gitlab).test_client()
     assert sign_in(stranger, idp, "carol@example.com").status_code == 403
+
+
+def test_a_sign_in_expires(client: FlaskClient, idp: FakeOIDC) -> None:
+    sign_in(client, idp, ALICE)
+    assert signed_in(client)
+
+    with client.session_transaction() as session:  # GITOPS_SESSION_HOURS later
+        session["signed_in_until"] = int(time.time()) - 1
+
+    assert not signed_in(client)
+    assert client.get("/", headers=HTML).headers["Location"] == "/login?next=/"
+
+
+def test_an_unknown_provider_is_404(client: FlaskClient) -> None:
+    assert client.get("/login/facebook", headers=HTML).status_code == 404
+    assert client.get("/login/facebook/callback?code=x&state=y").status_code == 404
+
+
+def test_a_callback_without_a_sign_in_is_refused(client: FlaskClient) -> None:
+    # What a provider sends when the person declines, or what anyone can type.
+    declined = "/login/oidc/callback?error=access_denied&error_description=%3Cb%3Eno%3C/b%3E"
+    forged = "/login/oidc/callback?code=made-up&state=made-up"
+
+    for path in (declined, forged):
+        refused = client.get(path, headers=HTML)
+        assert refused.status_code == 401, path
+        assert "<b>" not in refused.get_data(as_text=True)
+    assert not signed_in(client)

@@ -20,6 +20,7 @@ from runner.projects.detection import (
     select_projects,
 )
 from runner.terraform import modules
+from runner.terraform.hcl_scan import lexical_local_calls
 from runner.terraform.modules import CallChain, ModuleGraph
 from tests.support.git_repo import GitRepo, sample_files, sample_repo
 
@@ -468,3 +469,46 @@ def test_a_damaged_or_foreign_tree_index_means_a_full_scan(sample: GitRepo, tmp_
 
     assert _graph_answers(graph) == _graph_answers(ModuleGraph.build(sample.path))
     assert reasons(sample, files, cache_dir=cache) == reasons(sample, files)
+
+
+# --- the lexical pass agrees with python-hcl2 ------------------------------------------------
+
+LEXICAL_CASES = {
+    "plain": 'module "a" {\n  source = "../a"\n  name   = "x"\n}\n',
+    "identifier label": 'module a {\n  source = "./a"\n}\n',
+    "one line": 'module "a" { source = "../a" }\n',
+    "interpolated argument": 'module "a" {\n  source = "../a"\n  n = "${var.x}-y"\n}\n',
+    "registry source": 'module "a" {\n  source = "hashicorp/x/aws"\n  version = "1.0"\n}\n',
+    "nested object": 'module "a" {\n  source = "../a"\n  m = { source = "./no" }\n}\n',
+    "resource attribute": 'resource "x" "y" {\n  source = "./no"\n}\n',
+    "commented call": '# module "c" {\n#   source = "./no"\n# }\nlocals {\n  a = 1\n}\n',
+    "slashes comment": '// source = "./no"\nmodule "a" {\n  source = "./a" // why\n}\n',
+    "string with brace": 'locals {\n  a = "{"\n}\nmodule "a" {\n  source = "./a"\n}\n',
+    "heredoc": TRICKY_CALLER,
+    "interpolated source": 'module "a" {\n  source = "${path.module}/a"\n}\n',
+    "escaped quote": 'locals {\n  a = "say \\"hi\\""\n}\nmodule "a" {\n  source = "./a"\n}\n',
+    "provider source in a list": 'module "a" {\n  source = "./a"\n  x = [\n    source\n  ]\n}\n',
+    "bench module": 'variable "name" {}\n\nmodule "inner" {\n  source = "../mod-002"\n'
+    "  name   = var.name\n}\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(LEXICAL_CASES))
+def test_the_lexical_pass_finds_the_calls_the_parser_finds(case: str) -> None:
+    text = LEXICAL_CASES[case]
+    fast = lexical_local_calls(text)
+    tree = modules._hcl_parser().parse(text + "\n")
+    parsed = tuple(
+        (name, src)
+        for name, src in (modules._block_label_and_source(b) for b in modules._module_blocks(tree))
+        if src and src.startswith(("./", "../"))
+    )
+
+    assert fast is None or fast == parsed
+    assert modules.parse_hcl_local_calls(text) == parsed
+
+
+def test_the_lexical_pass_leaves_what_it_does_not_model_to_the_parser() -> None:
+    for text in (TRICKY_CALLER, 'module "a" {\n  source = "${x}"\n}\n', 'module "a" {{\n'):
+        assert lexical_local_calls(text) is None
+    assert lexical_local_calls(LEXICAL_CASES["plain"]) == (("a", "../a"),)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -21,8 +22,9 @@ from typing import Any
 
 import pytest
 
-from runner.drift.scheduler import DriftScheduler
+from runner.drift.scheduler import DriftScheduleHandler, DriftScheduler
 from runner.drift.service import DriftService
+from runner.jobs.payloads import DriftScheduleJob
 from runner.notify.base import NullNotifier
 from runner.settings import Settings
 from runner.store.drift import DriftStore
@@ -149,3 +151,20 @@ def test_a_tick_fetches_and_checks_out_each_repository_once(world: World) -> Non
     assert [sorted(r.project for r in report.results) for report in reports] == [["alpha", "beta"]]
     assert copies.fetches == {str(world.repo.path): 1}
     assert copies.checkouts == {str(world.repo.path): 1}
+
+
+def test_a_scheduled_tick_is_a_job_that_scans_each_slot_once(world: World) -> None:
+    service = DriftService(build_services(world.settings, world.store), notifier=NullNotifier())
+    scheduler = DriftScheduler(service, owner="web-1")
+
+    jobs = scheduler.due(NOW)
+
+    # What the web process enqueues: one tick per repository, and not again before tick_s.
+    assert jobs == [DriftScheduleJob(repo=world.drift_repo().key, at=NOW)]
+    assert scheduler.due(NOW + timedelta(seconds=5)) == []
+    # What a worker does with it: the due projects, once per slot however often it runs.
+    handler = DriftScheduleHandler(DriftScheduler(service, owner="worker"))
+    handler.handle(jobs[0], threading.Event())
+    assert stored_results(world) == 2
+    handler.handle(jobs[0], threading.Event())
+    assert stored_results(world) == 2

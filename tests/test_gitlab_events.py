@@ -127,7 +127,7 @@ def test_notes_of_project_access_token_bots_are_from_a_bot():
     assert isinstance(event, CommentEvent) and event.author_is_bot
 
 
-@pytest.mark.parametrize("event", ["System Hook", "Push Hook", "Pipeline Hook", "Job Hook"])
+@pytest.mark.parametrize("event", ["System Hook", "Tag Push Hook", "Pipeline Hook", "Job Hook"])
 def test_other_hooks_are_ignored_unread(event):
     assert isinstance(parse_gitlab_event(event, {}), IgnoredEvent)
 

@@ -4,6 +4,7 @@ mirror (tests/support/files_provider.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -245,6 +246,34 @@ def test_an_entry_whose_symlink_leads_out_of_the_plugin_cache_is_refused(
     assert linked.is_relative_to(tmp_path / "plugin-cache")
 
 
+def test_an_entry_that_would_write_through_its_own_symlink_is_refused(
+    tmp_path: Path, make_tf: Callable[..., Terraform]
+):
+    tf = make_tf()
+    assert tf.init(_project(tmp_path, "first", {"main.tf": FILES_TF})).ok
+    entry = _only_entry(tmp_path)
+    manifest = json.loads((entry / "manifest.json").read_text())
+    (link,) = manifest["symlinks"]  # providers/.../linux_amd64 -> the plugin cache
+    planted = entry / "tree" / link / "evil.sh"
+    planted.parent.mkdir(parents=True)
+    planted.write_text("#!/bin/sh\necho owned\n")
+    digest = hashlib.sha256(planted.read_bytes()).hexdigest()
+    manifest["files"][f"{link}/evil.sh"] = [digest, 0o755]
+    (entry / "manifest.json").write_text(json.dumps(manifest))
+
+    outcome = tf.init(_project(tmp_path, "second", {"main.tf": FILES_TF}))
+
+    assert "successfully initialized" in outcome.stdout
+    assert tf._init_cache is not None and tf._init_cache.stats.discarded == 1
+    written = [
+        Path(d, f)
+        for root in (tmp_path / "plugin-cache", tmp_path / "provider")
+        for d, _, files in os.walk(root, followlinks=True)
+        for f in files
+    ]
+    assert written and not [p for p in written if p.name == "evil.sh"]
+
+
 def test_restore_never_writes_through_a_terraform_symlink_the_pr_planted(
     tmp_path: Path, make_tf: Callable[..., Terraform]
 ):
@@ -266,6 +295,14 @@ def test_a_lock_file_symlink_in_the_pr_gets_no_cache_key(tmp_path: Path):
     target.write_text("not for the cache")
     pr = _project(tmp_path, "pr", {"main.tf": DATA_TF})
     (pr / ".terraform.lock.hcl").symlink_to(target)
+
+    assert init_cache_key(pr, "identity") is None
+
+
+@pytest.mark.parametrize("name", ["evil.tf", ".terraform.lock.hcl"])
+def test_a_fifo_planted_as_configuration_gets_no_key_instead_of_hanging(tmp_path: Path, name: str):
+    pr = _project(tmp_path, "pr", {"main.tf": DATA_TF})
+    os.mkfifo(pr / name)  # reading it would block forever
 
     assert init_cache_key(pr, "identity") is None
 

@@ -12,21 +12,26 @@ import json
 import logging
 import threading
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from runner.config.model import ProjectConfig
 from runner.engine.project_mutex import FileMutex
+from runner.engine.recording import LiveRuns
 from runner.events.model import PullRequestEvent
 from runner.jobs.inprocess import InProcessQueue
 from runner.jobs.queue import enqueue_event
-from runner.observability.log_context import current_ids, log_context
+from runner.observability.log_context import carry_context, current_ids, log_context
 from runner.observability.logs import build_handler
 from runner.store.jobs import JobStatus
 from runner.store.store import Store
 from tests.support.auth import TEST_API_TOKEN, bearer
+from tests.support.cli import run_cli
 from tests.support.github_payloads import (
     Pull,
     Repo,
@@ -34,6 +39,7 @@ from tests.support.github_payloads import (
     post_delivery,
     pull_request_event,
 )
+from tests.support.jobs import redis_url_or_skip
 from tests.support.served_cli import ServedCli
 
 WEBHOOK_SECRET = "webhook-secret-never-logged"
@@ -68,6 +74,45 @@ def test_context_ids_nest_and_are_undone() -> None:
     assert current_ids() == {}
     with pytest.raises(ValueError, match="unknown log context"), log_context(password="x"):
         pass
+
+
+def test_work_handed_to_a_thread_pool_keeps_the_ids(captured: io.StringIO) -> None:
+    # As the planner hands projects to its pool: each thread logs the job's ids.
+    def plan(project: str) -> dict[str, Any]:
+        with log_context(project=project):
+            logging.getLogger("runner.engine.test").info("planning")
+            return current_ids()
+
+    with log_context(job=5, pr=9), ThreadPoolExecutor(max_workers=2) as pool:
+        seen = list(pool.map(carry_context(plan), ["app", "db", "net"]))
+
+    assert seen == [{"job": 5, "pr": 9, "project": name} for name in ("app", "db", "net")]
+    lines = json_lines(captured.getvalue())
+    assert sorted(line["project"] for line in lines) == ["app", "db", "net"]
+    assert all(line["job"] == 5 and line["pr"] == 9 for line in lines)
+
+
+def test_a_plan_logs_with_its_run_once_the_run_is_recorded(
+    sqlite_url: str, captured: io.StringIO
+) -> None:
+    store = Store.open(sqlite_url)
+    live = LiveRuns(store, repo="github.com/acme/infra", trigger="autoplan", commit="c0ffee",
+                    pr_number=7)  # fmt: skip
+    log = logging.getLogger("runner.engine.test")
+    try:
+        with log_context(project="app"):  # as the planner plans one project
+            log.info("before the run record")
+            live.opened(ProjectConfig(name="app", dir="app"), "/tmp/app.log")
+            log.info("terraform plan")
+        log.info("the next project")
+        lines = json_lines(captured.getvalue())
+        before, during, after = (line for line in lines if line["logger"] == log.name)
+        assert "run" not in before and before["project"] == "app"
+        run = store.runs.get_run(during["run"])
+        assert run is not None and (run.project, run.pr_number) == ("app", 7)
+        assert "run" not in after and "project" not in after
+    finally:
+        store.close()
 
 
 def test_a_line_is_json_with_the_ids_and_the_secret_masked(captured: io.StringIO) -> None:
@@ -159,3 +204,18 @@ def test_serve_writes_json_lines_naming_the_delivery_and_no_secret(tmp_path: Pat
     assert any(r["message"].startswith("Listening at: ") for r in records)  # gunicorn's too
     for secret in (WEBHOOK_SECRET, GITHUB_TOKEN, TEST_API_TOKEN):
         assert secret not in text
+
+
+@pytest.mark.redis
+def test_the_rq_worker_writes_json_lines_too(tmp_path: Path) -> None:
+    redis_url = redis_url_or_skip()
+    worker = run_cli(
+        "worker", "--burst", data_dir=tmp_path / "data", GITOPS_QUEUE="rq",
+        GITOPS_REDIS_URL=redis_url, GITOPS_QUEUE_NAME=f"json-logs-{uuid.uuid4().hex[:10]}",
+        GITOPS_LOG_FORMAT="json", GITOPS_GITHUB_TOKEN=GITHUB_TOKEN,
+    )  # fmt: skip
+
+    assert worker.returncode == 0, worker.stderr
+    records = json_lines(worker.stderr)
+    assert any(r["logger"].startswith("rq.") for r in records)  # RQ's own lines as well
+    assert GITHUB_TOKEN not in worker.stderr

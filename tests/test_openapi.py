@@ -125,3 +125,22 @@ def test_operator_actions_say_so_in_the_document(seeded: tuple[Flask, Store]) ->
 def test_the_document_needs_sign_in_like_everything_else(seeded: tuple[Flask, Store]) -> None:
     app, _ = seeded
     assert app.test_client().get(OPENAPI_PATH).status_code == 401
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=lambda route: route.name)
+def test_every_operation_refuses_a_request_without_credentials(
+    seeded: tuple[Flask, Store], route: ApiRoute
+) -> None:
+    app, store = seeded
+    locks_before = store.locks.list()
+    path = route.path.replace("{run_id}", "1")
+    client = app.test_client()
+
+    answer = client.open(path, method=route.method, json={} if route.body else None)
+    wrong = client.open(
+        path, method=route.method, json={} if route.body else None, headers=bearer("wrong")
+    )
+
+    assert (answer.status_code, wrong.status_code) == (401, 401)
+    assert answer.json == {"error": answer.json["error"]}
+    assert store.locks.list() == locks_before

@@ -277,3 +277,16 @@ def test_a_push_webhook_over_http_without_a_signature_is_refused(world: World) -
         assert runner.web.store.jobs.list() == []
     finally:
         runner.stop(workers=False)
+
+
+def test_a_malformed_push_is_refused_naming_the_field(
+    world: World, client: tuple[Any, Store]
+) -> None:
+    app, store = client
+    payload = world.push_payload("refs/heads/main", world.repo.head)
+    del payload["after"]
+
+    answer = deliver(app, payload)
+
+    assert answer.status_code == 400 and "after" in answer.get_json()["error"]
+    assert store.jobs.list() == []

@@ -28,9 +28,11 @@ from runner.store.runs import RunRecord
 from tests.support.fake_github import FakeGitHub
 from tests.support.git_repo import GitRepo
 from tests.support.github_payloads import (
+    Repo,
     issue_comment_event,
     post_delivery,
     pull_request_event,
+    push_event,
 )
 from tests.support.jobs import Deployment, owner_pid, redis_url_or_skip
 
@@ -423,3 +425,67 @@ def test_drift_runs_on_a_drift_worker_and_two_web_processes_schedule_it_once(
         assert [r.dir for r in asked_runs] == ["infra/b"]
     finally:
         cluster.stop()
+
+
+def app_tf(state: Path, value: str) -> str:
+    return (
+        f'terraform {{\n  backend "local" {{ path = "{state}/app.tfstate" }}\n}}\n'
+        f'resource "terraform_data" "v" {{\n  input = "{value}"\n}}\n'
+    )
+
+
+def applied(state: Path) -> str | None:
+    path = state / "app.tfstate"
+    if not path.is_file():
+        return None
+    resources = json.loads(path.read_text())["resources"]
+    return resources[0]["instances"][0]["attributes"]["input"]["value"] if resources else None
+
+
+def test_a_push_to_the_default_branch_is_reconciled_by_a_reconcile_worker(
+    tmp_path: Path, database_url: str, redis_url: str
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    files = {
+        "gitops-runner.yaml": "version: 1\nprojects:\n  - dir: infra/app\n",
+        "infra/app/main.tf": app_tf(state, "v1"),
+    }
+    forge = Forge(tmp_path, files)
+    config = tmp_path / "settings.yaml"
+    # Polled hourly: after the first poll at start-up, only the push can apply v2.
+    config.write_text(
+        f"repos:\n  - url: {forge.bare.as_uri()}\n    full_name: {FULL_NAME}\n"
+        "    forge: github\n    poll_interval: 3600\n"
+    )
+    cluster = deployment(tmp_path, database_url, redis_url, forge)
+    try:
+        webs = [cluster.start_web("--config", str(config)) for _ in range(2)]
+        worker = cluster.start_worker("--config", str(config), kinds="reconcile")
+        try:
+            cluster.wait_until(lambda: applied(state) == "v1", "the first poll", timeout=30)
+        except AssertionError:
+            print("RUNS", cluster.store.runs.list_runs(), cluster.store.jobs.list())
+            raise
+        forge.origin.write({"infra/app/main.tf": app_tf(state, "v2")})
+        head = forge.origin.commit("app v2")
+        forge.origin.push("origin", "main")
+        repo = Repo(FULL_NAME, clone_url=forge.bare.as_uri())
+        payload = push_event(
+            repo, "refs/heads/main", "0" * 40, head, "alice", hosts=forge.github.hosts
+        )
+
+        answer = post(webs[1], "push", payload, "push-main")
+
+        assert answer.status_code == 202, answer.text
+        cluster.wait_until(lambda: applied(state) == "v2", "the push to be reconciled")
+        cluster.wait_until(cluster.idle, "the passes to end")
+        passes = cluster.store.jobs.list(kind="reconcile")
+        assert [(j.payload["trigger"], j.payload["sha"]) for j in passes] == [
+            ("poll", None),
+            ("push", head),
+        ]
+        assert {(j.status, owner_pid(j)) for j in passes} == {(JobStatus.DONE, worker.pid)}
+    finally:
+        cluster.stop()
+        forge.stop()

@@ -209,6 +209,8 @@ def server_world(tmp_path: Path) -> Iterator[PullRequestWorld]:
                 workflow: staging
                 pre_workflow_hooks:
                   - run: echo "hooked $PULL_NUM $HEAD_BRANCH_NAME" > hook-ran.txt
+                post_workflow_hooks:
+                  - run: echo "$COMMAND_NAME done" > post-hook-ran.txt
             workflows:
               staging:
                 plan:
@@ -237,6 +239,10 @@ def test_server_workflow_hooks_and_requirements_end_to_end(server_world: PullReq
     comment = world.last_comment(number)
     assert f"server step in default, hook said hooked {number} bump" in comment
     assert '"staging-1"' in comment
+    checkout = world.services.working_copies.checkout(
+        world.clone_url, f"pr-{number}", world.head_sha(number)
+    )
+    assert (checkout / "post-hook-ran.txt").read_text() == "plan done\n"
 
     # The server requires approval, though the repository's config says nothing.
     world.comment(number, "gitops apply")
@@ -263,3 +269,63 @@ def test_a_pr_cannot_switch_off_a_server_workflow_it_may_not_override(
     assert "atlantis.yaml" in comment and "refused by the server" in comment
     assert "root:" not in comment
     assert world.services.store.runs.list_runs(pr_number=number) == []
+
+
+def test_a_broken_server_config_stops_start_up(tmp_path: Path) -> None:
+    from runner.settings import load_settings
+    from runner.wiring import build_services
+
+    bad = tmp_path / "repos.yaml"
+    bad.write_text("repos: [{id: /x/, workflow: nope}]\n")
+    settings = load_settings(data_dir=tmp_path / "data", repo_config=bad)
+    with pytest.raises(ConfigError, match="workflow 'nope' is not defined"):
+        build_services(settings)
+    missing = load_settings(data_dir=tmp_path / "data", repo_config=tmp_path / "none.yaml")
+    with pytest.raises(ConfigError, match="cannot read GITOPS_REPO_CONFIG"):
+        build_services(missing)
+
+
+def test_the_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
+    import os
+
+    from runner.config.server_config import server_rules
+
+    path = tmp_path / "repos.yaml"
+    path.write_text("repos: [{id: /.*/, apply_requirements: [approved]}]\n")
+    assert server_rules(path, "github.com/a/b").apply_requirements == ("approved",)
+    path.write_text("repos: [{id: /.*/, apply_requirements: [mergeable, undiverged]}]\n")
+    os.utime(path, ns=(1, 1))  # a different mtime whatever the clock's resolution
+    assert server_rules(path, "github.com/a/b").apply_requirements == ("mergeable", "undiverged")
+
+
+# ---- the CLI: drift scans under the server's rules -------------------------------------------
+
+
+def test_drift_uses_the_server_workflow_and_a_broken_file_is_a_usage_error(
+    tmp_path: Path,
+) -> None:
+    from tests.support.cli import run_cli
+    from tests.support.git_repo import GitRepo
+
+    repo = GitRepo.init(tmp_path / "repo")
+    repo.write({**REPO_FILES, "atlantis.yaml": "version: 3\nprojects:\n  - dir: stacks/web\n"})
+    repo.commit("web")
+    repos = tmp_path / "repos.yaml"
+    repos.write_text(
+        "repos: [{id: /.*/, workflow: staging}]\n"
+        "workflows:\n  staging:\n    plan:\n      steps:\n"
+        "        - init\n        - plan: {extra_args: [-var-file=staging.tfvars]}\n"
+    )
+    data = tmp_path / "data"
+
+    without = run_cli("drift", "--repo", str(repo.path), data_dir=data)
+    assert without.returncode == 1 and "No value for required variable" in without.stdout
+    served = run_cli(
+        "drift", "--repo", str(repo.path), data_dir=data, GITOPS_REPO_CONFIG=str(repos)
+    )
+    assert served.returncode == 3, served.stdout + served.stderr  # pending: never applied
+    repos.write_text("repos: [{id: /.*/, workflow: missing}]\n")
+    broken = run_cli(
+        "drift", "--repo", str(repo.path), data_dir=data, GITOPS_REPO_CONFIG=str(repos)
+    )
+    assert broken.returncode == 2 and "workflow 'missing' is not defined" in broken.stderr

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from runner.store.runs import RunStatus
+from tests.support.forge_world import ForgeWorld
+from tests.support.mr_world import make_mr_world
 from tests.support.pr_world import PullRequestWorld, make_world
 
 WEB_MODULE = """variable "env" {
@@ -105,10 +107,18 @@ def built_world(tmp_path: Path, **settings: object) -> Iterator[PullRequestWorld
         built.services.store.close()
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[PullRequestWorld]:
-    """The world with no server-side repo config."""
-    yield from built_world(tmp_path)
+@pytest.fixture(params=["github", "gitlab"])
+def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ForgeWorld]:
+    """The world with no server-side repo config, on each forge."""
+    if request.param == "github":
+        yield from built_world(tmp_path)
+        return
+    built = make_mr_world(tmp_path)
+    try:
+        yield built
+    finally:
+        built.gitlab.stop()
+        built.services.store.close()
 
 
 @pytest.fixture
@@ -119,7 +129,7 @@ def custom_world(tmp_path: Path) -> Iterator[PullRequestWorld]:
     yield from built_world(tmp_path, repo_config=repos)
 
 
-def use_atlantis_repo(world: PullRequestWorld, config: str) -> None:
+def use_atlantis_repo(world: ForgeWorld, config: str) -> None:
     """Main holds only the Atlantis user's repository: atlantis.yaml and stacks/web."""
     origin = world.origin
     origin.checkout("main")
@@ -133,7 +143,7 @@ def change(size_comment: str) -> dict[str, str]:
     return {"stacks/web/notes.tf": f"# {size_comment}\n"}
 
 
-def test_per_workspace_var_files_from_workflows_plan_and_apply(world: PullRequestWorld) -> None:
+def test_per_workspace_var_files_from_workflows_plan_and_apply(world: ForgeWorld) -> None:
     use_atlantis_repo(world, ATLANTIS_YAML)
 
     number = world.open_pr("bump", change("bump"))
@@ -157,7 +167,7 @@ def test_per_workspace_var_files_from_workflows_plan_and_apply(world: PullReques
     ]
 
 
-def test_run_steps_refused_without_the_servers_permission(world: PullRequestWorld) -> None:
+def test_run_steps_refused_without_the_servers_permission(world: ForgeWorld) -> None:
     use_atlantis_repo(world, SHELL_WORKFLOW_YAML)
 
     number = world.open_pr("bump", change("bump"))
@@ -343,3 +353,69 @@ def test_a_wrapper_workflow_of_run_steps_plans_and_applies(custom_world: PullReq
     assert "1 with changes" in comment and '"staging-1"' in comment
     world.comment(number, "gitops apply")
     assert "Apply complete! Resources: 1 added" in world.last_comment(number)
+
+
+COMMENT_ARGS_YAML = """version: 3
+projects:
+  - name: web
+    dir: stacks/web
+    workspace: staging
+    workflow: echoing
+workflows:
+  echoing:
+    plan:
+      steps:
+        - run: 'eval "echo flags: $COMMENT_ARGS"'
+        - init
+        - plan:
+            extra_args: ["-var-file", "staging.tfvars"]
+"""
+
+
+def test_comment_flags_reach_a_run_step_only_as_escaped_text(
+    custom_world: PullRequestWorld,
+) -> None:
+    """Even a step that `eval`s COMMENT_ARGS runs nothing from the comment."""
+    world = custom_world
+    use_atlantis_repo(world, COMMENT_ARGS_YAML)
+    number = world.open_pr("bump", change("bump"))
+
+    world.comment(number, """gitops plan -p web -- '-target=terraform_data.web["x;touch pwned"]'""")
+
+    comment = world.last_comment(number)
+    assert 'flags: -target=terraform_data.web["x;touch pwned"]' in comment
+    assert not list(world.root.rglob("pwned"))
+
+
+ENV_DUMP_YAML = """version: 3
+projects:
+  - name: web
+    dir: stacks/web
+    workspace: staging
+    workflow: dump
+workflows:
+  dump:
+    plan:
+      steps:
+        - run: env | sort
+        - init
+        - plan:
+            extra_args: ["-var-file", "staging.tfvars"]
+"""
+
+
+def test_run_steps_never_see_the_runners_own_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A shell step of an allowed workflow still gets Terraform's allowlist only."""
+    monkeypatch.setenv("GITOPS_UNRELATED_SECRET", "runner-secret-value-42")
+    monkeypatch.setenv("DATABASE_PASSWORD", "db-secret-value-43")
+    repos = tmp_path / "repos.yaml"
+    repos.write_text(REPOS_YAML)
+    for world in built_world(tmp_path, repo_config=repos):
+        use_atlantis_repo(world, ENV_DUMP_YAML)
+        number = world.open_pr("bump", change("bump"))
+        comment = world.last_comment(number)
+        assert f"PULL_NUM={number}" in comment and "WORKSPACE=staging" in comment
+        assert "runner-secret-value-42" not in comment and "GITOPS_" not in comment
+        assert "db-secret-value-43" not in comment

@@ -265,6 +265,13 @@ def server_rules(path: Path | None, repo_id: str) -> RepoRules:
     return source.rules_for(repo_id)
 
 
+def check_server_config(path: Path | None) -> None:
+    """Read the file once at start-up, so a broken one stops `serve` with its error
+    instead of failing every pull request later."""
+    if path is not None:
+        server_rules(path, "")
+
+
 def merge_requirements(*groups: Sequence[str]) -> tuple[str, ...]:
     """Requirements from several places, each once, in first-seen order."""
     return tuple(dict.fromkeys(name for group in groups for name in group))

@@ -17,6 +17,7 @@ from filelock import FileLock
 
 from runner.config.loader import load_repo_config
 from runner.config.model import ProjectConfig, RepoConfig
+from runner.config.server_config import server_rules
 from runner.engine.planner import Planner, PlanOptions, PlanTarget
 from runner.engine.progress import ProgressObserver
 from runner.engine.project_mutex import ProjectMutex, state_key
@@ -169,8 +170,11 @@ class DriftScanner:
         *,
         secret_values: tuple[str, ...] = (),
         progress: ProgressObserver | None = None,
+        repo_config: Path | None = None,
     ) -> None:
         self._planner = planner
+        # GITOPS_REPO_CONFIG: when set, scans read configs under the server's rules.
+        self._repo_config = repo_config
         self._progress = progress
         self._copies = working_copies
         self._store = store
@@ -200,7 +204,10 @@ class DriftScanner:
         with FileLock(str(lock_dir / _DRIFT_LOCK)):
             _, commit = self.head(repo)
             tree = self._copies.checkout(repo.url, DRIFT_TREE_KEY, commit)
-            yield ScanSession(repo, tree, commit, load_repo_config(tree))
+            rules = None
+            if self._repo_config is not None:
+                rules = server_rules(self._repo_config, repo.key)
+            yield ScanSession(repo, tree, commit, load_repo_config(tree, rules=rules))
 
     def scan(
         self,

@@ -77,7 +77,8 @@ def latest_slot(schedule: str, offset: timedelta, now: datetime) -> datetime:
 
 
 class DriftScheduler:
-    """Call `tick()` periodically (or `start()` a thread); every process may do so."""
+    """A schedule source (`due`) and the tick a worker runs (`run_job`); `tick()` does
+    it all inline. Every process may do so: the lease and slot claims keep it once."""
 
     def __init__(
         self,
@@ -90,8 +91,6 @@ class DriftScheduler:
         self.owner = owner or f"scheduler-{uuid.uuid4().hex[:12]}"
         self._leases = LeaseStore(service.store)
         self._ttl = lease_ttl
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._next_due: datetime | None = None
 
     # ---- as a source of the elected job scheduler -----------------------------------
@@ -157,23 +156,8 @@ class DriftScheduler:
                 due.append(project.name)
         return due
 
-    def start(self, interval_s: float = DEFAULT_TICK_S) -> None:
-        """Tick in a daemon thread until `stop()`."""
-
-        def loop() -> None:
-            while not self._stop.wait(interval_s):
-                try:
-                    self.tick()
-                except Exception:
-                    log.exception("drift scheduler tick failed")
-
-        self._thread = threading.Thread(target=loop, name="drift-scheduler", daemon=True)
-        self._thread.start()
-
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        """Give the lease up (at exit), so another process takes over at once."""
         self._leases.release(LEASE_NAME, self.owner)
 
 

@@ -74,6 +74,7 @@ class DriftService:
             services.mutex,
             secret_values=services.secret_values,
             progress=services.progress,
+            repo_config=services.settings.repo_config,
         )
         self.corrector = AutoCorrector(services.store, services.executor)
         self._policies = (services.policies, services.plan_documents)

@@ -21,6 +21,7 @@ from runner.config.workflows import Step
 from runner.engine.progress import Phase, ProgressEvent, ProgressObserver, planned_event
 from runner.engine.scheduling import PlanAdmission
 from runner.engine.workflow_steps import StageRunner, StepContext, workspace_var_file_args
+from runner.observability.log_context import carry_context, log_context
 from runner.policies.plans import PlanDocuments
 from runner.results.limits import OutputLimits, cap_output
 from runner.results.masking import Masker
@@ -129,7 +130,9 @@ class Planner:
 
         workers = min(self._parallelism, len(by_dir)) or 1
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="plan") as pool:
-            results = dict(pair for pairs in pool.map(plan_dir, by_dir.values()) for pair in pairs)
+            # The pool's threads log with the ids of the job that asked for the plans.
+            planned = pool.map(carry_context(plan_dir), by_dir.values())
+            results = dict(pair for pairs in planned for pair in pairs)
         return [results[index] for index in range(len(targets))]
 
     def plan(
@@ -144,7 +147,7 @@ class Planner:
         guard = options.guard(target.project) if options.guard else nullcontext()
         started = time.monotonic()
         # The state mutex first: a plan waiting for another's state takes no CPU slot.
-        with guard, self._admission.slot():
+        with log_context(project=target.project.name), guard, self._admission.slot():
             result = self._plan_unguarded(checkout, target, commit, options)
         result = self._keep(result)
         if options.progress is not None:

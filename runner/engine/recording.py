@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from runner.config.model import ProjectConfig
+from runner.observability.log_context import add_ids
 from runner.results.model import PlanResult, PlanStatus
 from runner.results.summary import changes_content_hash
 from runner.store.models import utcnow
@@ -132,6 +133,7 @@ class LiveRuns:
         )
         with self._lock:
             self._ids[(project.dir, project.workspace)] = run_id
+        add_ids(run=run_id)  # the rest of this project's plan logs with its run id
 
     def take(self, result: PlanResult) -> int | None:
         """The run started for `result`'s project (None: its Terraform never started)."""

@@ -21,8 +21,8 @@ from runner.results.masking import Masker
 LogFormat = Literal["text", "json"]
 TEXT_FORMAT = "%(levelname)s: %(name)s: %(message)s"
 SERVER_TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s%(ids)s"
-_JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
-_RENAMED = {"asctime": "time", "levelname": "level", "name": "logger"}
+_JSON_FIELDS = "%(levelname)s %(name)s %(message)s"
+_RENAMED = {"levelname": "level", "name": "logger"}
 
 
 class ContextFilter(logging.Filter):
@@ -55,6 +55,7 @@ class MaskedJsonFormatter(JsonFormatter):
 
     def __init__(self, secrets: Iterable[str] = (), **kwargs: Any) -> None:
         kwargs.setdefault("rename_fields", _RENAMED)
+        kwargs.setdefault("timestamp", "time")  # ISO 8601, UTC
         super().__init__(_JSON_FIELDS, **kwargs)
         self._masker = Masker.from_secrets(secrets)
 

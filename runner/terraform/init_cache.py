@@ -173,6 +173,7 @@ class InitCache:
 
     def _copy_out(self, entry: Path, manifest: dict, workdir: Path) -> None:
         target = workdir / TERRAFORM_DIR
+        _check_no_path_below_a_link(manifest)
         for relative in manifest["dirs"]:
             os.mkdir(target / _safe(relative))
         for relative, link in manifest["symlinks"].items():
@@ -258,6 +259,16 @@ def _check_link(link: str, plugin_cache: Path) -> None:
         raise PoisonedEntry(f"symlink to {link} leads outside the plugin cache")
     if not target.exists():
         raise PoisonedEntry(f"plugin cache entry {link} is gone")
+
+
+def _check_no_path_below_a_link(manifest: dict) -> None:
+    """A file or directory "below" a symlink would be written through it (O_NOFOLLOW
+    only guards the last component), into the plugin cache: refuse the entry."""
+    links = set(manifest["symlinks"])
+    for relative in [*manifest["dirs"], *manifest["files"], *links]:
+        parents = Path(relative).parents
+        if any(parent.as_posix() in links for parent in parents):
+            raise PoisonedEntry(f"{relative} lies below a symlink")
 
 
 def _safe(relative: str) -> str:

@@ -68,6 +68,8 @@ def _lock_file_part(workdir: Path) -> bytes:
         raise _Unknowable("the lock file is a symlink")
     if not lock_file.exists():
         return b"no-lock-file"
+    if not lock_file.is_file():
+        raise _Unknowable("the lock file is not a regular file")
     return b"lock-file\0" + lock_file.read_bytes()
 
 
@@ -82,6 +84,10 @@ def _module_parts(root: Path, directory: Path, seen: set[Path], depth: int) -> I
     # Lexical (no symlink resolution): the same `source` strings give the same part.
     yield f"module:{os.path.relpath(os.path.normpath(directory), os.path.normpath(root))}"
     for path in sorted(resolved.iterdir()):
+        if not path.name.endswith((".tf", *_UNPARSED_SUFFIXES)):
+            continue
+        if not path.is_file():  # a FIFO or device planted as `x.tf` must not hang the read
+            raise _Unknowable(f"{path} is not a regular file")
         if path.name.endswith(_UNPARSED_SUFFIXES):
             yield f"file:{path.name}:{hashlib.sha256(path.read_bytes()).hexdigest()}"
         elif path.suffix == ".tf":

@@ -7,10 +7,15 @@ a large monorepo with python-hcl2 takes seconds, so the graph works in two steps
 1. A text pre-filter (`git grep`, or a Python scan outside git) finds every line that
    looks like `source = "./…"` / `"../…"`. Terraform only accepts a literal string on
    the `source` line, so this is a superset of the real calls: candidate edges.
-2. A candidate edge is confirmed only when it is needed, by parsing that one file with
-   python-hcl2 and keeping top-level `module` blocks (so comments, heredocs and
-   `source` attributes of resources or provisioners do not count). Parse results are
-   cached by git blob SHA in memory and, optionally, in a cache directory.
+2. A candidate edge is confirmed only when it is needed, by reading that one file's
+   top-level `module` blocks (so comments, heredocs and `source` attributes of
+   resources or provisioners do not count): a token pass for plain files
+   (hcl_scan.py), python-hcl2 for everything else. Results are cached by git blob SHA
+   in memory and, optionally, in a cache directory.
+
+With a cache directory, step 1 is kept by git tree id and updated from the diff
+(tree_index.py), and what it implies (`_Skeleton`) is shared by every graph of the
+same tree in this process.
 
 A file that python-hcl2 cannot parse keeps its candidate edges (over-planning is safer
 than missing a project); the problem is listed in `ModuleGraph.problems`.
@@ -38,6 +43,7 @@ import hcl2.parser
 from hcl2.postlexer import PostLexer
 from lark import Lark, Token, Tree
 
+from runner.terraform.hcl_scan import lexical_local_calls
 from runner.terraform.tree_index import TreeIndex, TreeScan, index_tree
 
 # ERE for `git grep`: deliberately loose; `_TF_SOURCE_RE` decides on each line.
@@ -251,6 +257,9 @@ def _hcl_parser() -> Lark:
 
 def parse_hcl_local_calls(text: str) -> tuple[tuple[str, str], ...]:
     """(name, source) of the top-level module blocks of an HCL file with a local source."""
+    fast = lexical_local_calls(text)  # same answer, no parse, for plain files
+    if fast is not None:
+        return fast
     # The trailing newline is hcl2's own workaround: its grammar needs one at the end.
     tree = _hcl_parser().parse(text + "\n")
     calls = (_block_label_and_source(b) for b in _module_blocks(tree))

@@ -31,8 +31,8 @@ class Page(Generic[Item]):
 
 def all_projects(context: WebContext, repo: str | None = None) -> list[ProjectStatus]:
     """Every known project with its sync state (of one repository)."""
-    statuses = project_statuses(context.services.store, drift_overview(context).results)
-    return [status for status in statuses if repo is None or status.repo == repo]
+    drift = drift_overview(context, repo).results
+    return project_statuses(context.services.store, drift, repo)
 
 
 def state_counts(statuses: list[ProjectStatus]) -> dict[str, int]:

@@ -78,18 +78,22 @@ class _Records:
     reconcile_failed: bool = False
 
 
-def project_statuses(store: Store, drift: Iterable[DriftResult]) -> list[ProjectStatus]:
-    """Every project the store knows (scanned, run or locked), sorted by repo and dir.
+def project_statuses(
+    store: Store, drift: Iterable[DriftResult], repo: str | None = None
+) -> list[ProjectStatus]:
+    """Every project the store knows (scanned, run or locked) of every repository (or
+    of `repo`, a key as stored), sorted by repo and dir.
 
     `drift` is the newest result per project (the caller reads it through the drift
     service when this process has one, else from the store).
     """
     records: dict[ProjectKey, _Records] = {}
     for result in drift:
-        _records(records, result.key, result.project).drift = result
-    for run in store.runs.latest_per_project():
+        if repo is None or result.repo == repo:
+            _records(records, result.key, result.project).drift = result
+    for run in store.runs.latest_per_project(repo):
         _records(records, (run.repo, run.dir, run.workspace), run.project).last_run = run
-    for lock in store.locks.list():
+    for lock in store.locks.list(repo):
         _records(records, (lock.repo, lock.dir, lock.workspace), "").lock = lock
     _mark_reconcile_failures(store, records)
     statuses = [_status(key, found) for key, found in records.items()]

@@ -63,7 +63,8 @@ def callback(name: str) -> Response:
     try:
         identity = provider.identity(provider.client.authorize_access_token())
     except _SIGN_IN_FAILURES as error:
-        logger.warning("sign-in with %s refused: %s", name, _reason(error))
+        # %r: the reason may quote the callback's query, which anyone can write.
+        logger.warning("sign-in with %s refused: %r", name, _reason(error))
         return refusal(401, f"sign-in failed: {_reason(error)}")
     if context.access.role_for(identity) is None:
         logger.warning("sign-in refused: %s is not on the allowlist", identity.display_name)
