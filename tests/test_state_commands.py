@@ -227,3 +227,20 @@ def test_a_cancel_job_does_not_queue_behind_the_work_it_cancels(world: PullReque
     )
     assert encode_job(plan).group_key is not None
     assert encode_job(cancel).group_key is None
+
+
+def test_a_failing_pre_workflow_hook_stops_an_import(build: MakeWorld, tmp_path: Path) -> None:
+    repos = tmp_path / "repos.yaml"
+    repos.write_text(
+        "repos:\n  - id: /.*/\n    pre_workflow_hooks:\n"
+        '      - run: \'[ "$COMMAND_NAME" != import ] || { echo "no imports today"; exit 3; }\'\n'
+    )
+    world = build(enable_state_commands=True, repo_config=repos)
+    number = world.open_pr("adopt", {"stacks/web/notes.tf": "# adopt\n"})
+    assert "2 to add" in world.last_comment(number)  # the hook lets plans through
+
+    world.comment(number, "gitops import -p web terraform_data.a existing-a")
+
+    reply = world.last_comment(number)
+    assert "pre\\_workflow\\_hook" in reply and "no imports today" in reply
+    assert state(world) == {}

@@ -12,16 +12,16 @@ from pathlib import Path
 
 from runner.commands.feedback import PullRequestFeedback
 from runner.commands.policy_review import PullRequestPolicies
+from runner.commands.workflow_hooks import run_workflow_hooks
 from runner.config.errors import ConfigError
 from runner.config.loader import load_repo_config
 from runner.config.model import RepoConfig
 from runner.config.server_config import RepoRules, server_rules
-from runner.config.workflows import Step
 from runner.engine.planner import PlanOptions, PlanTarget
 from runner.engine.project_mutex import state_key
 from runner.engine.recording import LiveRuns, record_plan_result
 from runner.engine.services import Services
-from runner.engine.workflow_steps import StepContext, run_hooks
+from runner.engine.workflow_steps import StepContext
 from runner.events.commands import Command
 from runner.events.model import RepoRef
 from runner.forge.base import PLAN_CONTEXT, CommitState, PullRequestInfo
@@ -137,7 +137,10 @@ class PullRequestPlanner:
     ) -> bool:
         """The server's pre_workflow_hooks, before the repo config is read (a hook may
         write it); a failing hook stops the plan and is reported with its output."""
-        return self._hooks("pre", rules.pre_workflow_hooks, checkout, context, feedback, cancel)
+        hooks = rules.pre_workflow_hooks
+        return run_workflow_hooks(
+            self._services, feedback, "pre", hooks, checkout, context, "plan", cancel
+        )
 
     def _post_workflow_hooks(
         self,
@@ -147,33 +150,10 @@ class PullRequestPlanner:
         feedback: PullRequestFeedback,
         cancel: threading.Event,
     ) -> None:
-        self._hooks("post", rules.post_workflow_hooks, checkout, context, feedback, cancel)
-
-    def _hooks(
-        self,
-        when: str,
-        hooks: tuple[Step, ...],
-        checkout: Path,
-        context: StepContext,
-        feedback: PullRequestFeedback,
-        cancel: threading.Event,
-    ) -> bool:
-        if not hooks:
-            return True
-        terraform = self._services.terraform_for(None)
-        env = context.hook_environ(checkout, "plan")
-        failed = run_hooks(terraform, hooks, checkout, env, cancel)
-        if failed is None:
-            return True
-        feedback.comment(
-            render_message(
-                "error",
-                message=f"A {when}_workflow_hook of this server failed "
-                f"(exit code {failed.exit_code}); nothing more was done.",
-                details=failed.stdout,
-            )
+        hooks = rules.post_workflow_hooks
+        run_workflow_hooks(
+            self._services, feedback, "post", hooks, checkout, context, "plan", cancel
         )
-        return False
 
     def feedback(self, repo: RepoRef, number: int) -> PullRequestFeedback:
         services = self._services

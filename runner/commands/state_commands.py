@@ -11,13 +11,15 @@ made against the old state: it is discarded, and the reply asks for a new plan.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from runner.commands.apply_requirements import RequirementContext, unmet_requirements
 from runner.commands.feedback import PullRequestFeedback
 from runner.commands.planning import worktree_key
+from runner.commands.workflow_hooks import run_workflow_hooks
 from runner.config.errors import ConfigError
 from runner.config.loader import load_repo_config
 from runner.config.model import ProjectConfig
@@ -46,6 +48,10 @@ class _Refused(Exception):
     """Nothing was run; the message tells the PR why."""
 
 
+class _HookFailed(Exception):
+    """A pre_workflow_hook failed; its comment was posted already."""
+
+
 @dataclass(frozen=True)
 class StateCommandResult:
     """What an import or state rm did to one project, for the reply."""
@@ -70,6 +76,8 @@ class StateCommands:
             result = self._run(repo, pr, author, command)
         except _Refused as refused:
             self._feedback.comment(render_message("error", message=str(refused)))
+            return False
+        except _HookFailed:
             return False
         project = result.project
         self._feedback.comment(
@@ -107,6 +115,9 @@ class StateCommands:
         checkout = services.working_copies.checkout(
             repo.clone_url, worktree_key(pr.number), pr.head_sha
         )
+        context = _context(repo, pr, author)
+        if not self._hooks("pre", rules.pre_workflow_hooks, checkout, context, command):
+            raise _HookFailed()
         try:
             config = load_repo_config(checkout, rules=rules)
             chosen = select_projects(config, command.project, command.dir, command.workspace)
@@ -117,7 +128,8 @@ class StateCommands:
             raise _Refused(f"`gitops {shown}` needs exactly one project (-p NAME); found {names}.")
         project = chosen[0]
         self._lock(repo, pr, project)
-        outcome = self._terraform(repo, pr, author, command, project, checkout)
+        outcome = self._terraform(repo, pr, author, command, project, checkout, context)
+        self._hooks("post", rules.post_workflow_hooks, checkout, context, command)
         discarded = self._discard_plans(repo, pr, project)
         output = cap_output(
             outcome.stdout + ("\n" + outcome.stderr if not outcome.ok else ""),
@@ -147,6 +159,7 @@ class StateCommands:
         command: Command,
         project: ProjectConfig,
         checkout: Path,
+        context: StepContext,
     ) -> CommandOutcome:
         """The workflow stage under the state's mutex, recorded as a run."""
         services = self._services
@@ -169,7 +182,7 @@ class StateCommands:
             with services.mutex.hold(
                 state_key(repo.key, project.dir, project.workspace), wait=False
             ):
-                outcome = self._stage(pr, author, command, project, checkout, stage, log_path)
+                outcome = self._stage(command, project, checkout, context, stage, log_path)
         except MutexBusy:
             runs.finish(run_id, RunStatus.FAILED, error="busy", log_path=str(log_path))
             raise _Refused(
@@ -182,25 +195,15 @@ class StateCommands:
 
     def _stage(
         self,
-        pr: PullRequestInfo,
-        author: str,
         command: Command,
         project: ProjectConfig,
         checkout: Path,
+        context: StepContext,
         stage: StageName,
         log_path: Path,
     ) -> CommandOutcome:
         workdir = checkout / project.dir
         terraform = self._services.terraform_for(project.terraform_version)
-        context = StepContext(
-            pull_num=pr.number,
-            pull_url=pr.html_url,
-            pull_author=pr.author,
-            head_commit=pr.head_sha,
-            head_branch=pr.head_ref,
-            base_branch=pr.base_ref,
-            user_name=author,
-        )
         plan_path = plan_file_path(checkout, project)
         runner = StageRunner(terraform, workdir, project, plan_path, context, log_path)
         env = workspace_env(project.workspace)
@@ -232,6 +235,19 @@ class StateCommands:
             return CommandOutcome((stage,), 1, "", staged, 0.0)
         return staged
 
+    def _hooks(
+        self,
+        when: Literal["pre", "post"],
+        hooks: Sequence[Step],
+        checkout: Path,
+        context: StepContext,
+        command: Command,
+    ) -> bool:
+        feedback = self._feedback
+        return run_workflow_hooks(
+            self._services, feedback, when, hooks, checkout, context, command.name
+        )
+
     def _discard_plans(self, repo: RepoRef, pr: PullRequestInfo, project: ProjectConfig) -> int:
         """The PR's plans of this project were made against the state before: void."""
         runs = self._services.store.runs
@@ -240,3 +256,18 @@ class StateCommands:
             for plan in runs.latest_plans(repo.key, pr.number)
             if (plan.dir, plan.workspace) == project.key
         )
+
+
+def _context(repo: RepoRef, pr: PullRequestInfo, author: str) -> StepContext:
+    """What the stage's `run` steps and the hooks are told about the change."""
+    return StepContext(
+        pull_num=pr.number,
+        pull_url=pr.html_url,
+        pull_author=pr.author,
+        head_commit=pr.head_sha,
+        base_repo=repo.full_name,
+        head_repo=repo.full_name,
+        head_branch=pr.head_ref,
+        base_branch=pr.base_ref,
+        user_name=author,
+    )

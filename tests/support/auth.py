@@ -6,6 +6,8 @@ opened through the fake OIDC provider (tests/support/fake_oidc.py) over real HTT
     authorize(client, token)            # every later request carries it
     sign_in(client, idp, "alice@example.com", groups=["platform"])   # a cookie session
     client.post("/api/...", headers={"X-CSRF-Token": csrf_of(client)})
+    github.sign_in_as("bob", orgs=["acme"]); follow_sign_in(client, "github")  # fake GitHub
+    add_operator_action(app)            # POST /api/test-action, operators only
 """
 
 from __future__ import annotations
