@@ -58,8 +58,9 @@ def test_a_running_plan_is_recorded_with_its_log_before_it_ends(world: World) ->
         assert (running.repo, running.pr_number, running.trigger) == (repo, 5, Trigger.COMMENT)
         assert running.log_path is not None
         log = Path(running.log_path)
-        # Terraform is waiting for the lock: the log already says what runs.
-        assert _wait_for(lambda: "terraform plan" in log.read_text()), log.read_text()
+        # Terraform is waiting for the lock: the log already says what runs (the file
+        # itself appears with Terraform's first line, just after the run is recorded).
+        assert _wait_for(lambda: log.is_file() and "terraform plan" in log.read_text())
         assert world.store.runs.get_run(running.id).status is RunStatus.RUNNING  # type: ignore[union-attr]
     finally:
         release_state_lock(state, held)
