@@ -24,10 +24,12 @@ import pytest
 
 from runner.drift.scheduler import DriftScheduleHandler, DriftScheduler
 from runner.drift.service import DriftService
-from runner.jobs.payloads import DriftScheduleJob
+from runner.jobs.payloads import DriftScanJob, DriftScheduleJob
+from runner.jobs.queue import enqueue_job
 from runner.notify.base import NullNotifier
 from runner.settings import Settings
 from runner.store.drift import DriftStore
+from runner.store.models import utcnow
 from runner.store.store import Store
 from runner.wiring import build_services
 from runner.workspace.working_copy import WorkingCopies
@@ -168,3 +170,21 @@ def test_a_scheduled_tick_is_a_job_that_scans_each_slot_once(world: World) -> No
     assert stored_results(world) == 2
     handler.handle(jobs[0], threading.Event())
     assert stored_results(world) == 2
+
+
+def test_finished_ticks_are_pruned_after_a_day_and_other_jobs_kept(world: World) -> None:
+    service = DriftService(build_services(world.settings, world.store), notifier=NullNotifier())
+    tick = enqueue_job(world.store, DriftScheduleJob(repo=world.drift_repo().key, at=NOW))
+    scan = enqueue_job(world.store, DriftScanJob(project="alpha"))
+    for job_id in (tick, scan):
+        assert world.store.jobs.claim_id(job_id, "worker") is not None
+        assert world.store.jobs.complete(job_id, "worker")
+    scheduler = DriftScheduler(service, owner="web-1")
+
+    scheduler.due(utcnow() + timedelta(hours=1))  # not a day old yet
+    assert world.store.jobs.get(tick) is not None
+    scheduler = DriftScheduler(service, owner="web-1")
+    scheduler.due(utcnow() + timedelta(days=2))
+
+    assert world.store.jobs.get(tick) is None
+    assert world.store.jobs.get(scan) is not None  # a scan someone asked for stays listed

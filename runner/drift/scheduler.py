@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 LEASE_NAME = "drift-scheduler"
 DEFAULT_TICK_S = 30.0
+DRIFT_SCHEDULE_KIND = "drift_schedule"
+TICKS_KEPT = timedelta(days=1)
+PRUNE_EVERY = timedelta(hours=1)
 
 
 def schedule_of(project: ProjectConfig, server_default: str) -> str | None:
@@ -92,16 +95,24 @@ class DriftScheduler:
         self._leases = LeaseStore(service.store)
         self._ttl = lease_ttl
         self._next_due: datetime | None = None
+        self._next_prune: datetime | None = None
 
     # ---- as a source of the elected job scheduler -----------------------------------
 
     lease_name = LEASE_NAME
 
     def due(self, now: datetime, tick_s: float = DEFAULT_TICK_S) -> list[DriftScheduleJob]:
-        """One tick job per configured repository, every `tick_s` (the caller holds the lease)."""
+        """One tick job per configured repository, every `tick_s` (the caller holds the lease).
+
+        Ticks come every 30 s per repository: finished ones older than a day are deleted
+        (once an hour), since what they found is in the drift history, not in the job.
+        """
         if self._next_due is not None and now < self._next_due:
             return []
         self._next_due = now + timedelta(seconds=tick_s)
+        if self._next_prune is None or now >= self._next_prune:
+            self._next_prune = now + PRUNE_EVERY
+            self.service.store.jobs.prune(now - TICKS_KEPT, kinds=(DRIFT_SCHEDULE_KIND,))
         return [
             DriftScheduleJob(repo=repo.key, at=now) for repo in self.service.resolve_repos(None)
         ]

@@ -476,11 +476,13 @@ class JobStore:
         with self._db.read() as session:
             return [_record(row) for row in session.execute(_ACTIVE_IN_GROUP, values)]
 
-    def prune(self, older_than: datetime) -> int:
-        """Delete finished jobs that ended before `older_than`; returns how many."""
+    def prune(self, older_than: datetime, kinds: Collection[str] | None = None) -> int:
+        """Delete finished jobs (of `kinds`) that ended before `older_than`; how many."""
         statement = delete(Job).where(
             Job.status.not_in(ACTIVE_JOB_STATUSES), Job.finished_at < older_than
         )
+        if kinds is not None:
+            statement = statement.where(Job.kind.in_(list(kinds)))
         with self._db.write() as session:
             return session.execute(statement).rowcount
 
