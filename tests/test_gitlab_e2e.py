@@ -130,7 +130,7 @@ def test_a_bad_token_gets_401_and_a_redelivery_runs_nothing(world, runner):
     assert len(world.services.store.jobs.list()) == 1
 
 
-@pytest.mark.parametrize("event", ["System Hook", "Push Hook", "Pipeline Hook"])
+@pytest.mark.parametrize("event", ["System Hook", "Tag Push Hook", "Pipeline Hook"])
 def test_hooks_the_runner_does_not_use_are_answered_2xx(world, runner, event):
     reply = post_gitlab_delivery(runner.url, event, {"object_kind": "push"}, GITLAB_SECRET)
 

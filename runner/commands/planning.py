@@ -98,8 +98,7 @@ class PullRequestPlanner:
             return []
         try:
             targets = [
-                replace(target, context=context)
-                for target in self._targets(request, config, graph)
+                replace(target, context=context) for target in self._targets(request, config, graph)
             ]
         except ProjectSelectionError as error:
             feedback.comment(render_message("error", message=str(error)))
