@@ -54,7 +54,14 @@ def worktree_key(number: int) -> str:
 
 def step_context(request: PlanRequest) -> StepContext:
     """What custom workflow `run` steps and hooks are told about this plan (as env vars)."""
-    pr, repo = request.pr, request.repo
+    comment_args = request.command.extra_args if request.command else ()
+    return change_context(request.repo, request.pr, request.author, comment_args)
+
+
+def change_context(
+    repo: RepoRef, pr: PullRequestInfo, author: str, comment_args: tuple[str, ...] = ()
+) -> StepContext:
+    """What `run` steps and hooks are told about a PR's change, for whoever asked."""
     return StepContext(
         pull_num=pr.number,
         pull_url=pr.html_url,
@@ -64,8 +71,8 @@ def step_context(request: PlanRequest) -> StepContext:
         head_repo=repo.full_name,
         head_branch=pr.head_ref,
         base_branch=pr.base_ref,
-        user_name=request.author,
-        comment_args=request.command.extra_args if request.command else (),
+        user_name=author,
+        comment_args=comment_args,
     )
 
 

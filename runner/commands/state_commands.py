@@ -18,7 +18,7 @@ from typing import Literal
 
 from runner.commands.apply_requirements import RequirementContext, unmet_requirements
 from runner.commands.feedback import PullRequestFeedback
-from runner.commands.planning import worktree_key
+from runner.commands.planning import change_context, worktree_key
 from runner.commands.workflow_hooks import run_workflow_hooks
 from runner.config.errors import ConfigError
 from runner.config.loader import load_repo_config
@@ -115,7 +115,7 @@ class StateCommands:
         checkout = services.working_copies.checkout(
             repo.clone_url, worktree_key(pr.number), pr.head_sha
         )
-        context = _context(repo, pr, author)
+        context = change_context(repo, pr, author)
         if not self._hooks("pre", rules.pre_workflow_hooks, checkout, context, command):
             raise _HookFailed()
         try:
@@ -256,18 +256,3 @@ class StateCommands:
             for plan in runs.latest_plans(repo.key, pr.number)
             if (plan.dir, plan.workspace) == project.key
         )
-
-
-def _context(repo: RepoRef, pr: PullRequestInfo, author: str) -> StepContext:
-    """What the stage's `run` steps and the hooks are told about the change."""
-    return StepContext(
-        pull_num=pr.number,
-        pull_url=pr.html_url,
-        pull_author=pr.author,
-        head_commit=pr.head_sha,
-        base_repo=repo.full_name,
-        head_repo=repo.full_name,
-        head_branch=pr.head_ref,
-        base_branch=pr.base_ref,
-        user_name=author,
-    )

@@ -74,8 +74,6 @@ class StepContext:
 
     def environ(self, project: ProjectConfig, workdir: Path, plan_path: Path) -> dict[str, str]:
         """The documented variables (docs/repo-config.md#custom-workflows)."""
-        base_owner, base_name = _owner_and_name(self.base_repo)
-        head_owner, head_name = _owner_and_name(self.head_repo or self.base_repo)
         return {
             "WORKSPACE": project.workspace,
             "DIR": str(workdir),
@@ -84,27 +82,22 @@ class StepContext:
             "PLANFILE": str(plan_path),
             "SHOWFILE": str(show_file_path(plan_path)),
             "ATLANTIS_TERRAFORM_VERSION": project.terraform_version or "",
-            "PULL_NUM": "" if self.pull_num is None else str(self.pull_num),
-            "PULL_URL": self.pull_url,
-            "PULL_AUTHOR": self.pull_author,
-            "HEAD_COMMIT": self.head_commit,
-            "BASE_REPO_OWNER": base_owner,
-            "BASE_REPO_NAME": base_name,
-            "HEAD_REPO_OWNER": head_owner,
-            "HEAD_REPO_NAME": head_name,
-            "HEAD_BRANCH_NAME": self.head_branch,
-            "BASE_BRANCH_NAME": self.base_branch,
-            "USER_NAME": self.user_name,
-            "COMMENT_ARGS": comment_args_value(self.comment_args),
+            **self._change_environ(),
         }
 
     def hook_environ(self, root: Path, command: str) -> dict[str, str]:
         """What a server's pre/post workflow hook is told (no project yet: DIR is the root)."""
-        base_owner, base_name = _owner_and_name(self.base_repo)
-        head_owner, head_name = _owner_and_name(self.head_repo or self.base_repo)
         return {
             "DIR": str(root),
             "COMMAND_NAME": command,
+            **self._change_environ(),
+        }
+
+    def _change_environ(self) -> dict[str, str]:
+        """The variables about the change itself, shared by steps and hooks."""
+        base_owner, base_name = _owner_and_name(self.base_repo)
+        head_owner, head_name = _owner_and_name(self.head_repo or self.base_repo)
+        return {
             "PULL_NUM": "" if self.pull_num is None else str(self.pull_num),
             "PULL_URL": self.pull_url,
             "PULL_AUTHOR": self.pull_author,
