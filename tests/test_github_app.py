@@ -157,7 +157,12 @@ def test_the_manifest_asks_for_exactly_what_the_runner_uses():
     assert result.exit_code == 0, result.output
     manifest = json.loads(result.output)
     assert manifest["hook_attributes"]["url"] == "https://runner.example.com/events"
-    assert manifest["default_events"] == ["pull_request", "issue_comment", "check_run"]
+    assert manifest["default_events"] == [
+        "pull_request",
+        "issue_comment",
+        "check_run",
+        "check_suite",
+    ]
     assert manifest["default_permissions"] == {
         "metadata": "read",
         "contents": "read",

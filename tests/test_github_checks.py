@@ -14,8 +14,19 @@ import pytest
 
 from runner.commands.planning import PullRequestPlanner
 from runner.events.commands import Command
-from runner.events.github import RERUNNABLE_CHECK_PREFIX, rerun_as_command
-from runner.events.model import CheckRunRerun, CommentEvent, IgnoredEvent, RepoRef
+from runner.events.github import (
+    RERUNNABLE_CHECK_PREFIX,
+    parse_github_event,
+    rerun_as_command,
+    suite_rerun_as_command,
+)
+from runner.events.model import (
+    CheckRunRerun,
+    CheckSuiteRerun,
+    CommentEvent,
+    IgnoredEvent,
+    RepoRef,
+)
 from runner.forge.base import PLAN_CONTEXT, ProjectReport, ReportState, project_context
 from runner.forge.factory import ForgeNotConfigured, build_forge
 from runner.forge.github_checks import CHECK_OUTPUT_CAP, check_output
@@ -188,6 +199,58 @@ def test_output_beyond_both_fields_is_named_not_sent():
     assert output["text"].count("```") % 2 == 0  # the cut closes its code fence
 
 
+# ---- an apply as the App ------------------------------------------------------------------
+
+
+def test_an_apply_as_the_app_shows_in_progress_then_success_with_its_output(app_world):
+    number = app_world.open_pr("feature", APP_CHANGE)
+    head = app_world.head_sha(number)
+
+    app_world.comment(number, "gitops apply")
+
+    (run,) = runs_by_name(app_world, head)["gitops/apply: infra/app"]
+    assert run.app_id == APP_ID
+    assert run.history == ("in_progress", "completed")  # started when Terraform started
+    assert (run.conclusion, run.output.title) == ("success", "applied")
+    assert run.output.summary.startswith("**applied**")
+    assert "Apply complete!" in run.output.summary  # Terraform's own apply output
+    statuses = app_world.statuses(head)
+    assert "gitops/apply: infra/app" not in statuses  # the check run replaces it
+    assert statuses["gitops/apply"] == "success"  # the roll-up stays
+
+
+def test_an_apply_that_fails_completes_its_check_run_as_failure(app_world):
+    failing = {
+        "infra/app/fails.tf": (
+            'resource "terraform_data" "fails" {\n'
+            '  provisioner "local-exec" {\n    command = "exit 3"\n  }\n}\n'
+        )
+    }
+    number = app_world.open_pr("failing", failing)
+    head = app_world.head_sha(number)
+
+    app_world.comment(number, "gitops apply")
+
+    (run,) = runs_by_name(app_world, head)["gitops/apply: infra/app"]
+    assert run.history == ("in_progress", "completed")
+    assert (run.conclusion, run.output.title) == ("failure", "apply failed")
+    assert "Error" in run.output.summary
+    assert app_world.statuses(head)["gitops/apply"] == "failure"
+
+
+def test_the_apply_comment_is_a_short_summary_linking_to_the_check_runs(app_world):
+    number = app_world.open_pr("feature", APP_CHANGE)
+
+    app_world.comment(number, "gitops apply")
+
+    comment = app_world.last_comment(number)
+    (run,) = runs_by_name(app_world, app_world.head_sha(number))["gitops/apply: infra/app"]
+    link = f"[`infra/app`]({app_world.github.url}/{FULL_NAME}/runs/{run.id})"
+    assert f"**Full output, in the checks:** {link}" in comment
+    assert "1 applied, 0 failed" in comment and "**Applied.**" in comment
+    assert "Apply complete!" not in comment and "```" not in comment  # no output
+
+
 # ---- "Re-run" ----------------------------------------------------------------------------
 
 
@@ -280,6 +343,119 @@ def _our_check_run_on_a_fork_pr(world: PullRequestWorld) -> tuple[int, int]:
     return number, run.id
 
 
+# ---- "Re-run all checks" --------------------------------------------------------------------
+
+
+def click_rerun_all(world: PullRequestWorld, runner: ServedRunner, payload: dict) -> dict:
+    reply = post_delivery(runner.url, "check_suite", as_app(payload), WEBHOOK_SECRET)
+    assert reply.ok, reply.text
+    runner.wait_idle()
+    return reply.json()
+
+
+def test_rerun_all_replans_every_project_as_the_person_who_clicked(app_world, served):
+    number = open_pull(app_world, "feature", APP_CHANGE | NO_CHANGES_DB)
+    deliver_opened(app_world, served, number)
+    head = app_world.head_sha(number)
+    first = runs_by_name(app_world, head)["gitops/plan: infra/app"][-1]
+    comments = len(app_world.comments(number))
+
+    answer = click_rerun_all(
+        app_world, served, app_world.github.check_suite_event(FULL_NAME, first.id, "bob")
+    )
+
+    assert answer["status"] == "queued"
+    runs = runs_by_name(app_world, head)
+    for name in ("gitops/plan: infra/app", "gitops/plan: infra/db"):
+        assert len(runs[name]) == 2 and runs[name][-1].history == ("in_progress", "completed")
+    assert len(app_world.comments(number)) == comments + 1
+    store, key = app_world.services.store, app_world.pr_event("opened", number).repo.key
+    plans = store.runs.latest_plans(key, number)
+    assert {plan.project for plan in plans} == {"infra/app", "infra/db"}
+    for plan in plans:
+        run = store.runs.get_run(plan.run_id)
+        assert run is not None and run.author == "bob" and plan.trusted
+
+
+def test_rerun_all_of_another_apps_suite_is_ignored(app_world, served):
+    number = open_pull(app_world, "feature", APP_CHANGE)
+    theirs = app_world.github.add_check_run(
+        FULL_NAME, app_world.head_sha(number), "gitops/plan: infra/app"
+    )
+
+    answer = click_rerun_all(
+        app_world, served, app_world.github.check_suite_event(FULL_NAME, theirs, "alice")
+    )
+
+    assert answer == {"status": "ignored", "reason": "check suite of another app"}
+    assert app_world.services.store.jobs.list() == []
+    assert app_world.comments(number) == []
+
+
+def test_rerun_all_by_a_stranger_is_refused_like_their_comment(app_world, served):
+    number = open_pull(app_world, "feature", APP_CHANGE)
+    deliver_opened(app_world, served, number)
+    head = app_world.head_sha(number)
+    ours = runs_by_name(app_world, head)["gitops/plan: infra/app"][-1]
+
+    click_rerun_all(
+        app_world, served, app_world.github.check_suite_event(FULL_NAME, ours.id, "mallory")
+    )
+
+    assert "@mallory has no access" in app_world.last_comment(number)
+    assert len(runs_by_name(app_world, head)["gitops/plan: infra/app"]) == 1
+
+
+def test_rerun_all_on_a_fork_pr_is_refused(app_world, served):
+    number, run_id = _our_check_run_on_a_fork_pr(app_world)
+
+    genuine = app_world.github.check_suite_event(FULL_NAME, run_id, "mallory")
+    assert genuine["check_suite"]["pull_requests"] == []
+    assert click_rerun_all(app_world, served, genuine)["status"] == "ignored"
+    crafted = app_world.github.check_suite_event(
+        FULL_NAME, run_id, "mallory", pull_numbers=[number]
+    )
+    assert click_rerun_all(app_world, served, crafted)["status"] == "queued"
+
+    assert "comes from a fork" in app_world.last_comment(number)
+    assert len(app_world.github.check_runs(FULL_NAME, app_world.head_sha(number))) == 1
+    key = app_world.pr_event("opened", number).repo.key
+    assert app_world.services.store.runs.list_runs(key) == []
+
+
+def test_a_bots_rerun_all_and_other_actions_are_ignored(app_world):
+    number = open_pull(app_world, "feature", APP_CHANGE)
+    forge = app_world.services.forge_for("github")
+    repo = app_world.pr_event("opened", number).repo
+    head = app_world.head_sha(number)
+    forge.report_project(
+        repo, head, ProjectReport("gitops/plan: infra/app", ReportState.SUCCESS, "x")
+    )
+    (ours,) = app_world.github.check_runs(FULL_NAME, head)
+    github = app_world.github
+
+    by_bot = parse_github_event(
+        "check_suite", as_app(github.check_suite_event(FULL_NAME, ours.id, "ci[bot]"))
+    )
+    completed = parse_github_event(
+        "check_suite",
+        as_app(github.check_suite_event(FULL_NAME, ours.id, "alice", action="completed")),
+    )
+
+    assert isinstance(by_bot, CheckSuiteRerun)
+    assert suite_rerun_as_command(by_bot, APP_ID) == IgnoredEvent("re-run by a bot")
+    assert isinstance(completed, IgnoredEvent) and "'completed'" in completed.reason
+    event = suite_rerun_as_command(
+        parse_github_event(
+            "check_suite", as_app(github.check_suite_event(FULL_NAME, ours.id, "alice"))
+        ),
+        APP_ID,
+    )
+    assert isinstance(event, CommentEvent)
+    assert (event.pr_number, event.author, event.command) == (number, "alice", Command("plan"))
+    assert decode_event(*encode_event(event)) == event
+
+
 # ---- statuses stay for tokens -------------------------------------------------------------
 
 
@@ -292,6 +468,23 @@ def test_with_a_token_project_results_stay_commit_statuses(tmp_path):
         assert world.statuses(head)["gitops/plan: infra/app"] == "success"
         assert world.github.check_runs(FULL_NAME, head) == []
         assert "```diff" in world.last_comment(number)  # the full plan, in the comment
+    finally:
+        world.github.stop()
+        world.services.store.close()
+
+
+def test_with_a_token_an_apply_stays_a_status_and_a_full_comment(tmp_path):
+    world = make_world(tmp_path)
+    try:
+        number = world.open_pr("feature", APP_CHANGE)
+        head = world.head_sha(number)
+
+        world.comment(number, "gitops apply")
+
+        assert world.statuses(head)["gitops/apply: infra/app"] == "success"
+        assert world.github.check_runs(FULL_NAME, head) == []
+        comment = world.last_comment(number)
+        assert "Apply complete!" in comment and "in the checks" not in comment
     finally:
         world.github.stop()
         world.services.store.close()

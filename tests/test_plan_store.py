@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -37,6 +38,7 @@ from runner.store.plan_files import (
     build_plan_store,
 )
 from runner.store.runs import RunStatus
+from runner.terraform.plan_flags import PlanFileUnreadable, flags_in_plan_file
 from runner.terraform.planfile import plan_checksum
 from runner.wiring import build_services
 from tests.support.pr_world import PullRequestWorld, make_world
@@ -185,11 +187,16 @@ class TwoWorkers:
 
 @pytest.fixture
 def workers(tmp_path: Path, s3: S3Server) -> Iterator[TwoWorkers]:
+    yield from two_workers(tmp_path, s3)
+
+
+def two_workers(tmp_path: Path, s3: S3Server, **settings: object) -> Iterator[TwoWorkers]:
     shared = {
         "database_url": f"sqlite:///{tmp_path}/shared.db",
         "plan_store": f"s3://{PLAN_BUCKET}/{PREFIX}",
         "s3_endpoint_url": s3.url,
         "s3_sse": "AES256",
+        **settings,
     }
     a = make_world(tmp_path / "a", **shared)
     settings_b = load_settings(**(a.settings.model_dump() | {"data_dir": tmp_path / "b"}))
@@ -233,17 +240,22 @@ def test_a_plan_made_by_worker_a_is_applied_by_worker_b_from_s3(workers, s3):
     assert "applied" in b.last_comment(number).lower()
 
 
-def test_a_replaced_object_in_the_bucket_is_refused_before_terraform(workers, s3):
-    a, b = workers.a, workers.b
-    reviewed = a.open_pr("bigger", svc_files(s3, "large"))
-    other = a.open_pr("elsewhere", other_files(s3, "huge"))  # a plan of another project
-    [plan] = plans_of(a, reviewed)
-    [swap] = plans_of(a, other)
+def swap_plan_object(s3: S3Server, world: PullRequestWorld, reviewed: int, other: int) -> None:
+    """The attack: the object of PR `reviewed`'s plan now holds PR `other`'s plan."""
+    [plan] = plans_of(world, reviewed)
+    [swap] = plans_of(world, other)
     client = s3.client()
     evil = client.get_object(Bucket=PLAN_BUCKET, Key=f"{PREFIX}/plans/{swap.checksum}.tfplan")
     client.put_object(
         Bucket=PLAN_BUCKET, Key=f"{PREFIX}/plans/{plan.checksum}.tfplan", Body=evil["Body"].read()
     )
+
+
+def test_a_replaced_object_in_the_bucket_is_refused_before_terraform(workers, s3):
+    a, b = workers.a, workers.b
+    reviewed = a.open_pr("bigger", svc_files(s3, "large"))
+    other = a.open_pr("elsewhere", other_files(s3, "huge"))  # a plan of another project
+    swap_plan_object(s3, a, reviewed, other)
     _forget_worker_a(a)
 
     b.comment(reviewed, "gitops apply")
@@ -312,6 +324,136 @@ def _secret(value: str) -> SecretStr:
 def _forget_worker_a(world: PullRequestWorld) -> None:
     """Worker A is gone: nothing it wrote on disk is left (the database is elsewhere)."""
     shutil.rmtree(world.settings.data_dir)
+
+
+# ---- policies on the worker that applies -----------------------------------------------------
+
+# A value nobody may set, and no targeted plan applied (`run.plan_flags`).
+GUARDRAILS = """package main
+
+deny[msg] {
+  rc := input.resource_changes[_]
+  rc.change.after.input == "forbidden"
+  msg := sprintf("%s may not hold forbidden", [rc.address])
+}
+
+deny[msg] {
+  flag := input.run.plan_flags[_]
+  startswith(flag, "-target=")
+  msg := sprintf("a targeted plan is not applied (%s)", [flag])
+}
+"""
+
+
+@pytest.fixture
+def policed(tmp_path: Path, s3: S3Server) -> Iterator[TwoWorkers]:
+    """The two workers with one policy set, owned by bob."""
+    rules = tmp_path / "policies" / "guardrails"
+    rules.mkdir(parents=True)
+    (rules / "guardrails.rego").write_text(GUARDRAILS)
+    policy_set = {"name": "guardrails", "path": str(rules), "owners": ["bob"]}
+    yield from two_workers(tmp_path, s3, policy_sets=(policy_set,))
+
+
+def reply_text(world: PullRequestWorld, number: int) -> str:
+    """The last comment without Markdown escapes."""
+    return world.last_comment(number).replace("\\", "")
+
+
+def kept_json_plans(world: PullRequestWorld) -> list[str]:
+    return sorted(path.stem for path in (world.settings.data_dir / "plan-json").rglob("*.json"))
+
+
+def test_a_passing_policy_is_evaluated_on_worker_b_and_it_applies(policed, s3):
+    a, b = policed.a, policed.b
+    number = a.open_pr("bigger", svc_files(s3, "large"))
+    [plan] = plans_of(a, number)
+    _forget_worker_a(a)
+    assert kept_json_plans(b) == []
+
+    b.comment(number, "gitops apply")
+
+    assert [run.status for run in apply_runs(b, number)] == [RunStatus.SUCCESS]
+    assert state_input(s3) == "large"
+    # B judged a JSON plan it derived from the verified plan file, and kept it.
+    assert kept_json_plans(b) == [plan.checksum]
+
+
+def test_a_failing_policy_still_blocks_the_apply_on_worker_b(policed, s3):
+    a, b = policed.a, policed.b
+    number = a.open_pr("sneaky", svc_files(s3, "forbidden"))
+    assert "may not hold forbidden" in a.last_comment(number)
+    _forget_worker_a(a)
+
+    b.comment(number, "gitops apply")
+
+    reply = reply_text(b, number)
+    assert "policies failed (`guardrails`)" in reply and "may not hold forbidden" in reply
+    assert apply_runs(b, number) == [] and state_input(s3) is None
+    # An owner's approval, given on B, is honoured there like anywhere else.
+    b.comment(number, "gitops approve_policies", user="bob")
+    b.comment(number, "gitops apply")
+    assert [run.status for run in apply_runs(b, number)] == [RunStatus.SUCCESS]
+    assert state_input(s3) == "forbidden"
+
+
+def test_a_targeted_plan_keeps_its_flags_on_worker_b(policed, s3):
+    """The attack: flags live only beside A's JSON plan; B must not judge the plan without them."""
+    a, b = policed.a, policed.b
+    number = a.open_pr("bigger", svc_files(s3, "large"))
+    a.comment(number, "gitops plan -p infra/svc -- -target=terraform_data.svc")
+    assert "a targeted plan is not applied" in a.last_comment(number)
+    _forget_worker_a(a)
+
+    b.comment(number, "gitops apply")
+
+    assert "a targeted plan is not applied (-target=terraform_data.svc)" in reply_text(b, number)
+    assert apply_runs(b, number) == [] and state_input(s3) is None
+
+
+def test_a_replaced_object_is_refused_before_any_policy_reads_it(policed, s3):
+    a, b = policed.a, policed.b
+    reviewed = a.open_pr("bigger", svc_files(s3, "large"))
+    other = a.open_pr("elsewhere", other_files(s3, "forbidden"))
+    swap_plan_object(s3, a, reviewed, other)
+    _forget_worker_a(a)
+
+    b.comment(reviewed, "gitops apply")
+
+    reply = reply_text(b, reviewed)
+    assert "policies: the plan file in the plan store does not match the checksum" in reply
+    assert apply_runs(b, reviewed) == [] and kept_json_plans(b) == []
+    assert state_input(s3, "svc") is None and state_input(s3, "other") is None
+
+
+def test_a_plan_gone_from_the_bucket_is_refused_by_the_policy_gate(policed, s3):
+    a, b = policed.a, policed.b
+    number = a.open_pr("bigger", svc_files(s3, "large"))
+    [plan] = plans_of(a, number)
+    s3.client().delete_object(Bucket=PLAN_BUCKET, Key=f"{PREFIX}/plans/{plan.checksum}.tfplan")
+    _forget_worker_a(a)
+
+    b.comment(number, "gitops apply")
+
+    assert "its plan file is gone; plan again" in reply_text(b, number)
+    assert apply_runs(b, number) == [] and state_input(s3) is None
+
+
+def test_flags_are_read_from_a_plan_file_and_garbage_is_refused(tmp_path: Path):
+    not_a_plan = tmp_path / "x.tfplan"
+    not_a_plan.write_bytes(b"not a zip")
+    with pytest.raises(PlanFileUnreadable):
+        flags_in_plan_file(not_a_plan, {})
+    truncated = tmp_path / "t.tfplan"
+    with zipfile.ZipFile(truncated, "w") as archive:
+        archive.writestr("tfplan", b"\x2a\x10terraform")  # says 16 bytes, holds 9
+    with pytest.raises(PlanFileUnreadable):
+        flags_in_plan_file(truncated, {})
+    planned = tmp_path / "p.tfplan"
+    with zipfile.ZipFile(planned, "w") as archive:  # version 3, a target, destroy mode
+        archive.writestr("tfplan", b"\x08\x03\x2a\x06null.a\x88\x01\x01")
+    replaced = {"resource_changes": [{"address": "b.c", "action_reason": "replace_by_request"}]}
+    assert flags_in_plan_file(planned, replaced) == ("-target=null.a", "-replace=b.c", "-destroy")
 
 
 # ---- the store on its own -------------------------------------------------------------------

@@ -45,7 +45,7 @@ from runner.events.model import RepoRef
 from runner.forge.base import APPLY_CONTEXT, WRITE_PERMISSIONS, CommitState, PullRequestInfo
 from runner.notify.events import ApplyEvents
 from runner.results.model import ApplyResult, PlanResult, PlanStatus, PlanSummary
-from runner.results.render import render_apply_comment, render_message
+from runner.results.render import render_message
 from runner.results.summary import changes_content_hash, content_differences
 from runner.store.runs import PlanRecord, RunStatus, Trigger
 from runner.workspace.working_copy import WorkingCopyError
@@ -396,19 +396,13 @@ class PullRequestApplier:
     ) -> list[ApplyResult]:
         commit = request.items[0].commit
         self._feedback.status(commit, APPLY_CONTEXT, CommitState.PENDING, "applying")
-        results = list(self._services.executor.run(request).results)
-        self._release_after_merge(repo, pr, results)
-        self._feedback.apply_statuses(commit, results)
-        self._feedback.comment(
-            render_apply_comment(
-                results,
-                commit=commit,
-                masker=self._feedback.masker,
-                limits=self._feedback.limits,
-            ),
-            kind="apply",
-            commit=commit,
+        started = replace(
+            request, started=lambda item: self._feedback.apply_started(commit, item.project.name)
         )
+        results = list(self._services.executor.run(started).results)
+        self._release_after_merge(repo, pr, results)
+        # Check runs (GitHub App) or statuses per project, then the comment linking them.
+        self._feedback.apply_results(commit, results)
         failed = [r for r in results if not r.status.applied]
         state = CommitState.FAILURE if failed else CommitState.SUCCESS
         self._feedback.status(

@@ -4,7 +4,8 @@ One place posts, so every comment is masked, split, capped in number and recorde
 the same way, and older plan comments are marked outdated when a newer plan is posted.
 A project's result is a `ProjectReport`: a commit status (token, GitLab) or, where the
 forge shows whole outputs (GitHub App check runs), a check run holding the project's
-plan; the plan comment is then a short summary linking to them.
+plan or apply output; the plan and apply comments are then short summaries linking to
+them.
 """
 
 from __future__ import annotations
@@ -112,9 +113,9 @@ class PullRequestFeedback:
     def plan_started(self, sha: str, projects: Iterable[str]) -> None:
         """Check runs `in_progress` while Terraform plans; statuses wait for the result."""
         for project in projects:
-            self._plan_check(
+            self._check(
                 sha,
-                project,
+                project_context(PLAN_CONTEXT, project),
                 ReportState.IN_PROGRESS,
                 f"planning at {short_sha(sha)}",
                 f"Terraform is planning {code(project)}.",
@@ -123,14 +124,28 @@ class PullRequestFeedback:
     def plan_cancelled(self, sha: str, projects: Iterable[str]) -> None:
         """Close the check runs `plan_started` opened when a newer push supersedes them."""
         for project in projects:
-            self._plan_check(sha, project, ReportState.CANCELLED, "superseded by a newer commit")
+            self._check(
+                sha,
+                project_context(PLAN_CONTEXT, project),
+                ReportState.CANCELLED,
+                "superseded by a newer commit",
+            )
 
-    def _plan_check(
-        self, sha: str, project: str, state: ReportState, title: str, body: str = ""
+    def apply_started(self, sha: str, project: str) -> None:
+        """A check run `in_progress` while Terraform applies; statuses wait for the result."""
+        self._check(
+            sha,
+            project_context(APPLY_CONTEXT, project),
+            ReportState.IN_PROGRESS,
+            f"applying at {short_sha(sha)}",
+            f"Terraform is applying {code(project)}.",
+        )
+
+    def _check(
+        self, sha: str, context: str, state: ReportState, title: str, body: str = ""
     ) -> None:
-        """A project's plan check run between its start and its result (none with statuses)."""
+        """A project's check run between its start and its result (none with statuses)."""
         if self.forge.shows_reports:
-            context = project_context(PLAN_CONTEXT, project)
             self.report(sha, ProjectReport(context, state, title, body, self._details_url()))
 
     def plan_statuses(
@@ -156,8 +171,18 @@ class PullRequestFeedback:
             )
         return links
 
-    def apply_statuses(self, sha: str, results: Iterable[ApplyResult]) -> None:
-        """One `gitops/apply: <project>` result per applied or failed project."""
+    def apply_results(self, sha: str, results: Sequence[ApplyResult]) -> None:
+        """Each project's result (status or check run), then the apply comment: in full, or
+        a short summary linking to the check runs when they hold the output."""
+        links = self.apply_statuses(sha, results)
+        shown = [replace(r, output="") if r.project in links else r for r in results]
+        body = render_apply_comment(shown, commit=sha, masker=self.masker, limits=self.limits)
+        self.comment(body + _links_line(links, "output"), kind="apply", commit=sha)
+
+    def apply_statuses(self, sha: str, results: Iterable[ApplyResult]) -> dict[str, str]:
+        """One `gitops/apply: <project>` result per applied or failed project; returns the
+        links to the projects' check runs (none with statuses)."""
+        links: dict[str, str] = {}
         for result in results:
             applied = result.status is ApplyStatus.APPLIED
             body = ""
@@ -165,7 +190,7 @@ class PullRequestFeedback:
                 body = render_apply_comment(
                     [result], commit=sha, masker=self.masker, limits=self.limits
                 )
-            self.report(
+            link = self.report(
                 sha,
                 ProjectReport(
                     project_context(APPLY_CONTEXT, result.project),
@@ -175,6 +200,9 @@ class PullRequestFeedback:
                     self._details_url(),
                 ),
             )
+            if link:
+                links[result.project] = link
+        return links
 
     def report(self, sha: str, report: ProjectReport) -> str:
         """Show a project's result; "" when the forge gives no link or the call failed."""
@@ -226,9 +254,9 @@ def _plan_state(status: PlanStatus) -> ReportState:
     return ReportState.SUCCESS if status is PlanStatus.CHANGES else ReportState.NEUTRAL
 
 
-def _links_line(links: Mapping[str, str]) -> str:
-    """Where each project's full plan is, under the summary comment."""
+def _links_line(links: Mapping[str, str], what: str = "plans") -> str:
+    """Where each project's full plan (or apply output) is, under the summary comment."""
     if not links:
         return ""
     items = " · ".join(f"[{code(project)}]({url})" for project, url in links.items())
-    return f"\n**Full plans, in the checks:** {items}\n"
+    return f"\n**Full {what}, in the checks:** {items}\n"

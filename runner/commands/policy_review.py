@@ -68,6 +68,7 @@ class PullRequestPolicies:
             trusted=lambda project: rules.projects.get(project.key),
             approvals=services.store.policy_approvals.approvals,
             reviewed_plan_ids=dict(reviewed_plan_ids or {}),
+            plan_json=services.plan_json,  # a plan made by another worker
         )
 
     # ---- after a plan ---------------------------------------------------------------------

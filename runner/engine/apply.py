@@ -101,6 +101,9 @@ class ApplyRequest:
     wait_for_state: bool = False
     # What became of projects outside this batch (failed, busy): their dependents wait.
     settled: Mapping[str, ApplyStatus] = field(default_factory=dict)
+    # Told each project whose Terraform is about to apply (every check passed): a GitHub
+    # check run goes `in_progress` then, not when the batch was merely asked for.
+    started: Callable[[ApplyItem], None] | None = field(default=None, compare=False)
 
 
 class Gate(Protocol):
@@ -229,6 +232,8 @@ class ApplyExecutor:
         # Every line logged during the apply names the run (JSON logs: a field).
         with log_context(run=run_id, project=project.name, pr=request.pr_number):
             try:
+                if request.started is not None:
+                    request.started(item)
                 outcome = self._terraform_apply(request, item, log_path)
             except BaseException as error:  # the run must not read "running" forever
                 detail = self._masker.mask(f"{type(error).__name__}: {error}")

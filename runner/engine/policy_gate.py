@@ -1,20 +1,23 @@
 """The policy check as a `Gate` of the one apply path, for every trigger.
 
 Policies are evaluated again here, on the JSON plan kept for the very plan file
-being applied (found by its checksum, which the apply path verifies), with the
-trigger's kind: a policy may deny a destroy during drift auto-correction and only
-warn in a pull request. A failing set needs enough of its owners' approvals of that
-plan (`gitops approve_policies`, stored per plan: a new plan starts over); an
-unattended apply (drift) needs a clean result, warnings included.
+being applied (found by its checksum, which the apply path verifies; on a worker
+that did not plan it, derived from the plan file verified by that checksum:
+`engine/plan_json.py`), with the trigger's kind: a policy may deny a destroy during
+drift auto-correction and only warn in a pull request. A failing set needs enough of
+its owners' approvals of that plan (`gitops approve_policies`, stored per plan: a new
+plan starts over); an unattended apply (drift) needs a clean result, warnings included.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from runner.config.model import ProjectConfig
 from runner.engine.apply import ApplyItem, ApplyRequest
+from runner.engine.plan_json import PlanJsonSource, PlanJsonUnavailable
 from runner.policies.engine import PolicyEngine
 from runner.policies.input import RunContext
 from runner.policies.plans import PlanDocuments
@@ -38,11 +41,16 @@ class PolicyGate:
     require_clean: bool = False
     # Approvals given to the reviewed plan count for a merge plan verified equal to it.
     reviewed_plan_ids: Mapping[str, int] = field(default_factory=dict)
+    # Plans made on another worker: their JSON derived from the verified plan file.
+    plan_json: PlanJsonSource | None = None
 
     def refusal(self, item: ApplyItem, request: ApplyRequest) -> str | None:
         if not self.engine.enabled or not item.summary.has_changes:
             return None
-        check = self.check(item)
+        try:
+            check = self.check(item, request.tree)
+        except PlanJsonUnavailable as error:
+            return f"policies: {error}"
         if check is None:
             return "policies: no JSON plan was kept for this plan; plan again"
         if self.require_clean and not check.clean:
@@ -57,9 +65,17 @@ class PolicyGate:
             f"policies failed ({names}): {_describe(check)}; owners may `gitops approve_policies`"
         )
 
-    def check(self, item: ApplyItem) -> PolicyCheck | None:
-        """The item's plan against its sets; None when its JSON plan was not kept."""
-        document = self.documents.load(item.plan_checksum)
+    def check(self, item: ApplyItem, tree: Path | None = None) -> PolicyCheck | None:
+        """The item's plan against its sets; None when its JSON plan was not kept.
+
+        With the checkout (`tree`) and a `plan_json` source, a plan made on another
+        worker is judged on JSON derived here (raises `PlanJsonUnavailable` when none
+        can be).
+        """
+        if self.plan_json is not None and tree is not None:
+            document = self.plan_json.document(item, tree)
+        else:
+            document = self.documents.load(item.plan_checksum)
         if document is None:
             return None
         project = item.project

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from runner.engine.apply import ApplyExecutor
+from runner.engine.plan_json import PlanJsonSource
 from runner.engine.planner import Planner, kept_plan_documents
 from runner.engine.progress import ProgressObserver
 from runner.engine.project_mutex import ProjectMutex
@@ -19,6 +20,7 @@ from runner.forge.base import Forge
 from runner.notify.base import Notifier, NullNotifier
 from runner.policies.engine import PolicyEngine
 from runner.policies.plans import PlanDocuments
+from runner.results.masking import Masker
 from runner.settings import Settings
 from runner.store.plan_files import LocalPlanStore, PlanStore
 from runner.store.store import Store
@@ -54,3 +56,9 @@ class Services:
     def plan_documents(self) -> PlanDocuments:
         """The JSON plans the planner keeps for policy checks."""
         return kept_plan_documents(self.settings)
+
+    @property
+    def plan_json(self) -> PlanJsonSource:
+        """JSON plans for the policy gate: kept here, or derived from a fetched plan file."""
+        masker = Masker.from_secrets(self.secret_values)
+        return PlanJsonSource(self.plan_documents, self.plan_store, self.terraform_for, masker)

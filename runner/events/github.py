@@ -10,11 +10,14 @@ into its command here, the one time it is read.
 
 from __future__ import annotations
 
+from typing import Any
+
 from runner.events.commands import Command
 from runner.events.comment_parser import parse_comment
 from runner.events.model import (
     BRANCH_REF_PREFIX,
     CheckRunRerun,
+    CheckSuiteRerun,
     CommentEvent,
     Event,
     IgnoredEvent,
@@ -58,6 +61,8 @@ def parse_github_event(event_name: str, payload: dict) -> Event:
         return _ping(payload)
     if event_name == "check_run":
         return _check_run(payload)
+    if event_name == "check_suite":
+        return _check_suite(payload)
     if event_name == "push":
         return _push(payload)
     return IgnoredEvent(f"GitHub event {event_name!r} is not handled")
@@ -154,20 +159,29 @@ def _check_run(payload: dict) -> Event:
     if action != "rerequested":
         return IgnoredEvent(f"check_run action {action!r} is not handled")
     run = obj(payload, "check_run", "")
-    pulls = run.get("pull_requests")
-    if not isinstance(pulls, list) or not all(isinstance(pr, dict) for pr in pulls):
-        raise MalformedEvent("check_run.pull_requests: expected a list of objects")
-    sender = obj(payload, "sender", "")
-    login = string(sender, "login", "sender")
     return CheckRunRerun(
-        repo=_repo(obj(payload, "repository", ""), "repository", _installation(payload)),
         check_run_id=integer(run, "id", "check_run"),
         name=string(run, "name", "check_run"),
-        app_id=integer(obj(run, "app", "check_run"), "id", "check_run.app"),
-        pr_numbers=tuple(integer(pr, "number", "check_run.pull_requests[]") for pr in pulls),
-        sender=login,
-        sender_is_bot=sender.get("type") == "Bot" or login.endswith("[bot]"),
+        **_rerun_click(payload, "check_run"),
     )
+
+
+def _rerun_click(payload: dict, kind: str) -> dict[str, Any]:
+    """What a `check_run` and a `check_suite` re-run share: where, whose, for which PRs,
+    clicked by whom."""
+    checks = obj(payload, kind, "")
+    pulls = checks.get("pull_requests")
+    if not isinstance(pulls, list) or not all(isinstance(pr, dict) for pr in pulls):
+        raise MalformedEvent(f"{kind}.pull_requests: expected a list of objects")
+    sender = obj(payload, "sender", "")
+    login = string(sender, "login", "sender")
+    return {
+        "repo": _repo(obj(payload, "repository", ""), "repository", _installation(payload)),
+        "app_id": integer(obj(checks, "app", kind), "id", f"{kind}.app"),
+        "pr_numbers": tuple(integer(pr, "number", f"{kind}.pull_requests[]") for pr in pulls),
+        "sender": login,
+        "sender_is_bot": sender.get("type") == "Bot" or login.endswith("[bot]"),
+    }
 
 
 def rerun_as_command(event: CheckRunRerun, app_id: int | None) -> CommentEvent | IgnoredEvent:
@@ -177,19 +191,44 @@ def rerun_as_command(event: CheckRunRerun, app_id: int | None) -> CommentEvent |
     `app_id` is the App this runner is (None: a token, which has no check runs). The
     PR flow then authorises it like a comment: fork PRs and strangers are refused there.
     """
-    if app_id is None or event.app_id != app_id:
-        return IgnoredEvent("check run of another app")
+    if refused := _refused_rerun(event, app_id, "check run"):
+        return refused
     if not event.name.startswith(RERUNNABLE_CHECK_PREFIX):
         return IgnoredEvent(f"check run {event.name[:100]!r} is not a plan this runner re-runs")
-    if event.sender_is_bot:
-        return IgnoredEvent("re-run by a bot")
-    if not event.pr_numbers:
-        # GitHub lists no pull request for a fork's head commit, nor once it is closed.
-        return IgnoredEvent("check run on no open pull request of this repository")
     project = event.name.removeprefix(RERUNNABLE_CHECK_PREFIX)
     command = parse_comment(f"gitops plan -p {project}")
     if not isinstance(command, Command):
         return IgnoredEvent(f"check run {event.name[:100]!r} names no valid project")
+    return _as_comment(event, command, event.check_run_id)
+
+
+def _check_suite(payload: dict) -> Event:
+    action = string(payload, "action", "")
+    if action != "rerequested":
+        return IgnoredEvent(f"check_suite action {action!r} is not handled")
+    suite = obj(payload, "check_suite", "")
+    return CheckSuiteRerun(
+        check_suite_id=integer(suite, "id", "check_suite"),
+        **_rerun_click(payload, "check_suite"),
+    )
+
+
+def suite_rerun_as_command(
+    event: CheckSuiteRerun, app_id: int | None
+) -> CommentEvent | IgnoredEvent:
+    """A "Re-run all checks" of this runner's check suite as the `gitops plan` comment
+    (every project) the person who clicked could have written; anything else is ignored,
+    as in `rerun_as_command`."""
+    if refused := _refused_rerun(event, app_id, "check suite"):
+        return refused
+    return _as_comment(event, Command("plan"), event.check_suite_id)
+
+
+def _as_comment(
+    event: CheckRunRerun | CheckSuiteRerun, command: Command, click_id: int
+) -> CommentEvent:
+    """The comment the person who clicked could have written, on the PR the click names
+    (the lowest number when the commit heads several)."""
     return CommentEvent(
         repo=event.repo,
         pr_number=min(event.pr_numbers),
@@ -198,8 +237,23 @@ def rerun_as_command(event: CheckRunRerun, app_id: int | None) -> CommentEvent |
         author=event.sender,
         author_is_bot=False,
         command=command,
-        check_run_id=event.check_run_id,
+        check_run_id=click_id,
     )
+
+
+def _refused_rerun(
+    event: CheckRunRerun | CheckSuiteRerun, app_id: int | None, what: str
+) -> IgnoredEvent | None:
+    """Why a re-run click is not this runner's to act on; None when it is (who clicked
+    is then authorised like a commenter by the PR flow)."""
+    if app_id is None or event.app_id != app_id:
+        return IgnoredEvent(f"{what} of another app")
+    if event.sender_is_bot:
+        return IgnoredEvent("re-run by a bot")
+    if not event.pr_numbers:
+        # GitHub lists no pull request for a fork's head commit, nor once it is closed.
+        return IgnoredEvent(f"{what} on no open pull request of this repository")
+    return None
 
 
 def _ping(payload: dict) -> PingEvent:

@@ -124,7 +124,8 @@ class CommentEvent:
     # the PR flow all read this, never the body.
     command: Command | CommandError | None
     # Set when no comment was written: someone clicked "Re-run" on this runner's check
-    # run (GitHub), which asks for what `gitops plan -p <project>` would. Nothing to react to.
+    # run (GitHub), which asks for what `gitops plan -p <project>` would, or "Re-run all
+    # checks" on its check suite (`gitops plan`; the suite's id). Nothing to react to.
     check_run_id: int | None = None
 
 
@@ -142,6 +143,25 @@ class CheckRunRerun:
     name: str  # `gitops/plan: infra/app`
     app_id: int  # the App that created the check run
     # Open PRs whose head is the run's commit; GitHub lists none for a fork's PR.
+    pr_numbers: tuple[int, ...]
+    sender: str
+    sender_is_bot: bool
+
+
+@dataclass(frozen=True)
+class CheckSuiteRerun:
+    """Someone clicked "Re-run all checks" on a commit's check suite (GitHub `check_suite`
+    `rerequested`).
+
+    Like `CheckRunRerun`, not work yet: the web layer checks it is this runner's own
+    suite (the App's id) and turns it into the `CommentEvent` of `gitops plan` (every
+    project) by the person who clicked (`events/github.py`).
+    """
+
+    repo: RepoRef
+    check_suite_id: int
+    app_id: int  # the App whose check runs the suite holds
+    # Open PRs whose head is the suite's commit; GitHub lists none for a fork's PR.
     pr_numbers: tuple[int, ...]
     sender: str
     sender_is_bot: bool
@@ -182,4 +202,12 @@ class IgnoredEvent:
     reason: str
 
 
-Event = PullRequestEvent | CommentEvent | PushEvent | CheckRunRerun | PingEvent | IgnoredEvent
+Event = (
+    PullRequestEvent
+    | CommentEvent
+    | PushEvent
+    | CheckRunRerun
+    | CheckSuiteRerun
+    | PingEvent
+    | IgnoredEvent
+)

@@ -19,8 +19,9 @@ PERMISSIONS: dict[str, str] = {
     "statuses": "write",  # gitops/* statuses; others' statuses for `mergeable`
     "checks": "write",  # check runs: others' for `mergeable`, the runner's own
 }
-# Webhook events: PRs (autoplan, merge), comments (commands), check runs (re-run).
-EVENTS: tuple[str, ...] = ("pull_request", "issue_comment", "check_run")
+# Webhook events: PRs (autoplan, merge), comments (commands), check runs (re-run) and
+# check suites (re-run all).
+EVENTS: tuple[str, ...] = ("pull_request", "issue_comment", "check_run", "check_suite")
 
 
 def app_manifest(name: str, public_url: str, *, public: bool = False) -> dict[str, Any]:

@@ -25,10 +25,11 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from runner.events.github import parse_github_event, rerun_as_command
+from runner.events.github import parse_github_event, rerun_as_command, suite_rerun_as_command
 from runner.events.gitlab import parse_gitlab_event
 from runner.events.model import (
     CheckRunRerun,
+    CheckSuiteRerun,
     CommentEvent,
     Event,
     IgnoredEvent,
@@ -184,6 +185,9 @@ def _handle(context: WebContext, forge: ForgeHooks | None) -> Reply:
     if isinstance(event, CheckRunRerun):
         # "Re-run" on our plan check run: the `gitops plan -p` comment of who clicked.
         event = rerun_as_command(event, settings.github_app_id)
+    if isinstance(event, CheckSuiteRerun):
+        # "Re-run all checks" on our check suite: the `gitops plan` comment of who clicked.
+        event = suite_rerun_as_command(event, settings.github_app_id)
     if isinstance(event, PingEvent):
         return Reply(200, {"status": "pong"}, "pong")
     if isinstance(event, IgnoredEvent):

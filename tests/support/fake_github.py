@@ -626,11 +626,7 @@ class FakeGitHub(ServedFake):
             state = self._state(full_name)
             run = next(r for runs in state.check_runs.values() for r in runs if r.id == run_id)
             if pull_numbers is None:
-                pull_numbers = [
-                    pr.number
-                    for pr in state.pulls.values()
-                    if pr.head_sha == run.head_sha and pr.head_repo is None and pr.state == "open"
-                ]
+                pull_numbers = _open_pulls_at(state, run.head_sha)
             hosts = self.hosts
             data = _check_run_json(state.repo, run, hosts)
             data["pull_requests"] = [
@@ -642,6 +638,35 @@ class FakeGitHub(ServedFake):
                 "repository": repo_json(state.repo, hosts),
                 "sender": user_json(sender, hosts),
             }
+
+    def check_suite_event(
+        self,
+        full_name: str,
+        run_id: int,
+        sender: str,
+        *,
+        action: str = "rerequested",
+        pull_numbers: Iterable[int] | None = None,
+    ) -> Json:
+        """The ``check_suite`` webhook GitHub sends when ``sender`` clicks "Re-run all
+        checks" on the suite holding check run ``run_id`` (one suite per App and commit).
+
+        ``pull_requests`` as in `check_run_event`: fork PRs are left out.
+        """
+        # The suite holds the run: same commit, App, pull requests, sender and repository.
+        event = self.check_run_event(
+            full_name, run_id, sender, action=action, pull_numbers=pull_numbers
+        )
+        run = event.pop("check_run")
+        event["check_suite"] = {
+            "id": stable_id("check_suite", (full_name, run["head_sha"], run["app"]["id"])),
+            "head_sha": run["head_sha"],
+            "status": "queued",
+            "conclusion": None,
+            "app": run["app"],
+            "pull_requests": run["pull_requests"],
+        }
+        return event
 
     def reactions(
         self, full_name: str, *, comment_id: int | None = None, issue_number: int | None = None
@@ -1573,6 +1598,16 @@ def _check_run_pull_json(repo: Repo, pr: Pull, hosts: Hosts) -> Json:
         "head": {"ref": pr.head_ref, "sha": pr.head_sha, "repo": slim_repo},
         "base": {"ref": pr.base_ref, "sha": pr.base_sha, "repo": slim_repo},
     }
+
+
+def _open_pulls_at(state: _RepoState, sha: str) -> list[int]:
+    """What GitHub lists as a check's pull requests: the open ones of this repository
+    (not forks) whose head is ``sha``."""
+    return [
+        pr.number
+        for pr in state.pulls.values()
+        if pr.head_sha == sha and pr.head_repo is None and pr.state == "open"
+    ]
 
 
 def _check_run_json(repo: Repo, run: CheckRun, hosts: Hosts) -> Json:
