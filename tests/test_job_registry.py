@@ -22,7 +22,7 @@ from runner.drift.scheduler import DriftScheduleHandler, DriftScheduler
 from runner.drift.service import DriftService
 from runner.drift.triggers import DriftScanHandler, UnknownRepository
 from runner.engine.project_mutex import FileMutex
-from runner.events.model import PullRequestEvent, PullRequestRef, RepoRef
+from runner.events.model import PullRequestEvent, PullRequestRef
 from runner.jobs.inprocess import InProcessQueue
 from runner.jobs.model import (
     KINDS,
@@ -33,7 +33,7 @@ from runner.jobs.model import (
     select_kinds,
 )
 from runner.jobs.payloads import DriftScanJob, DriftScheduleJob, ReconcileJob
-from runner.jobs.queue import JobTiming, enqueue_job
+from runner.jobs.queue import enqueue_job
 from runner.jobs.recovery import recover
 from runner.jobs.registry import JobRegistry
 from runner.jobs.scheduler import JobScheduler
@@ -43,16 +43,9 @@ from runner.settings import Settings
 from runner.store.jobs import JobStatus
 from runner.store.store import Store
 from runner.wiring import build_services
+from tests.support.jobs import FAST, REPO
 
-FAST = JobTiming(lease_s=10.0, heartbeat_s=1.0, poll_s=0.05, lease_grace_s=0.0)
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
-REPO = RepoRef(
-    forge="github",
-    full_name="acme/infra",
-    clone_url="https://github.com/acme/infra.git",
-    html_url="https://github.com/acme/infra",
-    default_branch="main",
-)
 
 
 def pr_event(number: int) -> PullRequestEvent:

@@ -28,14 +28,12 @@ from runner.events.model import (
     PullRequestAction,
     PullRequestEvent,
     PullRequestRef,
-    RepoRef,
 )
 from runner.jobs import cancellation
 from runner.jobs.inprocess import InProcessQueue
 from runner.jobs.model import WorkEvent, decode_event, encode_event, pr_group
 from runner.jobs.queue import (
     JobRunner,
-    JobTiming,
     Outcome,
     enqueue_event,
 )
@@ -47,19 +45,10 @@ from runner.store.jobs import JobRecord, JobStatus
 from runner.store.owners import new_owner_id, owner_is_gone, process_owner_prefix
 from runner.store.store import Store
 from runner.wiring import build_queue
-from tests.support.jobs import comment_event, submit_event
+from tests.support.jobs import FAST, REPO, comment_event, submit_event
 
 DEADLINE_S = 60.0
-FAST = JobTiming(lease_s=10.0, heartbeat_s=1.0, poll_s=0.05, lease_grace_s=0.0)
 ROOT = Path(__file__).resolve().parent.parent
-
-REPO = RepoRef(
-    forge="github",
-    full_name="acme/infra",
-    clone_url="https://github.com/acme/infra.git",
-    html_url="https://github.com/acme/infra",
-    default_branch="main",
-)
 
 
 # ---- events ---------------------------------------------------------------------------

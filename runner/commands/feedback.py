@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from runner.events.model import RepoRef
 from runner.forge.base import (
@@ -40,6 +41,7 @@ from runner.results.split import split_comment
 from runner.store.store import Store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -206,14 +208,7 @@ class PullRequestFeedback:
 
     def report(self, sha: str, report: ProjectReport) -> str:
         """Show a project's result; "" when the forge gives no link or the call failed."""
-        link = ""
-
-        def call() -> None:
-            nonlocal link
-            link = self.forge.report_project(self.repo, sha, report)
-
-        self._quietly(call)
-        return link
+        return self._quietly(lambda: self.forge.report_project(self.repo, sha, report)) or ""
 
     def _plan_report(
         self, sha: str, result: PlanResult, policies: Mapping[str, PolicyCheck]
@@ -241,11 +236,13 @@ class PullRequestFeedback:
             return ""
         return self.limits.runs_location(self.repo.key, self.number)
 
-    def _quietly(self, call: Callable[[], object]) -> None:
+    def _quietly(self, call: Callable[[], T]) -> T | None:
+        """`call()`'s answer; None when the forge call failed (logged, not raised)."""
         try:
-            call()
+            return call()
         except ForgeError as error:
             log.warning("forge call failed for %s#%s: %s", self.repo.key, self.number, error)
+            return None
 
 
 def _plan_state(status: PlanStatus) -> ReportState:

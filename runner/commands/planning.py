@@ -16,7 +16,7 @@ from runner.commands.workflow_hooks import run_workflow_hooks
 from runner.config.errors import ConfigError
 from runner.config.loader import load_repo_config
 from runner.config.model import RepoConfig
-from runner.config.server_config import RepoRules, server_rules
+from runner.config.server_config import server_rules
 from runner.engine.planner import PlanOptions, PlanTarget
 from runner.engine.project_mutex import state_key
 from runner.engine.recording import LiveRuns, record_plan_result
@@ -95,7 +95,12 @@ class PullRequestPlanner:
         except ConfigError as error:
             self._report_config_error(feedback, head, error)
             return []
-        if not self._pre_workflow_hooks(rules, checkout, context, feedback, cancel):
+        # The server's pre_workflow_hooks run before the repo config is read (a hook may
+        # write it); a failing hook stops the plan and is reported with its output.
+        hooks = rules.pre_workflow_hooks
+        if not run_workflow_hooks(
+            services, feedback, "pre", hooks, checkout, context, "plan", cancel
+        ):
             return []
         graph = ModuleGraph.build(checkout, services.settings.data_dir / "module-cache")
         try:
@@ -130,36 +135,9 @@ class PullRequestPlanner:
         )
         # Check runs (GitHub App) or statuses per project, then the comment linking them.
         feedback.plan_results(head, results, policies)
-        self._post_workflow_hooks(rules, checkout, context, feedback, cancel)
-        return results
-
-    def _pre_workflow_hooks(
-        self,
-        rules: RepoRules,
-        checkout: Path,
-        context: StepContext,
-        feedback: PullRequestFeedback,
-        cancel: threading.Event,
-    ) -> bool:
-        """The server's pre_workflow_hooks, before the repo config is read (a hook may
-        write it); a failing hook stops the plan and is reported with its output."""
-        hooks = rules.pre_workflow_hooks
-        return run_workflow_hooks(
-            self._services, feedback, "pre", hooks, checkout, context, "plan", cancel
-        )
-
-    def _post_workflow_hooks(
-        self,
-        rules: RepoRules,
-        checkout: Path,
-        context: StepContext,
-        feedback: PullRequestFeedback,
-        cancel: threading.Event,
-    ) -> None:
         hooks = rules.post_workflow_hooks
-        run_workflow_hooks(
-            self._services, feedback, "post", hooks, checkout, context, "plan", cancel
-        )
+        run_workflow_hooks(services, feedback, "post", hooks, checkout, context, "plan", cancel)
+        return results
 
     def feedback(self, repo: RepoRef, number: int) -> PullRequestFeedback:
         services = self._services

@@ -186,19 +186,7 @@ class Planner:
                 if step_outcome is not None and not step_outcome.ok:
                     return base.failed(step_outcome, Masker.from_secrets(options.secret_values))
 
-            options.tell(project, Phase.PLAN)
-            outcome = terraform.plan(
-                workdir,
-                out=plan_path,
-                extra_args=(
-                    *workspace_var_file_args(workdir, project.workspace),
-                    *target.extra_args,
-                ),
-                lock=options.lock,
-                log=log_path,
-                env=workspace_env(project.workspace),
-                cancel=options.cancel,
-            )
+            outcome = _terraform_plan(terraform, workdir, target, plan_path, log_path, options)
         if outcome.exit_code == EXIT_NO_CHANGES and outcome.ok:
             masker = Masker.from_secrets(options.secret_values)
             return base.planned(PlanStatus.NO_CHANGES, outcome, masker, plan_path)
@@ -233,16 +221,8 @@ class Planner:
         )
 
         def plan(step: Step, env: Mapping[str, str]) -> CommandOutcome:
-            options.tell(project, Phase.PLAN)
-            var_file = workspace_var_file_args(workdir, project.workspace)
-            return terraform.plan(
-                workdir,
-                out=plan_path,
-                extra_args=(*var_file, *step.extra_args, *target.extra_args),
-                lock=options.lock,
-                log=log_path,
-                env=workspace_env(project.workspace) | dict(env),
-                cancel=options.cancel,
+            return _terraform_plan(
+                terraform, workdir, target, plan_path, log_path, options, step.extra_args, env
             )
 
         return runner.outcome(project.resolved_workflow, "plan", plan)
@@ -342,6 +322,35 @@ _SUBCOMMANDS = frozenset({"init", "workspace", "plan", "show", "apply"})
 def _subcommand(argv: Sequence[str]) -> str:
     """The Terraform step in an argv whose prefix may be a binary or `python -m ...`."""
     return next((arg for arg in argv if arg in _SUBCOMMANDS), "terraform")
+
+
+def _terraform_plan(
+    terraform: Terraform,
+    workdir: Path,
+    target: PlanTarget,
+    plan_path: Path,
+    log_path: Path,
+    options: PlanOptions,
+    step_args: Sequence[str] = (),
+    step_env: Mapping[str, str] | None = None,
+) -> CommandOutcome:
+    """`terraform plan -out` of one project: the workspace's var file, a workflow step's
+    extra args and env (none outside a custom workflow), then the command's own args."""
+    project = target.project
+    options.tell(project, Phase.PLAN)
+    return terraform.plan(
+        workdir,
+        out=plan_path,
+        extra_args=(
+            *workspace_var_file_args(workdir, project.workspace),
+            *step_args,
+            *target.extra_args,
+        ),
+        lock=options.lock,
+        log=log_path,
+        env=workspace_env(project.workspace) | dict(step_env or {}),
+        cancel=options.cancel,
+    )
 
 
 def build_terraform_factory(settings: Settings) -> Callable[[str | None], Terraform]:

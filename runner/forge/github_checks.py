@@ -18,7 +18,7 @@ from typing import Any
 from github.CheckRun import CheckRun
 from github.Repository import Repository
 
-from runner.forge.base import ProjectReport, ReportState
+from runner.forge.base import ProjectReport, ReportState, cap_text
 from runner.results.split import split_comment
 
 # GitHub's limit on each of `output.summary` and `output.text`, in characters.
@@ -56,8 +56,7 @@ def _left_out(parts: list[str], details_url: str) -> list[str]:
 
 
 def _one_line(text: str) -> str:
-    line = " ".join(text.split()) or "gitops-runner"
-    return line if len(line) <= _TITLE_CAP else line[: _TITLE_CAP - 1] + "…"
+    return cap_text(" ".join(text.split()) or "gitops-runner", _TITLE_CAP)
 
 
 class CheckRuns:

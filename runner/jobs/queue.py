@@ -102,9 +102,8 @@ class JobTiming:
     @classmethod
     def for_lease(cls, lease_s: float) -> JobTiming:
         """Everything in proportion to the lease (`GITOPS_JOB_LEASE_SECONDS`): renewed
-        four times per lease, a grace of half a lease, recovery twice per lease."""
-        if lease_s == DEFAULT_LEASE_S:
-            return cls()
+        four times per lease, a grace of half a lease, recovery twice per lease (the
+        defaults are exactly this for DEFAULT_LEASE_S)."""
         return cls(lease_s=lease_s, heartbeat_s=lease_s / 4, lease_grace_s=lease_s / 2)
 
 

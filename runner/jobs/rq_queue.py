@@ -48,7 +48,7 @@ from rq.serializers import JSONSerializer
 
 from runner.engine.project_mutex import build_mutex
 from runner.jobs.cancellation import Superseder
-from runner.jobs.model import KINDS, JobHandler, JobPayload, kind_for
+from runner.jobs.model import FAMILIES, KINDS, JobHandler, JobPayload, kind_for
 from runner.jobs.queue import JobRunner, JobTiming, enqueue_job
 from runner.jobs.recovery import recover
 from runner.jobs.registry import JobRegistry, handled_kinds
@@ -284,8 +284,9 @@ def _current_queues() -> RoutedQueues | None:
         return None
     # Queue names end in the family: the PR queue's name is the base of the others.
     base = current.origin
-    for family in ("-drift", "-reconcile"):
-        base = base.removesuffix(family)
+    for family in FAMILIES:
+        if family != "pr":  # the PR queue has no suffix (RoutedQueues.name_for)
+            base = base.removesuffix(f"-{family}")
     return RoutedQueues(current.connection, base)
 
 

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 # The names log lines use; anything else passed in is a programming error.
 FIELDS = ("delivery", "forge", "event", "job", "run", "pr", "repo", "project")
+_FIELD_SET = frozenset(FIELDS)
 
 Result = TypeVar("Result")
 
@@ -61,7 +62,7 @@ def carry_context(function: Callable[..., Result]) -> Callable[..., Result]:
 
 
 def _check(ids: dict[str, Any]) -> None:
-    unknown = set(ids) - set(FIELDS)
+    unknown = ids.keys() - _FIELD_SET
     if unknown:
         raise ValueError(f"unknown log context field(s): {', '.join(sorted(unknown))}")
 

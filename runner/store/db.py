@@ -17,6 +17,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -372,7 +373,9 @@ def prepare_schema(target: str | URL | Engine, *, auto_migrate: bool) -> SchemaS
     return state
 
 
+@cache
 def _script_directory() -> ScriptDirectory:
+    # The migrations shipped in the package: read once, not at every schema check.
     return ScriptDirectory.from_config(alembic_config())
 
 

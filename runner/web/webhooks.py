@@ -147,17 +147,17 @@ def receive_event() -> tuple[Response, int]:
         except _Stop as stop:
             reply = stop.reply
         context.metrics.observe_webhook(forge_name, reply.outcome, time.perf_counter() - started)
-        _log_decision(forge, reply)
+        _log_decision(forge, forge_name, delivery or "-", reply)
     return jsonify(reply.body), reply.status
 
 
-def _log_decision(forge: ForgeHooks | None, reply: Reply) -> None:
-    headers = request.headers
+def _log_decision(forge: ForgeHooks | None, forge_name: str, delivery: str, reply: Reply) -> None:
+    event = request.headers.get(forge.event_header, "") if forge else ""
     logger.info(
         "webhook forge=%s event=%s delivery=%s -> %d %s %s",
-        forge.name if forge else "unknown",
-        _for_log(headers.get(forge.event_header, "") if forge else "", _MAX_EVENT_NAME),
-        _for_log(_delivery_id(forge) if forge else "", _MAX_DELIVERY_ID),
+        forge_name,
+        _for_log(event, _MAX_EVENT_NAME),
+        delivery,
         reply.status,
         reply.outcome,
         reply.body.get("reason") or reply.body.get("error") or "",

@@ -30,10 +30,21 @@ from runner.events.comment_parser import parse_comment
 from runner.events.model import CommentEvent, RepoRef
 from runner.jobs.cancellation import Superseded, supersede
 from runner.jobs.model import WorkEvent
-from runner.jobs.queue import enqueue_event
+from runner.jobs.queue import JobTiming, enqueue_event
 from runner.store.deliveries import DeliveryRef
 from runner.store.jobs import JobRecord
 from runner.store.store import Store
+
+# Short leases and polls, so tests of the queues finish quickly.
+FAST = JobTiming(lease_s=10.0, heartbeat_s=1.0, poll_s=0.05, lease_grace_s=0.0)
+
+REPO = RepoRef(
+    forge="github",
+    full_name="acme/infra",
+    clone_url="https://github.com/acme/infra.git",
+    html_url="https://github.com/acme/infra",
+    default_branch="main",
+)
 
 
 def submit_event(

@@ -32,8 +32,8 @@ from runner.web.auth.session import (
     signed_in_identity,
 )
 from runner.web.auth.tokens import presented_bearer, principal_for_token
+from runner.web.context import WEBHOOK_PATH
 
-WEBHOOK_PATH = "/events"
 HEALTH_PATH = "/healthz"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _SIGN_IN_PATHS = ("/login", "/logout")
