@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -130,13 +131,16 @@ class World:
 
 
 def wait_for_job(runner: ServedRunner, job_id: int, timeout: float = 900) -> JobStatus:
-    """Poll the store until the job is finished (the last comment precedes that)."""
+    """Poll the store until the job is finished (the last comment precedes that).
+
+    The measured time comes from the fake GitHub's clock, not from this loop, so it polls
+    slowly: every poll is a query whose CPU the runner, on the same cores, would miss."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = runner.web.store.jobs.get(job_id)
         if job is not None and job.status in TERMINAL:
             return job.status
-        time.sleep(0.02)
+        time.sleep(0.25)
     raise TimeoutError(f"job {job_id} not finished after {timeout} s")
 
 
@@ -148,6 +152,7 @@ class RunnerTiming:
     ack: float  # POST -> 202 received
     pickup: float  # POST -> a job worker claimed the job (store's started_at)
     comments: int  # comments posted for the PR (a long plan is split)
+    cpu: float  # CPU of this process and its finished children, POST -> job done
 
 
 def runner_round(world: World, runner: ServedRunner, branch: str, head: str) -> RunnerTiming:
@@ -155,6 +160,7 @@ def runner_round(world: World, runner: ServedRunner, branch: str, head: str) -> 
     number = world.open_pull(branch, head)
     payload = world.payload("opened", number)
     posted_at = datetime.now(UTC)
+    cpu_start = cpu_seconds()
     start = time.perf_counter()
     reply = post_delivery(runner.url, "pull_request", payload, WEBHOOK_SECRET)
     ack = time.perf_counter() - start
@@ -162,6 +168,7 @@ def runner_round(world: World, runner: ServedRunner, branch: str, head: str) -> 
         raise SystemExit(f"webhook not queued: HTTP {reply.status_code} {reply.text[:300]}")
     job_id = reply.json()["job"]
     status = wait_for_job(runner, job_id)
+    cpu = cpu_seconds() - cpu_start
     times = world.github.comment_times.get(number, [])
     text = "\n".join(world.comments(number))
     plan_status = world.github_status(head, PLAN_CONTEXT)
@@ -178,6 +185,7 @@ def runner_round(world: World, runner: ServedRunner, branch: str, head: str) -> 
         ack=ack,
         pickup=(job.started_at - posted_at).total_seconds(),
         comments=len(times),
+        cpu=cpu,
     )
     # Untimed: close the PR so its project locks go before the next PR plans them.
     world.github.close(FULL_NAME, number)
@@ -186,17 +194,35 @@ def runner_round(world: World, runner: ServedRunner, branch: str, head: str) -> 
     return timing
 
 
-def loop_round(world: World, branch: str, binary: TerraformBinary, env: dict[str, str]) -> float:
-    """A fresh clone of the round's branch (untimed), then the timed shell loop."""
+def loop_round(
+    world: World, branch: str, binary: TerraformBinary, env: dict[str, str]
+) -> tuple[float, float]:
+    """A fresh clone of the round's branch (untimed), then the timed shell loop: (wall, CPU)."""
     tree = world.root / f"loop-{branch}"
     subprocess.run(
         ["git", "clone", "-q", "--branch", branch, str(world.bare), str(tree)], check=True
     )
-    return run_loop(tree, binary.argv, env)
+    cpu_start = cpu_seconds()
+    wall = run_loop(tree, binary.argv, env)
+    return wall, cpu_seconds() - cpu_start
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of this process and its reaped children (Terraform, git, bash):
+    less sensitive than wall time to other work on a shared machine."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def build_settings(
-    root: Path, github: FakeGitHub, binary: TerraformBinary, parallelism: int | None
+    root: Path,
+    github: FakeGitHub,
+    binary: TerraformBinary,
+    parallelism: int | None,
+    gogc: int | None = None,
 ) -> Settings:
     """The runner's settings as an operator would set them, plus the bench's Terraform."""
     if len(binary.argv) != 1:
@@ -210,6 +236,8 @@ def build_settings(
     }
     if parallelism:
         values["parallelism"] = parallelism
+    if gogc is not None:
+        values["terraform_gogc"] = gogc
     return load_settings(**values)
 
 
@@ -222,6 +250,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--parallelism", type=int, help="runner setting (default: its own)")
     parser.add_argument("--embedded", action="store_true", help="force the embedded Terraform")
+    parser.add_argument("--terraform-gogc", type=int, help="runner setting (0: Go's default GC)")
     parser.add_argument("--smoke", action="store_true", help="2 small projects, one round (CI)")
     args = parser.parse_args()
     if args.smoke:
@@ -234,6 +263,7 @@ def main() -> None:
     load_before = os.getloadavg()
     runner_times: list[RunnerTiming] = []
     loop_times: list[float] = []
+    loop_cpus: list[float] = []
     with tempfile.TemporaryDirectory(prefix="gitops-bench-push-") as scratch:
         root = Path(scratch)
         empty_rc = root / "empty.tfrc"
@@ -249,7 +279,7 @@ def main() -> None:
             return project_tf(index, args.resources, version)
 
         world = World(root, text, args.projects)
-        settings = build_settings(root, world.github, binary, args.parallelism)
+        settings = build_settings(root, world.github, binary, args.parallelism, args.terraform_gogc)
         runner = ServedRunner(settings)
         try:
             # Warm-up, not measured: the runner's repository cache, imports, first queries.
@@ -262,7 +292,9 @@ def main() -> None:
                     if side == "runner":
                         runner_times.append(runner_round(world, runner, branch, head))
                     else:
-                        loop_times.append(loop_round(world, branch, binary, env))
+                        wall, cpu = loop_round(world, branch, binary, env)
+                        loop_times.append(wall)
+                        loop_cpus.append(cpu)
         finally:
             runner.stop()
             world.github.stop()
@@ -290,6 +322,12 @@ def main() -> None:
     print(f"runner (webhook POST -> last comment): {runner_median:6.2f} s  {fmt(totals)}")
     print(f"loop   (init && plan each)           : {loop_median:6.2f} s  {fmt(loop_times)}")
     print(f"ratio runner/loop: {runner_median / loop_median:.2f} (target <= {TARGET_RATIO:.2f})")
+    runner_cpu = statistics.median(timing.cpu for timing in runner_times)
+    loop_cpu = statistics.median(loop_cpus)
+    print(
+        f"CPU (user+sys, incl. Terraform): runner {runner_cpu:.2f} s, loop {loop_cpu:.2f} s, "
+        f"ratio {runner_cpu / loop_cpu:.2f}"
+    )
     ack = statistics.median(timing.ack for timing in runner_times)
     pickup = statistics.median(timing.pickup for timing in runner_times)
     comments = max(timing.comments for timing in runner_times)

@@ -168,6 +168,9 @@ class Settings(BaseSettings):
     terraform_timeout: int = Field(default=3600, ge=1, description="seconds per Terraform step")
     # Names or globs (AWS_*) Terraform may see besides its fixed allowlist; never GITOPS_*.
     terraform_env_passthrough: CommaList = ()
+    # GOGC for Terraform and its providers; 100 is Go's default, 0 leaves it to Go
+    # (docs/terraform.md, "Go runtime").
+    terraform_gogc: int = Field(default=400, ge=0)
     # Plans mostly wait on provider APIs, so more run at once than there are cores.
     parallelism: int = Field(default_factory=lambda: max(4, os.cpu_count() or 2), ge=1)
     secret_env_vars: CommaList = ()

@@ -436,9 +436,9 @@ def test_the_tree_index_follows_a_pr_reading_only_the_files_it_changed(
         remove=["infra/db/main.tf"],
     )
     read: list[str] = []
-    real_sources = modules._file_sources
+    real_sources = modules._text_sources
     monkeypatch.setattr(
-        modules, "_file_sources", lambda root, path: read.append(path) or real_sources(root, path)
+        modules, "_text_sources", lambda path, text: read.append(path) or real_sources(path, text)
     )
 
     indexed = ModuleGraph.build(sample.path, cache_dir=cache)
@@ -488,6 +488,15 @@ LEXICAL_CASES = {
     "interpolated source": 'module "a" {\n  source = "${path.module}/a"\n}\n',
     "escaped quote": 'locals {\n  a = "say \\"hi\\""\n}\nmodule "a" {\n  source = "./a"\n}\n',
     "provider source in a list": 'module "a" {\n  source = "./a"\n  x = [\n    source\n  ]\n}\n',
+    "nested quotes in a template": 'locals {\n  a = "${lookup(var.m, "}", "{")}"\n}\n'
+    'module "a" {\n  source = "./a"\n}\n',
+    "one-line blocks": 'module "a" { source = "./a" }\nmodule "b" {\n  source = "./b"\n}\n',
+    "template directive": 'locals {\n  a = "%{ if true }module \\"x\\" {%{ endif }"\n}\n'
+    'module "a" {\n  source = "./a"\n}\n',
+    "block comment between calls": 'module "a" {\n  source = "./a"\n}\n/* module "b" {\n'
+    '  source = "./b"\n} */\nmodule "c" {\n  source = "./c"\n}\n',
+    "heredoc with a call inside": 'locals {\n  t = <<EOT\nmodule "x" {\n  source = "./x"\n}\n'
+    'EOT\n}\nmodule "a" {\n  source = "./a"\n}\n',
     "bench module": 'variable "name" {}\n\nmodule "inner" {\n  source = "../mod-002"\n'
     "  name   = var.name\n}\n",
 }
@@ -509,6 +518,15 @@ def test_the_lexical_pass_finds_the_calls_the_parser_finds(case: str) -> None:
 
 
 def test_the_lexical_pass_leaves_what_it_does_not_model_to_the_parser() -> None:
-    for text in (TRICKY_CALLER, 'module "a" {\n  source = "${x}"\n}\n', 'module "a" {{\n'):
-        assert lexical_local_calls(text) is None
+    unmodelled = (
+        'module "a" {\n  source = "${x}"\n}\n',  # a template: only the parser may judge
+        'module "a" {{\n',
+        'locals {\n  a = "unterminated\n}\n',
+        "locals {\n  a = 1 +\n    2\n}\n",  # continued without brackets
+        "locals {\n  doc = <<EOT\n  never closed\n}\n",
+    )
+    for text in unmodelled:
+        assert lexical_local_calls(text) is None, text
     assert lexical_local_calls(LEXICAL_CASES["plain"]) == (("a", "../a"),)
+    # Comments, heredocs and nested templates are modelled: no parse needed.
+    assert lexical_local_calls(TRICKY_CALLER) == (("real", "../../modules/real/"),)

@@ -132,6 +132,13 @@ CHANGES: dict[str, dict[str, str]] = {
     "a resource of another provider": {"extra.tf": 'resource "aws_s3_bucket" "b" {}\n'},
     "a provider-defined function": {"extra.tf": 'output "o" {\n  value = provider::x::f()\n}\n'},
     "the local module's providers": {"../modules/m/p.tf": 'data "http" "h" {\n  url = "u"\n}\n'},
+    "a data source nested in a check block": {
+        "check.tf": 'check "c" {\n  data "http" "h" {\n    url = "u"\n  }\n}\n'
+    },
+    "a resource's provider argument": {
+        "main.tf": FILES_TF.replace('  content = "release v1"', "  provider = files.other")
+    },
+    "a one-line terraform block": {"v.tf": 'terraform { required_version = ">= 1.5" }\n'},
 }
 
 
@@ -153,13 +160,37 @@ def test_a_change_to_what_init_depends_on_changes_the_key(tmp_path: Path, change
     assert base is not None and changed is not None and base != changed
 
 
+# Text in resource bodies that looks like init inputs: strings, templates, heredocs, comments.
+LOOKALIKES = (
+    'locals {\n  doc = <<-EOT\n    terraform {\n      backend "s3" {}\n    }\n  EOT\n'
+    '  t = "${lookup(var.m, "}", "{")} module \\"x\\" { source = \\"./y\\" }"\n}\n'
+    '/* resource "aws_s3_bucket" "b" {} */\n'
+)
+
+
 def test_what_init_does_not_depend_on_keeps_the_key(tmp_path: Path):
     base = init_cache_key(_tree(tmp_path / "base", {}), "identity")
     edited = FILES_TF.replace("v1", "v2") + '# a comment\n\nvariable "v" {\n  default = 1\n}\n'
     other = init_cache_key(_tree(tmp_path / "other", {"main.tf": edited}), "identity")
+    plain = init_cache_key(_tree(tmp_path / "plain", {"extra.tf": "locals {}\n"}), "identity")
+    lookalikes = init_cache_key(_tree(tmp_path / "look", {"extra.tf": LOOKALIKES}), "identity")
 
     assert base == other
+    assert plain == lookalikes
     assert init_cache_key(_tree(tmp_path / "id", {}), "another terraform") != base
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "locals {\n  doc = <<EOT\n  never closed\n}\n",
+        'locals {\n  a = "unterminated\n}\n',
+        "locals {\n  a = 1 +\n    2\n}\n",
+        'terraform {\n  backend "s3" {\n',
+    ],
+)
+def test_a_file_the_token_pass_is_unsure_of_gets_no_key(tmp_path: Path, text: str):
+    assert init_cache_key(_tree(tmp_path / "unsure", {"odd.tf": text}), "identity") is None
 
 
 def test_a_backend_value_never_appears_in_the_cache(

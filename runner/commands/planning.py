@@ -1,7 +1,8 @@
 """Plan a pull request: autoplan on push, and `gitops plan` by comment.
 
 checkout at the head commit → repo config → projects (changed, or named) →
-locks → plan (one Terraform per state at a time) → records → comment + statuses.
+locks → plan (one Terraform per state at a time) → records → comment + statuses →
+the JSON plans read and recorded (only now can a plan be applied).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from runner.config.model import RepoConfig
 from runner.config.server_config import server_rules
 from runner.engine.planner import PlanOptions, PlanTarget
 from runner.engine.project_mutex import state_key
-from runner.engine.recording import LiveRuns, record_plan_result
+from runner.engine.recording import LiveRuns, record_plan_result, record_read_plan
 from runner.engine.services import Services
 from runner.engine.workflow_steps import StepContext
 from runner.events.commands import Command
@@ -29,7 +30,7 @@ from runner.projects.detection import ProjectSelectionError, affected_projects, 
 from runner.results.limits import OutputLimits
 from runner.results.masking import Masker
 from runner.results.model import PlanResult, PlanStatus
-from runner.results.render import render_message
+from runner.results.render import COMMAND_WORD, render_message
 from runner.store.locks import LockOwner
 from runner.store.runs import Trigger
 from runner.terraform.modules import ModuleGraph
@@ -125,7 +126,7 @@ class PullRequestPlanner:
         feedback.status(head, PLAN_CONTEXT, CommitState.PENDING, "planning")
         services.store.runs.discard_plans(request.repo.key, request.pr.number, except_commit=head)
         feedback.plan_started(head, [target.project.name for target in targets])
-        results = self._plan_targets(request, checkout, targets, cancel)
+        results, unread = self._plan_targets(request, checkout, targets, cancel)
         if cancel.is_set():
             feedback.plan_cancelled(head, [target.project.name for target in targets])
             return results  # a newer push superseded this plan: it will comment instead
@@ -135,6 +136,7 @@ class PullRequestPlanner:
         )
         # Check runs (GitHub App) or statuses per project, then the comment linking them.
         feedback.plan_results(head, results, policies)
+        results = self._read_plans(request, feedback, unread, results, cancel)
         hooks = rules.post_workflow_hooks
         run_workflow_hooks(services, feedback, "post", hooks, checkout, context, "plan", cancel)
         return results
@@ -172,7 +174,9 @@ class PullRequestPlanner:
         checkout: Path,
         targets: list[PlanTarget],
         cancel: threading.Event,
-    ) -> list[PlanResult]:
+    ) -> tuple[list[PlanResult], list[_UnreadPlan]]:
+        """The results in the order of `targets`, and the plans whose JSON form is left to
+        `_read_plans` (only without policy sets: policies read it before the comment)."""
         services = self._services
         locked: list[PlanTarget] = []
         conflicts: dict[str, PlanResult] = {}
@@ -197,23 +201,57 @@ class PullRequestPlanner:
                 state_key(request.repo.key, project.dir, project.workspace)
             ),
             log_opened=live.opened,
+            read_plan_later=not services.policies.enabled,
         )
         planned = services.planner.plan_all(checkout, locked, request.pr.head_sha, options)
         by_name = {result.project: result for result in planned}
-        for result in planned:
-            if not cancel.is_set():
-                record_plan_result(
-                    services.store,
-                    result,
-                    repo=request.repo.key,
-                    trigger=request.trigger,
-                    pr_number=request.pr.number,
-                    author=request.author,
-                    run_id=live.take(result),
-                    trusted=request.trusted,
-                )
+        unread: list[_UnreadPlan] = []
+        for target, result in zip(locked, planned, strict=True):
+            if cancel.is_set():
+                continue
+            run_id = record_plan_result(
+                services.store,
+                result,
+                repo=request.repo.key,
+                trigger=request.trigger,
+                pr_number=request.pr.number,
+                author=request.author,
+                run_id=live.take(result),
+                trusted=request.trusted,
+            )
+            if result.changes_pending:
+                unread.append(_UnreadPlan(target, result, run_id))
         live.cancel_rest()
-        return [by_name.get(t.project.name) or conflicts[t.project.name] for t in targets]
+        results = [by_name.get(t.project.name) or conflicts[t.project.name] for t in targets]
+        return results, unread
+
+    def _read_plans(
+        self,
+        request: PlanRequest,
+        feedback: PullRequestFeedback,
+        unread: list[_UnreadPlan],
+        results: list[PlanResult],
+        cancel: threading.Event,
+    ) -> list[PlanResult]:
+        """Read the JSON plans the comment did not wait for, and record them: a plan can be
+        applied from here on. The PR's jobs run one at a time, so no apply of this PR
+        starts before this is done; a plan that cannot be read is reported and stays
+        unappliable."""
+        if not unread or cancel.is_set():
+            return results
+        services = self._services
+        options = PlanOptions(secret_values=services.secret_values, cancel=cancel)
+        read = services.planner.read_plans(
+            [plan.target for plan in unread], [plan.result for plan in unread], options
+        )
+        for plan, result in zip(unread, read, strict=True):
+            if not cancel.is_set():
+                record_read_plan(services.store, plan.run_id, result, trusted=request.trusted)
+        failed = [result for result in read if result.status is PlanStatus.ERROR]
+        if failed and not cancel.is_set():
+            feedback.comment(render_message("error", message=_unreadable(failed)))
+        by_name = {result.project: result for result in read}
+        return [by_name.get(result.project, result) for result in results]
 
     def _lock(self, request: PlanRequest, target: PlanTarget) -> PlanResult | None:
         """Take the project's lock for this PR; a PlanResult explaining the conflict if held."""
@@ -284,3 +322,21 @@ class PullRequestPlanner:
         feedback.status(
             request.pr.head_sha, PLAN_CONTEXT, CommitState.SUCCESS, "no Terraform project changed"
         )
+
+
+@dataclass(frozen=True)
+class _UnreadPlan:
+    """A plan recorded before its JSON form was read (`PlanOptions.read_plan_later`)."""
+
+    target: PlanTarget
+    result: PlanResult
+    run_id: int
+
+
+def _unreadable(failed: list[PlanResult]) -> str:
+    names = ", ".join(f"`{result.project}`" for result in failed)
+    return (
+        f"The plan of {names} was made but could not be read back, so it cannot be applied; "
+        f"comment `{COMMAND_WORD} plan` to plan again.\n\n"
+        + "\n".join(result.error for result in failed)
+    )

@@ -8,6 +8,7 @@ the same wherever it was made.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -15,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from runner.config.model import ProjectConfig
 from runner.config.workflows import Step
@@ -25,8 +27,8 @@ from runner.observability.log_context import carry_context, log_context
 from runner.policies.plans import PlanDocuments
 from runner.results.limits import OutputLimits, cap_output
 from runner.results.masking import Masker
-from runner.results.model import PlanResult, PlanStatus
-from runner.results.summary import PlanDigest, summarize_plan
+from runner.results.model import PlanResult, PlanStatus, PlanSummary
+from runner.results.summary import summarize_plan, summary_from_output
 from runner.settings import Settings
 from runner.store.plan_files import LocalPlanStore, PlanStore, PlanStoreError
 from runner.terraform import (
@@ -37,8 +39,11 @@ from runner.terraform import (
     locate_terraform,
     workspace_env,
 )
+from runner.terraform.environment import go_runtime_env
 from runner.terraform.planfile import plan_checksum
 from runner.terraform.result import CommandOutcome
+
+_log = logging.getLogger(__name__)
 
 # Terraform's -detailed-exitcode: 0 = no changes, 2 = changes, anything else = error.
 EXIT_NO_CHANGES = 0
@@ -70,6 +75,9 @@ class PlanOptions:
     # Told each project's log file before its Terraform starts, so a run record can
     # point at it while it is written (the dashboard streams it live).
     log_opened: Callable[[ProjectConfig, str], None] | None = field(default=None, compare=False)
+    # Leave `show -json` to `Planner.read_plans` when Terraform's printed counts can be
+    # read: the PR flow comments first and reads the JSON plans after (docs/terraform.md).
+    read_plan_later: bool = False
 
     def tell(self, project: ProjectConfig, phase: Phase) -> None:
         """Report a project entering `phase` to the observer, if there is one."""
@@ -193,16 +201,84 @@ class Planner:
         if outcome.exit_code != EXIT_CHANGES or outcome.timed_out or outcome.cancelled:
             return base.failed(outcome, Masker.from_secrets(options.secret_values))
 
+        masker = Masker.from_secrets(options.secret_values)
+        printed = summary_from_output(outcome.stdout) if options.read_plan_later else None
+        if printed is not None:
+            planned = base.planned(PlanStatus.CHANGES, outcome, masker, plan_path, printed)
+            return replace(planned, changes_pending=True)
         try:
             plan_json = terraform.show_json(workdir, plan_path, cancel=options.cancel)
         except TerraformError as error:
-            return base.failed(error.outcome, Masker.from_secrets(options.secret_values))
+            return base.failed(error.outcome, masker)
         masker = Masker.from_plan(plan_json, options.secret_values)
+        planned = base.planned(PlanStatus.CHANGES, outcome, masker, plan_path)
+        return self._with_plan_json(planned, plan_json, target)
+
+    def read_plans(
+        self,
+        targets: Sequence[PlanTarget],
+        results: Sequence[PlanResult],
+        options: PlanOptions | None = None,
+    ) -> list[PlanResult]:
+        """Read the JSON plan of each result still `changes_pending` (the others come back
+        as they are), in parallel like plans; `targets[i]` is what `results[i]` planned."""
+        options = options or PlanOptions()
+
+        def read(pair: tuple[PlanTarget, PlanResult]) -> PlanResult:
+            target, result = pair
+            if not result.changes_pending or options.cancel.is_set():
+                return result
+            with log_context(project=target.project.name), self._admission.slot():
+                return self._read_later(target, result, options)
+
+        pending = sum(1 for result in results if result.changes_pending)
+        workers = min(self._parallelism, pending) or 1
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="plan-json") as pool:
+            return list(pool.map(carry_context(read), zip(targets, results, strict=True)))
+
+    def _read_later(
+        self, target: PlanTarget, result: PlanResult, options: PlanOptions
+    ) -> PlanResult:
+        terraform = self._terraform_for(target.project.terraform_version)
+        plan_path = Path(result.plan_path or "")
+        try:
+            plan_json = terraform.show_json(plan_path.parent, plan_path, cancel=options.cancel)
+        except TerraformError as error:
+            why = error.outcome.stderr_tail() or f"exit code {error.outcome.exit_code}"
+            return replace(
+                result,
+                status=PlanStatus.ERROR,
+                error=f"the plan was made but its JSON form could not be read: {why}",
+                plan_path=None,
+                plan_checksum=None,
+                changes_pending=False,
+            )
+        masked = Masker.from_plan(plan_json, options.secret_values).mask(result.output)
+        if masked != result.output:
+            # Terraform prints `(sensitive value)` itself; this is the second line of defence
+            # the comment posted before did not have.
+            _log.error(
+                "the plan output of %s held a value its JSON plan marks as sensitive; "
+                "it is masked from here on, but the comment already posted shows it",
+                target.project.name,
+            )
+        return self._with_plan_json(replace(result, output=masked), plan_json, target)
+
+    def _with_plan_json(
+        self, result: PlanResult, plan_json: Mapping[str, Any], target: PlanTarget
+    ) -> PlanResult:
+        """The result completed from its JSON plan: counts, changes, drift; kept for
+        policy checks when policy sets are configured."""
         digest = summarize_plan(plan_json)
-        result = base.planned(PlanStatus.CHANGES, outcome, masker, plan_path, digest)
         if self._documents is not None and result.plan_checksum:
             self._documents.save(result.plan_checksum, plan_json, target.extra_args)
-        return result
+        return replace(
+            result,
+            summary=digest.summary,
+            changes=digest.changes,
+            drift=digest.drift,
+            changes_pending=False,
+        )
 
     def _plan_stage(
         self,
@@ -303,7 +379,7 @@ class _ResultBase:
         outcome: CommandOutcome,
         masker: Masker,
         plan_path: Path,
-        digest: PlanDigest | None = None,
+        summary: PlanSummary | None = None,
     ) -> PlanResult:
         fields: dict[str, object] = {
             "output": self._output(outcome, masker),
@@ -311,8 +387,8 @@ class _ResultBase:
             "plan_checksum": plan_checksum(plan_path),
             "duration_s": outcome.duration_s,
         }
-        if digest is not None:
-            fields |= {"summary": digest.summary, "changes": digest.changes, "drift": digest.drift}
+        if summary is not None:
+            fields["summary"] = summary
         return self._result(status, **fields)
 
 
@@ -364,6 +440,8 @@ def build_terraform_factory(settings: Settings) -> Callable[[str | None], Terraf
     timeouts = StepTimeouts(plan=settings.terraform_timeout, apply=settings.terraform_timeout)
     mask = Masker.from_secrets(settings.secret_values()).mask
     init_cache = build_init_cache(settings)
+    # Every plan of a full pool, plus this runner, shares the machine's memory.
+    runtime_env = go_runtime_env(settings.terraform_gogc, settings.parallelism + 1)
 
     def terraform_for(version: str | None) -> Terraform:
         with lock:
@@ -376,6 +454,7 @@ def build_terraform_factory(settings: Settings) -> Callable[[str | None], Terraf
                     env_passthrough=settings.terraform_env_passthrough,
                     mask=mask,
                     init_cache=init_cache,
+                    runtime_env=runtime_env,
                 )
             return terraforms[version]
 

@@ -53,11 +53,31 @@ def record_plan_result(
             log_path=result.log_path,
             started_at=utcnow() - timedelta(seconds=result.duration_s),
         )
-    status = _RUN_STATUS[result.status]
+    _finish(store, run_id, result)
+    if not result.changes_pending:
+        _keep_plan(store, run_id, result, trusted)
+    return run_id
+
+
+def record_read_plan(store: Store, run_id: int, result: PlanResult, *, trusted: bool) -> None:
+    """Complete a run recorded while its JSON plan was pending (`Planner.read_plans`):
+    the counts read from the JSON plan and, only now, the plan that may be applied."""
+    _finish(store, run_id, result)
+    _keep_plan(store, run_id, result, trusted)
+
+
+def _finish(store: Store, run_id: int, result: PlanResult) -> None:
     summary = None if result.status is PlanStatus.ERROR else result.summary
     store.runs.finish(
-        run_id, status, summary=summary, error=result.error or None, log_path=result.log_path
+        run_id,
+        _RUN_STATUS[result.status],
+        summary=summary,
+        error=result.error or None,
+        log_path=result.log_path,
     )
+
+
+def _keep_plan(store: Store, run_id: int, result: PlanResult, trusted: bool) -> None:
     if result.plan_path and result.plan_checksum and result.commit:
         store.runs.record_plan(
             run_id,
@@ -68,7 +88,6 @@ def record_plan_result(
             content_hash=changes_content_hash(result.changes),
             trusted=trusted,
         )
-    return run_id
 
 
 def record_plan_results(

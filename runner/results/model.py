@@ -75,6 +75,9 @@ class PlanResult:
     commit: str | None = None
     log_path: str | None = None
     duration_s: float = 0.0
+    # The JSON plan is still to be read (Planner.read_plans): `summary` holds the counts
+    # Terraform printed, `changes` and `drift` are empty, and the plan is not appliable.
+    changes_pending: bool = False
 
 
 class ApplyStatus(StrEnum):

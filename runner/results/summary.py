@@ -1,14 +1,21 @@
 """Read `terraform show -json PLANFILE` into counts, planned changes and drift.
 
-The JSON plan is Terraform's stable machine interface (format_version 1.x), so the
-counts never depend on parsing the human output, whose wording changes between
-releases. Only `resource_changes` and `resource_drift` are read.
+The JSON plan is Terraform's stable machine interface (format_version 1.x): what is
+recorded, compared at merge and checked by policies comes from it alone. Only
+`resource_changes` and `resource_drift` are read.
+
+A pull request's plan comment may come first, with the counts Terraform printed
+(`summary_from_output`): reading the JSON plan is one more Terraform start per project,
+and the comment need not wait for it (docs/terraform.md, "Reading the plan after the
+comment"). Any output whose counts this does not recognise gives None, and the JSON
+plan is read before the comment as before.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +57,41 @@ def summarize_plan(plan_json: Mapping[str, Any]) -> PlanDigest:
     changes = tuple(_planned_changes(plan_json.get("resource_changes") or (), before_drift))
     drift = tuple(_drifted_resources(drift_entries))
     return PlanDigest(summary=_count(changes, drift), changes=changes, drift=drift)
+
+
+# Terraform's closing sentence of a plan with changes (`-no-color`), since 1.5:
+# "Plan: [N to import, ]N to add, N to change, N to destroy[, N to forget]."
+_PLAN_SENTENCE = re.compile(
+    r"^Plan: (?:(?P<import_>\d+) to import, )?(?P<add>\d+) to add, (?P<change>\d+) to change, "
+    r"(?P<destroy>\d+) to destroy(?:, \d+ to forget)?\.$",
+    re.MULTILINE,
+)
+# Resource headers: "# ADDR must be replaced", "# ADDR will be replaced, as requested",
+# "... will be replaced due to changes in replace_triggered_by"; drift: "has changed",
+# "has been deleted". Terraform's sentence counts a replacement as an add and a destroy.
+_REPLACED = re.compile(r"^ *# \S.* (?:must be replaced|will be replaced\b.*)$", re.MULTILINE)
+_DRIFTED = re.compile(r"^ *# \S.* has (?:changed|been deleted)$", re.MULTILINE)
+
+
+def summary_from_output(output: str) -> PlanSummary | None:
+    """The counts of a plan with changes as Terraform printed them (`plan -no-color`);
+    None when the output has no sentence this recognises (then read the JSON plan)."""
+    sentences = list(_PLAN_SENTENCE.finditer(output))
+    if len(sentences) != 1:
+        return None
+    counts = sentences[0]
+    replaced = len(_REPLACED.findall(output))
+    add, destroy = int(counts["add"]) - replaced, int(counts["destroy"]) - replaced
+    if add < 0 or destroy < 0:
+        return None
+    return PlanSummary(
+        add=add,
+        change=int(counts["change"]),
+        destroy=destroy,
+        replace=replaced,
+        import_=int(counts["import_"] or 0),
+        drifted=len(_DRIFTED.findall(output)),
+    )
 
 
 def normalized_changes_hash(changes: Iterable[ResourceChange]) -> str:

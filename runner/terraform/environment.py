@@ -11,8 +11,10 @@ variable never passes, whoever asks for it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
+from pathlib import Path
 
 RUNNER_PREFIX = "GITOPS_"
 
@@ -68,3 +70,45 @@ def _allowed(name: str, patterns: tuple[str, ...]) -> bool:
 def _is_runner_own(name: str) -> bool:
     # Upper-cased: a `gitops_token` is the runner's too on platforms that fold case.
     return name.upper().startswith(RUNNER_PREFIX)
+
+
+# Where a container's memory limit is, cgroup v2 then v1; absent outside a container.
+_CGROUP_LIMITS = (
+    Path("/sys/fs/cgroup/memory.max"),
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+)
+_UNLIMITED = 1 << 60  # cgroup v1 writes a huge number for "no limit"
+
+
+def go_runtime_env(gc_percent: int, processes: int) -> dict[str, str]:
+    """GOGC and GOMEMLIMIT for Terraform and its providers (Go programs, all of them).
+
+    A plan is a short-lived batch process. Go's default collector (GOGC=100) runs each
+    time the heap doubles, which for a small plan is a third of its CPU (measured:
+    docs/terraform.md, "Go runtime"). A higher GOGC trades memory for that CPU; the soft
+    limit GOMEMLIMIT, this machine's (or container's) memory shared by `processes`
+    Terraform processes, makes a big plan collect as usual before it could crowd the
+    others out. `gc_percent` 0 leaves both to Go.
+    """
+    if gc_percent <= 0:
+        return {}
+    env = {"GOGC": str(gc_percent)}
+    memory = _memory_bytes()
+    if memory:
+        env["GOMEMLIMIT"] = f"{memory // max(1, processes) // (1 << 20)}MiB"
+    return env
+
+
+def _memory_bytes() -> int | None:
+    """The memory this process may use: its cgroup's limit, else the machine's."""
+    for limit_file in _CGROUP_LIMITS:
+        try:
+            text = limit_file.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < _UNLIMITED:
+            return int(text)
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None

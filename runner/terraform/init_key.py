@@ -16,8 +16,9 @@ module it calls (recursively):
 
 plus the caller's `identity` (Terraform binary and version, CLI configuration, TF_*
 environment). The key is a SHA-256: no backend value (which may hold a credential)
-is ever written out as text. Anything unreadable or unparsable gives no key (None),
-and init runs for real.
+is ever written out as text. Files are read by the token pass of hcl_scan.py, not
+parsed (a parse cost more than the plan it saved); anything unreadable, or anything that
+pass is unsure of, gives no key (None), and init runs for real.
 """
 
 from __future__ import annotations
@@ -29,10 +30,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from lark import Token, Tree
-from lark.exceptions import LarkError
-
-from runner.terraform.modules import _hcl_parser
+from runner.terraform.hcl_scan import HclAttribute, HclBlock, Token, hcl_body, plain_string
 
 LOCK_FILE = ".terraform.lock.hcl"
 # Blocks that can make init install a provider, wherever they are nested (a `data`
@@ -51,13 +49,13 @@ class _Unknowable(Exception):
 
 def init_cache_key(workdir: Path, identity: str) -> str | None:
     """The SHA-256 key of what init in `workdir` depends on; None when unknowable."""
-    digest = hashlib.sha256(b"init-key-v1\0" + identity.encode())
+    digest = hashlib.sha256(b"init-key-v2\0" + identity.encode())
     try:
         for part in _module_parts(workdir, workdir, set(), 0):
             digest.update(part.encode())
             digest.update(b"\0")
         digest.update(_lock_file_part(workdir))
-    except (_Unknowable, OSError, UnicodeDecodeError, LarkError):
+    except (_Unknowable, OSError, UnicodeDecodeError):
         return None
     return digest.hexdigest()
 
@@ -109,11 +107,13 @@ def _file_parts(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         known = _memo.get(content_id)
     if known is not None:
         return known
-    tree = _hcl_parser().parse(text + "\n")
-    parts = list(_top_level_parts(tree))
+    body = hcl_body(text)
+    if body is None:
+        raise _Unknowable("a file the token pass cannot read")
+    blocks = [item for item in body if isinstance(item, HclBlock)]
+    parts = [part for block in blocks for part in _block_parts(block)]
     parts += sorted(set(_PROVIDER_FUNCTION.findall(text)))
-    sources = tuple(_local_sources(tree))
-    result = (tuple(parts), sources)
+    result = (tuple(parts), tuple(_local_sources(blocks)))
     with _memo_lock:
         if len(_memo) >= _MEMO_LIMIT:
             _memo.clear()
@@ -121,107 +121,51 @@ def _file_parts(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return result
 
 
-def _top_level_parts(tree: Tree) -> Iterator[str]:
-    for block in _blocks(tree):
-        kind = _identifier(block.children[0])
-        if kind == "terraform":
-            yield _canonical(block)
-        elif kind == "module":
-            yield "module" + _labels(block) + _arguments(block, _MODULE_ARGUMENTS)
-        elif kind in _PROVIDER_BLOCKS:
-            yield from _provider_parts(block, kind)
-        for nested in _nested_blocks(block):
-            nested_kind = _identifier(nested.children[0])
-            if nested_kind in _PROVIDER_BLOCKS:
-                yield from _provider_parts(nested, nested_kind)
+def _block_parts(block: HclBlock) -> Iterator[str]:
+    """What one top-level block contributes to the key, nested provider uses included."""
+    if block.type == "terraform":
+        yield _canonical(block.tokens)
+    elif block.type == "module":
+        yield "module" + _canonical(block.labels) + _arguments(block, _MODULE_ARGUMENTS)
+    elif block.type in _PROVIDER_BLOCKS:
+        yield _provider_part(block)
+    for nested in _nested_blocks(block):
+        if nested.type in _PROVIDER_BLOCKS:
+            yield _provider_part(nested)
 
 
-def _provider_parts(block: Tree, kind: str) -> Iterator[str]:
-    if kind in ("import", "removed"):
-        yield _canonical(block)
-        return
-    labels = [_canonical(child) for child in block.children if _is_label(child)]
+def _provider_part(block: HclBlock) -> str:
+    if block.type in ("import", "removed"):
+        return _canonical(block.tokens)
     # The type (first label) names the provider; the second label is only a name.
-    yield f"{kind}:{labels[0] if labels else ''}" + _arguments(block, frozenset({"provider"}))
+    first_label = _canonical(block.labels[:1])
+    return f"{block.type}:{first_label}" + _arguments(block, frozenset({"provider"}))
 
 
-def _blocks(tree: Tree) -> Iterator[Tree]:
-    body = tree.children[0]
-    for child in body.children:
-        if isinstance(child, Tree) and child.data == "block":
-            yield child
+def _nested_blocks(block: HclBlock) -> Iterator[HclBlock]:
+    for nested in block.blocks():
+        yield nested
+        yield from _nested_blocks(nested)
 
 
-def _nested_blocks(block: Tree) -> Iterator[Tree]:
-    for body in _bodies(block):
-        for child in body.children:
-            if isinstance(child, Tree) and child.data == "block":
-                yield child
-                yield from _nested_blocks(child)
-
-
-def _bodies(block: Tree) -> Iterator[Tree]:
-    for child in block.children:
-        if isinstance(child, Tree) and child.data == "body":
-            yield child
-
-
-def _arguments(block: Tree, names: frozenset[str]) -> str:
-    found = []
-    for body in _bodies(block):
-        for attribute in body.children:
-            if isinstance(attribute, Tree) and attribute.data == "attribute":
-                name = _identifier(attribute.children[0])
-                if name in names:
-                    found.append(_canonical(attribute))
+def _arguments(block: HclBlock, names: frozenset[str]) -> str:
+    found = [
+        f"{item.name}={_canonical(item.value)}"
+        for item in block.body
+        if isinstance(item, HclAttribute) and item.name in names
+    ]
     return "{" + ";".join(sorted(found)) + "}"
 
 
-def _labels(block: Tree) -> str:
-    return "[" + ",".join(_canonical(c) for c in block.children if _is_label(c)) + "]"
+def _local_sources(blocks: list[HclBlock]) -> Iterator[str]:
+    for block in blocks:
+        source = block.attribute("source") if block.type == "module" else None
+        literal = plain_string(source.value) if source is not None else None
+        if literal is not None and literal.startswith(("./", "../")):
+            yield literal
 
 
-def _is_label(node: Tree | Token) -> bool:
-    return isinstance(node, Tree) and node.data in ("string", "identifier")
-
-
-def _identifier(node: Tree | Token) -> str | None:
-    if isinstance(node, Tree) and node.data == "identifier":
-        return str(node.children[0])
-    return None
-
-
-def _local_sources(tree: Tree) -> Iterator[str]:
-    for block in _blocks(tree):
-        if _identifier(block.children[0]) != "module":
-            continue
-        for body in _bodies(block):
-            for attribute in body.children:
-                if (
-                    isinstance(attribute, Tree)
-                    and attribute.data == "attribute"
-                    and _identifier(attribute.children[0]) == "source"
-                ):
-                    source = _string_literal(attribute.children[-1])
-                    if source is not None and source.startswith(("./", "../")):
-                        yield source
-
-
-def _string_literal(expr: Tree | Token) -> str | None:
-    strings = list(expr.find_data("string")) if isinstance(expr, Tree) else []
-    if len(strings) != 1:
-        return None
-    parts = [c for c in strings[0].children if isinstance(c, Tree)]
-    if all(p.data == "string_part" and isinstance(p.children[0], Token) for p in parts):
-        return "".join(str(p.children[0]) for p in parts)
-    return None
-
-
-def _canonical(node: Tree | Token) -> str:
-    """A stable text of a parse tree without its layout: comments and blank lines do not
-    change the key, any token does."""
-    if isinstance(node, Token):
-        return str(node)
-    if node.data == "new_line_or_comment":
-        return ""
-    return f"{node.data}(" + " ".join(_canonical(child) for child in node.children) + ")"
+def _canonical(tokens: tuple[Token, ...]) -> str:
+    """The tokens without layout: comments, spaces and line breaks do not change the key,
+    any other token does."""
+    return "\x1f".join(f"{kind}:{text}" for kind, text in tokens if kind != "newline")

@@ -111,6 +111,7 @@ class Terraform:
         mask: Mask | None = None,
         grace_s: float = DEFAULT_GRACE_S,
         init_cache: InitCache | None = None,
+        runtime_env: Mapping[str, str] | None = None,
     ) -> None:
         """Configure once; creates the plugin cache dir and, if needed, the empty CLI config.
 
@@ -120,7 +121,8 @@ class Terraform:
         `env_passthrough`, then `extra_env` on top (e.g. credentials); never a
         `GITOPS_*` variable (see environment.py). `mask` hides the runner's secrets
         in step logs. `init_cache` (optional) reuses initialised `.terraform` directories
-        across worktrees and commits (init_cache.py).
+        across worktrees and commits (init_cache.py). `runtime_env` (GOGC, GOMEMLIMIT:
+        environment.go_runtime_env) applies unless the operator passed those names through.
         """
         self.binary = binary
         self.timeouts = timeouts or StepTimeouts()
@@ -143,6 +145,8 @@ class Terraform:
         # entries were installed (and verified) by Terraform itself; an operator who
         # wants the stricter behaviour sets the variable to false.
         env.setdefault("TF_PLUGIN_CACHE_MAY_BREAK_DEPENDENCY_LOCK_FILE", "true")
+        for name, value in (runtime_env or {}).items():
+            env.setdefault(name, value)
         self._env = env
         self._mask = mask
         self._data_dir = data_dir
