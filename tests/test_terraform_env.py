@@ -7,6 +7,7 @@ that is a path or shell syntax. Real Terraform, built the way the server builds 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -162,6 +163,35 @@ def test_operator_tf_settings_still_reach_terraform(
 
     assert terraform.cli_config_file == cli_config
     assert terraform.env["TF_CLI_CONFIG_FILE"] == str(cli_config)
+
+
+def test_terraform_runs_with_a_batch_gc_under_a_memory_share(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    workdir = _project(tmp_path, DUMP_ENV_TF)
+    settings = load_settings(data_dir=tmp_path / "data", parallelism=3)
+
+    _apply(build_terraform_factory(settings)(None), workdir)
+
+    env = _dumped_env(workdir)  # what Terraform passes on to the code it runs, too
+    assert env["GOGC"] == "400"
+    share = int(env["GOMEMLIMIT"].removesuffix("MiB"))
+    memory_mib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (1 << 20)
+    assert 0 < share <= memory_mib // 4  # 3 plans and the runner share the machine
+
+
+def test_the_operators_go_settings_win_and_zero_leaves_go_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("GOGC", "150")
+    monkeypatch.setenv("GITOPS_TERRAFORM_ENV_PASSTHROUGH", "GOGC")
+    passed = build_terraform_factory(load_settings(data_dir=tmp_path / "data"))(None)
+    monkeypatch.delenv("GOGC")
+    untouched = load_settings(data_dir=tmp_path / "data", terraform_gogc=0)
+
+    assert passed.env["GOGC"] == "150"
+    env = build_terraform_factory(untouched)(None).env
+    assert "GOGC" not in env and "GOMEMLIMIT" not in env
 
 
 # --- row 13: logs are masked before they are written -------------------------------------
