@@ -170,15 +170,24 @@ def plan(
         click.echo(f"warning: {warning.file}:{warning.line or '?'}: {warning.message}", err=True)
     if selection.snapshot is not None:
         click.echo(f"note: {selection.snapshot.describe()}", err=True)
-    results = _plan_selection(settings, selection, parallelism, progress)
+    results = _plan_selection(settings, selection, parallelism, progress, json_plans=as_json)
     _print_results(results, selection.commit, as_json)
     sys.exit(_plan_exit_code(results))
 
 
 def _plan_selection(
-    settings: Settings, selection: LocalSelection, parallelism: int | None, progress: bool
+    settings: Settings,
+    selection: LocalSelection,
+    parallelism: int | None,
+    progress: bool,
+    *,
+    json_plans: bool,
 ) -> list[PlanResult]:
-    """Plan under the per-state mutex reconcile and drift hold; record the runs."""
+    """Plan under the per-state mutex reconcile and drift hold; record the runs.
+
+    `json_plans`: read each plan's JSON form (`--json` prints the planned changes,
+    policies check them). The Markdown shows Terraform's output and counts, so without it
+    no `show -json` runs: a CLI plan is never applied."""
     from runner.console.progress import progress_display
     from runner.drift.scan import DriftRepo
     from runner.engine.planner import PlanOptions, build_planner
@@ -195,6 +204,7 @@ def _plan_selection(
             secret_values=services.secret_values,
             progress=observer,
             guard=lambda p: services.mutex.hold(state_key(key, p.dir, p.workspace)),
+            read_plan_later=not json_plans,
         )
         results = planner.plan_all(selection.checkout, selection.targets, selection.commit, options)
     record_plan_results(services.store, repo=key, results=results, trigger="cli", command="plan")
@@ -629,7 +639,7 @@ def policy_check(
     selection = select_local(repo, None, None, wanted, data_dir=settings.data_dir)
     if selection.snapshot is not None:
         click.echo(f"note: {selection.snapshot.describe()}", err=True)
-    results = _plan_selection(settings, selection, None, progress)
+    results = _plan_selection(settings, selection, None, progress, json_plans=True)
     # Locally there is no PR: `run.branch` and `run.default_branch` are unknown (null),
     # so a branch-sensitive policy judges the plan as if it landed on the default branch.
     context = RunContext(kind=PolicyKind(kind), repository=selection.repo_url, trigger="cli")

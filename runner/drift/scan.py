@@ -23,8 +23,7 @@ from runner.engine.progress import ProgressObserver
 from runner.engine.project_mutex import ProjectMutex, state_key
 from runner.engine.recording import record_plan_result
 from runner.events.model import ForgeKind, RepoRef, canonical_repo_key
-from runner.forge.base import Forge
-from runner.forge.factory import ForgeNotConfigured
+from runner.forge.base import Forge, ForgeNotConfigured
 from runner.results.drift import DriftResult, DriftStatus
 from runner.results.model import DriftedResource, PlanResult, PlanStatus
 from runner.store.drift import DriftStore

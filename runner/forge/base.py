@@ -15,6 +15,11 @@ from typing import Any, Literal, Protocol, TypeVar, cast
 
 from runner.events.model import ForgeKind, RepoRef
 
+
+class ForgeNotConfigured(ValueError):
+    """The runner got work for a forge it has no credentials (or no support) for."""
+
+
 Permission = Literal["admin", "write", "read", "none"]
 # The permissions that may change infrastructure: apply, unlock, plan with flags, approve.
 WRITE_PERMISSIONS: frozenset[Permission] = frozenset({"admin", "write"})

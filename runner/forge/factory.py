@@ -7,14 +7,10 @@ fails here with a message naming the variable to set, not deep inside a request.
 from __future__ import annotations
 
 from runner.events.model import ForgeKind
-from runner.forge.base import Forge
+from runner.forge.base import Forge, ForgeNotConfigured
 from runner.forge.github import GitHubForge
 from runner.forge.gitlab import GitLabForge
 from runner.settings import Settings, SettingsError
-
-
-class ForgeNotConfigured(ValueError):
-    """The runner got work for a forge it has no credentials (or no support) for."""
 
 
 def build_forge(settings: Settings, forge_name: ForgeKind) -> Forge:
