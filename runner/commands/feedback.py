@@ -97,9 +97,25 @@ class PullRequestFeedback:
         results: Sequence[PlanResult],
         policies: Mapping[str, PolicyCheck] | None = None,
     ) -> None:
-        """Each project's result (status or check run), then the plan comment: in full, or
-        a short summary linking to the check runs when they hold the output."""
+        """Each project's result (status or check run) and the plan comment: in full, or
+        a short summary linking to the check runs when they hold the output.
+
+        Statuses carry no links to wait for, so with them the comment, which people read,
+        goes first and the statuses follow; check runs go first, for their links."""
+        if not self.forge.shows_reports:
+            self._plan_comment(sha, results, policies, {})
+            self.plan_statuses(sha, results, policies)
+            return
         links = self.plan_statuses(sha, results, policies)
+        self._plan_comment(sha, results, policies, links)
+
+    def _plan_comment(
+        self,
+        sha: str,
+        results: Sequence[PlanResult],
+        policies: Mapping[str, PolicyCheck] | None,
+        links: Mapping[str, str],
+    ) -> None:
         # A project whose check run holds its plan is summarised; one without keeps it.
         shown = [replace(r, output="") if r.project in links else r for r in results]
         body = render_plan_comment(
