@@ -67,6 +67,9 @@ class Masker:
             return text
         if self._pattern is not None:
             text = self._pattern.sub(REDACTED, text)
+        # Credentials need `://` and `@`: most output has neither, and the scan is not free.
+        if "://" not in text or "@" not in text:
+            return text
         return _URL_CREDENTIALS.sub(_URL_REPLACEMENT, text)
 
     def __repr__(self) -> str:
