@@ -11,7 +11,13 @@ import functools
 
 from pydantic import ValidationError
 
-from runner.config.model import ConfigWarning, ProjectConfig, RepoConfig
+from runner.config.model import (
+    DEFAULT_AUTOPLAN,
+    DEFAULT_DRIFT,
+    ConfigWarning,
+    ProjectConfig,
+    RepoConfig,
+)
 from runner.terraform.modules import ModuleGraph
 
 AUTODISCOVERY = "(autodiscovery)"
@@ -22,11 +28,18 @@ def _project(dir: str) -> ProjectConfig:
     """The discovered project of a directory, validated once per process: a monorepo's
     thousands of directories are mostly the same from one pull request to the next
     (ProjectConfig is frozen, so sharing one is safe). A ValidationError is not cached."""
-    return ProjectConfig(name=dir, dir=dir)
+    return ProjectConfig(name=dir, dir=dir, autoplan=DEFAULT_AUTOPLAN, drift=DEFAULT_DRIFT)
 
 
 def discover(graph: ModuleGraph) -> RepoConfig:
-    """One project per root-module directory, named after the dir, workspace `default`."""
+    """One project per root-module directory, named after the dir, workspace `default`.
+
+    Kept by the graph for its tree: the next pull request at the same tree (a re-plan,
+    another PR's identical tree) gets the same frozen config without a walk."""
+    return graph.memo("discovery", lambda: _discover(graph))
+
+
+def _discover(graph: ModuleGraph) -> RepoConfig:
     module_dirs = graph.module_dirs()
     projects: list[ProjectConfig] = []
     warnings: list[ConfigWarning] = []

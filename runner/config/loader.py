@@ -9,6 +9,7 @@ atlantis.yaml that this runner cannot honour become `ConfigWarning`s instead.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import stat
 from collections.abc import Sequence
@@ -22,6 +23,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from runner.config.discovery import discover
 from runner.config.errors import ConfigError
 from runner.config.model import (
+    DEFAULT_AUTOPLAN,
+    DEFAULT_DRIFT,
     ConfigWarning,
     ProjectConfig,
     RepoConfig,
@@ -35,6 +38,7 @@ from runner.terraform.modules import ModuleGraph
 RUNNER_FILE = "gitops-runner.yaml"
 ATLANTIS_FILES = ("atlantis.yaml", "atlantis.yml")
 MAX_CONFIG_BYTES = 8 * 1024 * 1024
+MAX_KEPT_CONFIG_CHARS = 1024 * 1024
 # Bounds the work YAML aliases can cause ("billion laughs") before anything walks the data.
 MAX_YAML_NODES = 500_000
 
@@ -58,16 +62,14 @@ def load_repo_config(
     root = Path(repo_root)
     atlantis = next((root / n for n in ATLANTIS_FILES if (root / n).is_file()), None)
     if (root / RUNNER_FILE).is_file():
-        doc = _read_yaml(root, RUNNER_FILE)
-        config = _from_runner_file(doc)
+        doc, config = _parse(RUNNER_FILE, _read_text(root, RUNNER_FILE))
         if atlantis is not None:
             note = f"ignored: {RUNNER_FILE} takes precedence"
             config = _with_warnings(
                 config, [ConfigWarning(file=atlantis.name, line=None, message=note)]
             )
     elif atlantis is not None:
-        doc = _read_yaml(root, atlantis.name)
-        config = _from_atlantis_file(doc)
+        doc, config = _parse(atlantis.name, _read_text(root, atlantis.name))
     else:
         discovered = discover(graph if graph is not None else ModuleGraph.build(root))
         return govern_workflows(None, discovered, rules)
@@ -108,7 +110,29 @@ def _format_loc(loc: _Loc) -> str:
     return out
 
 
-def _read_yaml(root: Path, name: str) -> _Document:
+def _parse(name: str, text: str) -> tuple[_Document, RepoConfig]:
+    """`_parsed`, kept only for files of at most 1 MiB (50,000 projects or so): what a
+    pull request can make this process hold stays bounded."""
+    return (
+        _parsed(name, text)
+        if len(text) <= MAX_KEPT_CONFIG_CHARS
+        else _parsed.__wrapped__(name, text)
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed(name: str, text: str) -> tuple[_Document, RepoConfig]:
+    """The file's YAML and its validated config before the server's rules and the disk
+    are consulted: a function of the text alone, so kept for the next pull request with
+    the same file (a monorepo's config changes rarely; 5,000 projects take ~0.1 s to
+    parse and validate). Both are frozen or never written after this; a file that fails
+    raises every time (exceptions are not cached)."""
+    doc = _read_yaml(name, text)
+    config = _from_runner_file(doc) if name == RUNNER_FILE else _from_atlantis_file(doc)
+    return doc, config
+
+
+def _read_text(root: Path, name: str) -> str:
     path = root / name
     # A symlink to e.g. /proc/self/environ would echo secrets in error messages.
     if not path.resolve().is_relative_to(root.resolve()):
@@ -116,16 +140,21 @@ def _read_yaml(root: Path, name: str) -> _Document:
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise ConfigError(name, None, f"larger than {MAX_CONFIG_BYTES} bytes")
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(name, None, f"not UTF-8 text ({exc.reason})") from exc
+
+
+def _read_yaml(name: str, text: str) -> _Document:
     loader = _SafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             raise ConfigError(name, None, "the file is empty")
-        doc = _Document(name, None, _line_map(name, node))
-        doc.data = _freeze(loader.construct_document(node))
+        doc = _plain_document(name, loader, node)
+        if doc is None:  # anything unusual, or wrong: the general path, with its errors
+            doc = _Document(name, None, _line_map(name, node))
+            doc.data = _freeze(loader.construct_document(node))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         reason = f"invalid YAML: {exc.problem or exc.context}"
@@ -164,6 +193,76 @@ def _line_map(name: str, root: yaml.Node) -> dict[_Loc, int]:
                 lines[(*loc, index)] = item.start_mark.line + 1
                 stack.append(((*loc, index), item))
     return lines
+
+
+_PLAIN_SCALAR_TAGS = {
+    "tag:yaml.org,2002:str",
+    "tag:yaml.org,2002:int",
+    "tag:yaml.org,2002:bool",
+    "tag:yaml.org,2002:null",
+    "tag:yaml.org,2002:float",
+}
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_PLAIN_MAX_DEPTH = 64
+
+
+class _NotPlain(Exception):
+    """The document needs the general path (`_line_map` + the constructor)."""
+
+
+def _plain_document(name: str, loader: Any, root: yaml.Node) -> _Document | None:
+    """The document of a plain config in one walk over the nodes, or None.
+
+    Plain: mappings with scalar keys, sequences, and str/int/bool/null/float scalars,
+    no merge key, no duplicate key, within the node budget, not deeper than 64 levels.
+    That is every config seen in practice, and for it the result equals the general
+    path's (`_line_map`, then SafeConstructor and `_freeze`) at about a third of the
+    cost (5,000 projects: ~25 ms instead of ~75 ms). Anything else returns None, and the
+    general path builds it or raises its precise error.
+    """
+    lines: dict[_Loc, int] = {(): root.start_mark.line + 1}
+    budget = [MAX_YAML_NODES]
+
+    def build(node: yaml.Node, loc: _Loc) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0 or len(loc) > _PLAIN_MAX_DEPTH:
+            raise _NotPlain
+        if isinstance(node, yaml.ScalarNode):
+            return _plain_scalar(loader, node)
+        if isinstance(node, yaml.SequenceNode) and node.tag == _SEQ_TAG:
+            items = []
+            for index, item in enumerate(node.value):
+                lines[(*loc, index)] = item.start_mark.line + 1
+                items.append(build(item, (*loc, index)))
+            return tuple(items)
+        if isinstance(node, yaml.MappingNode) and node.tag == _MAP_TAG:
+            mapping: dict[Any, Any] = {}
+            seen: set[str] = set()
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.value in seen:
+                    raise _NotPlain  # merge keys are not plain scalars either
+                seen.add(key.value)
+                lines[(*loc, key.value)] = key.start_mark.line + 1
+                mapping[_plain_scalar(loader, key)] = build(value, (*loc, key.value))
+            return mapping
+        raise _NotPlain
+
+    try:
+        return _Document(name, build(root, ()), lines)
+    except _NotPlain:
+        return None
+
+
+def _plain_scalar(loader: Any, node: yaml.ScalarNode) -> Any:
+    if node.tag == "tag:yaml.org,2002:str":
+        return node.value
+    if node.tag not in _PLAIN_SCALAR_TAGS:
+        raise _NotPlain
+    try:
+        return loader.construct_object(node)
+    except Exception as exc:  # e.g. `!!int abc`: the general path meets it in its order
+        raise _NotPlain from exc
 
 
 def _freeze(value: Any) -> Any:
@@ -223,7 +322,7 @@ def _project(doc: _Document, index: int, entry: Any, defaults: dict[str, Any]) -
         raise doc.error(loc, "each project must be a mapping")
     if "resolved_workflow" in entry:
         raise doc.error((*loc, "resolved_workflow"), "unknown key")
-    raw = {**defaults, **entry}
+    raw = {"autoplan": DEFAULT_AUTOPLAN, "drift": DEFAULT_DRIFT, **defaults, **entry}
     derived = "name" not in raw
     if derived:
         raw["name"] = _derived_name(raw.get("dir", "."), raw.get("workspace", "default"))
@@ -304,35 +403,65 @@ def _check_dirs_on_disk(root: Path, config: RepoConfig, doc: _Document) -> list[
     return warnings
 
 
+_Kind = Literal["dir", "link", "other"]
+
+
 class _DirProbe:
     """Where a repo-relative dir leads on disk, cheaply enough for thousands of projects:
-    one lstat per path prefix (projects share parents), full resolution only through
-    symlinks."""
+    each parent directory is listed once (the entry types come with the listing, no
+    lstat per project), full resolution only through symlinks. Read on every load, never
+    kept: the code planned in a checkout may plant a link there."""
 
     def __init__(self, root: Path) -> None:
         self._root = root
         self._real_root = root.resolve()
-        self._modes: dict[str, int | None] = {}
+        self._listings: dict[str, dict[str, _Kind] | None] = {}
 
     def __call__(self, dir: str) -> Literal["dir", "missing", "escapes"]:
         if dir == ".":
             return "dir"
-        parts = dir.split("/")
-        modes = [self._mode("/".join(parts[: n + 1])) for n in range(len(parts))]
-        if any(m is not None and stat.S_ISLNK(m) for m in modes):
-            target = (self._root / dir).resolve()
-            if not target.is_relative_to(self._real_root):
-                return "escapes"
-            return "dir" if target.is_dir() else "missing"
-        return "dir" if modes[-1] is not None and stat.S_ISDIR(modes[-1]) else "missing"
+        parent = ""
+        for part in dir.split("/"):
+            kind = self._kind(parent, part)
+            if kind == "link":
+                target = (self._root / dir).resolve()
+                if not target.is_relative_to(self._real_root):
+                    return "escapes"
+                return "dir" if target.is_dir() else "missing"
+            if kind != "dir":
+                return "missing"
+            parent = f"{parent}/{part}" if parent else part
+        return "dir"
 
-    def _mode(self, rel: str) -> int | None:
-        if rel not in self._modes:
-            try:
-                self._modes[rel] = os.lstat(os.path.join(self._root, rel)).st_mode
-            except OSError:
-                self._modes[rel] = None
-        return self._modes[rel]
+    def _kind(self, parent: str, name: str) -> _Kind | None:
+        """What `name` in the directory `parent` is (links not followed); None: absent."""
+        if parent not in self._listings:
+            self._listings[parent] = self._list(parent)
+        listing = self._listings[parent]
+        if listing is not None:
+            return listing.get(name)
+        try:  # not listable (no read permission) but maybe searchable: ask for the entry
+            mode = os.lstat(os.path.join(self._root, parent, name)).st_mode
+        except OSError:
+            return None
+        return "link" if stat.S_ISLNK(mode) else "dir" if stat.S_ISDIR(mode) else "other"
+
+    def _list(self, parent: str) -> dict[str, _Kind] | None:
+        kinds: dict[str, _Kind] = {}
+        try:
+            with os.scandir(os.path.join(self._root, parent)) as entries:
+                for entry in entries:
+                    if entry.is_symlink():
+                        kinds[entry.name] = "link"
+                    else:
+                        kinds[entry.name] = (
+                            "dir" if entry.is_dir(follow_symlinks=False) else "other"
+                        )
+        except FileNotFoundError:
+            return {}
+        except OSError:
+            return None
+        return kinds
 
 
 def _with_warnings(config: RepoConfig, warnings: Sequence[ConfigWarning]) -> RepoConfig:
@@ -502,7 +631,9 @@ def govern_workflows(
         if governed:
             _check_overrides(refuse, index, project, rules)
         workflow = _workflow_of(refuse, index, project, repo_workflows, rules)
-        projects.append(project.model_copy(update={"resolved_workflow": workflow}))
+        if workflow is not project.resolved_workflow:  # most run none: no copy of 5,000
+            project = project.model_copy(update={"resolved_workflow": workflow})
+        projects.append(project)
     return config.model_copy(update={"projects": tuple(projects), "workflows": repo_workflows})
 
 

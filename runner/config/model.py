@@ -106,6 +106,13 @@ class DriftConfig(_Frozen):
     window: str | None = None  # e.g. "Mon-Fri 09:00-17:00", when corrections may run
 
 
+# Frozen, so one instance can be the default of every project that sets none: the loader
+# and discovery pass them in, which spares validating two sub-models per project (a third
+# of loading 5,000 projects). Their own `model_fields_set` stays empty, as a default's.
+DEFAULT_AUTOPLAN = AutoplanConfig()
+DEFAULT_DRIFT = DriftConfig()
+
+
 class ProjectConfig(_Frozen):
     """One Terraform root module in one workspace."""
 

@@ -13,9 +13,12 @@ a large monorepo with python-hcl2 takes seconds, so the graph works in two steps
    (hcl_scan.py), python-hcl2 for everything else. Results are cached by git blob SHA
    in memory and, optionally, in a cache directory.
 
-With a cache directory, step 1 is kept by git tree id and updated from the diff
-(tree_index.py), and what it implies (`_Skeleton`) is shared by every graph of the
-same tree in this process.
+With a cache directory the graph is the graph of the checkout's index tree: step 1 is
+kept by git tree id and updated from the diff (tree_index.py); what it implies
+(`_Skeleton`: candidate edges, confirmed calls, module dirs) is shared by every graph of
+the same tree in this process, and the skeleton of a new tree is derived from a kept one
+through the diff. Files are read by blob id (the checkout's copy only while it still
+holds that blob), so code run in a checkout cannot change what is kept for its tree.
 
 A file that python-hcl2 cannot parse keeps its candidate edges (over-planning is safer
 than missing a project); the problem is listed in `ModuleGraph.problems`.
@@ -23,6 +26,7 @@ than missing a project); the problem is listed in `ModuleGraph.problems`.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import json
@@ -30,13 +34,14 @@ import os
 import posixpath
 import re
 import sqlite3
+import stat
 import subprocess
 import threading
 from collections import OrderedDict, defaultdict
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import hcl2
 import hcl2.parser
@@ -44,7 +49,7 @@ from hcl2.postlexer import PostLexer
 from lark import Lark, Token, Tree
 
 from runner.terraform.hcl_scan import lexical_local_calls
-from runner.terraform.tree_index import TreeIndex, TreeScan, index_tree
+from runner.terraform.tree_index import TreeIndex, TreeScan, index_tree, indexed_blobs, read_blobs
 
 # ERE for `git grep`: deliberately loose; `_TF_SOURCE_RE` decides on each line.
 _GREP_PATTERN = r'source[[:space:]]*=[[:space:]]*"\.\.?/'
@@ -54,7 +59,10 @@ _TF_SOURCE_RE = re.compile(r'(?<![\w-])source\s*=\s*"(\.\.?/[^"]*)"')
 _COMMENT_LINE_RE = re.compile(r"\s*(?:#|//)")
 _GREP_RECORD_RE = re.compile(r"([^\0]*)\0([^\n]*)\n")
 _CACHE_NAMESPACE = f"module-calls-v1-hcl2-{hcl2.version.__version__}"
+# How much of a file git reads to call it binary (`git grep -I` skips those).
+_GIT_BINARY_PROBE = 8000
 TREE_INDEX_DIR = "tree-scans"
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -85,12 +93,16 @@ class _Scan:
     """What the cheap text pass found: every Terraform file and the candidate sources."""
 
     tf_files: tuple[str, ...]
-    candidate_sources: dict[str, tuple[str, ...]]  # .tf file -> local sources seen in text
+    candidate_sources: Mapping[str, tuple[str, ...]]  # .tf file -> local sources in its text
+    # Regular files of a git scan -> their blob id in the index (none outside git).
+    blobs: Mapping[str, str] = field(default_factory=dict)
 
 
 def dir_of(path: str) -> str:
     """The repo-relative directory of a repo-relative file ('.' for the root)."""
-    return posixpath.dirname(path) or "."
+    # Paths from git have no '//' or trailing '/': the head of the last '/' is the
+    # dirname (posixpath.dirname, 3x slower, is called for every file of a big tree).
+    return path.rpartition("/")[0] or "."
 
 
 def is_hidden(path: str) -> bool:
@@ -100,10 +112,34 @@ def is_hidden(path: str) -> bool:
 
 def resolve_source(caller_dir: str, source: str) -> str | None:
     """The repo-relative dir a local source points to, or None if it leaves the repo."""
+    shape = _source_shape(source)
+    if shape is not None and caller_dir != ".":
+        ups, rest = shape
+        # The common `../../modules/x` of a monorepo: string cuts, no normpath.
+        parts = caller_dir.rsplit("/", ups) if ups else [caller_dir]
+        if len(parts) < ups:
+            return None  # above the repository root
+        head = parts[0] if len(parts) > ups else ""
+        return f"{head}/{rest}" if head and rest else head or rest or "."
     resolved = posixpath.normpath(posixpath.join(caller_dir, source))
     if resolved == ".." or resolved.startswith("../"):
         return None
     return resolved
+
+
+@functools.lru_cache(maxsize=4096)
+def _source_shape(source: str) -> tuple[int, str] | None:
+    """`../../modules/x` -> (2, "modules/x"): the leading `..` and `.` segments counted
+    (`..` only) and a clean rest (no `.`, `..` or empty segment); None for any other
+    shape, which `resolve_source` leaves to normpath. Thousands of calls share a few
+    hundred sources."""
+    parts = source.split("/")
+    ups = 0
+    while parts and parts[0] in (".", ".."):
+        ups += parts.pop(0) == ".."
+    if any(part in ("", ".", "..") for part in parts):
+        return None
+    return ups, "/".join(parts)
 
 
 def _is_tf(path: str) -> bool:
@@ -130,8 +166,8 @@ def _sources_in_line(line: str) -> list[str]:
 def _scan_git(repo_root: Path) -> _Scan:
     # Tracked files only: working copies are checkouts of commits, and listing
     # untracked files would make git walk the whole tree (several times slower).
-    listed = _run_git(repo_root, "ls-files", "-z", "--", "*.tf", "*.tf.json")
-    tf_files = sorted({p for p in os.fsdecode(listed).split("\0") if p and not is_hidden(p)})
+    listed, blobs = indexed_blobs(repo_root, ("*.tf", "*.tf.json"))
+    tf_files = sorted({p for p in listed if not is_hidden(p)})
     # --cached: search the index, as listed above (cheaper than stat-ing the work tree).
     grepped = _run_git(
         repo_root, "grep", "--cached", "-z", "-I", "-E", "-e", _GREP_PATTERN, "--", "*.tf"
@@ -141,21 +177,37 @@ def _scan_git(repo_root: Path) -> _Scan:
         found = _sources_in_line(line)
         if found and not is_hidden(path):
             sources[path].extend(found)
-    return _Scan(tuple(tf_files), {p: tuple(s) for p, s in sources.items()})
+    return _Scan(
+        tuple(tf_files),
+        {p: tuple(s) for p, s in sources.items()},
+        {p: blobs[p] for p in tf_files if p in blobs},
+    )
 
 
-def _indexed_scan(repo_root: Path, index_dir: Path, tree: str | None) -> _Scan:
+def _indexed_scan(repo_root: Path, index: TreeIndex, tree: str | None) -> _Scan:
     """`_scan_git`, kept by tree id and updated from the diff (tree_index.py)."""
 
     def full_scan() -> TreeScan:
         scan = _scan_git(repo_root)
-        return TreeScan(scan.tf_files, scan.candidate_sources)
+        return TreeScan(scan.tf_files, scan.candidate_sources, scan.blobs)
 
-    def sources_of(path: str) -> tuple[str, ...]:
-        return _file_sources(repo_root, path) if path.endswith(".tf") else ()
+    scan = index.scan(repo_root, tree, full_scan, _listed, _text_sources)
+    return _Scan(scan.tf_files, scan.sources, scan.blobs)
 
-    scan = TreeIndex(index_dir).scan(repo_root, tree, full_scan, _listed, sources_of)
-    return _Scan(scan.tf_files, scan.sources)
+
+def _derived_skeleton(repo_root: Path, tree: str, index: TreeIndex) -> _Skeleton | None:
+    """The skeleton of `tree` from one this process keeps for another tree of the same
+    repository (a PR's next push, the base branch): the diff re-read, nothing loaded."""
+    recent = dict(_SKELETONS.recent())
+    bases = {
+        base: TreeScan(kept.scan.tf_files, kept.scan.candidate_sources, kept.scan.blobs)
+        for base, kept in recent.items()
+    }
+    update = index.update(repo_root, tree, bases, _listed, _text_sources)
+    if update is None:
+        return None
+    base, scan, changed = update
+    return recent[base].updated(_Scan(scan.tf_files, scan.sources, scan.blobs), changed)
 
 
 def _listed(path: str) -> bool:
@@ -163,16 +215,12 @@ def _listed(path: str) -> bool:
     return _is_tf(path) and not is_hidden(path)
 
 
-def _file_sources(repo_root: Path, path: str) -> tuple[str, ...]:
-    """Candidate local sources in one file of the checkout (as `git grep` finds them)."""
-    file = repo_root / path
-    if file.is_symlink() and not file.resolve().is_relative_to(repo_root.resolve()):
-        return ()  # never read outside the repository
-    try:
-        text = file.read_text(errors="replace")
-    except OSError:
+def _text_sources(path: str, text: str) -> tuple[str, ...]:
+    """Candidate local sources in a file's text, as `git grep -I` finds them: `.tf`
+    files only, lines split at newlines, nothing in a binary file (NUL in its head)."""
+    if not path.endswith(".tf") or "\0" in text[:_GIT_BINARY_PROBE]:
         return ()
-    return tuple(s for line in text.splitlines() for s in _sources_in_line(line))
+    return tuple(s for line in text.split("\n") for s in _sources_in_line(line))
 
 
 def _scan_tree(repo_root: Path) -> _Scan:
@@ -286,15 +334,16 @@ def _as_list(value: object) -> list:
 
 
 class _ParseCache:
-    """Local module calls per file content (git blob SHA), in memory and, with a cache
-    dir, in one SQLite file there that processes share (WAL: readers never wait).
+    """Local module calls per file content (git blob SHA), in memory (shared by every
+    graph of this process: a content id means the same calls in any tree) and, with a
+    cache dir, in one SQLite file there that processes share (WAL: readers never wait).
 
     The disk cache is an optimisation only: any SQLite problem (damaged file, full
     disk, lock timeout) turns it off for this graph instead of failing detection.
     """
 
     def __init__(self, directory: Path | None) -> None:
-        self._memory: dict[str, dict] = {}
+        self._memory = _PARSED
         self._db: sqlite3.Connection | None = None
         if directory is not None:
             try:
@@ -328,6 +377,23 @@ class _ParseCache:
             return None
 
 
+class _BoundedMemo(dict[str, dict]):
+    """A dict that forgets everything once it holds `size` entries: parse entries are a
+    few hundred bytes, and a monorepo's files fit many times over."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self._size = size
+
+    def __setitem__(self, key: str, value: dict) -> None:
+        if len(self) >= self._size:
+            self.clear()
+        super().__setitem__(key, value)
+
+
+_PARSED = _BoundedMemo(200_000)
+
+
 def _open_db(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Autocommit; the graph may be handed to another thread, never shared by two.
@@ -358,20 +424,32 @@ class _Skeleton:
     candidate_callers: Mapping[str, frozenset[str]]
     files_in_dir: Mapping[str, tuple[str, ...]]
     json_files: tuple[str, ...]  # their calls need a parse: indexed per graph
+    # Confirmed calls per file and values derived from them (module dirs, discovered
+    # projects): a file's content is fixed by the tree, so graphs of one tree share them.
+    calls: dict[str, _FileCalls] = field(default_factory=dict)
+    derived: dict[str, Any] = field(default_factory=dict)
+
+    @functools.cached_property
+    def fixed_by_tree(self) -> bool:
+        """Every Terraform file is a blob of the tree (no symlink, no file walk)."""
+        return len(self.scan.blobs) == len(self.scan.tf_files)
 
     @classmethod
     def of(cls, scan: _Scan) -> _Skeleton:
         callers: dict[str, set[str]] = defaultdict(set)
         in_dir: dict[str, list[str]] = defaultdict(list)
+        tf_dirs: set[str] = set()
         json_files = []
+        sources_of = scan.candidate_sources
         for path in scan.tf_files:
+            caller = path.rpartition("/")[0] or "."  # dir_of, inlined: 10,000s of files
+            tf_dirs.add(caller)
             if path.endswith(".tf.json"):
                 json_files.append(path)
                 continue
-            sources = scan.candidate_sources.get(path)
+            sources = sources_of.get(path)
             if not sources:
                 continue
-            caller = dir_of(path)
             in_dir[caller].append(path)
             for source in sources:
                 target = resolve_source(caller, source)
@@ -379,11 +457,88 @@ class _Skeleton:
                     callers[target].add(path)
         return cls(
             scan,
-            frozenset(dir_of(p) for p in scan.tf_files),
+            frozenset(tf_dirs),
             {target: frozenset(files) for target, files in callers.items()},
             {dir: tuple(files) for dir, files in in_dir.items()},
             tuple(json_files),
         )
+
+    def updated(self, scan: _Scan, changed: Iterable[str]) -> _Skeleton:
+        """The skeleton of `scan`, the scan of this one's tree with the `changed` paths
+        re-read: only their contributions are taken out and put back. Equal to
+        `_Skeleton.of(scan)` (tests/test_detection_index.py) at a fraction of its cost,
+        and the confirmed calls of every unchanged file are kept."""
+        changed = set(changed)
+        old_files, new_files = _SortedPaths(self.scan.tf_files), _SortedPaths(scan.tf_files)
+        callers: dict[str, set[str]] = {}  # copied on first write
+        in_dir: dict[str, set[str]] = {}
+        json_files = set(self.json_files)
+
+        def edit(path: str, sources: tuple[str, ...], add: bool) -> None:
+            caller = dir_of(path)
+            files = in_dir.setdefault(caller, set(self.files_in_dir.get(caller, ())))
+            files.add(path) if add else files.discard(path)
+            for source in sources:
+                target = resolve_source(caller, source)
+                if target is not None:
+                    found = callers.setdefault(target, set(self.candidate_callers.get(target, ())))
+                    found.add(path) if add else found.discard(path)
+
+        for path in changed:
+            if path.endswith(".tf.json"):
+                json_files.discard(path)
+                if path in new_files:
+                    json_files.add(path)
+                continue
+            if path in old_files and self.scan.candidate_sources.get(path):
+                edit(path, self.scan.candidate_sources[path], add=False)
+            if path in new_files and scan.candidate_sources.get(path):
+                edit(path, scan.candidate_sources[path], add=True)
+        candidate_callers = _merged(self.candidate_callers, callers, frozenset)
+        files_in_dir = _merged(self.files_in_dir, in_dir, lambda f: tuple(sorted(f)))
+        moved = any((path in old_files) != (path in new_files) for path in changed)
+        return _Skeleton(
+            scan,
+            frozenset(dir_of(p) for p in scan.tf_files) if moved else self.tf_dirs,
+            candidate_callers,
+            files_in_dir,
+            tuple(sorted(json_files)),
+            # dict(): one C-level copy, so a graph of the old tree adding to it meanwhile
+            # (another thread) cannot break the iteration.
+            {path: calls for path, calls in dict(self.calls).items() if path not in changed},
+        )
+
+
+class _SortedPaths:
+    """Membership in a sorted tuple of paths by bisection (no 10,000-entry set built)."""
+
+    def __init__(self, paths: tuple[str, ...]) -> None:
+        self._paths = paths
+
+    def __contains__(self, path: str) -> bool:
+        index = bisect.bisect_left(self._paths, path)
+        return index < len(self._paths) and self._paths[index] == path
+
+
+def _merged(
+    base: Mapping[str, Any], edited: dict[str, set[str]], freeze: Callable[[set[str]], Any]
+) -> dict[str, Any]:
+    """`base` with the `edited` entries replaced (frozen by `freeze`), empty ones dropped."""
+    merged = dict(base)
+    for key, files in edited.items():
+        if files:
+            merged[key] = freeze(files)
+        else:
+            merged.pop(key, None)
+    return merged
+
+
+@dataclass(frozen=True)
+class _FileCalls:
+    """The local module calls of one file, and the problem met reading it (if any)."""
+
+    calls: tuple[ModuleCall, ...]
+    problem: str | None = None
 
 
 class _SkeletonMemo:
@@ -407,6 +562,11 @@ class _SkeletonMemo:
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
 
+    def recent(self) -> list[tuple[str, _Skeleton]]:
+        """Every kept skeleton with its tree id, the most recently used first."""
+        with self._lock:
+            return list(reversed(self._entries.items()))
+
 
 _SKELETONS = _SkeletonMemo(8)
 
@@ -429,9 +589,12 @@ class ModuleGraph:
         self._scan = scan
         self._cache = cache
         skeleton = skeleton or _Skeleton.of(scan)
+        self._skeleton = skeleton
         self._tf_dirs = skeleton.tf_dirs
         self._calls: dict[str, tuple[ModuleCall, ...]] = {}
         self._direct: dict[str, frozenset[str]] = {}
+        # Files this graph read and could not parse (informative; a query answered from
+        # the tree's memo, such as module_dirs(), reads nothing and adds nothing).
         self.problems: list[str] = []
         # Files that may call modules, by candidate target and by their own dir. Shared
         # with other graphs of the same tree: only copied when JSON files add to them.
@@ -455,13 +618,14 @@ class ModuleGraph:
             return cls(root, _scan_tree(root), cache)
         if cache_dir is None:
             return cls(root, _scan_git(root), cache)
+        index = TreeIndex(Path(cache_dir) / TREE_INDEX_DIR)
         tree = index_tree(root)
-        skeleton = _SKELETONS.get(tree) if tree else None
+        if tree is None:
+            return cls(root, _indexed_scan(root, index, None), cache)
+        skeleton = _SKELETONS.get(tree) or _derived_skeleton(root, tree, index)
         if skeleton is None:
-            scan = _indexed_scan(root, Path(cache_dir) / TREE_INDEX_DIR, tree)
-            skeleton = _Skeleton.of(scan)
-            if tree:
-                _SKELETONS.put(tree, skeleton)
+            skeleton = _Skeleton.of(_indexed_scan(root, index, tree))
+        _SKELETONS.put(tree, skeleton)
         return cls(root, skeleton.scan, cache, skeleton)
 
     def terraform_dirs(self) -> frozenset[str]:
@@ -497,8 +661,11 @@ class ModuleGraph:
 
     def module_dirs(self) -> frozenset[str]:
         """Terraform dirs that some other directory calls as a local module."""
-        return frozenset(
-            t for t in self._candidate_callers if t in self._tf_dirs and self._has_caller(t)
+        return self.memo(
+            "module_dirs",
+            lambda: frozenset(
+                t for t in self._candidate_callers if t in self._tf_dirs and self._has_caller(t)
+            ),
         )
 
     def _index(self, path: str, targets: Iterable[str]) -> None:
@@ -522,37 +689,94 @@ class ModuleGraph:
     def _confirms(self, path: str, target: str) -> bool:
         return dir_of(path) != target and any(c.module_dir == target for c in self._calls_in(path))
 
+    def memo(self, key: str, compute: Callable[[], _T]) -> _T:
+        """`compute()`, kept for every graph of this tree in this process: for values
+        derived from the graph alone (autodiscovery's projects, say)."""
+        derived = self._skeleton.derived
+        if not self._skeleton.fixed_by_tree:
+            return compute()  # a file read from the checkout (a symlink, no git): not shared
+        if key not in derived:
+            derived[key] = compute()
+        return derived[key]
+
     def _calls_in(self, path: str) -> tuple[ModuleCall, ...]:
         if path not in self._calls:
-            caller = dir_of(path)
-            calls = (
-                ModuleCall(caller, path, name, src, resolved)
-                for name, src in self._raw_calls(path)
-                if (resolved := resolve_source(caller, src)) is not None
-            )
-            self._calls[path] = tuple(calls)
+            shared = self._skeleton.calls
+            found = shared.get(path)
+            if found is None:
+                found = self._read_calls(path)
+                if path in self._scan.blobs:  # fixed by the tree: share it
+                    shared[path] = found
+            if found.problem is not None:
+                self.problems.append(found.problem)
+            self._calls[path] = found.calls
         return self._calls[path]
 
-    def _raw_calls(self, path: str) -> tuple[tuple[str, str], ...]:
+    def _read_calls(self, path: str) -> _FileCalls:
+        caller = dir_of(path)
+        raw, problem = self._raw_calls(path)
+        calls = tuple(
+            ModuleCall(caller, path, name, src, resolved)
+            for name, src in raw
+            if (resolved := resolve_source(caller, src)) is not None
+        )
+        return _FileCalls(calls, problem)
+
+    def _raw_calls(self, path: str) -> tuple[tuple[tuple[str, str], ...], str | None]:
+        blob = self._scan.blobs.get(path)
+        found = self._entry_of_file(path) if blob is None else self._entry_of_blob(path, blob)
+        if isinstance(found, str):
+            return (), found
+        if found is None:
+            return (), None
+        if "error" in found:
+            # Unparseable: trust the text scan rather than miss a caller.
+            candidates = self._scan.candidate_sources.get(path, ())
+            return tuple(("?", s) for s in candidates), f"{path}: {found['error']}"
+        return tuple((name, src) for name, src in found["calls"]), None
+
+    def _entry_of_blob(self, path: str, blob: str) -> dict | None:
+        """The parse entry of a file of the index by its blob id: no read on a cache hit;
+        otherwise the checkout's file if it still holds that blob, else the blob itself
+        (the work tree may have been rewritten by what was planned in it)."""
+        entry = self._cache.get(blob)
+        if entry is not None:
+            return entry
+        data = self._regular_file_bytes(path)
+        if data is None or _blob_sha(data) != blob:
+            data = read_blobs(self.repo_root, [blob]).get(blob)
+            if data is None:
+                return None
+        entry = _parse_entry(path, data)
+        self._cache.put(blob, entry)
+        return entry
+
+    def _regular_file_bytes(self, path: str) -> bytes | None:
+        file = self.repo_root / path
+        try:
+            if not stat.S_ISREG(file.lstat().st_mode):
+                return None  # a link or a FIFO put there since the checkout: never follow
+            return file.read_bytes()
+        except OSError:
+            return None
+
+    def _entry_of_file(self, path: str) -> dict | str | None:
+        """The parse entry of a file read from the checkout (no blob id: outside git, or
+        a symlink); a problem (str) for a link leaving the repository."""
         file = self.repo_root / path
         # Never read outside the repository through a symlinked .tf file.
         if file.is_symlink() and not file.resolve().is_relative_to(self.repo_root.resolve()):
-            self.problems.append(f"{path}: symlink pointing outside the repository; ignored")
-            return ()
+            return f"{path}: symlink pointing outside the repository; ignored"
         try:
             data = file.read_bytes()
         except OSError:  # listed by git but deleted in the working tree
-            return ()
+            return None
         sha = _blob_sha(data)
         entry = self._cache.get(sha)
         if entry is None:
             entry = _parse_entry(path, data)
             self._cache.put(sha, entry)
-        if "error" in entry:
-            self.problems.append(f"{path}: {entry['error']}")
-            # Unparseable: trust the text scan rather than miss a caller.
-            return tuple(("?", s) for s in self._scan.candidate_sources.get(path, ()))
-        return tuple((name, src) for name, src in entry["calls"])
+        return entry
 
 
 def _parse_entry(path: str, data: bytes) -> dict:
