@@ -26,21 +26,26 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 Token = tuple[str, str]  # (kind, text)
 
-# Strings, heredocs and block comments are scanned by hand (_SCANNERS); the rest by this.
+# Most common first. A string without templates or escapes of `$`/`%` is matched here;
+# any other string, a heredoc and a block comment are scanned by hand (_SCANNERS).
 _TOKEN = re.compile(
     r"""
-      (?P<comment>\#[^\n]*|//[^\n]*)
+      (?P<space>[ \t\r]+)
     | (?P<newline>\n)
-    | (?P<space>[ \t\r]+)
+    | (?P<ident>[A-Za-z_][\w-]*)
+    | (?P<string>"(?:[^"\\\n$%]|\\.|[$%](?!\{)|[$%]\{[^{}"\n]*\})*")
+    | (?P<quote>")
+    | (?P<comment>\#[^\n]*|//[^\n]*)
+    | (?P<block_comment>/\*)
+    | (?P<heredoc><<)
     | (?P<open>\{)
     | (?P<close>\})
     | (?P<oparen>[(\[])
     | (?P<cparen>[)\]])
-    | (?P<ident>[A-Za-z_][\w-]*)
     | (?P<operator>==|!=|<=|>=|=>|&&|\|\|)
     | (?P<equals>=)
     | (?P<other>.)
@@ -55,16 +60,15 @@ class _Unsure(Exception):
     """Something this pass does not model: the caller decides another way."""
 
 
-@dataclass(frozen=True)
-class HclAttribute:
+# Named tuples, not dataclasses: a large file makes thousands, and they are built faster.
+class HclAttribute(NamedTuple):
     """`name = value`; the value as its tokens (strings and heredocs whole)."""
 
     name: str
     value: tuple[Token, ...]
 
 
-@dataclass(frozen=True)
-class HclBlock:
+class HclBlock(NamedTuple):
     """`type "label" … { body }`; `tokens` is the whole block, header to closing brace."""
 
     type: str
@@ -137,9 +141,12 @@ def lexical_local_calls(text: str) -> tuple[tuple[str, str], ...] | None:
 
 
 def _tokens(text: str) -> Iterator[Token]:
-    position, end = 0, len(text)
+    position, end, match_at = 0, len(text), _TOKEN.match
     while position < end:
-        scanner = _SCANNERS.get(text[position : position + 2]) or _SCANNERS.get(text[position])
+        match = match_at(text, position)
+        assert match is not None  # `other` matches any character but a newline
+        kind = match.lastgroup or "other"
+        scanner = _SCANNERS.get(kind)
         if scanner is not None:
             kind, stop = scanner(text, position)
             if kind == "newline-comment":
@@ -147,13 +154,10 @@ def _tokens(text: str) -> Iterator[Token]:
             elif kind != "comment":
                 yield (kind, text[position:stop])
             position = stop
-            continue
-        match = _TOKEN.match(text, position)
-        assert match is not None  # `other` matches any character but a newline
-        kind = match.lastgroup or "other"
-        if kind not in _SKIPPED:
-            yield (kind, match.group())
-        position = match.end()
+        else:
+            if kind not in _SKIPPED:
+                yield (kind, match.group())
+            position = match.end()
 
 
 def _quoted_string(text: str, start: int) -> tuple[str, int]:
@@ -219,7 +223,7 @@ def _block_comment(text: str, start: int) -> tuple[str, int]:
     return kind, stop + 2
 
 
-_SCANNERS = {'"': _quoted_string, "<<": _heredoc, "/*": _block_comment}
+_SCANNERS = {"quote": _quoted_string, "heredoc": _heredoc, "block_comment": _block_comment}
 
 
 def _body(
