@@ -3,11 +3,17 @@
 Starts the service exactly as `gitops-runner serve` does (a subprocess running the CLI:
 gunicorn, one worker process, gthread, the in-process job queue in that worker), on a
 free loopback port, with a temporary data dir (SQLite) and a webhook secret. Then N
-concurrent clients each send M correctly signed `pull_request` deliveries with unique
+clients each send M correctly signed `pull_request` deliveries with unique
 `X-GitHub-Delivery` ids, and the time from sending a request to receiving its answer is
 measured on the client side. Reports p50 / p95 / p99 / max and the throughput, per round
-and over all rounds (issue target: p99 < 100 ms), plus the server's own
-`gitops_webhook_ack_seconds` histogram from `/metrics`.
+and over all rounds (issue target: p99 < 100 ms), the CPU per delivery of the server,
+of the load generator and of the rest of this process (the fake GitHub), plus the
+server's own `gitops_webhook_ack_seconds` histogram from `/metrics`.
+
+The load generator is one thread driving non-blocking sockets (`LoadLoop`): requests
+are built and signed before the clock starts, so it costs ~0.1-0.2 ms of CPU per
+delivery on the cores it shares with the server, and no client waits for this
+process's GIL before it can read its answer.
 
 The queued jobs must stay harmless but real, so they run in the same process and
 compete for CPU like in production: `GITOPS_GITHUB_API_URL` points at a fake GitHub
@@ -17,10 +23,13 @@ delivery is stale and skips ("superseded autoplan"); nothing is cloned or planne
 `GITOPS_WORKERS=1` (one job thread).
 
 By default each delivery opens a new connection, as GitHub's Hookshot does;
-`--keep-alive` reuses one `requests.Session` connection per client.
+`--keep-alive` reuses one connection per client.
 
-    .venv/bin/python bench/webhook_ack.py                 # 50 clients x 20, 3 rounds
+    .venv/bin/python bench/webhook_ack.py                 # 50 clients x 20, 3 rounds, closed loop
+    .venv/bin/python bench/webhook_ack.py --burst         # waves of 50 sent at once
+    .venv/bin/python bench/webhook_ack.py --rate 300      # open loop: 300 deliveries/s
     .venv/bin/python bench/webhook_ack.py --action opened
+    .venv/bin/python bench/webhook_ack.py --processes 2 --threads 16   # gunicorn sizing
     .venv/bin/python bench/webhook_ack.py --smoke         # 5 clients x 4, 1 round (CI)
 """
 
@@ -29,15 +38,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import selectors
 import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +88,7 @@ class RoundResult:
     latencies: list[float]
     wall_s: float
     failures: list[str]
+    client_cpu_s: float  # the load loop's own CPU (its thread only)
 
 
 def free_port() -> int:
@@ -142,7 +154,12 @@ def build_deliveries(
 
 
 def start_server(
-    data_dir: Path, port: int, github: FakeGitHub, log: Path, processes: int = 1
+    data_dir: Path,
+    port: int,
+    github: FakeGitHub,
+    log: Path,
+    processes: int = 1,
+    threads: int | None = None,
 ) -> subprocess.Popen:
     """`gitops-runner serve` configured through the environment, as an operator would."""
     env = {
@@ -164,6 +181,8 @@ def start_server(
         # gunicorn worker processes; `serve` reads the usual variable (runner/web/server.py).
         "WEB_CONCURRENCY": str(processes),
     }
+    if threads is not None:
+        env["GUNICORN_CMD_ARGS"] = f"--threads {threads}"  # the operator's escape hatch
     argv = [str(Path(sys.executable).parent / "gitops-runner"), "serve"]
     with log.open("wb") as sink:
         # A session of its own: the whole gunicorn tree is stopped by this child's pgid.
@@ -199,57 +218,217 @@ def stop_server(server: subprocess.Popen) -> None:
         server.wait()
 
 
-def run_round(
-    url: str, batches: list[list[Delivery]], keep_alive: bool, rate: float | None = None
-) -> RoundResult:
-    """All clients start together and send their deliveries.
+# ---- the load generator: one thread, non-blocking sockets -----------------------------
+# Client threads with `requests` cost ~1.3 ms CPU per delivery on the same two cores as
+# the server, and each queued for this process's GIL before it could read its answer,
+# which counted as server latency. One selector loop over raw sockets sends pre-built
+# request bytes and reads the answers instead; its own CPU is measured
+# (`time.thread_time` of the loop) and reported apart from the fake GitHub's.
 
-    Closed loop (default): each client sends its next delivery as soon as the previous
-    one is answered, so the server sees `clients` requests in flight all the time.
-    Open loop (`rate`): delivery k of client i is due at t0 + (k * clients + i) / rate
-    and its latency counts from that due time, so time spent waiting for a free client
-    (the server falling behind) is not hidden (no coordinated omission).
+ROUND_TIMEOUT_S = 120.0  # a round still unanswered by then fails (and the bench stops)
+
+
+def request_bytes(host: str, delivery: Delivery, keep_alive: bool) -> bytes:
+    """The whole HTTP/1.1 request, built before the clock starts."""
+    headers = delivery.headers | {
+        "Host": host,
+        "Content-Length": str(len(delivery.body)),
+        "Connection": "keep-alive" if keep_alive else "close",
+    }
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return f"POST /events HTTP/1.1\r\n{head}\r\n".encode("latin-1") + delivery.body
+
+
+def parse_response(data: bytes | bytearray) -> int | None:
+    """The status once the head and the Content-Length body have arrived, else None."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = bytes(data[:end]).decode("latin-1").split("\r\n")
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    if len(data) < end + 4 + length:
+        return None
+    return int(lines[0].split(" ", 2)[1])
+
+
+@dataclass
+class Exchange:
+    """One delivery in flight: its socket, what was sent, what came back."""
+
+    client: int
+    request: bytes
+    start: float
+    sock: socket.socket
+    sent: int = 0
+    received: bytearray = dataclasses.field(default_factory=bytearray)
+
+
+class LoadLoop:
+    """Sends deliveries on non-blocking sockets from one thread and times each answer.
+
+    `start(client, request, t)` opens (or, with keep-alive, reuses) the client's
+    connection and sends; `on_done(client)` is called when its answer is complete, so a
+    closed loop can send the client's next delivery at once.
     """
-    clients = len(batches)
-    latencies: list[list[float]] = [[] for _ in batches]
-    failures: list[str] = []
-    barrier = threading.Barrier(clients + 1)
-    t0 = 0.0
 
-    def client(index: int) -> None:
-        session = requests.Session() if keep_alive else None
-        barrier.wait()
-        for number, delivery in enumerate(batches[index]):
-            headers = delivery.headers if keep_alive else delivery.headers | {"Connection": "close"}
-            if rate is not None:
-                due = t0 + (number * clients + index) / rate
-                time.sleep(max(0.0, due - time.perf_counter()))
-                start = due
-            else:
-                start = time.perf_counter()
+    def __init__(self, address: tuple[str, int], keep_alive: bool) -> None:
+        self._address = address
+        self._keep_alive = keep_alive
+        self._selector = selectors.DefaultSelector()
+        self._idle: dict[int, socket.socket] = {}  # keep-alive connections between sends
+        self.in_flight: dict[socket.socket, Exchange] = {}
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self.on_done: Callable[[int], None] = lambda _client: None
+
+    def start(self, client: int, request: bytes, started: float) -> None:
+        sock = self._idle.pop(client, None)
+        if sock is None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)
+            sock.connect_ex(self._address)  # EINPROGRESS: writable once connected
+        self.in_flight[sock] = Exchange(client, request, started, sock)
+        self._selector.register(sock, selectors.EVENT_WRITE)
+
+    def poll(self, timeout: float | None) -> None:
+        """Wait up to `timeout` for sockets, and move every ready exchange on."""
+        for key, events in self._selector.select(timeout):
+            exchange = self.in_flight[key.fileobj]  # type: ignore[index]
             try:
-                if session is not None:
-                    reply = session.post(url, data=delivery.body, headers=headers, timeout=30)
+                if events & selectors.EVENT_WRITE:
+                    self._send(exchange)
                 else:
-                    reply = requests.post(url, data=delivery.body, headers=headers, timeout=30)
-            except requests.RequestException as error:
-                failures.append(f"client {index}: {error}")
-                continue
-            latencies[index].append(time.perf_counter() - start)
-            if reply.status_code != 202:
-                failures.append(f"client {index}: HTTP {reply.status_code} {reply.text[:200]}")
-        if session is not None:
-            session.close()
+                    self._receive(exchange)
+            except OSError as error:
+                self._end(exchange, f"client {exchange.client}: {error!r}")
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    t0 = time.perf_counter() + 0.05  # read by the clients only after the barrier
-    barrier.wait()
-    for thread in threads:
-        thread.join()
+    def fail_stuck(self, older_than: float) -> None:
+        for exchange in list(self.in_flight.values()):
+            if exchange.start < older_than:
+                self._end(exchange, f"client {exchange.client}: no answer in time")
+
+    def close(self) -> None:
+        for sock in self._idle.values():
+            sock.close()
+        self._selector.close()
+
+    def _send(self, exchange: Exchange) -> None:
+        exchange.sent += exchange.sock.send(exchange.request[exchange.sent :])
+        if exchange.sent == len(exchange.request):
+            self._selector.modify(exchange.sock, selectors.EVENT_READ)
+
+    def _receive(self, exchange: Exchange) -> None:
+        chunk = exchange.sock.recv(65536)
+        exchange.received += chunk
+        status = parse_response(exchange.received)
+        if status is None and chunk:
+            return
+        now = time.perf_counter()
+        if status is None:
+            self._end(exchange, f"client {exchange.client}: connection closed early")
+            return
+        self.latencies.append(now - exchange.start)
+        body = bytes(exchange.received).partition(b"\r\n\r\n")[2][:200]
+        failure = None if status == 202 else f"client {exchange.client}: HTTP {status} {body!r}"
+        self._end(exchange, failure, reuse=self._keep_alive)
+
+    def _end(self, exchange: Exchange, failure: str | None, reuse: bool = False) -> None:
+        self._selector.unregister(exchange.sock)
+        del self.in_flight[exchange.sock]
+        if failure is not None:
+            self.failures.append(failure)
+        if reuse and failure is None:
+            self._idle[exchange.client] = exchange.sock
+        else:
+            exchange.sock.close()
+        self.on_done(exchange.client)
+
+
+def run_round(
+    address: tuple[str, int],
+    batches: list[list[Delivery]],
+    keep_alive: bool,
+    mode: str = "closed",
+    rate: float | None = None,
+) -> RoundResult:
+    """Send every batch's deliveries; latency is from a delivery's start to its answer.
+
+    `closed`: each client sends its next delivery as soon as the previous one is
+    answered, so `clients` requests are in flight all the time.
+    `burst`: waves of one delivery per client, all sent at once; the next wave starts
+    when the last answer of this one has come (latency from the wave's start).
+    `open` (`rate`): delivery k of client i is due at t0 + (k * clients + i) / rate and
+    is sent then, however many are in flight; its latency counts from that due time,
+    so a server falling behind shows in the numbers (no coordinated omission).
+    """
+    host = f"{address[0]}:{address[1]}"
+    pending = [deque(request_bytes(host, d, keep_alive) for d in batch) for batch in batches]
+    loop = LoadLoop(address, keep_alive)
+    cpu_before = time.thread_time()
+    t0 = time.perf_counter()
+    if mode == "open":
+        assert rate is not None
+        _open_loop(loop, pending, rate, t0)
+    elif mode == "burst":
+        _bursts(loop, pending)
+    else:
+        _closed_loop(loop, pending)
     wall = time.perf_counter() - t0
-    return RoundResult([value for values in latencies for value in values], wall, failures)
+    client_cpu = time.thread_time() - cpu_before
+    loop.close()
+    return RoundResult(loop.latencies, wall, loop.failures, client_cpu)
+
+
+def _drain(loop: LoadLoop, until: Callable[[], bool]) -> None:
+    deadline = time.perf_counter() + ROUND_TIMEOUT_S
+    while not until():
+        loop.poll(1.0)
+        if time.perf_counter() > deadline:
+            loop.fail_stuck(deadline)
+            return
+
+
+def _closed_loop(loop: LoadLoop, pending: list[deque[bytes]]) -> None:
+    def next_of(client: int) -> None:
+        if pending[client]:
+            loop.start(client, pending[client].popleft(), time.perf_counter())
+
+    loop.on_done = next_of
+    for client in range(len(pending)):
+        next_of(client)
+    _drain(loop, lambda: not loop.in_flight)
+
+
+def _bursts(loop: LoadLoop, pending: list[deque[bytes]]) -> None:
+    while any(pending):
+        started = time.perf_counter()
+        for client, queue in enumerate(pending):
+            if queue:
+                loop.start(client, queue.popleft(), started)
+        _drain(loop, lambda: not loop.in_flight)
+
+
+def _open_loop(loop: LoadLoop, pending: list[deque[bytes]], rate: float, t0: float) -> None:
+    clients = len(pending)
+    schedule = deque(
+        (t0 + (number * clients + client) / rate, client, request)
+        for client, queue in enumerate(pending)
+        for number, request in enumerate(queue)
+    )
+    schedule = deque(sorted(schedule, key=lambda item: item[0]))
+    while schedule:
+        now = time.perf_counter()
+        while schedule and schedule[0][0] <= now:
+            due, client, request = schedule.popleft()
+            loop.start(client, request, due)
+        if schedule:
+            loop.poll(max(0.0, schedule[0][0] - time.perf_counter()))
+    _drain(loop, lambda: not loop.in_flight)
 
 
 def process_tree_cpu_s(pid: int) -> float:
@@ -333,7 +512,15 @@ def main() -> None:
         "--rate", type=float, help="open loop: deliveries per second over all clients"
     )
     parser.add_argument(
+        "--burst",
+        action="store_true",
+        help="waves of one delivery per client sent at once (the next after the last answer)",
+    )
+    parser.add_argument(
         "--processes", type=int, default=1, help="gunicorn worker processes (WEB_CONCURRENCY)"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="gunicorn threads per process (default: serve's own)"
     )
     parser.add_argument("--smoke", action="store_true", help="5 clients x 4, one round (CI)")
     args = parser.parse_args()
@@ -348,19 +535,23 @@ def main() -> None:
         root = Path(scratch)
         port = free_port()
         base_url = f"http://127.0.0.1:{port}"
+        address = ("127.0.0.1", port)
+        mode = "open" if args.rate else "burst" if args.burst else "closed"
         log = root / "serve.log"
-        server = start_server(root / "data", port, github, log, args.processes)
+        # Built and signed before the server starts: rounds then follow each other at once.
+        warm = build_deliveries(github, min(args.clients, 5), 1, args.action, -1)
+        rounds = [
+            build_deliveries(github, args.clients, args.requests, args.action, number)
+            for number in range(args.rounds)
+        ]
+        server = start_server(root / "data", port, github, log, args.processes, args.threads)
         try:
             wait_ready(base_url, server, log)
             # Warm-up (not measured): first request per code path, SQLite file creation.
-            warm = build_deliveries(github, min(args.clients, 5), 1, args.action, -1)
-            run_round(f"{base_url}/events", warm, args.keep_alive)
-            for round_number in range(args.rounds):
-                batches = build_deliveries(
-                    github, args.clients, args.requests, args.action, round_number
-                )
+            run_round(address, warm, args.keep_alive)
+            for batches in rounds:
                 server_cpu, own_cpu = process_tree_cpu_s(server.pid), time.process_time()
-                results.append(run_round(f"{base_url}/events", batches, args.keep_alive, args.rate))
+                results.append(run_round(address, batches, args.keep_alive, mode, args.rate))
                 cpu.append(
                     (
                         process_tree_cpu_s(server.pid) - server_cpu,
@@ -376,9 +567,14 @@ def main() -> None:
     load_after = os.getloadavg()
 
     connection = "keep-alive" if args.keep_alive else "new connection per delivery"
-    loop = f"open loop at {args.rate:g} req/s" if args.rate else "closed loop"
+    loop = {
+        "open": f"open loop at {args.rate or 0:g} req/s",
+        "burst": f"bursts of {args.clients} at once",
+        "closed": "closed loop",
+    }[mode]
     print(
-        f"gitops-runner serve (gunicorn: {args.processes} process(es) x 8 threads, 1 job worker "
+        f"gitops-runner serve (gunicorn: {args.processes} process(es) x "
+        f"{args.threads or 'default'} threads, 1 job worker "
         f"each): {args.clients} clients x "
         f"{args.requests} `{args.action}` deliveries x {args.rounds} round(s), {loop}, "
         f"{connection}"
@@ -387,11 +583,13 @@ def main() -> None:
         f"load average before {load_before[0]:.2f} / after {load_after[0]:.2f} "
         f"(cpus: {os.cpu_count()})"
     )
+    print("cpu per delivery: server process tree / load loop / fake GitHub (+ rest of bench)")
     for number, (result, (server_cpu, own_cpu)) in enumerate(zip(results, cpu, strict=True), 1):
+        count = max(1, len(result.latencies))
         print(
-            f"round {number}: {describe(result.latencies, result.wall_s)}  "
-            f"cpu server {server_cpu:4.1f} s ({server_cpu / len(result.latencies) * 1000:.1f} "
-            f"ms/delivery) / bench {own_cpu:4.1f} s in {result.wall_s:4.1f} s"
+            f"round {number}: {describe(result.latencies, result.wall_s)}  cpu "
+            f"{server_cpu / count * 1000:.2f} / {result.client_cpu_s / count * 1000:.2f} / "
+            f"{(own_cpu - result.client_cpu_s) / count * 1000:.2f} ms in {result.wall_s:4.1f} s"
         )
     everything = [value for result in results for value in result.latencies]
     wall = sum(result.wall_s for result in results)

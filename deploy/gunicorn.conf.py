@@ -25,6 +25,8 @@ timeout = _options["timeout"]
 graceful_timeout = _options["graceful_timeout"]
 keepalive = _options["keepalive"]
 logconfig_dict = _options["logconfig_dict"]
+# The access log off unless asked for (`--access-logfile -`), as with `serve`.
+logger_class = _options["logger_class"]
 proc_name = _options["proc_name"]
 control_socket_disable = _options["control_socket_disable"]  # ignored by gunicorn < 25
 

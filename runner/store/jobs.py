@@ -110,16 +110,16 @@ _RUNNING_IN_GROUP = (
     )
     .order_by(_JOBS.c.id)
 )
-_ACTIVE_IN_GROUP = (
+_ACTIVE_IN_GROUP_ALL = (
     select(_JOBS)
     .where(
         _JOBS.c.group_key == bindparam("group_key"),
         _JOBS.c.status.in_(ACTIVE_JOB_STATUSES),
         _JOBS.c.kind == bindparam("kind"),
-        _JOBS.c.id < bindparam("before_id"),
     )
     .order_by(_JOBS.c.id)
 )
+_ACTIVE_IN_GROUP = _ACTIVE_IN_GROUP_ALL.where(_JOBS.c.id < bindparam("before_id"))
 _CANCEL_QUEUED = (
     update(_JOBS)
     .where(
@@ -186,20 +186,20 @@ class JobStore:
         raise conflict
 
     def _insert(self, row: dict[str, Any], delivery: DeliveryRef | None) -> int:
-        # Prebuilt Core statements, not ORM objects: this is the webhook's only write, and
-        # building statements and the unit of work cost more CPU than SQLite does.
-        with self._db.write() as session:
+        # Prebuilt Core statements on a Core connection, no ORM Session: this is the
+        # webhook's only write, and a Session costs more CPU than SQLite does.
+        with self._db.write_connection() as connection:
             if delivery is not None:
-                add_delivery(session, delivery)
+                add_delivery(connection, delivery)
             if row["dedupe_key"] is not None:
                 # Looked up inside the write transaction, so the delivery is recorded
                 # with the job it resolves to. On SQLite the write lock makes lookup and
                 # INSERT atomic; on PostgreSQL a concurrent INSERT of the same key fails
                 # ours with IntegrityError and enqueue() tries again.
-                existing = session.scalar(_active_with_key(row["dedupe_key"]))
+                existing = connection.scalar(_active_with_key(row["dedupe_key"]))
                 if existing is not None:
                     return existing
-            return session.execute(_INSERT_JOB, row).inserted_primary_key[0]
+            return connection.execute(_INSERT_JOB, row).inserted_primary_key[0]
 
     def claim(
         self,
@@ -230,8 +230,8 @@ class JobStore:
     ) -> JobRecord | None:
         # Core statements: every job pays for its claim, on the same GIL as the webhooks.
         now = utcnow()
-        with self._db.write() as session:
-            row = session.execute(statement, values).first()
+        with self._db.write_connection() as connection:
+            row = connection.execute(statement, values).first()
             if row is None:
                 return None
             claimed = {
@@ -242,7 +242,7 @@ class JobStore:
                 "attempts": row.attempts + 1,
                 "error": None,
             }
-            session.execute(_UPDATE_BY_ID, claimed | {"job_id": row.id})
+            connection.execute(_UPDATE_BY_ID, claimed | {"job_id": row.id})
         return dataclasses.replace(_record(row), **claimed | {"status": JobStatus.RUNNING})
 
     def heartbeat(self, job_id: int, worker_id: str, lease_s: float = DEFAULT_LEASE_S) -> bool:
@@ -277,8 +277,8 @@ class JobStore:
         if not job_ids:
             return []
         values = {"ids": list(job_ids), "finished_at": utcnow(), "error": reason}
-        with self._db.write() as session:
-            return sorted(session.scalars(_CANCEL_QUEUED, values))
+        with self._db.write_connection() as connection:
+            return sorted(connection.scalars(_CANCEL_QUEUED, values))
 
     def cancel_running(self, job_id: int, reason: str) -> bool:
         """Cancel a running job (superseded work); False if it is not running.
@@ -314,8 +314,8 @@ class JobStore:
             statement, guard = _UPDATE_RUNNING, {"job_id": job_id}
         else:
             statement, guard = _UPDATE_RUNNING_OWNED, {"job_id": job_id, "owner": worker_id}
-        with self._db.write() as session:
-            return session.execute(statement, values | guard).rowcount > 0
+        with self._db.write_connection() as connection:
+            return connection.execute(statement, values | guard).rowcount > 0
 
     def requeue_expired(
         self,
@@ -447,10 +447,10 @@ class JobStore:
     def any_queued(self, kinds: Collection[str] | None = None) -> bool:
         """Whether some job (of `kinds`) waits to be claimed: the idle workers' poll, a
         read that neither takes the write lock nor decodes a payload."""
-        with self._db.read() as session:
+        with self._db.read_connection() as connection:
             if kinds is None:
-                return session.execute(_ANY_QUEUED).first() is not None
-            found = session.execute(_ANY_QUEUED_OF_KINDS, {"kinds": list(kinds)})
+                return connection.execute(_ANY_QUEUED).first() is not None
+            found = connection.execute(_ANY_QUEUED_OF_KINDS, {"kinds": list(kinds)})
             return found.first() is not None
 
     def running_in_group(self, group_key: str, before_id: int) -> builtins.list[JobRecord]:
@@ -459,13 +459,14 @@ class JobStore:
         the caller decodes them, since missing one would break the order. Running jobs
         are few (one per worker), so the `IS NULL` costs nothing here."""
         values = {"group_key": group_key, "before_id": before_id}
-        with self._db.read() as session:
-            return [_record(row) for row in session.execute(_RUNNING_IN_GROUP, values)]
+        with self._db.read_connection() as connection:
+            return [_record(row) for row in connection.execute(_RUNNING_IN_GROUP, values)]
 
     def active_in_group(
-        self, group_key: str, kind: str, before_id: int
+        self, group_key: str, kind: str, before_id: int | None = None
     ) -> builtins.list[JobRecord]:
-        """Queued and running jobs of `kind` in a PR group that are older than `before_id`.
+        """Queued and running jobs of `kind` in a PR group that are older than `before_id`
+        (None: all of them).
 
         An indexed read of one PR's few jobs, for superseding; oldest first. Jobs without
         a group (written before migration 0004, or by an older runner during a rolling
@@ -473,8 +474,9 @@ class JobStore:
         (An `OR group_key IS NULL` would make SQLite scan every queued job instead.)
         """
         values = {"group_key": group_key, "kind": kind, "before_id": before_id}
-        with self._db.read() as session:
-            return [_record(row) for row in session.execute(_ACTIVE_IN_GROUP, values)]
+        statement = _ACTIVE_IN_GROUP_ALL if before_id is None else _ACTIVE_IN_GROUP
+        with self._db.read_connection() as connection:
+            return [_record(row) for row in connection.execute(statement, values)]
 
     def prune(self, older_than: datetime, kinds: Collection[str] | None = None) -> int:
         """Delete finished jobs (of `kinds`) that ended before `older_than`; how many."""

@@ -9,6 +9,7 @@ and handed to the blueprints through `app.extensions`, never looked up globally.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -89,7 +90,9 @@ def create_app(settings: Settings, services: WebServices) -> Flask:
     _register_blueprints(app)
     install_metrics(app, app.extensions[EXTENSION_KEY].metrics)
     app.after_request(_security_headers)
-    _prune_deliveries_after_webhooks(app, settings, services.store)
+    prune_if_due = _prune_deliveries_after_webhooks(app, settings, services.store)
+    # Last: POST /events is answered in front of everything above (webhooks.py says why).
+    webhooks.serve_webhooks_first(app, _SECURITY_HEADERS, prune_if_due)
     return app
 
 
@@ -102,7 +105,9 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(pages.blueprint)
 
 
-def _prune_deliveries_after_webhooks(app: Flask, settings: Settings, store: Store) -> None:
+def _prune_deliveries_after_webhooks(
+    app: Flask, settings: Settings, store: Store
+) -> Callable[[], object]:
     """Deliveries are written here, by webhooks: old ones are forgotten from here too,
     at most hourly and in a thread of their own, so no webhook waits for it."""
     pruner = DeliveryPruner(store.deliveries, timedelta(days=settings.delivery_retention_days))
@@ -113,6 +118,7 @@ def _prune_deliveries_after_webhooks(app: Flask, settings: Settings, store: Stor
         return response
 
     app.after_request(after_webhook)
+    return pruner.prune_if_due
 
 
 def _security_headers(response: Response) -> Response:

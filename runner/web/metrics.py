@@ -14,6 +14,7 @@ every scrape sums all workers' files.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from flask import Blueprint, Response, current_app
 from prometheus_client import (
@@ -71,10 +72,20 @@ class WebMetrics:
             registry=counters,
         )
         self.registry.register(StoreCollector(store))
+        # The labelled children, looked up once: `labels()` takes a lock and builds a
+        # key on every call, and this runs for every webhook.
+        self._counted: dict[tuple[str, str], Any] = {}
+        self._timed: dict[str, Any] = {}
 
     def observe_webhook(self, forge: str, outcome: str, seconds: float) -> None:
-        self.webhooks.labels(forge=forge, outcome=outcome).inc()
-        self.ack_seconds.labels(forge=forge).observe(seconds)
+        counter = self._counted.get((forge, outcome))
+        if counter is None:
+            counter = self._counted[(forge, outcome)] = self.webhooks.labels(forge, outcome)
+        timer = self._timed.get(forge)
+        if timer is None:
+            timer = self._timed[forge] = self.ack_seconds.labels(forge)
+        counter.inc()
+        timer.observe(seconds)
 
 
 def install_metrics(app: object, metrics: WebMetrics) -> None:
