@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from runner.engine.services import Services
     from runner.results.model import PlanResult
     from runner.settings import Settings
+    from runner.store.store import Store
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -372,13 +373,14 @@ def _reconcile_forever(reconciler: Any) -> None:
 @click.pass_context
 def serve(ctx: click.Context) -> None:
     """Run the webhook server (gunicorn) with the job workers in the same process tree."""
+    from runner.store.store import prepare_store
     from runner.web.app import WebConfigError
     from runner.web.auth.startup import AuthConfigError
     from runner.web.server import check_startup, run_server
     from runner.wiring import build_web_services
 
     settings = _settings(ctx)
-    _prepare_schema(settings)  # in the master, once: workers find it current
+    prepare_store(settings)  # in the master, once: workers find it current
     try:
         # Webhook secrets, then sign-in (docs/dashboard.md); after the schema, since
         # stored API tokens count as sign-in.
@@ -400,6 +402,7 @@ def worker(ctx: click.Context, burst: bool, kinds: str | None) -> None:
     """Run an RQ job worker (for GITOPS_QUEUE=rq; needs GITOPS_REDIS_URL)."""
     from runner.jobs.model import select_kinds
     from runner.jobs.rq_queue import run_worker
+    from runner.store.store import prepare_store
     from runner.wiring import job_registry
 
     try:
@@ -410,7 +413,7 @@ def worker(ctx: click.Context, burst: bool, kinds: str | None) -> None:
         raise click.BadParameter("name at least one kind", param_hint="--kinds")
     settings = _settings(ctx)
     _configure_server_logging(settings)
-    _prepare_schema(settings)
+    prepare_store(settings)
     run_worker(settings, job_registry, burst=burst, queue_name=settings.queue_name, kinds=chosen)
 
 
@@ -428,20 +431,11 @@ def _configure_server_logging(settings: Settings) -> None:
     )
 
 
-def _prepare_schema(settings: Settings) -> None:
-    """Migrate, or refuse to start on an out-of-date schema (GITOPS_AUTO_MIGRATE)."""
-    from runner.store.db import prepare_schema
+def _open_store(settings: Settings) -> Store:
+    """The store for `runs`, `locks` and `token`, under the same schema rule as `serve`."""
+    from runner.store.store import open_store
 
-    prepare_schema(settings.resolved_database_url, auto_migrate=settings.migrates_at_start)
-
-
-def _open_store(settings: Settings) -> Any:
-    """The store for `runs` and `locks`, under the same schema rule as `serve` (without
-    importing the composition root: these commands stay quick to start)."""
-    from runner.store.store import Store
-
-    _prepare_schema(settings)
-    return Store.open(settings.resolved_database_url, upgrade=False)
+    return open_store(settings)
 
 
 def _check_repo(spec: str, settings: Settings) -> None:

@@ -265,7 +265,20 @@ class Settings(BaseSettings):
         ):
             if secret is not None and secret.get_secret_value():
                 values.append(secret.get_secret_value())
+        values.extend(self._app_key_file_contents())
         return tuple(values)
+
+    def _app_key_file_contents(self) -> list[str]:
+        """The App key read from its file: as secret as the inline one, and Terraform's
+        code (a PR's) may read a file it can guess the path of. The masker hides each of
+        its lines too. Unreadable: nothing to hide here (the forge names the error)."""
+        if self.github_app_key_file is None:
+            return []
+        try:
+            contents = self.github_app_key_file.expanduser().read_text()
+        except (OSError, UnicodeDecodeError):
+            return []
+        return [contents] if contents.strip() else []
 
     def forge_hosts(self) -> dict[str, str]:
         """The web host of each forge's repositories: what its webhooks' `html_url` carry.

@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from runner.config.server_config import check_server_config
 from runner.engine.apply import ApplyExecutor
 from runner.engine.planner import build_planner, build_terraform_factory
-from runner.engine.project_mutex import build_mutex
+from runner.engine.project_mutex import ProjectMutex, build_mutex
 from runner.engine.services import Services
 from runner.events.model import RepoRef
 from runner.forge.base import Forge
@@ -30,9 +30,8 @@ from runner.policies.engine import build_policy_engine
 from runner.results.limits import OutputLimits
 from runner.results.masking import Masker
 from runner.settings import Settings, load_settings
-from runner.store.db import prepare_schema
 from runner.store.plan_files import Encryption, PlanStore, build_plan_store
-from runner.store.store import Store
+from runner.store.store import Store, open_store
 from runner.workspace.credentials import GITLAB_TOKEN_USERNAME, TOKEN_USERNAME, HttpAuth
 from runner.workspace.working_copy import CredentialsFor, WorkingCopies
 
@@ -42,6 +41,7 @@ if TYPE_CHECKING:
     from flask import Flask
 
     from runner.drift.scheduler import DriftScheduler
+    from runner.drift.service import DriftService
     from runner.drift.triggers import DriftScans
     from runner.jobs.model import JobHandler, JobPayload
     from runner.jobs.queue import JobQueue
@@ -174,15 +174,6 @@ def build_plan_files(settings: Settings, store: Store) -> PlanStore:
     )
 
 
-def open_store(settings: Settings) -> Store:
-    """The store, its schema migrated first or checked (GITOPS_AUTO_MIGRATE, see
-    `db.prepare_schema`): an out-of-date schema refuses to start with a message naming
-    `gitops-runner db upgrade`."""
-    url = settings.resolved_database_url
-    prepare_schema(url, auto_migrate=settings.migrates_at_start)
-    return Store.open(url, upgrade=False)
-
-
 @dataclass(frozen=True)
 class _HostCredentials:
     """What a forge host gets: its token (per clone URL), the scheme it may travel over,
@@ -191,6 +182,23 @@ class _HostCredentials:
     scheme: str
     token: Callable[[str], str]
     username: str
+
+
+@dataclass(frozen=True)
+class DriftParts:
+    """One process's drift service and scheduler, shared by the job handlers (scans,
+    ticks) and the web side (scans on request, the scheduler as a schedule source)."""
+
+    service: DriftService
+    scheduler: DriftScheduler
+
+
+def build_drift_parts(services: Services) -> DriftParts:
+    from runner.drift.scheduler import DriftScheduler
+    from runner.drift.service import DriftService
+
+    service = DriftService(services)
+    return DriftParts(service, DriftScheduler(service))
 
 
 @dataclass(frozen=True)
@@ -225,19 +233,19 @@ def build_drift(
     settings: Settings,
     services: Services,
     submit_job: Callable[[JobPayload], int] | None = None,
+    parts: DriftParts | None = None,
 ) -> DriftWiring:
-    """The drift service on this process's store, planner, working copies and notifier.
+    """The drift service on this process's store, planner, working copies and notifier
+    (`parts`, when the job handlers were given them already).
 
     Every web process gets a scheduler when drift is scheduled; the scheduler's lease
     in the store makes exactly one of them scan (see runner/drift/scheduler.py).
     """
-    from runner.drift.scheduler import DriftScheduler
-    from runner.drift.service import DriftService
     from runner.drift.triggers import DriftScans
 
-    service = DriftService(services)
-    scheduler = DriftScheduler(service) if drift_scheduled(settings) else None
-    return DriftWiring(DriftScans(service, submit_job=submit_job), scheduler)
+    parts = parts or build_drift_parts(services)
+    scheduler = parts.scheduler if drift_scheduled(settings) else None
+    return DriftWiring(DriftScans(parts.service, submit_job=submit_job), scheduler)
 
 
 def _quietly(stop: Callable[[], object], what: str) -> None:
@@ -260,9 +268,12 @@ def build_web_services(settings: Settings) -> WebServices:
     from runner.web.context import WebServices
 
     services = build_services(settings)
-    registry = build_job_registry(services)
-    queue = build_queue(settings, services.store, registry)
-    drift = build_drift(settings, services, queue.submit)
+    drift_parts = build_drift_parts(services)
+    registry = build_job_registry(services, drift_parts)
+    # The services' mutex: PR groups and Terraform states are keyed apart, and one
+    # object per process is what makes a second hold from one thread an error.
+    queue = build_queue(settings, services.store, registry, mutex=services.mutex)
+    drift = build_drift(settings, services, queue.submit, drift_parts)
     scheduler = build_scheduler(settings, services.store, queue.submit, drift.scheduler)
 
     def start_workers() -> None:
@@ -286,24 +297,24 @@ def build_web_services(settings: Settings) -> WebServices:
     )
 
 
-def build_job_registry(services: Services) -> JobRegistry:
-    """Every kind of job and its handler, on this process's services (`runner/jobs/`)."""
+def build_job_registry(services: Services, drift: DriftParts | None = None) -> JobRegistry:
+    """Every kind of job and its handler, on this process's services (`runner/jobs/`)
+    and its drift service and scheduler (`drift`, when the web side shares them)."""
     from runner.commands.pr_flow import build_handler
-    from runner.drift.scheduler import DriftScheduleHandler, DriftScheduler
-    from runner.drift.service import DriftService
+    from runner.drift.scheduler import DriftScheduleHandler
     from runner.drift.triggers import DriftScanHandler
     from runner.jobs.registry import JobRegistry
     from runner.reconcile.jobs import ReconcileHandler
     from runner.reconcile.reconciler import Reconciler
 
     pull_requests = build_handler(services)
-    drift = DriftService(services)
+    drift = drift or build_drift_parts(services)
     return JobRegistry(
         {
             "pull_request": pull_requests,
             "comment": pull_requests,
-            "drift_scan": DriftScanHandler(drift),
-            "drift_schedule": DriftScheduleHandler(DriftScheduler(drift)),
+            "drift_scan": DriftScanHandler(drift.service),
+            "drift_schedule": DriftScheduleHandler(drift.scheduler),
             "reconcile": ReconcileHandler(Reconciler(services), services.settings),
         }
     )
@@ -358,11 +369,14 @@ def pull_request_flow_handler(settings: Settings, store: Store) -> JobHandler:
     return build_handler(build_services(settings, store))
 
 
-def build_queue(settings: Settings, store: Store, handler: JobHandler) -> JobQueue:
+def build_queue(
+    settings: Settings, store: Store, handler: JobHandler, *, mutex: ProjectMutex | None = None
+) -> JobQueue:
     """The queue `settings.queue` names, on `store`.
 
-    `handler` runs the jobs of an in-process queue. An RQ queue only submits; its
-    jobs run in `gitops-runner worker` processes, which build their own handler.
+    `handler` runs the jobs of an in-process queue, its PR groups held on `mutex` (the
+    process's own, `Services.mutex`; a new one if not given). An RQ queue only submits;
+    its jobs run in `gitops-runner worker` processes, which build their own handler.
     """
     from runner.jobs.inprocess import InProcessQueue
     from runner.jobs.queue import JobTiming
@@ -376,6 +390,6 @@ def build_queue(settings: Settings, store: Store, handler: JobHandler) -> JobQue
         store,
         handler,
         settings.workers,
-        mutex=build_mutex(settings, store),
+        mutex=mutex or build_mutex(settings, store),
         timing=JobTiming.for_lease(settings.job_lease_seconds),
     )

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -19,6 +17,7 @@ from runner.events.model import RepoRef
 from runner.forge.base import ForgeError
 from runner.forge.factory import ForgeNotConfigured, build_forge
 from runner.jobs.model import decode_event, encode_event
+from runner.results.masking import REDACTED, Masker
 from runner.settings import load_settings
 from runner.wiring import _clone_credentials
 from tests.support.pr_world import (
@@ -29,17 +28,9 @@ from tests.support.pr_world import (
     make_app_world,
 )
 
+pytest_plugins = ["tests.support.app_world"]  # the `app_world` fixture
+
 BOT = "gitops-runner[bot]"
-
-
-@pytest.fixture
-def app_world(tmp_path: Path) -> Iterator[PullRequestWorld]:
-    built = make_app_world(tmp_path)
-    try:
-        yield built
-    finally:
-        built.github.stop()
-        built.services.store.close()
 
 
 def _repo_requests(world: PullRequestWorld) -> list[str]:
@@ -128,6 +119,35 @@ def test_a_key_that_is_not_pem_fails_before_any_request(tmp_path):
     with pytest.raises(ForgeNotConfigured, match="GITOPS_GITHUB_APP_KEY: not an unencrypted PEM"):
         build_forge(settings, "github")
     assert "not a key" in settings.secret_values()
+
+
+def test_a_pr_that_prints_the_apps_key_file_shows_none_of_it(app_world):
+    # The attack: a PR's Terraform reads the key from the path it guessed, and the plan
+    # (comment, check run, run log) would print it as an output's value.
+    key_file = app_world.settings.github_app_key_file
+    leak = {"infra/app/leak.tf": f'output "leak" {{\n  value = file("{key_file}")\n}}\n'}
+
+    number = app_world.open_pr("leak", leak)
+
+    runs = app_world.github.check_runs(FULL_NAME, app_world.head_sha(number))
+    outputs = [part or "" for run in runs for part in (run.output.summary, run.output.text)]
+    logs = [path.read_text() for path in app_world.settings.logs_dir.rglob("*") if path.is_file()]
+    shown = "\n".join([*app_world.comments(number), *outputs, *logs])
+    assert "+ leak" in shown and "(sensitive value)" in shown  # the plan did print it
+    key_lines = [line for line in key_file.read_text().splitlines() if line.strip()]
+    assert len(key_lines) > 3
+    assert [line for line in key_lines if line in shown] == []
+
+
+def test_the_key_files_contents_are_masked_and_an_unreadable_one_is_skipped(tmp_path):
+    key_file = tmp_path / "key.pem"
+    key_file.write_text("-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1ib2R5\n-----END\n")
+    settings = load_settings(data_dir=tmp_path, github_app_id=1, github_app_key_file=key_file)
+    masker = Masker.from_secrets(settings.secret_values())
+
+    assert masker.mask("  c2VjcmV0LWtleS1ib2R5  ") == f"  {REDACTED}  "
+    key_file.unlink()
+    assert settings.secret_values() == ()
 
 
 def test_an_app_without_a_key_names_the_settings(tmp_path):

@@ -8,7 +8,6 @@ capped at 65,535 characters) and builds the `check_run` webhook a "Re-run" click
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -46,19 +45,11 @@ from tests.support.pr_world import (
     make_world,
 )
 
+pytest_plugins = ["tests.support.app_world"]  # the `app_world` fixture
+
 BROKEN_NETWORK = {"infra/network/broken.tf": 'resource "terraform_data" "x" {\n  input = \n}\n'}
 # infra/db emptied of resources: with no state either, its plan has no changes.
 NO_CHANGES_DB = {"infra/db/main.tf": 'terraform {\n  required_version = ">= 1.4"\n}\n'}
-
-
-@pytest.fixture
-def app_world(tmp_path: Path) -> Iterator[PullRequestWorld]:
-    built = make_app_world(tmp_path)
-    try:
-        yield built
-    finally:
-        built.github.stop()
-        built.services.store.close()
 
 
 @pytest.fixture

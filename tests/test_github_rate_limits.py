@@ -9,7 +9,6 @@ one or two seconds; nothing is timed.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -24,10 +23,10 @@ from tests.support.pr_world import (
     APP_INSTALLATION,
     FULL_NAME,
     WEBHOOK_SECRET,
-    PullRequestWorld,
     ServedRunner,
-    make_app_world,
 )
+
+pytest_plugins = ["tests.support.app_world"]  # the `app_world` fixture
 
 TOKEN = "ghp_rate-limited-token"
 HEAD = "a" * 40
@@ -57,16 +56,6 @@ def forge_for(fake: FakeGitHub, max_wait: float = 120.0) -> GitHubForge:
 
 def sent(fake: FakeGitHub, method: str, path_end: str) -> int:
     return sum(1 for r in fake.requests if r.method == method and r.path.endswith(path_end))
-
-
-@pytest.fixture
-def app_world(tmp_path: Path) -> Iterator[PullRequestWorld]:
-    built = make_app_world(tmp_path)
-    try:
-        yield built
-    finally:
-        built.github.stop()
-        built.services.store.close()
 
 
 # ---- end to end ---------------------------------------------------------------------------

@@ -234,9 +234,11 @@ class DriftScans:
         jobs = self._store.jobs
         pending = jobs.active_with_key(request.dedupe_key)
         job_id = submit(request.job())
-        current = jobs.get(job_id)
+        if job_id != pending:  # a new job: queued as it was written, nothing to read back
+            return ScanTicket(job_id, JobStatus.QUEUED, started=True, request=request)
+        current = jobs.get(job_id)  # the same scan, asked before: it may be running by now
         status = current.status if current is not None else JobStatus.QUEUED
-        return ScanTicket(job_id, status, started=job_id != pending, request=request)
+        return ScanTicket(job_id, status, started=False, request=request)
 
     def _submit(self, request: ScanRequest) -> ScanTicket:
         jobs = self._store.jobs

@@ -70,13 +70,10 @@ def drop_queued(store: Store, group: str, reason: str) -> list[int]:
     queued = [
         record.id
         for kind in ("pull_request", "comment")
-        for record in store.jobs.active_in_group(group, kind, _ANY_JOB)
+        for record in store.jobs.active_in_group(group, kind)
         if record.status == JobStatus.QUEUED
     ]
     return store.jobs.cancel_queued(queued, reason)
-
-
-_ANY_JOB = 2**62  # active_in_group reads jobs older than an id: every one
 
 
 def supersede(store: Store, event: WorkEvent, new_job_id: int) -> Superseded:

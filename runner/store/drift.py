@@ -68,8 +68,17 @@ class DriftStore:
         with self._db.read() as session:
             return [_result(row) for row in session.scalars(statement)]
 
-    def history(self, repo: str, project: str | None = None, limit: int = 100) -> list[DriftResult]:
-        """Newest first: how a project's drift evolved."""
+    def history(
+        self,
+        repo: str,
+        project: str | None = None,
+        limit: int = 100,
+        *,
+        dir: str | None = None,
+        workspace: str | None = None,
+    ) -> list[DriftResult]:
+        """Newest first: how a project's drift evolved (of one dir and workspace, given
+        those: the index's order, so the limit counts only the project's own results)."""
         statement = (
             select(DriftResultRow)
             .where(DriftResultRow.repo == repo)
@@ -78,6 +87,10 @@ class DriftStore:
         )
         if project is not None:
             statement = statement.where(DriftResultRow.project == project)
+        if dir is not None:
+            statement = statement.where(DriftResultRow.dir == dir)
+        if workspace is not None:
+            statement = statement.where(DriftResultRow.workspace == workspace)
         with self._db.read() as session:
             return [_result(row) for row in session.scalars(statement)]
 

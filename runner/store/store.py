@@ -7,18 +7,22 @@ globally. Each repository is also usable on its own with a `Database`.
 from __future__ import annotations
 
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from runner.store.comments import CommentStore
-from runner.store.db import Database, make_engine, migrate
+from runner.store.db import Database, make_engine, migrate, prepare_schema
 from runner.store.deliveries import DeliveryStore
 from runner.store.jobs import JobStore
 from runner.store.locks import LockService
 from runner.store.policies import PolicyApprovalStore
 from runner.store.runs import RunStore
 from runner.store.tokens import TokenStore
+
+if TYPE_CHECKING:
+    from runner.settings import Settings
 
 
 class Store(Database):
@@ -60,3 +64,16 @@ class Store(Database):
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def prepare_store(settings: Settings) -> None:
+    """Migrate the schema, or check it (GITOPS_AUTO_MIGRATE, see `db.prepare_schema`):
+    an out-of-date schema refuses to start with a message naming `gitops-runner db
+    upgrade`. `serve` does it once in the master, before its workers open the store."""
+    prepare_schema(settings.resolved_database_url, auto_migrate=settings.migrates_at_start)
+
+
+def open_store(settings: Settings) -> Store:
+    """The store, its schema prepared first (`prepare_store`)."""
+    prepare_store(settings)
+    return Store.open(settings.resolved_database_url, upgrade=False)

@@ -55,16 +55,7 @@ def project_page() -> str:
 @blueprint.get("/runs")
 def runs_page() -> str:
     query, problem = _parse(m.RunsQuery)
-    context = web_context()
-    page = page_of_runs(context, runs_query(query), query.limit, query.cursor)
-    return render_template(
-        "runs.html",
-        query=query,
-        problem=problem,
-        runs=[run_row(run, context.settings) for run in page.items],
-        next_url=_next_url(page.next_cursor),
-        **display_helpers(),
-    )
+    return _runs_table("runs.html", query, problem)
 
 
 @blueprint.get("/runs/<int:run_id>")
@@ -146,16 +137,24 @@ def _back_with(notice: str) -> Response:
 @blueprint.get("/audit")
 def audit_page() -> str:
     query, problem = _parse(m.AuditQuery)
+    filters = {k: v for k, v in (("repo", query.repo), ("project", query.project)) if v}
+    csv_url = "/api/v1/audit.csv" + (f"?{urlencode(filters)}" if filters else "")
+    return _runs_table("audit.html", query, problem, csv_url=csv_url)
+
+
+def _runs_table(
+    template: str, query: m.RunsQuery | m.AuditQuery, problem: str, **extra: str
+) -> str:
+    """A page of runs under the page's filters, paged by cursor like the API."""
     context = web_context()
     page = page_of_runs(context, runs_query(query), query.limit, query.cursor)
-    filters = {k: v for k, v in (("repo", query.repo), ("project", query.project)) if v}
     return render_template(
-        "audit.html",
+        template,
         query=query,
         problem=problem,
         runs=[run_row(run, context.settings) for run in page.items],
         next_url=_next_url(page.next_cursor),
-        csv_url="/api/v1/audit.csv" + (f"?{urlencode(filters)}" if filters else ""),
+        **extra,
         **display_helpers(),
     )
 

@@ -13,10 +13,11 @@ from typing import Generic, TypeVar
 
 from runner.results.drift import DriftResult
 from runner.store.drift import DriftStore
+from runner.store.reconcile import ReconcileStateStore
 from runner.store.runs import RunQuery, RunRecord
 from runner.web.context import WebContext
 from runner.web.drift_api import drift_overview
-from runner.web.sync_state import ProjectStatus, SyncState, project_statuses
+from runner.web.sync_state import ProjectStatus, SyncState, judge, project_statuses
 
 Item = TypeVar("Item")
 HISTORY_LIMIT = 100
@@ -49,9 +50,29 @@ def page_of_projects(
 
 
 def find_project(context: WebContext, repo: str, dir: str, workspace: str) -> ProjectStatus | None:
-    return next(
-        (s for s in all_projects(context, repo) if (s.dir, s.workspace) == (dir, workspace)),
-        None,
+    """One project's status from its own records (by key: indexed reads), the same that
+    `all_projects` derives for it; None when the store knows nothing of it."""
+    store = context.services.store
+    drift = DriftStore(store).previous(repo, dir, workspace)
+    runs = store.runs.search(RunQuery(repo=repo, dir=dir, workspace=workspace), limit=1)
+    last_run = runs[0] if runs else None
+    lock = store.locks.get(repo, dir, workspace)
+    if drift is None and last_run is None and lock is None:
+        return None
+    # Named as in `project_statuses`: by the drift result, else the run, else the dir.
+    named = (drift.project if drift else "") or (last_run.project if last_run else "")
+    failed = any(named in state.failed for state in ReconcileStateStore(store).list(repo))
+    state, reason = judge(drift, last_run, lock, failed)
+    return ProjectStatus(
+        repo=repo,
+        project=named or dir,
+        dir=dir,
+        workspace=workspace,
+        state=state,
+        reason=reason,
+        drift=drift,
+        last_run=last_run,
+        lock=lock,
     )
 
 
@@ -68,10 +89,9 @@ def page_of_runs(
 
 def drift_history(context: WebContext, status: ProjectStatus) -> list[DriftResult]:
     """The project's drift results, newest first (other workspaces of the dir left out)."""
-    results = DriftStore(context.services.store).history(
-        status.repo, status.project, limit=HISTORY_LIMIT
+    return DriftStore(context.services.store).history(
+        status.repo, status.project, HISTORY_LIMIT, dir=status.dir, workspace=status.workspace
     )
-    return [r for r in results if (r.dir, r.workspace) == (status.dir, status.workspace)]
 
 
 def project_runs(context: WebContext, status: ProjectStatus) -> list[RunRecord]:
