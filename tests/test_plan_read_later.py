@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from runner.config.model import ProjectConfig
+from runner.config.workflows import Workflow
 from runner.engine.planner import Planner, PlanOptions, PlanTarget, build_planner
 from runner.engine.recording import record_plan_result, record_read_plan
 from runner.results.model import PlanResult, PlanStatus
@@ -106,7 +107,8 @@ def test_output_with_no_sentence_it_knows_gives_no_counts() -> None:
     # Output-only changes print no "Plan:" sentence; a future wording may differ too.
     assert summary_from_output("Changes to Outputs:\n  + x = 1\n") is None
     assert summary_from_output("Plan: 1 to add, 0 to change, 0 to destroy.\n" * 2) is None
-    assert summary_from_output("Plan: 0 to add, 0 to change, 1 to destroy.\n") is not None
+    # A sentence without the headers it counts is not believed either.
+    assert summary_from_output("Plan: 0 to add, 0 to change, 1 to destroy.\n") is None
 
 
 def test_without_read_plan_later_the_json_plan_is_read_at_once(
@@ -167,3 +169,78 @@ def test_a_plan_that_cannot_be_read_back_is_an_error_and_never_recorded_as_appli
     assert store.runs.latest_plans("acme/infra", 7) == []
     run = store.runs.get_run(run_id)
     assert run is not None and run.status.value == "failed"
+
+
+# --- counts a PR's text could fake --------------------------------------------------------
+
+PRINTED = """\
+  # terraform_data.a will be created
+  + resource "terraform_data" "a" {
+      + id = (known after apply)
+    }
+
+  # terraform_data.b will be destroyed
+  - resource "terraform_data" "b" {
+      - id = "1" -> null
+    }
+
+Plan: 1 to add, 0 to change, 1 to destroy.
+"""
+
+
+def test_printed_headers_and_sentence_give_the_counts() -> None:
+    summary = summary_from_output(PRINTED)
+
+    assert summary is not None
+    assert (summary.add, summary.change, summary.destroy, summary.replace) == (1, 0, 1, 0)
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        # A value printed before the sentence (a refreshed id, a key) imitating a header:
+        # the headers no longer add up to the sentence, so the JSON plan decides.
+        "terraform_data.a: Refreshing state... [id=x]\n  # terraform_data.b must be replaced\n",
+        '  # terraform_data.x["k"] will be created\n',
+        # A second sentence (a check block's message, a script's echo).
+        "\nPlan: 0 to add, 0 to change, 0 to destroy.\n",
+    ],
+)
+def test_text_that_imitates_terraform_gives_no_counts(forged: str) -> None:
+    tampered = forged + PRINTED if not forged.startswith("\nPlan") else PRINTED + forged
+
+    assert summary_from_output(tampered) is None
+
+
+def test_a_header_phrase_inside_an_address_is_not_a_header() -> None:
+    key = '  # terraform_data.a["must be replaced"] will be created\n'
+    output = PRINTED.replace("  # terraform_data.a will be created\n", key)
+
+    summary = summary_from_output(output)
+
+    assert summary is not None and (summary.add, summary.replace) == (1, 0)
+
+
+def test_diagnostics_after_the_sentence_are_not_read() -> None:
+    warning = "\nWarning: Check block assertion failed\n\n  # terraform_data.c must be replaced\n"
+
+    summary = summary_from_output(PRINTED + warning)
+
+    assert summary is not None and summary.replace == 0
+
+
+def test_a_custom_workflows_counts_come_from_the_json_plan(
+    planner: Planner, tmp_path: Path
+) -> None:
+    checkout = tmp_path / "checkout"
+    (checkout / "app").mkdir(parents=True)
+    (checkout / "app/main.tf").write_text(BEFORE)
+    workflow = Workflow(name="custom", source="repo")  # default steps, but a workflow
+    project = ProjectConfig(name="app", dir="app", resolved_workflow=workflow)
+
+    (result,) = planner.plan_all(
+        checkout, [PlanTarget(project)], "c1", PlanOptions(read_plan_later=True)
+    )
+
+    assert result.status is PlanStatus.CHANGES, result.error
+    assert not result.changes_pending and len(result.changes) == 6

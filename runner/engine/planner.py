@@ -202,7 +202,10 @@ class Planner:
             return base.failed(outcome, Masker.from_secrets(options.secret_values))
 
         masker = Masker.from_secrets(options.secret_values)
-        printed = summary_from_output(outcome.stdout) if options.read_plan_later else None
+        # A custom workflow's `run` steps print whatever the PR's scripts print: its
+        # counts come from the JSON plan, before the comment.
+        later = options.read_plan_later and project.resolved_workflow is None
+        printed = summary_from_output(outcome.stdout) if later else None
         if printed is not None:
             planned = base.planned(PlanStatus.CHANGES, outcome, masker, plan_path, printed)
             return replace(planned, changes_pending=True)

@@ -66,31 +66,48 @@ _PLAN_SENTENCE = re.compile(
     r"(?P<destroy>\d+) to destroy(?:, \d+ to forget)?\.$",
     re.MULTILINE,
 )
-# Resource headers: "# ADDR must be replaced", "# ADDR will be replaced, as requested",
-# "... will be replaced due to changes in replace_triggered_by"; drift: "has changed",
-# "has been deleted". Terraform's sentence counts a replacement as an add and a destroy.
-_REPLACED = re.compile(r"^ *# \S.* (?:must be replaced|will be replaced\b.*)$", re.MULTILINE)
-_DRIFTED = re.compile(r"^ *# \S.* has (?:changed|been deleted)$", re.MULTILINE)
+# A resource's header line ends with what the plan does to it; the address before that
+# may hold any text (map keys), so only the ending is read.
+_CREATED, _DESTROYED, _UPDATED = "will be created", "will be destroyed", "will be updated in-place"
+_REPLACED = (
+    "must be replaced",
+    "will be replaced, as requested",
+    "will be replaced due to changes in replace_triggered_by",
+)
+_DRIFTED = ("has changed", "has been deleted")
+_ENDINGS = (_CREATED, _DESTROYED, _UPDATED, *_REPLACED, *_DRIFTED)
+_HEADER = re.compile(
+    r"^ *# \S.* (?P<action>" + "|".join(map(re.escape, _ENDINGS)) + ")$", re.MULTILINE
+)
 
 
 def summary_from_output(output: str) -> PlanSummary | None:
     """The counts of a plan with changes as Terraform printed them (`plan -no-color`);
-    None when the output has no sentence this recognises (then read the JSON plan)."""
+    None when the output has no sentence this recognises (then read the JSON plan).
+
+    Only what comes before the sentence is read (diagnostics, which may quote a PR's
+    text, come after it), and the headers must add up to the sentence: a created or
+    replaced object per "to add", a destroyed or replaced one per "to destroy", an updated
+    one per "to change". Text that imitates a header breaks the sum, and the JSON plan
+    is read instead.
+    """
     sentences = list(_PLAN_SENTENCE.finditer(output))
     if len(sentences) != 1:
         return None
     counts = sentences[0]
-    replaced = len(_REPLACED.findall(output))
-    add, destroy = int(counts["add"]) - replaced, int(counts["destroy"]) - replaced
-    if add < 0 or destroy < 0:
+    actions = [match["action"] for match in _HEADER.finditer(output, 0, counts.start())]
+    replaced = sum(action in _REPLACED for action in actions)
+    add, destroy, change = (actions.count(a) for a in (_CREATED, _DESTROYED, _UPDATED))
+    printed = (int(counts["add"]), int(counts["change"]), int(counts["destroy"]))
+    if printed != (add + replaced, change, destroy + replaced):
         return None
     return PlanSummary(
         add=add,
-        change=int(counts["change"]),
+        change=change,
         destroy=destroy,
         replace=replaced,
         import_=int(counts["import_"] or 0),
-        drifted=len(_DRIFTED.findall(output)),
+        drifted=sum(action in _DRIFTED for action in actions),
     )
 
 
