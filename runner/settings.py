@@ -171,8 +171,9 @@ class Settings(BaseSettings):
     # GOGC for Terraform and its providers; 100 is Go's default, 0 leaves it to Go
     # (docs/terraform.md, "Go runtime").
     terraform_gogc: int = Field(default=400, ge=0)
-    # Plans mostly wait on provider APIs, so more run at once than there are cores.
-    parallelism: int = Field(default_factory=lambda: max(4, os.cpu_count() or 2), ge=1)
+    # A ceiling: plans mostly wait on provider APIs, so more run at once than there are
+    # cores, while the planner admits one per core when they compute (engine/scheduling.py).
+    parallelism: int = Field(default_factory=lambda: max(8, 2 * (os.cpu_count() or 2)), ge=1)
     secret_env_vars: CommaList = ()
     # Initialised `.terraform` directories reused across worktrees for this many hours
     # (docs/terraform.md, "Init cache"); 0 turns the init cache off.
