@@ -33,6 +33,7 @@ from runner.config.model import (
 )
 from runner.config.server_config import RepoRules
 from runner.config.workflows import Workflow, WorkflowError, parse_workflows
+from runner.gc_pause import gc_paused
 from runner.terraform.modules import ModuleGraph
 
 RUNNER_FILE = "gitops-runner.yaml"
@@ -47,6 +48,7 @@ _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
+@gc_paused()
 def load_repo_config(
     repo_root: Path, *, graph: ModuleGraph | None = None, rules: RepoRules | None = None
 ) -> RepoConfig:

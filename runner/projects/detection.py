@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from wcmatch import glob
 
 from runner.config.model import DEFAULT_WHEN_MODIFIED, ProjectConfig, RepoConfig, normalize_dir
+from runner.gc_pause import gc_paused
 from runner.terraform.modules import ModuleGraph, dir_of, is_hidden
 
 # `**` crosses directories, `*` matches dotfiles too (like Atlantis), and no magic ever
@@ -42,6 +43,7 @@ class ProjectSelectionError(ValueError):
     """An explicit `-p/-d/-w` selection that names no configured project."""
 
 
+@gc_paused()
 def affected_projects(
     config: RepoConfig, changed_files: Sequence[str], graph: ModuleGraph
 ) -> list[AffectedProject]:

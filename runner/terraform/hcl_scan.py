@@ -30,16 +30,17 @@ from typing import NamedTuple
 
 Token = tuple[str, str]  # (kind, text)
 
-# Most common first. A string without templates or escapes of `$`/`%` is matched here;
-# any other string, a heredoc and a block comment are scanned by hand (_SCANNERS).
+# Spaces and line comments are skipped in front of every token, in the same match.
+# A string without templates or escapes of `$`/`%` (or with simple templates) is matched
+# here; any other string, a heredoc and a block comment are scanned by hand (_SCANNERS).
 _TOKEN = re.compile(
     r"""
-      (?P<space>[ \t\r]+)
-    | (?P<newline>\n)
+    (?:[ \t\r]+|\#[^\n]*|//[^\n]*)*
+    (?:
+      (?P<newline>\n)
     | (?P<ident>[A-Za-z_][\w-]*)
     | (?P<string>"(?:[^"\\\n$%]|\\.|[$%](?!\{)|[$%]\{[^{}"\n]*\})*")
     | (?P<quote>")
-    | (?P<comment>\#[^\n]*|//[^\n]*)
     | (?P<block_comment>/\*)
     | (?P<heredoc><<)
     | (?P<open>\{)
@@ -48,12 +49,13 @@ _TOKEN = re.compile(
     | (?P<cparen>[)\]])
     | (?P<operator>==|!=|<=|>=|=>|&&|\|\|)
     | (?P<equals>=)
+    | (?P<end>\Z)
     | (?P<other>.)
+    )
     """,
     re.VERBOSE,
 )
 _HEREDOC_START = re.compile(r"<<-?([A-Za-z_][\w-]*)\r?\n")
-_SKIPPED = frozenset({"space", "comment"})
 
 
 class _Unsure(Exception):
@@ -89,7 +91,7 @@ class HclBlock(NamedTuple):
 def hcl_tokens(text: str) -> list[Token] | None:
     """The significant tokens of an HCL file; None when this pass is unsure of them."""
     try:
-        return list(_tokens(text))
+        return _tokens(text)
     except _Unsure:
         return None
 
@@ -97,7 +99,7 @@ def hcl_tokens(text: str) -> list[Token] | None:
 def hcl_body(text: str) -> tuple[HclAttribute | HclBlock, ...] | None:
     """The top-level items of an HCL file; None when this pass is unsure of them."""
     try:
-        tokens = list(_tokens(text))
+        tokens = _tokens(text)
         items, end = _body(tokens, 0, closed_by_brace=False)
     except _Unsure:
         return None
@@ -140,24 +142,38 @@ def lexical_local_calls(text: str) -> tuple[tuple[str, str], ...] | None:
     return tuple(found)
 
 
-def _tokens(text: str) -> Iterator[Token]:
-    position, end, match_at = 0, len(text), _TOKEN.match
-    while position < end:
-        match = match_at(text, position)
-        assert match is not None  # `other` matches any character but a newline
+def _tokens(text: str) -> list[Token]:
+    """One regex pass (C speed) for files without strings it cannot match whole, heredocs
+    or block comments; the hand scanners only for those that have them."""
+    tokens = []
+    for match in _TOKEN.finditer(text):
         kind = match.lastgroup or "other"
+        if kind in _SCANNERS:
+            return list(_scanned_tokens(text))
+        tokens.append((kind, match.group(kind)))
+    tokens.pop()  # `end`
+    return tokens
+
+
+def _scanned_tokens(text: str) -> Iterator[Token]:
+    position, match_at = 0, _TOKEN.match
+    while True:
+        match = match_at(text, position)
+        assert match is not None  # `end` or `other` matches after any skipped run
+        kind = match.lastgroup or "other"
+        if kind == "end":
+            return
         scanner = _SCANNERS.get(kind)
-        if scanner is not None:
-            kind, stop = scanner(text, position)
-            if kind == "newline-comment":
-                yield ("newline", "\n")
-            elif kind != "comment":
-                yield (kind, text[position:stop])
-            position = stop
-        else:
-            if kind not in _SKIPPED:
-                yield (kind, match.group())
+        if scanner is None:
+            yield (kind, match.group(kind))
             position = match.end()
+            continue
+        start = match.start(kind)
+        kind, position = scanner(text, start)
+        if kind == "newline-comment":
+            yield ("newline", "\n")
+        elif kind != "comment":
+            yield (kind, text[start:position])
 
 
 def _quoted_string(text: str, start: int) -> tuple[str, int]:

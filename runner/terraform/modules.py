@@ -48,6 +48,7 @@ import hcl2.parser
 from hcl2.postlexer import PostLexer
 from lark import Lark, Token, Tree
 
+from runner.gc_pause import gc_paused
 from runner.terraform.hcl_scan import lexical_local_calls
 from runner.terraform.tree_index import TreeIndex, TreeScan, index_tree, indexed_blobs, read_blobs
 
@@ -607,6 +608,7 @@ class ModuleGraph:
                 self._index(path, (c.module_dir for c in self._calls_in(path)))
 
     @classmethod
+    @gc_paused()
     def build(cls, repo_root: Path, cache_dir: Path | None = None) -> ModuleGraph:
         """Scan a working copy (git grep when it is a git work tree, else a file walk).
 
