@@ -67,6 +67,14 @@ def _applied(planner: Planner, checkout: Path, text: str) -> None:
     assert applied.ok, applied.stderr
 
 
+def _fresh_checkout(tmp_path: Path) -> Path:
+    """A checkout whose one project manages BEFORE, with no state yet."""
+    checkout = tmp_path / "checkout"
+    (checkout / "app").mkdir(parents=True)
+    (checkout / "app/main.tf").write_text(BEFORE)
+    return checkout
+
+
 def _plan_later(planner: Planner, checkout: Path, extra_args: tuple[str, ...] = ()) -> PlanResult:
     target = PlanTarget(ProjectConfig(name="app", dir="app"), extra_args=extra_args)
     (result,) = planner.plan_all(checkout, [target], "c1", PlanOptions(read_plan_later=True))
@@ -114,22 +122,22 @@ def test_output_with_no_sentence_it_knows_gives_no_counts() -> None:
 def test_without_read_plan_later_the_json_plan_is_read_at_once(
     planner: Planner, tmp_path: Path
 ) -> None:
-    checkout = tmp_path / "checkout"
-    (checkout / "app").mkdir(parents=True)
-    (checkout / "app/main.tf").write_text(BEFORE)
+    checkout = _fresh_checkout(tmp_path)
 
     (result,) = planner.plan_all(checkout, [PlanTarget(ProjectConfig(name="app", dir="app"))])
 
     assert not result.changes_pending and len(result.changes) == 6
 
 
+def _planned_fresh(planner: Planner, tmp_path: Path) -> PlanResult:
+    """BEFORE planned in a new checkout with its JSON plan left for later."""
+    return _plan_later(planner, _fresh_checkout(tmp_path))
+
+
 def test_a_plan_becomes_appliable_only_once_its_json_plan_is_read(
     planner: Planner, tmp_path: Path, store: Store
 ) -> None:
-    checkout = tmp_path / "checkout"
-    (checkout / "app").mkdir(parents=True)
-    (checkout / "app/main.tf").write_text(BEFORE)
-    printed = _plan_later(planner, checkout)
+    printed = _planned_fresh(planner, tmp_path)
     where = {"repo": "acme/infra", "trigger": Trigger.AUTOPLAN, "pr_number": 7}
 
     run_id = record_plan_result(store, printed, **where)
@@ -153,10 +161,7 @@ def test_a_plan_becomes_appliable_only_once_its_json_plan_is_read(
 def test_a_plan_that_cannot_be_read_back_is_an_error_and_never_recorded_as_appliable(
     planner: Planner, tmp_path: Path, store: Store
 ) -> None:
-    checkout = tmp_path / "checkout"
-    (checkout / "app").mkdir(parents=True)
-    (checkout / "app/main.tf").write_text(BEFORE)
-    printed = _plan_later(planner, checkout)
+    printed = _planned_fresh(planner, tmp_path)
     run_id = record_plan_result(store, printed, repo="acme/infra", trigger="autoplan", pr_number=7)
     Path(printed.plan_path or "").write_bytes(b"not a plan file")
 
@@ -232,9 +237,7 @@ def test_diagnostics_after_the_sentence_are_not_read() -> None:
 def test_a_custom_workflows_counts_come_from_the_json_plan(
     planner: Planner, tmp_path: Path
 ) -> None:
-    checkout = tmp_path / "checkout"
-    (checkout / "app").mkdir(parents=True)
-    (checkout / "app/main.tf").write_text(BEFORE)
+    checkout = _fresh_checkout(tmp_path)
     workflow = Workflow(name="custom", source="repo")  # default steps, but a workflow
     project = ProjectConfig(name="app", dir="app", resolved_workflow=workflow)
 

@@ -252,18 +252,11 @@ def indexed_blobs(repo_root: Path, pathspecs: tuple[str, ...]) -> tuple[list[str
 def read_blobs(repo_root: Path, blobs: list[str]) -> dict[str, bytes]:
     """The content of each blob id, read from the object store in one `git cat-file`."""
     wanted = sorted(set(blobs))
-    if not wanted:
-        return {}
-    proc = subprocess.run(
-        ["git", "--no-optional-locks", "-C", str(repo_root), "cat-file", "--batch"],
-        input="\n".join(wanted).encode() + b"\n",
-        capture_output=True,
-        check=False,
-    )
-    if proc.returncode != 0:
+    out = _cat_file(repo_root, "--batch", wanted) if wanted else None
+    if out is None:
         return {}
     texts: dict[str, bytes] = {}
-    out, pos = proc.stdout, 0
+    pos = 0
     while pos < len(out):
         end = out.index(b"\n", pos)
         header = out[pos:end].split(b" ")
@@ -280,20 +273,24 @@ def _newest_present(repo_root: Path, trees: list[str]) -> str | None:
     """The first of `trees` this repository holds as a tree object (one `git cat-file`):
     an entry stored for another repository is only a candidate base if its tree is
     here too, and then its diff is exact."""
-    if not trees:
+    out = _cat_file(repo_root, "--batch-check", trees) if trees else None
+    if out is None:
         return None
-    proc = subprocess.run(
-        ["git", "--no-optional-locks", "-C", str(repo_root), "cat-file", "--batch-check"],
-        input="\n".join(trees).encode() + b"\n",
-        capture_output=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        return None
-    for tree, line in zip(trees, proc.stdout.decode().splitlines(), strict=False):
+    for tree, line in zip(trees, out.decode().splitlines(), strict=False):
         if line.split(" ")[1:2] == ["tree"]:
             return tree
     return None
+
+
+def _cat_file(repo_root: Path, mode: str, names: list[str]) -> bytes | None:
+    """`git cat-file --batch` or `--batch-check` of `names`; None when git fails."""
+    proc = subprocess.run(
+        ["git", "--no-optional-locks", "-C", str(repo_root), "cat-file", mode],
+        input="\n".join(names).encode() + b"\n",
+        capture_output=True,
+        check=False,
+    )
+    return proc.stdout if proc.returncode == 0 else None
 
 
 def _changed_paths(repo_root: Path, base: str, tree: str) -> list[_Change] | None:
