@@ -48,7 +48,8 @@ import tempfile
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,6 +161,7 @@ def start_server(
     log: Path,
     processes: int = 1,
     threads: int | None = None,
+    database_url: str | None = None,
 ) -> subprocess.Popen:
     """`gitops-runner serve` configured through the environment, as an operator would."""
     env = {
@@ -181,6 +183,8 @@ def start_server(
         # gunicorn worker processes; `serve` reads the usual variable (runner/web/server.py).
         "WEB_CONCURRENCY": str(processes),
     }
+    if database_url is not None:  # migrated by the bench (`fresh_schema`)
+        env["GITOPS_DATABASE_URL"] = database_url
     if threads is not None:
         env["GUNICORN_CMD_ARGS"] = f"--threads {threads}"  # the operator's escape hatch
     argv = [str(Path(sys.executable).parent / "gitops-runner"), "serve"]
@@ -496,6 +500,18 @@ def job_counts(data_dir: Path) -> str:
     return "jobs by status: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
 
 
+@contextmanager
+def database(postgres: bool) -> Iterator[str | None]:
+    """None (the default SQLite in the data dir), or a fresh PostgreSQL schema's URL."""
+    if not postgres:
+        yield None
+        return
+    from bench.scale_out import DEFAULT_POSTGRES, fresh_schema
+
+    with fresh_schema(os.environ.get("GITOPS_TEST_POSTGRES_URL") or DEFAULT_POSTGRES) as url:
+        yield url
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=50)
@@ -522,6 +538,11 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, help="gunicorn threads per process (default: serve's own)"
     )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="PostgreSQL (GITOPS_TEST_POSTGRES_URL, a schema of its own) instead of SQLite",
+    )
     parser.add_argument("--smoke", action="store_true", help="5 clients x 4, one round (CI)")
     args = parser.parse_args()
     if args.smoke:
@@ -531,7 +552,10 @@ def main() -> None:
     github = start_fake_github(args.clients)
     results: list[RoundResult] = []
     cpu: list[tuple[float, float]] = []  # (server, this process) per round
-    with tempfile.TemporaryDirectory(prefix="gitops-bench-ack-") as scratch:
+    with (
+        tempfile.TemporaryDirectory(prefix="gitops-bench-ack-") as scratch,
+        database(args.postgres) as database_url,
+    ):
         root = Path(scratch)
         port = free_port()
         base_url = f"http://127.0.0.1:{port}"
@@ -544,7 +568,9 @@ def main() -> None:
             build_deliveries(github, args.clients, args.requests, args.action, number)
             for number in range(args.rounds)
         ]
-        server = start_server(root / "data", port, github, log, args.processes, args.threads)
+        server = start_server(
+            root / "data", port, github, log, args.processes, args.threads, database_url
+        )
         try:
             wait_ready(base_url, server, log)
             # Warm-up (not measured): first request per code path, SQLite file creation.
