@@ -490,9 +490,9 @@ def server_histogram(base_url: str) -> str:
     return f"server-side (handler only): n={count:.0f} mean {total / count * 1000:.1f} ms  {shares}"
 
 
-def job_counts(data_dir: Path) -> str:
+def job_counts(data_dir: Path, database_url: str | None) -> str:
     """How far the single job worker got through the queued (harmless) jobs."""
-    store = Store.open(f"sqlite:///{data_dir / 'gitops-runner.db'}")
+    store = Store.open(database_url or f"sqlite:///{data_dir / 'gitops-runner.db'}")
     try:
         counts = {status.value: len(store.jobs.list(status=status)) for status in JobStatus}
     finally:
@@ -586,7 +586,7 @@ def main() -> None:
                 )
             # With several processes this is whichever process answers: its share only.
             histogram = server_histogram(base_url)
-            jobs = job_counts(root / "data")
+            jobs = job_counts(root / "data", database_url)
         finally:
             stop_server(server)
             github.stop()
