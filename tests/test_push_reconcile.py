@@ -10,7 +10,6 @@ acknowledged and queue nothing.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from tests.support.git_repo import GitRepo
 from tests.support.github_payloads import Repo, build_delivery, post_delivery, push_event
 from tests.support.gitlab_payloads import Project, push_hook
 from tests.support.pr_world import ServedRunner
+from tests.support.tfstate import applied_input
 
 FULL_NAME = "acme/infra"
 SECRET = "push-secret"
@@ -56,11 +56,7 @@ class World:
     settings: Settings
 
     def applied(self) -> str | None:
-        path = self.state / "app.tfstate"
-        if not path.is_file():
-            return None
-        resources = json.loads(path.read_text())["resources"]
-        return resources[0]["instances"][0]["attributes"]["input"]["value"] if resources else None
+        return applied_input(self.state / "app.tfstate")
 
     def commit_on_main(self, value: str) -> str:
         self.repo.write({"app/main.tf": project_tf(self.state, value)})

@@ -39,6 +39,7 @@ from runner.workspace.snapshot import snapshot_directory
 from tests.support.fake_github import FakeGitHub
 from tests.support.fake_slack import FakeSlack
 from tests.support.git_repo import GitRepo
+from tests.support.tfstate import applied_input
 
 FULL_NAME = "acme/infra"
 TOKEN = "ghp-reconcile-test"
@@ -68,11 +69,7 @@ class World:
 
     def applied(self, name: str) -> str | None:
         """The value the project's state holds (None: never applied)."""
-        path = self.state / f"{name}.tfstate"
-        if not path.is_file():
-            return None
-        resources = json.loads(path.read_text())["resources"]
-        return resources[0]["instances"][0]["attributes"]["input"]["value"] if resources else None
+        return applied_input(self.state / f"{name}.tfstate")
 
     def write_project(self, name: str, value: str, *, failing: bool = False) -> None:
         self.repo.write({f"{name}/main.tf": project_tf(self.state, name, value, failing=failing)})

@@ -35,6 +35,7 @@ from tests.support.github_payloads import (
     push_event,
 )
 from tests.support.jobs import Deployment, owner_pid, redis_url_or_skip
+from tests.support.tfstate import applied_input
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -435,11 +436,7 @@ def app_tf(state: Path, value: str) -> str:
 
 
 def applied(state: Path) -> str | None:
-    path = state / "app.tfstate"
-    if not path.is_file():
-        return None
-    resources = json.loads(path.read_text())["resources"]
-    return resources[0]["instances"][0]["attributes"]["input"]["value"] if resources else None
+    return applied_input(state / "app.tfstate")
 
 
 def test_a_push_to_the_default_branch_is_reconciled_by_a_reconcile_worker(
