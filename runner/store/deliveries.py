@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Connection, delete, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -56,8 +56,9 @@ class DuplicateDelivery(Exception):
         self.delivery_id = delivery_id
 
 
-def add_delivery(session: Session, delivery: DeliveryRef) -> None:
-    """Record `delivery` in `session`'s (write) transaction.
+def add_delivery(session: Session | Connection, delivery: DeliveryRef) -> None:
+    """Record `delivery` in `session`'s (write) transaction: an ORM session, or the Core
+    connection of the webhook's hot path (`Database.write_connection`).
 
     Raises `DuplicateDelivery` if it was recorded before; the caller's transaction is
     then unusable and must end (leaving the `Database.write()` block rolls it back).
