@@ -21,19 +21,14 @@ from tests.support.mr_world import (
     GITLAB_SECRET,
     PROJECT_PATH,
     MergeRequestWorld,
-    make_mr_world,
+    running_mr_world,
 )
 from tests.support.pr_world import APP_CHANGE, DB_CHANGE, ServedRunner
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[MergeRequestWorld]:
-    built = make_mr_world(tmp_path)
-    try:
-        yield built
-    finally:
-        built.gitlab.stop()
-        built.services.store.close()
+    yield from running_mr_world(tmp_path)
 
 
 @pytest.fixture

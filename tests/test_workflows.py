@@ -15,7 +15,7 @@ import pytest
 
 from runner.store.runs import RunStatus
 from tests.support.forge_world import ForgeWorld
-from tests.support.mr_world import make_mr_world
+from tests.support.mr_world import running_mr_world
 from tests.support.pr_world import PullRequestWorld, make_world
 
 WEB_MODULE = """variable "env" {
@@ -113,12 +113,7 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ForgeWorld
     if request.param == "github":
         yield from built_world(tmp_path)
         return
-    built = make_mr_world(tmp_path)
-    try:
-        yield built
-    finally:
-        built.gitlab.stop()
-        built.services.store.close()
+    yield from running_mr_world(tmp_path)
 
 
 @pytest.fixture

@@ -248,14 +248,7 @@ class Planner:
             plan_json = terraform.show_json(plan_path.parent, plan_path, cancel=options.cancel)
         except TerraformError as error:
             why = error.outcome.stderr_tail() or f"exit code {error.outcome.exit_code}"
-            return replace(
-                result,
-                status=PlanStatus.ERROR,
-                error=f"the plan was made but its JSON form could not be read: {why}",
-                plan_path=None,
-                plan_checksum=None,
-                changes_pending=False,
-            )
+            return _unappliable(result, f"its JSON form could not be read: {why}")
         masked = Masker.from_plan(plan_json, options.secret_values).mask(result.output)
         if masked != result.output:
             # Terraform prints `(sensitive value)` itself; this is the second line of defence
@@ -316,13 +309,7 @@ class Planner:
         try:
             self._plan_store.keep_plan(Path(result.plan_path or ""), result.plan_checksum)
         except (PlanStoreError, OSError) as error:
-            return replace(
-                result,
-                status=PlanStatus.ERROR,
-                error=f"the plan was made but could not be kept in the plan store: {error}",
-                plan_path=None,
-                plan_checksum=None,
-            )
+            return _unappliable(result, f"could not be kept in the plan store: {error}")
         return result
 
     def _log_path(self, project: ProjectConfig, commit: str | None) -> Path:
@@ -393,6 +380,18 @@ class _ResultBase:
         if summary is not None:
             fields["summary"] = summary
         return self._result(status, **fields)
+
+
+def _unappliable(result: PlanResult, why: str) -> PlanResult:
+    """A plan that was made but must never be applied: an error naming `why`."""
+    return replace(
+        result,
+        status=PlanStatus.ERROR,
+        error=f"the plan was made but {why}",
+        plan_path=None,
+        plan_checksum=None,
+        changes_pending=False,
+    )
 
 
 _SUBCOMMANDS = frozenset({"init", "workspace", "plan", "show", "apply"})

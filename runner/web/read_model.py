@@ -13,11 +13,10 @@ from typing import Generic, TypeVar
 
 from runner.results.drift import DriftResult
 from runner.store.drift import DriftStore
-from runner.store.reconcile import ReconcileStateStore
 from runner.store.runs import RunQuery, RunRecord
 from runner.web.context import WebContext
 from runner.web.drift_api import drift_overview
-from runner.web.sync_state import ProjectStatus, SyncState, judge, project_statuses
+from runner.web.sync_state import ProjectStatus, SyncState, project_status, project_statuses
 
 Item = TypeVar("Item")
 HISTORY_LIMIT = 100
@@ -50,30 +49,11 @@ def page_of_projects(
 
 
 def find_project(context: WebContext, repo: str, dir: str, workspace: str) -> ProjectStatus | None:
-    """One project's status from its own records (by key: indexed reads), the same that
-    `all_projects` derives for it; None when the store knows nothing of it."""
+    """One project's status, the same that `all_projects` derives for it; None when the
+    store knows nothing of it."""
     store = context.services.store
     drift = DriftStore(store).previous(repo, dir, workspace)
-    runs = store.runs.search(RunQuery(repo=repo, dir=dir, workspace=workspace), limit=1)
-    last_run = runs[0] if runs else None
-    lock = store.locks.get(repo, dir, workspace)
-    if drift is None and last_run is None and lock is None:
-        return None
-    # Named as in `project_statuses`: by the drift result, else the run, else the dir.
-    named = (drift.project if drift else "") or (last_run.project if last_run else "")
-    failed = any(named in state.failed for state in ReconcileStateStore(store).list(repo))
-    state, reason = judge(drift, last_run, lock, failed)
-    return ProjectStatus(
-        repo=repo,
-        project=named or dir,
-        dir=dir,
-        workspace=workspace,
-        state=state,
-        reason=reason,
-        drift=drift,
-        last_run=last_run,
-        lock=lock,
-    )
+    return project_status(store, (repo, dir, workspace), drift)
 
 
 def page_of_runs(

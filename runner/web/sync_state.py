@@ -17,7 +17,7 @@ from enum import StrEnum
 from runner.results.drift import Correction, DriftResult, DriftStatus
 from runner.store.locks import LockInfo
 from runner.store.reconcile import ReconcileStateStore
-from runner.store.runs import RunRecord, RunStatus
+from runner.store.runs import RunQuery, RunRecord, RunStatus
 from runner.store.store import Store
 
 ProjectKey = tuple[str, str, str]  # (repo, dir, workspace), the key locks use
@@ -98,6 +98,26 @@ def project_statuses(
     _mark_reconcile_failures(store, records)
     statuses = [_status(key, found) for key, found in records.items()]
     return sorted(statuses, key=lambda s: (s.repo, s.dir, s.workspace))
+
+
+def project_status(
+    store: Store, key: ProjectKey, drift: DriftResult | None
+) -> ProjectStatus | None:
+    """One project's status from its own records (indexed reads by key), as
+    `project_statuses` derives it; None when the store knows nothing of it."""
+    repo, dir, workspace = key
+    runs = store.runs.search(RunQuery(repo=repo, dir=dir, workspace=workspace), limit=1)
+    found = _Records(drift=drift, last_run=runs[0] if runs else None)
+    found.lock = store.locks.get(repo, dir, workspace)
+    if found.drift is None and found.last_run is None and found.lock is None:
+        return None
+    # Named as in `project_statuses`: by the drift result, else the run, else the dir.
+    found.project = (drift.project if drift else "") or (
+        found.last_run.project if found.last_run else ""
+    )
+    failed = ReconcileStateStore(store).list(repo)
+    found.reconcile_failed = any(found.project in state.failed for state in failed)
+    return _status(key, found)
 
 
 def _records(records: dict[ProjectKey, _Records], key: ProjectKey, name: str) -> _Records:

@@ -8,7 +8,7 @@ the same on either forge; webhooks are GitLab-shaped and go through `events/gitl
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,3 +187,13 @@ def make_mr_world(
         services=services,
         flow=PullRequestFlow(services),
     )
+
+
+def running_mr_world(root: Path, **settings: object) -> Iterator[MergeRequestWorld]:
+    """`make_mr_world` for a fixture: yields it, then stops the fake and closes the store."""
+    built = make_mr_world(root, **settings)
+    try:
+        yield built
+    finally:
+        built.gitlab.stop()
+        built.services.store.close()
