@@ -19,7 +19,7 @@ from runner.engine.planner import build_terraform_factory
 from runner.results.masking import REDACTED, Masker
 from runner.settings import load_settings
 from runner.terraform import Terraform, TerraformNotFoundError, embedded_terraform, locate_terraform
-from runner.terraform.environment import terraform_environment
+from runner.terraform.environment import cores_env, cpu_share, terraform_environment
 from runner.terraform.process import _LineBuffer, _LogSink
 from tests.support.git_repo import GitRepo
 
@@ -192,6 +192,51 @@ def test_the_operators_go_settings_win_and_zero_leaves_go_alone(
     assert passed.env["GOGC"] == "150"
     env = build_terraform_factory(untouched)(None).env
     assert "GOGC" not in env and "GOMEMLIMIT" not in env
+
+
+@pytest.mark.parametrize(
+    ("at_once", "cores", "expected"), [(8, 2, "1"), (2, 2, "1"), (1, 2, "2"), (3, 8, "2")]
+)
+def test_a_cpu_share_divides_the_cores_among_the_plans_at_once(
+    at_once: int, cores: int, expected: str
+):
+    assert cores_env() == {}
+    with cpu_share(at_once, cores):
+        assert cores_env() == {"GOMAXPROCS": expected}
+    assert cores_env() == {}
+
+
+def test_terraform_of_a_batch_runs_with_its_share_of_the_cores(tmp_path: Path):
+    workdir = _project(tmp_path, DUMP_ENV_TF)
+    terraform = build_terraform_factory(load_settings(data_dir=tmp_path / "data"))(None)
+
+    with cpu_share(processes_at_once=2, cores=2):
+        _apply(terraform, workdir)
+
+    assert _dumped_env(workdir)["GOMAXPROCS"] == "1"
+
+
+def test_the_operators_gomaxprocs_wins_and_zero_gogc_leaves_it_to_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("GOMAXPROCS", "3")
+    monkeypatch.setenv("GITOPS_TERRAFORM_ENV_PASSTHROUGH", "GOMAXPROCS")
+    passed = build_terraform_factory(load_settings(data_dir=tmp_path / "data"))(None)
+    monkeypatch.delenv("GOMAXPROCS")
+    monkeypatch.delenv("GITOPS_TERRAFORM_ENV_PASSTHROUGH")
+    untouched = load_settings(data_dir=tmp_path / "data", terraform_gogc=0)
+    left_alone = build_terraform_factory(untouched)(None)
+    operator_dir, untouched_dir = tmp_path / "operator", tmp_path / "untouched"
+    for workdir in (operator_dir, untouched_dir):
+        workdir.mkdir()
+        (workdir / "main.tf").write_text(DUMP_ENV_TF)
+
+    with cpu_share(processes_at_once=2, cores=2):
+        _apply(passed, operator_dir)
+        _apply(left_alone, untouched_dir)
+
+    assert _dumped_env(operator_dir)["GOMAXPROCS"] == "3"
+    assert "GOMAXPROCS" not in _dumped_env(untouched_dir)
 
 
 # --- row 13: logs are masked before they are written -------------------------------------

@@ -39,7 +39,7 @@ from runner.terraform import (
     locate_terraform,
     workspace_env,
 )
-from runner.terraform.environment import go_runtime_env
+from runner.terraform.environment import cpu_share, go_runtime_env
 from runner.terraform.planfile import plan_checksum
 from runner.terraform.result import CommandOutcome
 
@@ -137,7 +137,8 @@ class Planner:
             ]
 
         workers = min(self._parallelism, len(by_dir)) or 1
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="plan") as pool:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="plan")
+        with self._cpu_share(workers), pool:
             # The pool's threads log with the ids of the job that asked for the plans.
             planned = pool.map(carry_context(plan_dir), by_dir.values())
             results = dict(pair for pairs in planned for pair in pairs)
@@ -236,8 +237,14 @@ class Planner:
 
         pending = sum(1 for result in results if result.changes_pending)
         workers = min(self._parallelism, pending) or 1
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="plan-json") as pool:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="plan-json")
+        with self._cpu_share(workers), pool:
             return list(pool.map(carry_context(read), zip(targets, results, strict=True)))
+
+    def _cpu_share(self, workers: int) -> AbstractContextManager[None]:
+        """Each Terraform of a batch gets the cores it would get from the admission: one
+        each while as many plans as cores compute; all of them for a plan alone."""
+        return cpu_share(min(workers, self._admission.floor), self._admission.cores)
 
     def _read_later(
         self, target: PlanTarget, result: PlanResult, options: PlanOptions

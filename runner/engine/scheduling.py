@@ -113,7 +113,8 @@ class PlanAdmission:
         interval_s: float = SAMPLE_INTERVAL_S,
     ) -> None:
         self.ceiling = max(1, ceiling)
-        self.floor = min(self.ceiling, cores or usable_cores())
+        self.cores = cores or usable_cores()
+        self.floor = min(self.ceiling, self.cores)
         self.limit = self.floor
         self._cores_used = cores_used or CpuDemand()
         self._interval_s = interval_s

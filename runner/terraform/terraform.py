@@ -25,7 +25,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from runner.results.model import PlanStatus
-from runner.terraform.environment import terraform_environment
+from runner.terraform.environment import cores_env, terraform_environment
 from runner.terraform.init_cache import RESTORED_MARKER, InitCache
 from runner.terraform.init_key import LOCK_FILE, init_cache_key
 from runner.terraform.locate import TerraformBinary
@@ -148,6 +148,8 @@ class Terraform:
         for name, value in (runtime_env or {}).items():
             env.setdefault(name, value)
         self._env = env
+        # GITOPS_TERRAFORM_GOGC=0 leaves Go's runtime (GOGC, GOMEMLIMIT, GOMAXPROCS) to Go.
+        self._tune_runtime = bool(runtime_env)
         self._mask = mask
         self._data_dir = data_dir
         # TF_DATA_DIR moves `.terraform` out of the directory: nothing to put in place.
@@ -434,6 +436,9 @@ class Terraform:
         # The runner's own settings win over a project's env: they are what the lock,
         # the cache and non-interactive runs rely on.
         step_env = dict(self._env) | dict(env or {}) | _forced(self._env)
+        if self._tune_runtime:  # the operator's or the project's own GOMAXPROCS wins
+            for name, value in cores_env().items():
+                step_env.setdefault(name, value)
         return run_process(
             argv,
             cwd=workdir,
