@@ -165,8 +165,10 @@ def run_loop(tree: Path, terraform: tuple[str, ...], env: dict[str, str]) -> flo
 
 
 # What a runner in service keeps between pull requests (--keep-caches): the provider
-# plugin cache and the init cache; repositories, worktrees and logs start empty.
-KEPT_CACHES = ("plugin-cache", "init-cache")
+# plugin cache, the init cache and its database (a user's data dir keeps its run
+# records, so the schema is migrated once, not per command); repositories, worktrees
+# and logs start empty.
+KEPT_CACHES = ("plugin-cache", "init-cache", "gitops-runner.db")
 
 
 def reset_data_dir(data_dir: Path, keep_caches: bool) -> None:

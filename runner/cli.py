@@ -15,6 +15,7 @@ the top; each command imports what it uses.
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -736,4 +737,11 @@ def token_revoke(ctx: click.Context, token_id: int) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    cli(prog_name="gitops-runner")
+    try:
+        cli(prog_name="gitops-runner")
+    finally:
+        # At exit the interpreter's collector would walk every object the imports made,
+        # ~0.25 s after a `plan`, to free memory the OS takes back anyway. Exit handlers
+        # and module teardown still run.
+        gc.disable()
+        gc.freeze()

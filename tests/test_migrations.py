@@ -11,6 +11,7 @@ shipped script directory, never hard-coded, so a new migration needs no test edi
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,28 @@ def test_the_default_sqlite_store_of_the_quick_start_is_created(tmp_path: Path) 
 
     assert listed.returncode == 0, listed.stderr
     assert current_revision(f"sqlite:///{tmp_path}/gitops-runner.db") == head_revision()
+
+
+def test_the_start_up_check_knows_the_shipped_head() -> None:
+    """SCHEMA_HEAD spares every command the Alembic import; a new migration must move it."""
+    script = ScriptDirectory.from_config(alembic_config())
+
+    assert head_revision() == script.get_current_head()
+
+
+def test_a_current_schema_is_checked_without_alembic(sqlite_url: str) -> None:
+    migrate(sqlite_url)
+    probe = (
+        "import sys\n"
+        "from runner.store.db import prepare_schema\n"
+        f"state = prepare_schema({sqlite_url!r}, auto_migrate=True)\n"
+        "assert state.up_to_date, state\n"
+        "print(sorted(name for name in sys.modules if name.startswith('alembic')))\n"
+    )
+
+    checked = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=False
+    )
+
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.strip() == "[]"

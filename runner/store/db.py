@@ -19,15 +19,10 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import filelock
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError as AlembicError
-from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,10 +30,19 @@ from sqlalchemy.pool import StaticPool
 
 from runner.settings import SettingsError
 
+if TYPE_CHECKING:  # Alembic is imported only to migrate, never for the start-up check
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
 DATABASE_FILENAME = "gitops-runner.db"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # For the alembic CLI only (writing new revisions); the runner configures Alembic in code.
 ALEMBIC_INI = Path(__file__).resolve().parent / "alembic.ini"
+# The newest migration in MIGRATIONS_DIR (tests/test_migrations.py keeps it equal to
+# Alembic's head). Every command checks the schema at start-up; with the head known and
+# the revision read by one query, a current schema costs no Alembic import (~0.1 s).
+SCHEMA_HEAD = "0007"
+_VERSION_TABLE = "alembic_version"
 
 # SQLite waits this long for another writer before failing with "database is locked".
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -253,6 +257,8 @@ def alembic_config(url: str | URL | None = None) -> Config:
     (e.g. `command.revision(alembic_config(url), autogenerate=True, message=...)`);
     no alembic.ini is needed. `runner/store/alembic.ini` exists for the alembic CLI.
     """
+    from alembic.config import Config
+
     config = Config()
     # configparser treats "%" as interpolation; paths and passwords may contain it.
     config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
@@ -305,6 +311,8 @@ def _migrate_sqlite(engine: Engine, revision: str) -> None:
 
 
 def _upgrade(connection: Any, revision: str) -> None:
+    from alembic import command
+
     config = alembic_config()
     # env.py runs on this connection (inside our lock and transaction), not a new one.
     config.attributes["connection"] = connection
@@ -316,15 +324,28 @@ def current_revision(target: str | URL | Engine) -> str | None:
     engine = target if isinstance(target, Engine) else make_engine(target)
     try:
         with engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
+            return _recorded_revision(connection)
     finally:
         if engine is not target:
             engine.dispose()
 
 
+def _recorded_revision(connection: Connection) -> str | None:
+    """The row Alembic keeps in its version table; Alembic itself only for the odd case
+    of several rows (branches this package never ships)."""
+    if not inspect(connection).has_table(_VERSION_TABLE):
+        return None
+    rows = connection.execute(text(f"SELECT version_num FROM {_VERSION_TABLE}")).all()
+    if len(rows) <= 1:
+        return rows[0][0] if rows else None
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(connection).get_current_revision()
+
+
 def head_revision() -> str | None:
     """The newest revision shipped with this version of the package."""
-    return _script_directory().get_current_head()
+    return SCHEMA_HEAD
 
 
 @dataclass(frozen=True)
@@ -396,12 +417,16 @@ def prepare_schema(target: str | URL | Engine, *, auto_migrate: bool) -> SchemaS
 
 @cache
 def _script_directory() -> ScriptDirectory:
-    # The migrations shipped in the package: read once, not at every schema check.
+    """The migrations shipped in the package: read once, not at every schema check."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config())
 
 
 def _is_shipped(revision: str) -> bool:
+    from alembic.util import CommandError
+
     try:
         return _script_directory().get_revision(revision) is not None
-    except AlembicError:  # "Can't locate revision identified by ..."
+    except CommandError:  # "Can't locate revision identified by ..."
         return False
