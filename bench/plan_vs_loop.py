@@ -176,7 +176,7 @@ def reset_data_dir(data_dir: Path, keep_caches: bool) -> None:
         shutil.rmtree(data_dir, ignore_errors=True)
         return
     for child in data_dir.iterdir() if data_dir.is_dir() else ():
-        if child.name not in KEPT_CACHES:
+        if not child.name.startswith(KEPT_CACHES):  # the database's -wal and -shm too
             shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
