@@ -16,6 +16,7 @@ the top; each command imports what it uses.
 from __future__ import annotations
 
 import gc
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from runner.settings import Settings
     from runner.store.store import Store
 
+# Set by the CLI server (runner/cli_server) in a command it serves: its pid, for --debug.
+SERVED_BY_ENV = "GITOPS_CLI_SERVER_PID"
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CHANGES = 3
@@ -81,6 +84,8 @@ def cli(ctx: click.Context, config_file: Path | None, debug: bool) -> None:
     ctx.obj = _Context(config_file, debug)
     if ctx.invoked_subcommand not in ("serve", "worker"):  # servers configure their own
         _configure_logging(debug)
+    if debug and SERVED_BY_ENV in os.environ:
+        click.echo(f"debug: served by the CLI server (pid {os.environ[SERVED_BY_ENV]})", err=True)
 
 
 class _Context:
@@ -190,6 +195,7 @@ def _plan_selection(
     `json_plans`: read each plan's JSON form (`--json` prints the planned changes,
     policies check them). The Markdown shows Terraform's output and counts, so without it
     no `show -json` runs: a CLI plan is never applied."""
+    from runner.console.interrupts import cancel_on_interrupt
     from runner.console.progress import progress_display
     from runner.drift.scan import DriftRepo
     from runner.engine.planner import PlanOptions, build_planner
@@ -197,7 +203,7 @@ def _plan_selection(
     from runner.engine.recording import record_plan_results
 
     key = DriftRepo.from_url(selection.repo_url).key
-    with progress_display(progress) as observer:
+    with progress_display(progress) as observer, cancel_on_interrupt() as cancel:
         services = _services(settings, observer)
         planner = services.planner
         if parallelism:
@@ -207,6 +213,7 @@ def _plan_selection(
             progress=observer,
             guard=lambda p: services.mutex.hold(state_key(key, p.dir, p.workspace)),
             read_plan_later=not json_plans,
+            cancel=cancel,
         )
         results = planner.plan_all(selection.checkout, selection.targets, selection.commit, options)
     record_plan_results(services.store, repo=key, results=results, trigger="cli", command="plan")

@@ -198,6 +198,13 @@ def _render(template: str, masker: Masker | None, **context: Any) -> str:
     return masker.mask(text).strip() + "\n"
 
 
+def compile_templates() -> None:
+    """Compile every comment template now (the CLI server does, once for its commands)."""
+    environment = _environment()
+    for name in environment.list_templates():
+        environment.get_template(name)
+
+
 @cache
 def _environment() -> Environment:
     env = Environment(
