@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shlex
 import signal
 import subprocess
@@ -150,16 +151,39 @@ def _wait_for_exit(
     proc: subprocess.Popen[bytes], deadline: float | None, cancel: threading.Event | None
 ) -> StopReason | None:
     """Wait until the process exits (None) or must be stopped (why)."""
-    while not _has_exited(proc):
-        if cancel is not None and cancel.is_set():
-            return "cancelled"
-        if deadline is not None and time.monotonic() >= deadline:
-            return "timed_out"
-        if cancel is not None:
-            cancel.wait(_POLL_S)  # wakes up at once on cancellation
-        else:
-            time.sleep(_POLL_S)
+    with _ExitWatch(proc) as exit_watch:
+        while not _has_exited(proc):
+            if cancel is not None and cancel.is_set():
+                return "cancelled"
+            if deadline is not None and time.monotonic() >= deadline:
+                return "timed_out"
+            exit_watch.wait(_POLL_S)
     return None
+
+
+class _ExitWatch:
+    """Wakes the moment the process exits: a pidfd turns readable (Linux 5.3+). Polling
+    alone left each Terraform step ~25 ms on average between its exit and the runner
+    noticing; a plan is three or four steps. Without pidfds: the poll interval."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self._pidfd: int | None = None
+        with contextlib.suppress(AttributeError, OSError):
+            self._pidfd = os.pidfd_open(proc.pid)
+
+    def __enter__(self) -> _ExitWatch:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+
+    def wait(self, timeout_s: float) -> None:
+        """Until the process exits or `timeout_s` passes (reaps nothing)."""
+        if self._pidfd is None:
+            time.sleep(timeout_s)
+        else:
+            select.select([self._pidfd], [], [], timeout_s)
 
 
 def _interrupt(proc: subprocess.Popen[bytes], grace_s: float) -> None:
