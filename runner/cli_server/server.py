@@ -45,6 +45,9 @@ PRELOADED = (
     "runner.console.tables",
     "runner.observability.logs",
     "sqlalchemy.dialects.sqlite",
+    # A new data dir's first command migrates its database.
+    "alembic.command",
+    "alembic.runtime.migration",
 )
 # How often the server looks whether its socket is still its own.
 CHECK_INTERVAL_S = 2.0
@@ -80,13 +83,15 @@ def serve(path: Path, idle_s: float) -> None:
 
 def _warm_up() -> None:
     """What every command would repeat and nothing a command brings changes: mapping
-    the ORM classes, compiling the comment templates."""
+    the ORM classes, compiling the comment templates, reading the migrations."""
     from sqlalchemy.orm import configure_mappers
 
     from runner.results.render import compile_templates
+    from runner.store.db import migrations
 
     configure_mappers()
     compile_templates()
+    migrations()
 
 
 def _listen(path: Path) -> tuple[socket.socket, int]:

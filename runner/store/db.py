@@ -416,8 +416,9 @@ def prepare_schema(target: str | URL | Engine, *, auto_migrate: bool) -> SchemaS
 
 
 @cache
-def _script_directory() -> ScriptDirectory:
-    """The migrations shipped in the package: read once, not at every schema check."""
+def migrations() -> ScriptDirectory:
+    """The migrations shipped in the package: read once per process (the CLI server
+    reads them before its first command)."""
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(alembic_config())
@@ -427,6 +428,6 @@ def _is_shipped(revision: str) -> bool:
     from alembic.util import CommandError
 
     try:
-        return _script_directory().get_revision(revision) is not None
+        return migrations().get_revision(revision) is not None
     except CommandError:  # "Can't locate revision identified by ..."
         return False
