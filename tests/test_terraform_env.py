@@ -180,18 +180,26 @@ def test_terraform_runs_with_a_batch_gc_under_a_memory_share(
     assert 0 < share <= memory_mib // 4  # 3 plans and the runner share the machine
 
 
+def _passed_and_left_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> tuple[Terraform, Terraform]:
+    """A Terraform the operator passes `name=value` through to, and one built with
+    GITOPS_TERRAFORM_GOGC=0 (Go's runtime left to Go) without it."""
+    with monkeypatch.context() as operator:
+        operator.setenv(name, value)
+        operator.setenv("GITOPS_TERRAFORM_ENV_PASSTHROUGH", name)
+        passed = build_terraform_factory(load_settings(data_dir=tmp_path / "data"))(None)
+    untouched = load_settings(data_dir=tmp_path / "data", terraform_gogc=0)
+    return passed, build_terraform_factory(untouched)(None)
+
+
 def test_the_operators_go_settings_win_and_zero_leaves_go_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setenv("GOGC", "150")
-    monkeypatch.setenv("GITOPS_TERRAFORM_ENV_PASSTHROUGH", "GOGC")
-    passed = build_terraform_factory(load_settings(data_dir=tmp_path / "data"))(None)
-    monkeypatch.delenv("GOGC")
-    untouched = load_settings(data_dir=tmp_path / "data", terraform_gogc=0)
+    passed, left_alone = _passed_and_left_alone(tmp_path, monkeypatch, "GOGC", "150")
 
     assert passed.env["GOGC"] == "150"
-    env = build_terraform_factory(untouched)(None).env
-    assert "GOGC" not in env and "GOMEMLIMIT" not in env
+    assert "GOGC" not in left_alone.env and "GOMEMLIMIT" not in left_alone.env
 
 
 @pytest.mark.parametrize(
@@ -219,13 +227,7 @@ def test_terraform_of_a_batch_runs_with_its_share_of_the_cores(tmp_path: Path):
 def test_the_operators_gomaxprocs_wins_and_zero_gogc_leaves_it_to_go(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setenv("GOMAXPROCS", "3")
-    monkeypatch.setenv("GITOPS_TERRAFORM_ENV_PASSTHROUGH", "GOMAXPROCS")
-    passed = build_terraform_factory(load_settings(data_dir=tmp_path / "data"))(None)
-    monkeypatch.delenv("GOMAXPROCS")
-    monkeypatch.delenv("GITOPS_TERRAFORM_ENV_PASSTHROUGH")
-    untouched = load_settings(data_dir=tmp_path / "data", terraform_gogc=0)
-    left_alone = build_terraform_factory(untouched)(None)
+    passed, left_alone = _passed_and_left_alone(tmp_path, monkeypatch, "GOMAXPROCS", "3")
     operator_dir, untouched_dir = tmp_path / "operator", tmp_path / "untouched"
     for workdir in (operator_dir, untouched_dir):
         workdir.mkdir()
