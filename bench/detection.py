@@ -8,8 +8,9 @@ gitops-runner.yaml listing every project) in three states:
 
 - first scan ever: a new process (no memo) with an empty cache dir;
 - cold: a new process whose cache dir (the runner's data dir) holds what mapping the
-  base commit left there: the tree index of main and the module calls it confirmed.
-  This is what a runner in service sees for a PR's first push after a restart;
+  base commit left there: the tree index of main, the module calls it confirmed and
+  the parsed config file (the PR's is the same). This is what a runner in service sees
+  for a PR's first push after a restart;
 - next commit: the process that mapped main (and left its cache dir) maps the PR: a
   runner in service between restarts, for a push of a tree it has not seen;
 - warm: the same process mapping the same tree again (a re-plan, or the next PR event

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from runner.config import loader
 from runner.config.errors import ConfigError
@@ -89,8 +90,9 @@ PLAIN = {
     "scalars": "a: 1\nb: true\nc: ~\nd: 1.5\ne: '1'\nf: !!str 2\ng: 0x1f\nh: .inf\n",
     "keys that are not strings": "1: a\ntrue: b\nnull: c\n01: d\n",
     "nested": "a:\n  - [1, 2, {b: [c, d]}]\n  - {}\n  - []\nz: |\n  text\n",
-    "aliases": "a: &x [1, 2]\nb: *x\nc: &y {k: v}\nd: [*y, *y]\n",
     "flow and block": "{a: [1, 2], b: {c: d}}\n",
+    "a quoted << is a plain key": "'<<': a\nb: {'<<': c}\n",
+    "explicit plain tags": "a: !!int '7'\nb: !!null ''\nc: ! 12\n",
 }
 GENERAL_ONLY = {
     "merge key": "a: &x {k: v}\nb:\n  <<: *x\n  l: w\n",
@@ -100,6 +102,9 @@ GENERAL_ONLY = {
     "bad int": "a: !!int nope\n",
     "mapping as key": "? [a, b]\n: c\n",
     "deep": "a: " + "[" * 80 + "]" * 80 + "\n",
+    "aliases": "a: &x [1, 2]\nb: *x\nc: &y {k: v}\nd: [*y, *y]\n",
+    "two documents": "a: 1\n---\nb: 2\n",
+    "invalid": "a: [1, 2\n",
 }
 
 
@@ -112,17 +117,27 @@ def general(text: str) -> tuple[Any, dict[Any, int]]:
 @pytest.mark.parametrize("case", sorted(PLAIN))
 def test_plain_documents_take_one_walk_to_the_same_result(case: str) -> None:
     text = PLAIN[case]
-    walker = loader._SafeLoader(text)
-    doc = loader._plain_document("f", walker, walker.get_single_node())
+    doc = loader._plain_document("f", text)
     assert doc is not None
     assert (doc.data, doc.lines) == general(text)
+
+
+@pytest.mark.parametrize("case", sorted(PLAIN))
+def test_without_libyaml_plain_documents_read_the_same(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libyaml is optional (PyYAML falls back to its pure-Python parser): same result."""
+    expected = general(PLAIN[case])
+    monkeypatch.setattr(loader, "_SafeLoader", yaml.SafeLoader)
+    doc = loader._plain_document("f", PLAIN[case])
+    assert doc is not None
+    assert (doc.data, doc.lines) == expected
 
 
 @pytest.mark.parametrize("case", sorted(GENERAL_ONLY))
 def test_anything_else_is_left_to_the_general_path(case: str) -> None:
     text = GENERAL_ONLY[case]
-    walker = loader._SafeLoader(text)
-    assert loader._plain_document("f", walker, walker.get_single_node()) is None
+    assert loader._plain_document("f", text) is None
 
 
 def test_errors_of_the_general_path_are_unchanged(tmp_path: Path) -> None:

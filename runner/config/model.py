@@ -27,6 +27,8 @@ _WORKSPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _NAME_RE = re.compile(r"(?!-)[A-Za-z0-9_.:@+-]+(?:/[A-Za-z0-9_.:@+-]+)*")
 _DOT_SEGMENT_RE = re.compile(r"(?:^|/)\.\.?(?:/|$)")
 _NAME_MAX = 128
+# A dir normpath would return unchanged: non-empty segments, none of them '.' or '..'.
+_NORMAL_DIR_RE = re.compile(r"(?!\.\.?(?:/|$))[^/]+(?:/(?!\.\.?(?:/|$))[^/]+)*")
 # A plain release: 1.5.7, 1.6.0-beta1, v1.5.7. It becomes part of an executable's name.
 
 
@@ -40,6 +42,8 @@ def normalize_dir(value: str) -> str:
         raise ValueError(f"{value!r} must be a POSIX path (no backslashes or NUL)")
     if value.startswith("/"):
         raise ValueError(f"{value!r} is absolute; use a path relative to the repository root")
+    if _NORMAL_DIR_RE.fullmatch(value):
+        return value  # the usual case, twice per configured project: spare normpath
     normalized = posixpath.normpath(value) if value else "."
     if normalized == ".." or normalized.startswith("../"):
         raise ValueError(f"{value!r} escapes the repository")
