@@ -103,7 +103,7 @@ def test_the_wheel_built_from_the_copied_files_has_the_entrypoint_and_migrations
 
     entrypoint = [rest for name, rest in dockerfile_instructions() if name == "ENTRYPOINT"]
     assert entrypoint == ['["gitops-runner"]']
-    assert re.search(r"^gitops-runner = runner\.cli:main$", scripts, re.MULTILINE)
+    assert re.search(r"^gitops-runner = runner\.cli_server\.client:main$", scripts, re.MULTILINE)
     assert "runner/store/migrations/env.py" in names
     assert any(re.fullmatch(r"runner/store/migrations/versions/0001_\w+\.py", n) for n in names)
     assert "runner/results/templates" in " ".join(names)  # package data ships too
