@@ -15,12 +15,14 @@ are built and signed before the clock starts, so it costs ~0.1-0.2 ms of CPU per
 delivery on the cores it shares with the server, and no client waits for this
 process's GIL before it can read its answer.
 
-The queued jobs must stay harmless but real, so they run in the same process and
-compete for CPU like in production: `GITOPS_GITHUB_API_URL` points at a fake GitHub
+The queued jobs must stay harmless but real, so they run as in production and compete
+for the same cores: in `serve`'s job process (`GITOPS_JOB_PROCESS`, the default), or in
+the web process itself with `--no-job-process`. `GITOPS_GITHUB_API_URL` points at a fake GitHub
 (tests/support/fake_github.py, in this process) where every PR has a head sha other
 than the one in the deliveries. Each job therefore makes one API call, sees that the
 delivery is stale and skips ("superseded autoplan"); nothing is cloned or planned.
-`GITOPS_WORKERS=1` (one job thread).
+`GITOPS_WORKERS=1` (one job thread). The server's CPU below is its whole process tree
+(web and job processes).
 
 By default each delivery opens a new connection, as GitHub's Hookshot does;
 `--keep-alive` reuses one connection per client.
@@ -30,6 +32,7 @@ By default each delivery opens a new connection, as GitHub's Hookshot does;
     .venv/bin/python bench/webhook_ack.py --rate 300      # open loop: 300 deliveries/s
     .venv/bin/python bench/webhook_ack.py --action opened
     .venv/bin/python bench/webhook_ack.py --processes 2 --threads 16   # gunicorn sizing
+    .venv/bin/python bench/webhook_ack.py --no-job-process  # jobs on the web process's threads
     .venv/bin/python bench/webhook_ack.py --smoke         # 5 clients x 4, 1 round (CI)
 """
 
@@ -162,6 +165,7 @@ def start_server(
     processes: int = 1,
     threads: int | None = None,
     database_url: str | None = None,
+    job_process: bool = True,
 ) -> subprocess.Popen:
     """`gitops-runner serve` configured through the environment, as an operator would."""
     env = {
@@ -182,6 +186,7 @@ def start_server(
         "GITOPS_METRICS_PUBLIC": "true",  # the server's own ack histogram is read below
         # gunicorn worker processes; `serve` reads the usual variable (runner/web/server.py).
         "WEB_CONCURRENCY": str(processes),
+        "GITOPS_JOB_PROCESS": "true" if job_process else "false",
     }
     if database_url is not None:  # migrated by the bench (`fresh_schema`)
         env["GITOPS_DATABASE_URL"] = database_url
@@ -543,6 +548,11 @@ def main() -> None:
         action="store_true",
         help="PostgreSQL (GITOPS_TEST_POSTGRES_URL, a schema of its own) instead of SQLite",
     )
+    parser.add_argument(
+        "--no-job-process",
+        action="store_true",
+        help="GITOPS_JOB_PROCESS=false: jobs on threads of the web process(es)",
+    )
     parser.add_argument("--smoke", action="store_true", help="5 clients x 4, one round (CI)")
     args = parser.parse_args()
     if args.smoke:
@@ -569,7 +579,14 @@ def main() -> None:
             for number in range(args.rounds)
         ]
         server = start_server(
-            root / "data", port, github, log, args.processes, args.threads, database_url
+            root / "data",
+            port,
+            github,
+            log,
+            args.processes,
+            args.threads,
+            database_url,
+            job_process=not args.no_job_process,
         )
         try:
             wait_ready(base_url, server, log)
@@ -600,8 +617,9 @@ def main() -> None:
     }[mode]
     print(
         f"gitops-runner serve (gunicorn: {args.processes} process(es) x "
-        f"{args.threads or 'default'} threads, 1 job worker "
-        f"each): {args.clients} clients x "
+        f"{args.threads or 'default'} threads; 1 job thread "
+        f"{'in each web process' if args.no_job_process else 'in the job process'}): "
+        f"{args.clients} clients x "
         f"{args.requests} `{args.action}` deliveries x {args.rounds} round(s), {loop}, "
         f"{connection}"
     )

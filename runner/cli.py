@@ -395,7 +395,21 @@ def serve(ctx: click.Context) -> None:
         check_startup(settings)
     except (WebConfigError, AuthConfigError) as error:
         raise click.UsageError(str(error)) from error
-    run_server(settings, build_web_services)
+    if settings.queue != "inprocess" or not settings.job_process:
+        run_server(settings, build_web_services)
+        return
+    from functools import partial
+
+    from runner.jobs.job_process import JobProcess
+    from runner.wiring import run_job_process
+
+    # Forked before gunicorn: the jobs run beside the web processes, not on their GIL.
+    jobs = JobProcess(partial(run_job_process, settings))
+    jobs.start()
+    try:
+        run_server(settings, partial(build_web_services, run_jobs=False))
+    finally:
+        jobs.stop()
 
 
 @cli.command()

@@ -157,6 +157,9 @@ class Settings(BaseSettings):
     queue: Literal["inprocess", "rq"] = "inprocess"
     redis_url: str = "redis://127.0.0.1:6379/0"
     workers: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1)
+    # `serve` with the in-process queue: jobs run in one process of their own beside
+    # gunicorn, off the GIL that answers webhooks (runner/jobs/job_process.py).
+    job_process: bool = True
     # A job's lease: a dead worker's job is taken up again this long (plus half of it
     # for clock skew) after its last heartbeat; renewed four times per lease.
     job_lease_seconds: float = Field(default=60.0, ge=2)

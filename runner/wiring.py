@@ -38,6 +38,8 @@ from runner.workspace.working_copy import CredentialsFor, WorkingCopies
 # What only `serve` and `worker` wire (Flask, the PR flow, queues, schedulers) is
 # imported where it is built, so the CLI's commands do not pay for it at start-up.
 if TYPE_CHECKING:
+    import threading
+
     from flask import Flask
 
     from runner.drift.scheduler import DriftScheduler
@@ -256,8 +258,11 @@ def _quietly(stop: Callable[[], object], what: str) -> None:
         log.exception("stopping the %s failed", what)
 
 
-def build_web_services(settings: Settings) -> WebServices:
+def build_web_services(settings: Settings, *, run_jobs: bool = True) -> WebServices:
     """What one web process needs: the store, the queue's submit, drift, and worker hooks.
+
+    `run_jobs=False`: the in-process queue only stores jobs; `serve`'s job process runs
+    them (`run_job_process`).
 
     Called once per gunicorn worker process, after the fork, so no connection is
     shared between processes. Every kind of work is a job on the queue: webhooks, scans
@@ -272,7 +277,7 @@ def build_web_services(settings: Settings) -> WebServices:
     registry = build_job_registry(services, drift_parts)
     # The services' mutex: PR groups and Terraform states are keyed apart, and one
     # object per process is what makes a second hold from one thread an error.
-    queue = build_queue(settings, services.store, registry, mutex=services.mutex)
+    queue = build_queue(settings, services.store, registry, mutex=services.mutex, run_jobs=run_jobs)
     drift = build_drift(settings, services, queue.submit, drift_parts)
     scheduler = build_scheduler(settings, services.store, queue.submit, drift.scheduler)
 
@@ -370,15 +375,22 @@ def pull_request_flow_handler(settings: Settings, store: Store) -> JobHandler:
 
 
 def build_queue(
-    settings: Settings, store: Store, handler: JobHandler, *, mutex: ProjectMutex | None = None
+    settings: Settings,
+    store: Store,
+    handler: JobHandler,
+    *,
+    mutex: ProjectMutex | None = None,
+    run_jobs: bool = True,
 ) -> JobQueue:
     """The queue `settings.queue` names, on `store`.
 
     `handler` runs the jobs of an in-process queue, its PR groups held on `mutex` (the
     process's own, `Services.mutex`; a new one if not given). An RQ queue only submits;
     its jobs run in `gitops-runner worker` processes, which build their own handler.
+    `run_jobs=False`: an in-process queue that only stores jobs (`serve`'s job process
+    runs them).
     """
-    from runner.jobs.inprocess import InProcessQueue
+    from runner.jobs.inprocess import InProcessQueue, QueueRole
     from runner.jobs.queue import JobTiming
 
     if settings.queue == "rq":
@@ -392,4 +404,25 @@ def build_queue(
         settings.workers,
         mutex=mutex or build_mutex(settings, store),
         timing=JobTiming.for_lease(settings.job_lease_seconds),
+        role=QueueRole.ALL if run_jobs else QueueRole.SUBMIT,
     )
+
+
+def run_job_process(settings: Settings, stop: threading.Event) -> None:
+    """`serve`'s job process (`GITOPS_JOB_PROCESS`): every kind of job of the in-process
+    queue, submitted by the web processes, run here until `stop`."""
+    from runner.jobs.inprocess import InProcessQueue, QueueRole
+    from runner.jobs.job_process import run_queue
+    from runner.jobs.queue import JobTiming
+
+    services = build_services(settings)
+    queue = InProcessQueue(
+        services.store,
+        build_job_registry(services),
+        settings.workers,
+        mutex=services.mutex,
+        timing=JobTiming.for_lease(settings.job_lease_seconds),
+        role=QueueRole.RUN,
+    )
+    # As a web process stopped its queue: 20 s to finish, then running jobs are cancelled.
+    run_queue(queue, stop, stop_timeout_s=20)

@@ -4,6 +4,12 @@ The default, for a single node. Several processes (gunicorn workers) may each ru
 on the same database: jobs are claimed from the store atomically, so each job runs in
 exactly one of them, and the PR-group mutex keeps a PR's jobs one at a time across
 all of them. A job waiting for its PR's previous job occupies a thread meanwhile.
+
+A queue has a `QueueRole`. `ALL` (the default) submits and runs in one process.
+`gitops-runner serve` with `GITOPS_JOB_PROCESS` (runner/jobs/job_process.py) splits the
+two: its web processes only submit (`SUBMIT`: the webhook's one write, nothing else on
+their GIL), and one job process runs (`RUN`): it finds what was submitted by reading
+the store (`JobStore.queued_after`), supersedes and wakes its workers from there.
 """
 
 from __future__ import annotations
@@ -11,13 +17,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from enum import StrEnum
 
 from runner.engine.project_mutex import ProjectMutex
 from runner.jobs.cancellation import CancelRegistry, Superseded, Superseder
-from runner.jobs.model import JobHandler, JobPayload
+from runner.jobs.model import (
+    PR_KINDS,
+    JobHandler,
+    JobPayload,
+    UnknownJobFormat,
+    WorkEvent,
+    decode_event,
+)
 from runner.jobs.queue import DEFAULT_TIMING, JobRunner, JobTiming, enqueue_job
 from runner.jobs.recovery import recover
+from runner.jobs.supersede_batch import newest_by_group, supersede_groups
 from runner.store.deliveries import DeliveryRef
+from runner.store.jobs import JobRecord
 from runner.store.owners import process_owner_prefix
 from runner.store.store import Store
 
@@ -27,6 +43,19 @@ log = logging.getLogger(__name__)
 DEFAULT_INTERRUPT_GRACE_S = 10.0
 # stop() lets the superseding thread finish what is pending for at most this long.
 _SUPERSEDER_STOP_S = 5.0
+# How often a `RUN` queue looks for jobs submitted by other processes: a small indexed
+# read; the delay it adds before a job starts is nothing next to a plan.
+DEFAULT_WATCH_S = 0.05
+# Jobs read per look: a backlog (after a restart) is taken in steps of this many.
+_WATCH_BATCH = 500
+
+
+class QueueRole(StrEnum):
+    """What an `InProcessQueue` does in its process (see the module docstring)."""
+
+    ALL = "all"  # submit, supersede and run here
+    SUBMIT = "submit"  # store jobs only; a job process runs them
+    RUN = "run"  # run (and supersede) the jobs other processes store
 
 
 class InProcessQueue:
@@ -42,14 +71,22 @@ class InProcessQueue:
         mutex: ProjectMutex,
         timing: JobTiming = DEFAULT_TIMING,
         interrupt_grace_s: float = DEFAULT_INTERRUPT_GRACE_S,
+        role: QueueRole = QueueRole.ALL,
+        watch_s: float = DEFAULT_WATCH_S,
     ) -> None:
         """`worker_id_prefix` starts the lease-owner ids of this queue's claims. Keep the
         default (`host:pid:start`) unless you know better: it is what lets a restarted
-        runner recover its dead predecessor's jobs without waiting for their leases."""
+        runner recover its dead predecessor's jobs without waiting for their leases.
+        `watch_s`: how often a `RUN` queue looks for new jobs in the store."""
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self._store = store
         self._handler = handler
+        self._role = role
+        self._watch_s = watch_s
+        # A RUN queue's high-water mark: the newest job id it has looked at.
+        self._seen_id = 0
+        self._looking = threading.Lock()
         self._workers = workers
         self._timing = timing
         self._interrupt_grace_s = interrupt_grace_s
@@ -75,6 +112,9 @@ class InProcessQueue:
         worker does not first claim an older autoplan that is about to be cancelled.
         """
         job_id = enqueue_job(self._store, event, delivery)
+        if self._role is QueueRole.SUBMIT:
+            # The job process finds it in the store, supersedes and runs it.
+            return job_id
         if not self._superseder.request(job_id, event):
             self._wake_one()
         return job_id
@@ -89,8 +129,10 @@ class InProcessQueue:
             self._wake.notify()
 
     def start(self) -> None:
-        """Recover what a previous run left behind, then start the threads (once)."""
-        if self._threads:
+        """Recover what a previous run left behind, then start the threads (once).
+
+        A `SUBMIT` queue starts nothing: its jobs run in the job process."""
+        if self._threads or self._role is QueueRole.SUBMIT:
             return
         try:
             self._recover()
@@ -106,6 +148,10 @@ class InProcessQueue:
         self._threads.append(
             threading.Thread(target=self._maintain, name="job-recovery", daemon=True)
         )
+        if self._role is QueueRole.RUN:
+            self._threads.append(
+                threading.Thread(target=self._watch, name="job-watch", daemon=True)
+            )
         for thread in self._threads:
             thread.start()
 
@@ -133,6 +179,9 @@ class InProcessQueue:
     def _work(self, label: str) -> None:
         while not self._stopping.is_set():
             try:
+                if self._role is QueueRole.RUN:
+                    # What is queued now was looked at (superseded) before it is claimed.
+                    self._look_for_new_jobs()
                 ran = self._runner.has_queued() and self._runner.run_next(label) is not None
             except Exception:
                 # The store was unreachable, or a bug: keep the thread, retry after a pause.
@@ -142,6 +191,45 @@ class InProcessQueue:
                 with self._wake:
                     if not self._stopping.is_set():
                         self._wake.wait(self._timing.poll_s)
+
+    def _watch(self) -> None:
+        """`RUN`: find what other processes submitted, supersede, wake the workers.
+
+        What `submit` does after its write when both happen in one process. A job missed
+        here (PostgreSQL may commit a lower id after a higher one was seen) is still
+        claimed by the workers' own poll; only its superseding pass is skipped, which
+        only saves work (an autoplan that runs anyway sees the PR's head moved on).
+        """
+        while not self._stopping.wait(self._watch_s):
+            try:
+                self._look_for_new_jobs()
+            except Exception:
+                log.exception("looking for new jobs failed; retrying")
+
+    def _look_for_new_jobs(self) -> None:
+        # One look at a time (the watcher and workers about to claim): each new job is
+        # passed on once, in id order.
+        with self._looking:
+            while True:
+                records = self._store.jobs.queued_after(self._seen_id, _WATCH_BATCH)
+                if not records:
+                    return
+                self._seen_id = records[-1].id
+                self._supersede_and_wake(records)
+                if len(records) < _WATCH_BATCH:
+                    return
+
+    def _supersede_and_wake(self, records: list[JobRecord]) -> None:
+        # All the PRs pushed to since the last look in one read and one write
+        # (supersede_batch.py): fewer takes of the write lock the webhooks need.
+        newest = newest_by_group([job for job in map(_decoded, records) if job is not None])
+        if newest:
+            superseded = supersede_groups(self._store, newest)
+            if superseded.queued or superseded.running:
+                log.info("superseded jobs %s", superseded.queued + superseded.running)
+            self._registry.cancel(superseded.running)
+        with self._wake:
+            self._wake.notify(len(records))
 
     def _maintain(self) -> None:
         while not self._stopping.wait(self._timing.recovery_every_s):
@@ -155,3 +243,14 @@ class InProcessQueue:
         if report.requeued:
             with self._wake:
                 self._wake.notify_all()
+
+
+def _decoded(record: JobRecord) -> tuple[int, WorkEvent] | None:
+    """A PR job's event, for superseding; None for other kinds and unreadable ones (a
+    newer runner's, during a rolling upgrade: the workers leave those alone anyway)."""
+    if record.kind not in PR_KINDS:
+        return None
+    try:
+        return record.id, decode_event(record.kind, record.payload, record.version)
+    except (UnknownJobFormat, ValueError):
+        return None

@@ -18,11 +18,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, bindparam, delete, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -37,6 +37,9 @@ PRUNE_INTERVAL_S = 3600.0
 # Built once, a Core statement: on the webhook path, building statements and the ORM
 # unit of work would cost more CPU than the INSERT itself.
 _INSERT_DELIVERY = insert(Delivery.__table__)
+_KNOWN_DELIVERIES = select(Delivery.delivery_id).where(
+    Delivery.delivery_id.in_(bindparam("ids", expanding=True))
+)
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,15 @@ def add_delivery(session: Session | Connection, delivery: DeliveryRef) -> None:
         session.execute(_INSERT_DELIVERY, row)
     except IntegrityError as error:
         raise DuplicateDelivery(delivery.delivery_id) from error
+
+
+def known_deliveries(connection: Connection, deliveries: Sequence[DeliveryRef]) -> set[str]:
+    """Which of `deliveries` were recorded before: one read for a group commit's batch
+    (runner/store/group_commit.py), inside its write transaction, so that no other
+    writer can record one of them between this read and the batch's INSERTs (SQLite;
+    on PostgreSQL such a race fails the batch, which is then written one by one)."""
+    ids = [delivery.delivery_id for delivery in deliveries]
+    return set(connection.scalars(_KNOWN_DELIVERIES, {"ids": ids}))
 
 
 class DeliveryStore:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import json
-from collections.abc import Callable, Collection, Mapping
+import logging
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -24,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Select,
     and_,
     bindparam,
@@ -36,11 +39,14 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Row
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from runner.store.db import Database
-from runner.store.deliveries import DeliveryRef, add_delivery
+from runner.store.deliveries import DeliveryRef, DuplicateDelivery, add_delivery, known_deliveries
+from runner.store.group_commit import GroupCommit
 from runner.store.models import ACTIVE_JOB_STATUSES, Job, utcnow
+from runner.store.write_lock import shared_write_lock
 
 JOB_FORMAT_VERSION = 1
 # Long enough for a typical Terraform step; workers heartbeat for longer ones.
@@ -49,6 +55,13 @@ DEFAULT_MAX_ATTEMPTS = 3
 # See enqueue(): on PostgreSQL another transaction can insert a dedupe key between our
 # lookup and our INSERT (or release it again); then we try again, a bounded number of times.
 _MAX_ENQUEUE_ROUNDS = 50
+
+log = logging.getLogger(__name__)
+
+# What a webhook writes: the job's row and the delivery that carried it.
+_WebhookWrite = tuple[dict[str, Any], DeliveryRef]
+# Per item of a batch: its job id, or the error its caller gets.
+_Outcomes = list[int | BaseException]
 
 
 class JobStatus(StrEnum):
@@ -119,6 +132,41 @@ _ACTIVE_IN_GROUP_ALL = (
     )
     .order_by(_JOBS.c.id)
 )
+# New work for a job process that does not see the submits (runner/jobs/job_process.py):
+# a range of the primary key, so its cost does not grow with the table.
+_QUEUED_AFTER = (
+    select(_JOBS)
+    .where(_JOBS.c.id > bindparam("after_id"), _JOBS.c.status == JobStatus.QUEUED.value)
+    .order_by(_JOBS.c.id)
+    .limit(bindparam("limit"))
+)
+_NEWEST_ID = select(func.max(_JOBS.c.id))
+_STILL_QUEUED = (
+    select(_JOBS.c.id)
+    .where(
+        _JOBS.c.id.in_(bindparam("ids", expanding=True)),
+        _JOBS.c.status == JobStatus.QUEUED.value,
+    )
+    .with_for_update()
+)
+_CANCEL_ONE_QUEUED = (
+    update(_JOBS)
+    .where(_JOBS.c.id == bindparam("job_id"), _JOBS.c.status == JobStatus.QUEUED.value)
+    .values(
+        status=JobStatus.CANCELLED.value,
+        finished_at=bindparam("finished_at", type_=_JOBS.c.finished_at.type),
+        error=bindparam("error"),
+    )
+)
+_ACTIVE_IN_GROUPS = (
+    select(_JOBS)
+    .where(
+        _JOBS.c.group_key.in_(bindparam("group_keys", expanding=True)),
+        _JOBS.c.status.in_(ACTIVE_JOB_STATUSES),
+        _JOBS.c.kind == bindparam("kind"),
+    )
+    .order_by(_JOBS.c.id)
+)
 _ACTIVE_IN_GROUP = _ACTIVE_IN_GROUP_ALL.where(_JOBS.c.id < bindparam("before_id"))
 _CANCEL_QUEUED = (
     update(_JOBS)
@@ -140,6 +188,20 @@ class JobStore:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        # Writers of other processes (serve's job process) wait on a file lock, not in
+        # SQLite's sleeping busy handler (write_lock.py).
+        self._shared_write_lock = shared_write_lock(db.engine)
+        self._webhook_writes: GroupCommit[_WebhookWrite, int] = GroupCommit(self._insert_webhooks)
+
+    @contextmanager
+    def _write_connection(self) -> Iterator[Connection]:
+        with self._shared_write_lock, self._db.write_connection() as connection:
+            yield connection
+
+    @contextmanager
+    def _write_session(self) -> Iterator[Session]:
+        with self._shared_write_lock, self._db.write() as session:
+            yield session
 
     def enqueue(
         self,
@@ -173,12 +235,19 @@ class JobStore:
             "attempts": 0,
             "created_at": utcnow(),
         }
+        if delivery is not None:
+            # The webhook's write: shares a transaction with the webhooks arriving
+            # together (group_commit.py); returns once that transaction has committed.
+            return self._webhook_writes.write((row, delivery))
+        return self._insert_retrying(row, None)
+
+    def _insert_retrying(self, row: dict[str, Any], delivery: DeliveryRef | None) -> int:
         conflict: IntegrityError | None = None
         for _ in range(_MAX_ENQUEUE_ROUNDS):
             try:
                 return self._insert(row, delivery)
             except IntegrityError as error:
-                if dedupe_key is None:
+                if row["dedupe_key"] is None:
                     raise
                 # PostgreSQL: another transaction inserted the key after our lookup.
                 conflict = error
@@ -188,18 +257,43 @@ class JobStore:
     def _insert(self, row: dict[str, Any], delivery: DeliveryRef | None) -> int:
         # Prebuilt Core statements on a Core connection, no ORM Session: this is the
         # webhook's only write, and a Session costs more CPU than SQLite does.
-        with self._db.write_connection() as connection:
-            if delivery is not None:
-                add_delivery(connection, delivery)
-            if row["dedupe_key"] is not None:
-                # Looked up inside the write transaction, so the delivery is recorded
-                # with the job it resolves to. On SQLite the write lock makes lookup and
-                # INSERT atomic; on PostgreSQL a concurrent INSERT of the same key fails
-                # ours with IntegrityError and enqueue() tries again.
-                existing = connection.scalar(_active_with_key(row["dedupe_key"]))
-                if existing is not None:
-                    return existing
-            return connection.execute(_INSERT_JOB, row).inserted_primary_key[0]
+        with self._write_connection() as connection:
+            return _insert_in(connection, row, delivery)
+
+    def _insert_webhooks(self, items: Sequence[_WebhookWrite]) -> _Outcomes:
+        """The group commit's batch: every delivery with its job, in one transaction.
+
+        Each item's outcome is its own: a duplicate delivery (stored before, or earlier
+        in the batch) is refused and writes nothing, the others are stored. Should the
+        shared transaction fail (PostgreSQL: another process stored one of these
+        deliveries or dedupe keys meanwhile, which aborts the whole transaction), the
+        items are written one transaction each, exactly as without grouping.
+        """
+        if len(items) > 1:
+            try:
+                return self._insert_together(items)
+            except SQLAlchemyError:
+                log.debug("grouped webhook write failed; writing one by one", exc_info=True)
+        return [self._outcome_of_one(row, delivery) for row, delivery in items]
+
+    def _insert_together(self, items: Sequence[_WebhookWrite]) -> _Outcomes:
+        outcomes: _Outcomes = []
+        with self._write_connection() as connection:
+            stored = known_deliveries(connection, [delivery for _, delivery in items])
+            for row, delivery in items:
+                if delivery.delivery_id in stored:
+                    outcomes.append(DuplicateDelivery(delivery.delivery_id))
+                    continue
+                stored.add(delivery.delivery_id)
+                outcomes.append(_insert_in(connection, row, delivery))
+        # Only now, after the commit, does any caller learn its outcome.
+        return outcomes
+
+    def _outcome_of_one(self, row: dict[str, Any], delivery: DeliveryRef) -> int | BaseException:
+        try:
+            return self._insert_retrying(row, delivery)
+        except Exception as error:
+            return error
 
     def claim(
         self,
@@ -230,7 +324,7 @@ class JobStore:
     ) -> JobRecord | None:
         # Core statements: every job pays for its claim, on the same GIL as the webhooks.
         now = utcnow()
-        with self._db.write_connection() as connection:
+        with self._write_connection() as connection:
             row = connection.execute(statement, values).first()
             if row is None:
                 return None
@@ -265,7 +359,7 @@ class JobStore:
             .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
             .values(status=JobStatus.CANCELLED.value, finished_at=utcnow())
         )
-        with self._db.write() as session:
+        with self._write_session() as session:
             return session.execute(statement).rowcount > 0
 
     def cancel_queued(self, job_ids: Collection[int], reason: str) -> builtins.list[int]:
@@ -277,8 +371,30 @@ class JobStore:
         if not job_ids:
             return []
         values = {"ids": list(job_ids), "finished_at": utcnow(), "error": reason}
-        with self._db.write_connection() as connection:
+        with self._write_connection() as connection:
             return sorted(connection.scalars(_CANCEL_QUEUED, values))
+
+    def cancel_queued_batches(
+        self, batches: Collection[tuple[Collection[int], str]]
+    ) -> builtins.list[int]:
+        """`cancel_queued` for several (job ids, reason) pairs in one write transaction:
+        a job process superseding for many PRs at once takes the write lock once, not
+        once per PR (each take can make a webhook's write wait). The ids it cancelled."""
+        reasons = {job_id: reason for ids, reason in batches for job_id in ids}
+        if not reasons:
+            return []
+        now = utcnow()
+        with self._write_connection() as connection:
+            # Two statements whatever the number of PRs: which are still queued (locked
+            # on PostgreSQL, so no claim takes one meanwhile), then one executemany.
+            queued = sorted(connection.scalars(_STILL_QUEUED, {"ids": list(reasons)}))
+            if queued:
+                rows = [
+                    {"job_id": job_id, "finished_at": now, "error": reasons[job_id]}
+                    for job_id in queued
+                ]
+                connection.execute(_CANCEL_ONE_QUEUED, rows)
+        return queued
 
     def cancel_running(self, job_id: int, reason: str) -> bool:
         """Cancel a running job (superseded work); False if it is not running.
@@ -314,7 +430,7 @@ class JobStore:
             statement, guard = _UPDATE_RUNNING, {"job_id": job_id}
         else:
             statement, guard = _UPDATE_RUNNING_OWNED, {"job_id": job_id, "owner": worker_id}
-        with self._db.write_connection() as connection:
+        with self._write_connection() as connection:
             return connection.execute(statement, values | guard).rowcount > 0
 
     def requeue_expired(
@@ -394,7 +510,7 @@ class JobStore:
             .with_for_update(skip_locked=True)
         )
         now = utcnow()
-        with self._db.write() as session:
+        with self._write_session() as session:
             rows = session.scalars(statement).all()
             for row in rows:
                 previous_owner = row.lease_owner
@@ -453,6 +569,18 @@ class JobStore:
             found = connection.execute(_ANY_QUEUED_OF_KINDS, {"kinds": list(kinds)})
             return found.first() is not None
 
+    def queued_after(self, after_id: int, limit: int = 500) -> builtins.list[JobRecord]:
+        """Queued jobs with an id above `after_id`, oldest first, at most `limit`: what
+        was submitted since a job process last looked (see runner/jobs/job_process.py)."""
+        values = {"after_id": after_id, "limit": limit}
+        with self._db.read_connection() as connection:
+            return [_record(row) for row in connection.execute(_QUEUED_AFTER, values)]
+
+    def newest_id(self) -> int:
+        """The highest job id so far (0 for an empty table)."""
+        with self._db.read_connection() as connection:
+            return connection.scalar(_NEWEST_ID) or 0
+
     def running_in_group(self, group_key: str, before_id: int) -> builtins.list[JobRecord]:
         """Running jobs older than `before_id` of a PR group, oldest first, for the
         per-PR order. Jobs without a group (written before migration 0004) are included:
@@ -478,6 +606,14 @@ class JobStore:
         with self._db.read_connection() as connection:
             return [_record(row) for row in connection.execute(statement, values)]
 
+    def active_in_groups(self, group_keys: Collection[str], kind: str) -> builtins.list[JobRecord]:
+        """`active_in_group` for several PR groups in one indexed read, oldest first."""
+        if not group_keys:
+            return []
+        values = {"group_keys": list(group_keys), "kind": kind}
+        with self._db.read_connection() as connection:
+            return [_record(row) for row in connection.execute(_ACTIVE_IN_GROUPS, values)]
+
     def prune(self, older_than: datetime, kinds: Collection[str] | None = None) -> int:
         """Delete finished jobs (of `kinds`) that ended before `older_than`; how many."""
         statement = delete(Job).where(
@@ -485,8 +621,23 @@ class JobStore:
         )
         if kinds is not None:
             statement = statement.where(Job.kind.in_(list(kinds)))
-        with self._db.write() as session:
+        with self._write_session() as session:
             return session.execute(statement).rowcount
+
+
+def _insert_in(connection: Connection, row: dict[str, Any], delivery: DeliveryRef | None) -> int:
+    """The delivery (if any) and the job, in `connection`'s write transaction."""
+    if delivery is not None:
+        add_delivery(connection, delivery)
+    if row["dedupe_key"] is not None:
+        # Looked up inside the write transaction, so the delivery is recorded with the
+        # job it resolves to. On SQLite the write lock makes lookup and INSERT atomic;
+        # on PostgreSQL a concurrent INSERT of the same key fails ours with
+        # IntegrityError and enqueue() tries again.
+        existing = connection.scalar(_active_with_key(row["dedupe_key"]))
+        if existing is not None:
+            return existing
+    return connection.execute(_INSERT_JOB, row).inserted_primary_key[0]
 
 
 def _active_with_key(dedupe_key: str) -> Select[tuple[int]]:
