@@ -192,7 +192,9 @@ def start_server(
         env["GITOPS_DATABASE_URL"] = database_url
     if threads is not None:
         env["GUNICORN_CMD_ARGS"] = f"--threads {threads}"  # the operator's escape hatch
-    argv = [str(Path(sys.executable).parent / "gitops-runner"), "serve"]
+    # `python -m runner serve` is what the installed command runs for `serve` (never
+    # handed to a CLI server), and works for a copy of older code on PYTHONPATH.
+    argv = [sys.executable, "-m", "runner", "serve"]
     with log.open("wb") as sink:
         # A session of its own: the whole gunicorn tree is stopped by this child's pgid.
         return subprocess.Popen(
