@@ -150,14 +150,20 @@ def test_an_entry_filed_under_another_text_is_ignored(repo: GitRepo, tmp_path: P
     assert db is not None and db.apply_requirements == ("approved",)
 
 
-def test_an_invalid_file_fails_the_same_way_from_the_cache(repo: GitRepo, tmp_path: Path) -> None:
-    repo.write({RUNNER_FILE: CONFIG + "  - dir: infra/app\n    workspace: -bad\n"})
-    cache_dir = tmp_path / "cache"
+def errors_of_two_loads(repo_dir: Path, cache_dir: Path) -> list[str]:
+    """The error of a first load (which may fill the cache), then of a second one."""
     errors = []
     for _ in range(2):
         with pytest.raises(ConfigError) as caught:
-            load_in_new_process(repo.path, cache_dir)
+            load_in_new_process(repo_dir, cache_dir)
         errors.append(str(caught.value))
+    return errors
+
+
+def test_an_invalid_file_fails_the_same_way_from_the_cache(repo: GitRepo, tmp_path: Path) -> None:
+    repo.write({RUNNER_FILE: CONFIG + "  - dir: infra/app\n    workspace: -bad\n"})
+    cache_dir = tmp_path / "cache"
+    errors = errors_of_two_loads(repo.path, cache_dir)
     assert errors[0] == errors[1]
     assert errors[0].startswith("gitops-runner.yaml:8: projects[3].workspace: '-bad'")
 
@@ -175,11 +181,7 @@ def test_documents_json_cannot_give_back_exactly_are_not_kept(
 ) -> None:
     repo.write({RUNNER_FILE: text})
     cache_dir = tmp_path / "cache"
-    errors = []
-    for _ in range(2):
-        with pytest.raises(ConfigError) as caught:
-            load_in_new_process(repo.path, cache_dir)
-        errors.append(str(caught.value))
+    errors = errors_of_two_loads(repo.path, cache_dir)
     assert errors[0] == errors[1]
     assert errors[0].startswith("gitops-runner.yaml:")
     assert not entry_path(cache_dir, text).exists()

@@ -35,6 +35,7 @@ from runner.store.store import Store
 from tests.support.fake_github import FakeGitHub
 from tests.support.github_payloads import build_delivery, fake_sha, pull_request_event
 from tests.support.jobs import FAST, REPO, comment_event
+from tests.support.mutexes import process_mutex
 from tests.test_jobs import RecordingHandler, pr_event, tag_of
 
 DEADLINE_S = 60.0
@@ -57,11 +58,8 @@ def status(store: Store, job_id: int) -> JobStatus:
 
 @pytest.fixture
 def mutex(tmp_path: Path, store: Store) -> Iterator[ProjectMutex]:
-    made = build_mutex(Settings(data_dir=tmp_path), store)
-    yield made
-    close = getattr(made, "close", None)
-    if close is not None:
-        close()
+    with process_mutex(tmp_path, store) as made:
+        yield made
 
 
 @pytest.fixture

@@ -46,6 +46,7 @@ from runner.store.owners import new_owner_id, owner_is_gone, process_owner_prefi
 from runner.store.store import Store
 from runner.wiring import build_queue
 from tests.support.jobs import FAST, REPO, comment_event, submit_event
+from tests.support.mutexes import process_mutex
 
 DEADLINE_S = 60.0
 ROOT = Path(__file__).resolve().parent.parent
@@ -213,11 +214,8 @@ def _append(path: str, line: str) -> None:
 
 @pytest.fixture
 def mutex(tmp_path: Path, store: Store) -> Iterator[ProjectMutex]:
-    made = build_mutex(Settings(data_dir=tmp_path), store)
-    yield made
-    close = getattr(made, "close", None)
-    if close is not None:
-        close()
+    with process_mutex(tmp_path, store) as made:
+        yield made
 
 
 @pytest.fixture
