@@ -193,6 +193,28 @@ def test_another_user_who_reaches_the_socket_gets_no_command_run(tmp_path):
         shutil.rmtree(runtime_dir, ignore_errors=True)
 
 
+def test_a_server_runs_only_the_short_commands_even_when_asked_directly(tmp_path, runtime_dir):
+    """`serve` (a long-running server) is never run in a fork of the CLI server, even by
+    a caller that skips the launcher and speaks the protocol itself."""
+    launch("version", data_dir=tmp_path / "data", runtime_dir=runtime_dir)
+    path = server_socket(runtime_dir)
+    read_err, write_err = os.pipe()
+    cwd = os.open("/", os.O_RDONLY)
+    with socket.socket(socket.AF_UNIX) as connection:
+        connection.connect(str(path))
+        request = Request(["serve"], {"GITOPS_DATA_DIR": str(tmp_path / "data")})
+        send_request(connection, request, [0, 1, write_err, cwd])
+        os.close(write_err)
+        os.close(cwd)
+        pid = receive_int(connection)
+        status = receive_int(connection)
+    with os.fdopen(read_err) as stderr:
+        said = stderr.read()
+
+    assert pid is not None and status == 2
+    assert "a CLI server runs only" in said
+
+
 def test_an_idle_server_leaves_and_takes_its_socket_with_it(tmp_path, runtime_dir):
     launch(
         "version", data_dir=tmp_path / "data", runtime_dir=runtime_dir, GITOPS_CLI_SERVER_IDLE="1"

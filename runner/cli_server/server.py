@@ -30,7 +30,13 @@ import traceback
 from pathlib import Path
 
 from runner.cli import SERVED_BY_ENV
-from runner.cli_server.protocol import peer_uid, receive_request, send_int
+from runner.cli_server.protocol import (
+    SERVED_COMMANDS,
+    peer_uid,
+    receive_request,
+    send_int,
+    subcommand,
+)
 
 # What `plan`, `drift`, `runs` and `policy` import: loaded before the first command.
 PRELOADED = (
@@ -180,6 +186,11 @@ def _interrupt_when_caller_leaves(connection: socket.socket) -> None:
 def _run_cli(argv: list[str]) -> int:
     from runner.cli import main
 
+    if subcommand(argv) not in SERVED_COMMANDS:  # what the launcher never sends
+        print(
+            f"error: a CLI server runs only {', '.join(sorted(SERVED_COMMANDS))}", file=sys.stderr
+        )
+        return 2
     sys.argv = ["gitops-runner", *argv]
     os.environ[SERVED_BY_ENV] = str(os.getppid())  # for `--debug`'s first line
     try:
