@@ -26,12 +26,8 @@ from tests.support.pr_world import (
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[PullRequestWorld]:
-    built = make_world(tmp_path, workers=2)
-    try:
+    with make_world(tmp_path, workers=2) as built:
         yield built
-    finally:
-        built.github.stop()
-        built.services.store.close()
 
 
 def open_pull(world: PullRequestWorld, branch: str, files: dict[str, str]) -> int:

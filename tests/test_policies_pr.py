@@ -30,11 +30,8 @@ def world(tmp_path: Path) -> Iterator[PullRequestWorld]:
     rules.mkdir(parents=True)
     (rules / "app.rego").write_text(NO_APP_CHANGES)
     policy_set = {"name": "platform", "path": str(rules), "owners": ["bob"]}
-    built = make_world(tmp_path / "world", policy_sets=(policy_set,))
-    try:
+    with make_world(tmp_path / "world", policy_sets=(policy_set,)) as built:
         yield built
-    finally:
-        built.github.stop()
 
 
 def applied(world: PullRequestWorld, number: int) -> bool:

@@ -17,12 +17,8 @@ from tests.support.pr_world import APP_CHANGE, FULL_NAME, PullRequestWorld, make
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[PullRequestWorld]:
-    built = make_world(tmp_path)
-    try:
+    with make_world(tmp_path) as built:
         yield built
-    finally:
-        built.github.stop()
-        built.services.store.close()
 
 
 def test_a_pr_touching_no_project_says_so_once(world):

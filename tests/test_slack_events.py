@@ -50,12 +50,8 @@ def slack() -> Iterator[FakeSlack]:
 
 @pytest.fixture
 def world(tmp_path: Path, slack: FakeSlack) -> Iterator[PullRequestWorld]:
-    built = make_world(tmp_path, slack_webhook_url=slack.webhook_url, public_url=PUBLIC_URL)
-    try:
+    with make_world(tmp_path, slack_webhook_url=slack.webhook_url, public_url=PUBLIC_URL) as built:
         yield built
-    finally:
-        built.github.stop()
-        built.services.store.close()
 
 
 def apply_runs(world: PullRequestWorld, number: int) -> list[RunRecord]:
@@ -155,14 +151,10 @@ def test_slack_down_never_fails_the_apply(world, slack):
 
 
 def test_without_slack_nothing_is_sent_and_applies_work(tmp_path: Path, slack: FakeSlack):
-    built = make_world(tmp_path)
-    try:
+    with make_world(tmp_path) as built:
         number = built.open_pr("feature", APP_CHANGE)
         built.comment(number, "gitops apply")
         assert [run.status for run in apply_runs(built, number)] == [RunStatus.SUCCESS]
-    finally:
-        built.github.stop()
-        built.services.store.close()
     assert slack.requests == 0
 
 

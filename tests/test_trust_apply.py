@@ -66,12 +66,8 @@ def release_applies(tmp_path: Path) -> Iterator[PullRequestWorld]:
 
 
 def _world(tmp_path: Path, **settings: object) -> Iterator[PullRequestWorld]:
-    built = make_world(tmp_path, **settings)
-    try:
+    with make_world(tmp_path, **settings) as built:
         yield built
-    finally:
-        built.github.stop()
-        built.services.store.close()
 
 
 # ---- reading the outcome -------------------------------------------------------------------

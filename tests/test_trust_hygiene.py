@@ -52,12 +52,8 @@ WEBHOOK_SECRET = "webhook-secret"
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[PullRequestWorld]:
-    built = make_world(tmp_path)
-    try:
+    with make_world(tmp_path) as built:
         yield built
-    finally:
-        built.github.stop()
-        built.services.store.close()
 
 
 @pytest.fixture

@@ -32,12 +32,8 @@ TAGS_CHANGE = {
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[PullRequestWorld]:
-    built = make_world(tmp_path, max_projects_per_pr=2)
-    try:
+    with make_world(tmp_path, max_projects_per_pr=2) as built:
         yield built
-    finally:
-        built.github.stop()
-        built.services.store.close()
 
 
 def plan_runs(world: PullRequestWorld, number: int) -> list[RunRecord]:

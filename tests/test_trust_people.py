@@ -31,12 +31,8 @@ READER = "eve"  # read permission (make_world)
 
 
 def _world(tmp_path: Path, **settings: object) -> Iterator[PullRequestWorld]:
-    built = make_world(tmp_path, **settings)
-    try:
+    with make_world(tmp_path, **settings) as built:
         yield built
-    finally:
-        built.github.stop()
-        built.services.store.close()
 
 
 @pytest.fixture

@@ -54,6 +54,7 @@ from tests.support.github_payloads import (
     post_delivery,
     pull_request_event,
 )
+from tests.support.job_handlers import IdleHandler
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "It's a Secret to Everybody"
@@ -418,19 +419,6 @@ def test_form_encoded_webhook_gets_a_helpful_error(client: FlaskClient) -> None:
 
 
 # --- with the real in-process queue: one write per delivery ---------------------------------
-
-
-class IdleHandler:
-    """The queue below is never started: its jobs stay queued (or get superseded)."""
-
-    def handle(self, event: WorkEvent, cancel: threading.Event) -> None:
-        raise AssertionError("no job runs in these tests")
-
-    def is_apply(self, event: WorkEvent) -> bool:
-        return False
-
-    def report_interrupted(self, event: WorkEvent) -> None:
-        pass
 
 
 @pytest.fixture

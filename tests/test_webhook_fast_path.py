@@ -38,6 +38,7 @@ from tests.support.github_payloads import (
     ping_event,
     pull_request_event,
 )
+from tests.support.job_handlers import IdleHandler
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "fast-path-webhook-secret"
@@ -49,19 +50,6 @@ PULL = Pull(
     base_sha="f95f852bd8fca8fcc58a9a2d6c842781e32a215e",
 )
 SECURITY_HEADERS = ("X-Content-Type-Options", "Content-Security-Policy", "Referrer-Policy")
-
-
-class IdleHandler:
-    """The queue is never started here: its jobs stay queued."""
-
-    def handle(self, event: Any, cancel: Any) -> None:
-        raise AssertionError("no job runs in these tests")
-
-    def is_apply(self, event: Any) -> bool:
-        return False
-
-    def report_interrupted(self, event: Any) -> None:
-        pass
 
 
 @pytest.fixture

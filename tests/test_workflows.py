@@ -99,12 +99,8 @@ REPOS_YAML = """repos:
 
 
 def built_world(tmp_path: Path, **settings: object) -> Iterator[PullRequestWorld]:
-    built = make_world(tmp_path, **settings)
-    try:
+    with make_world(tmp_path, **settings) as built:
         yield built
-    finally:
-        built.github.stop()
-        built.services.store.close()
 
 
 @pytest.fixture(params=["github", "gitlab"])

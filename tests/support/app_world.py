@@ -15,9 +15,5 @@ from tests.support.pr_world import PullRequestWorld, make_app_world
 
 @pytest.fixture
 def app_world(tmp_path: Path) -> Iterator[PullRequestWorld]:
-    built = make_app_world(tmp_path)
-    try:
+    with make_app_world(tmp_path) as built:
         yield built
-    finally:
-        built.github.stop()
-        built.services.store.close()

@@ -47,6 +47,14 @@ class PullRequestWorld(ForgeWorld):
     def repo_key(self) -> str:
         return f"github.com/{FULL_NAME}"
 
+    def __enter__(self) -> PullRequestWorld:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """The end of a test's world: the fake GitHub stopped, the store closed."""
+        self.github.stop()
+        self.services.store.close()
+
     # ---- people ---------------------------------------------------------------------------
 
     def open_pr(
