@@ -74,6 +74,12 @@ def prepare_store(settings: Settings) -> None:
 
 
 def open_store(settings: Settings) -> Store:
-    """The store, its schema prepared first (`prepare_store`)."""
-    prepare_store(settings)
-    return Store.open(settings.resolved_database_url, upgrade=False)
+    """The store, its schema prepared (as `prepare_store` does) on the store's own
+    engine: one connection pool per command, not one more just for the check."""
+    store = Store.open(settings.resolved_database_url, upgrade=False)
+    try:
+        prepare_schema(store.engine, auto_migrate=settings.migrates_at_start)
+    except BaseException:
+        store.close()
+        raise
+    return store
