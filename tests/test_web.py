@@ -8,6 +8,7 @@ deliveries to it over HTTP, with `submit` writing real jobs to the store.
 from __future__ import annotations
 
 import copy
+import gc
 import io
 import itertools
 import os
@@ -596,6 +597,23 @@ def test_gunicorn_conf_reads_settings_from_the_environment(
     assert conf["preload_app"] is False
     assert callable(conf["post_worker_init"])
     assert callable(conf["worker_exit"])
+
+
+def test_a_booted_worker_keeps_its_boot_objects_out_of_collections() -> None:
+    from types import SimpleNamespace
+
+    from runner.web.server import post_worker_init
+
+    gc.unfreeze()
+    try:
+        post_worker_init(SimpleNamespace(wsgi=None))
+
+        # The modules and the app live as long as the worker: frozen, a full collection
+        # no longer walks them (a stall of every request in flight, otherwise).
+        assert gc.get_freeze_count() > 10_000
+        assert gc.is_tracked(SimpleNamespace())  # what comes later is collected as before
+    finally:
+        gc.unfreeze()
 
 
 # --- health, API, dashboard, metrics -------------------------------------------------------
