@@ -58,7 +58,8 @@ from tests.support.git_repo import GitRepo
 from tests.support.github_payloads import Comment, post_delivery, pull_request_event
 from tests.support.pr_world import FULL_NAME, TOKEN, WEBHOOK_SECRET, ServedRunner
 
-TARGET_RATIO = 0.80
+# Issue 10: CPU-bound plans at most 0.60 of the loop, plans waiting on APIs at most 0.40.
+TARGET_RATIO = {"cpu": 0.60, "latency": 0.40}
 TERMINAL = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.INTERRUPTED, JobStatus.CANCELLED})
 
 
@@ -321,7 +322,10 @@ def main() -> None:
     )
     print(f"runner (webhook POST -> last comment): {runner_median:6.2f} s  {fmt(totals)}")
     print(f"loop   (init && plan each)           : {loop_median:6.2f} s  {fmt(loop_times)}")
-    print(f"ratio runner/loop: {runner_median / loop_median:.2f} (target <= {TARGET_RATIO:.2f})")
+    print(
+        f"ratio runner/loop: {runner_median / loop_median:.2f} "
+        f"(target <= {TARGET_RATIO[args.workload]:.2f})"
+    )
     runner_cpu = statistics.median(timing.cpu for timing in runner_times)
     loop_cpu = statistics.median(loop_cpus)
     print(
