@@ -23,6 +23,7 @@ import pytest
 import requests
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.test import EnvironBuilder
 
 from runner.engine.project_mutex import FileMutex
 from runner.jobs.inprocess import InProcessQueue
@@ -102,6 +103,21 @@ def test_a_forged_delivery_is_refused_in_front_of_flask_too(app: Flask, store: S
     assert all(name in answer.headers for name in SECURITY_HEADERS)
     assert store.jobs.list() == []
     assert store.deliveries.record_delivery("d-3", "github", "pull_request")  # not recorded
+
+
+def test_flask_itself_offers_no_second_way_in_for_a_delivery(app: Flask, store: Store) -> None:
+    # Should anything route a delivery past the endpoint, Flask has no handler for it and
+    # its sign-in guard does not exempt it: a correctly signed delivery queues nothing.
+    body, headers = build_delivery(
+        "pull_request", pull_request_event("opened", REPO, PULL, "alice"), SECRET, "d-4"
+    )
+    environ = EnvironBuilder(path="/events", method="POST", data=body, headers=headers)
+    statuses: list[str] = []
+
+    Flask.wsgi_app(app, environ.get_environ(), lambda status, *_: statuses.append(status))
+
+    assert statuses[0].startswith("401")  # the sign-in guard's answer
+    assert store.jobs.list() == []
 
 
 def test_other_methods_on_the_webhook_path_still_reach_flask(app: Flask) -> None:

@@ -97,7 +97,6 @@ def create_app(settings: Settings, services: WebServices) -> Flask:
 
 
 def _register_blueprints(app: Flask) -> None:
-    app.register_blueprint(webhooks.blueprint)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(drift_api.blueprint)
     app.register_blueprint(dashboard.blueprint)

@@ -15,7 +15,8 @@ Superseding older autoplans happens after the answer, in the queue.
 routing, sign-in guard (the webhook checks its forge's signature itself), session or
 hooks, and under a burst of deliveries that machinery cost more CPU than the
 handler's own checks (issue 10, profiled). Its answers carry the same security headers
-as every other response. Everything else goes to Flask as before.
+as every other response. It is the only way in: Flask has no route for `POST /events`,
+and its sign-in guard does not exempt it. Everything else goes to Flask.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, request
+from flask import Flask
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import HTTP_STATUS_CODES
-from werkzeug.wrappers import Request, Response
+from werkzeug.wrappers import Request
 
 from runner.events.github import parse_github_event, rerun_as_command, suite_rerun_as_command
 from runner.events.gitlab import parse_gitlab_event
@@ -54,17 +55,13 @@ from runner.observability.log_context import log_context
 from runner.reconcile.jobs import job_for_push
 from runner.settings import Settings
 from runner.store.deliveries import DeliveryRef, DuplicateDelivery
-from runner.web.context import EXTENSION_KEY, WEBHOOK_PATH, WebContext, web_context
+from runner.web.context import EXTENSION_KEY, WEBHOOK_PATH, WebContext
 
 logger = logging.getLogger(__name__)
-
-blueprint = Blueprint("webhooks", __name__)
 
 # Column sizes of the deliveries table; longer values are not from a forge.
 _MAX_DELIVERY_ID = 255
 _MAX_EVENT_NAME = 64
-
-_FORGES_KEY = "gitops_runner.forges"
 
 # What a WSGI application is called with, and what it returns.
 Environ = dict[str, Any]
@@ -144,11 +141,6 @@ def forge_hooks() -> tuple[ForgeHooks, ...]:
     )
 
 
-@blueprint.record_once
-def _resolve_forges(state: Any) -> None:
-    state.app.extensions[_FORGES_KEY] = forge_hooks()
-
-
 @dataclass(frozen=True)
 class WebhookEndpoint:
     """`POST /events` as a plain WSGI application (see the module docstring)."""
@@ -200,15 +192,6 @@ def serve_webhooks_first(
     app.wsgi_app = dispatch  # type: ignore[method-assign]
 
 
-@blueprint.post("/events")
-def receive_event() -> Response:
-    """Acknowledge one webhook delivery through Flask (an app without
-    `serve_webhooks_first`); see the module docstring for the order of checks."""
-    started = time.perf_counter()
-    forges = current_app.extensions[_FORGES_KEY]
-    return _json_response(acknowledge(web_context(), forges, request, started))
-
-
 def acknowledge(
     context: WebContext, forges: tuple[ForgeHooks, ...], request: Request, started: float
 ) -> Reply:
@@ -231,10 +214,6 @@ def _json_body(reply: Reply) -> bytes:
     # What jsonify writes (compact, a final newline) without Flask's JSON provider,
     # whose machinery cost more than the dumps on this path.
     return (json.dumps(reply.body, separators=(",", ":")) + "\n").encode()
-
-
-def _json_response(reply: Reply) -> Response:
-    return Response(_json_body(reply), reply.status, mimetype="application/json")
 
 
 def _log_decision(

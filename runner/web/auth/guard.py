@@ -110,8 +110,6 @@ def _served_without_dashboard(path: str) -> bool:
 
 
 def _always_open(path: str) -> bool:
-    if path == WEBHOOK_PATH and request.method == "POST":
-        return True  # the webhook checks its forge's signature itself
     if path == HEALTH_PATH:
         return True
     static = current_app.static_url_path

@@ -15,12 +15,10 @@ import time
 from datetime import timedelta
 from urllib.parse import urlsplit
 
-from flask import Flask, Request, request, session
-from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
+from flask import Flask, request, session
 
 from runner.settings import Settings
 from runner.web.auth.roles import Identity
-from runner.web.context import WEBHOOK_PATH
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +39,6 @@ def configure_session(app: Flask, settings: Settings) -> None:
     """
     secret = settings.session_secret.get_secret_value() if settings.session_secret else ""
     app.secret_key = secret or secrets.token_urlsafe(32)
-    app.session_interface = _NoSessionForWebhooks()
     app.config.update(
         SESSION_COOKIE_NAME=COOKIE_NAME,
         SESSION_COOKIE_HTTPONLY=True,
@@ -49,16 +46,6 @@ def configure_session(app: Flask, settings: Settings) -> None:
         SESSION_COOKIE_SECURE=urlsplit(settings.public_url).scheme != "http",
         PERMANENT_SESSION_LIFETIME=timedelta(hours=settings.session_hours),
     )
-
-
-class _NoSessionForWebhooks(SecureCookieSessionInterface):
-    """Forges send no cookie: `POST /events` skips building the cookie serializer
-    (a null session: the webhook's hot path never reads or writes one)."""
-
-    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
-        if request.method == "POST" and request.path == WEBHOOK_PATH:
-            return None
-        return super().open_session(app, request)
 
 
 def sign_in(identity: Identity, hours: int) -> None:
