@@ -401,13 +401,17 @@ def serve(ctx: click.Context) -> None:
     from functools import partial
 
     from runner.jobs.job_process import JobProcess
+    from runner.jobs.wakeup import JobWakeup
     from runner.wiring import run_job_process
 
+    # Made before any fork: the job process and every web worker inherit it, nothing
+    # else can reach it (runner/jobs/wakeup.py).
+    wakeup = JobWakeup.pair()
     # Forked before gunicorn: the jobs run beside the web processes, not on their GIL.
-    jobs = JobProcess(partial(run_job_process, settings))
+    jobs = JobProcess(partial(run_job_process, settings, wakeup=wakeup))
     jobs.start()
     try:
-        run_server(settings, partial(build_web_services, run_jobs=False))
+        run_server(settings, partial(build_web_services, run_jobs=False, wakeup=wakeup))
     finally:
         jobs.stop()
 

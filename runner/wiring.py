@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from runner.jobs.queue import JobQueue
     from runner.jobs.registry import JobRegistry
     from runner.jobs.scheduler import JobScheduler, ScheduleSource
+    from runner.jobs.wakeup import JobWakeup
     from runner.web.context import WebServices
 
 log = logging.getLogger(__name__)
@@ -258,11 +259,13 @@ def _quietly(stop: Callable[[], object], what: str) -> None:
         log.exception("stopping the %s failed", what)
 
 
-def build_web_services(settings: Settings, *, run_jobs: bool = True) -> WebServices:
+def build_web_services(
+    settings: Settings, *, run_jobs: bool = True, wakeup: JobWakeup | None = None
+) -> WebServices:
     """What one web process needs: the store, the queue's submit, drift, and worker hooks.
 
     `run_jobs=False`: the in-process queue only stores jobs; `serve`'s job process runs
-    them (`run_job_process`).
+    them (`run_job_process`), woken through `wakeup` after each.
 
     Called once per gunicorn worker process, after the fork, so no connection is
     shared between processes. Every kind of work is a job on the queue: webhooks, scans
@@ -277,7 +280,14 @@ def build_web_services(settings: Settings, *, run_jobs: bool = True) -> WebServi
     registry = build_job_registry(services, drift_parts)
     # The services' mutex: PR groups and Terraform states are keyed apart, and one
     # object per process is what makes a second hold from one thread an error.
-    queue = build_queue(settings, services.store, registry, mutex=services.mutex, run_jobs=run_jobs)
+    queue = build_queue(
+        settings,
+        services.store,
+        registry,
+        mutex=services.mutex,
+        run_jobs=run_jobs,
+        wakeup=wakeup,
+    )
     drift = build_drift(settings, services, queue.submit, drift_parts)
     scheduler = build_scheduler(settings, services.store, queue.submit, drift.scheduler)
 
@@ -381,6 +391,7 @@ def build_queue(
     *,
     mutex: ProjectMutex | None = None,
     run_jobs: bool = True,
+    wakeup: JobWakeup | None = None,
 ) -> JobQueue:
     """The queue `settings.queue` names, on `store`.
 
@@ -388,7 +399,7 @@ def build_queue(
     process's own, `Services.mutex`; a new one if not given). An RQ queue only submits;
     its jobs run in `gitops-runner worker` processes, which build their own handler.
     `run_jobs=False`: an in-process queue that only stores jobs (`serve`'s job process
-    runs them).
+    runs them), and wakes the job process through `wakeup`.
     """
     from runner.jobs.inprocess import InProcessQueue, QueueRole
     from runner.jobs.queue import JobTiming
@@ -405,12 +416,16 @@ def build_queue(
         mutex=mutex or build_mutex(settings, store),
         timing=JobTiming.for_lease(settings.job_lease_seconds),
         role=QueueRole.ALL if run_jobs else QueueRole.SUBMIT,
+        wakeup=None if run_jobs else wakeup,
     )
 
 
-def run_job_process(settings: Settings, stop: threading.Event) -> None:
+def run_job_process(
+    settings: Settings, stop: threading.Event, *, wakeup: JobWakeup | None = None
+) -> None:
     """`serve`'s job process (`GITOPS_JOB_PROCESS`): every kind of job of the in-process
-    queue, submitted by the web processes, run here until `stop`."""
+    queue, submitted by the web processes (which wake it through `wakeup`), run here
+    until `stop`."""
     from runner.jobs.inprocess import InProcessQueue, QueueRole
     from runner.jobs.job_process import run_queue
     from runner.jobs.queue import JobTiming
@@ -423,6 +438,7 @@ def run_job_process(settings: Settings, stop: threading.Event) -> None:
         mutex=services.mutex,
         timing=JobTiming.for_lease(settings.job_lease_seconds),
         role=QueueRole.RUN,
+        wakeup=wakeup,
     )
     # As a web process stopped its queue: 20 s to finish, then running jobs are cancelled.
     run_queue(queue, stop, stop_timeout_s=20)

@@ -24,11 +24,11 @@ import pytest
 import requests
 
 from runner.engine.project_mutex import ProjectMutex, build_mutex
+from runner.jobs.cancellation import newest_by_group, supersede_groups
 from runner.jobs.inprocess import InProcessQueue, QueueRole
 from runner.jobs.job_process import JobProcess, run_queue
 from runner.jobs.model import WorkEvent, kind_of
 from runner.jobs.queue import enqueue_event
-from runner.jobs.supersede_batch import newest_by_group, supersede_groups
 from runner.settings import Settings
 from runner.store.jobs import JobStatus
 from runner.store.store import Store
@@ -68,7 +68,7 @@ def queues(store: Store, mutex: ProjectMutex) -> Iterator[Callable[..., InProces
 
     def make(role: QueueRole, handler: object, on: Store | None = None) -> InProcessQueue:
         queue = InProcessQueue(
-            on or store, handler, 2, mutex=mutex, timing=FAST, role=role, watch_s=0.01
+            on or store, handler, 2, mutex=mutex, timing=FAST, role=role, fallback_poll_s=0.01
         )
         made.append(queue)
         queue.start()

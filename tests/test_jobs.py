@@ -481,13 +481,13 @@ def test_submit_does_not_wait_for_superseding(
     store: Store, make_queue: Callable[..., InProcessQueue], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gate = threading.Event()
-    real_supersede = cancellation.supersede
+    real_supersede = cancellation.supersede_groups
 
     def gated_supersede(*args: Any) -> cancellation.Superseded:
         gate.wait(DEADLINE_S)
         return real_supersede(*args)
 
-    monkeypatch.setattr(cancellation, "supersede", gated_supersede)
+    monkeypatch.setattr(cancellation, "supersede_groups", gated_supersede)
     queue = make_queue(workers=1, start=False)  # no worker: the jobs stay where they are
     old = queue.submit(pr_event(1, "opened", "ok-old"))
 
@@ -516,6 +516,73 @@ def test_a_burst_of_pushes_leaves_only_the_newest_autoplan(
     )
     kept = (command, other_pr, pushes[-1])
     assert [status_of(store, job) for job in kept] == [JobStatus.QUEUED] * 3
+
+
+def test_one_superseding_pass_covers_every_pr_pending_and_stop_finishes_it(store: Store) -> None:
+    passes: list[cancellation.Superseded] = []
+    gate = threading.Event()
+
+    def on_done(result: cancellation.Superseded) -> None:
+        passes.append(result)
+        gate.wait(DEADLINE_S)  # the thread is busy: what is requested meanwhile pends
+
+    superseder = cancellation.Superseder(store, on_done)
+    busy = enqueue_event(store, pr_event(9, "updated", "z"))
+    superseder.request(busy, pr_event(9, "updated", "z"))
+    _wait_for(lambda: len(passes) == 1, "the first pass")
+    opened = {number: enqueue_event(store, pr_event(number, "opened", "a")) for number in (1, 2)}
+    pushes = {number: enqueue_event(store, pr_event(number, "updated", "b")) for number in (1, 2)}
+    closed = enqueue_event(store, pr_event(2, "closed", "c"))
+    for job_id, event in [
+        (pushes[1], pr_event(1, "updated", "b")),
+        (pushes[2], pr_event(2, "updated", "b")),
+        (closed, pr_event(2, "closed", "c")),
+    ]:
+        assert superseder.request(job_id, event)
+    gate.set()
+
+    assert superseder.stop(timeout=DEADLINE_S)  # what was pending is done first
+
+    # One pass for both PRs; PR 2's close coalesced with its push, whose own job went
+    # with the autoplan.
+    assert len(passes) == 2
+    assert passes[1].superseding == [pushes[1], closed]
+    cancelled = sorted([opened[1], opened[2], pushes[2]])
+    assert sorted(passes[1].queued) == cancelled
+    assert [status_of(store, job) for job in cancelled] == [JobStatus.CANCELLED] * 3
+    # Stopped: a request is done at once, on the caller's thread.
+    later = enqueue_event(store, pr_event(3, "opened", "a"))
+    push = enqueue_event(store, pr_event(3, "updated", "b"))
+    assert superseder.request(push, pr_event(3, "updated", "b"))
+    assert status_of(store, later) is JobStatus.CANCELLED
+    assert not superseder.request(later, pr_event(3, "opened", "a"))  # supersedes nothing
+
+
+def test_a_failed_superseding_pass_is_logged_and_dropped(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    passes: list[cancellation.Superseded] = []
+    superseder = cancellation.Superseder(store, passes.append)
+    old = enqueue_event(store, pr_event(1, "opened", "a"))
+    push = enqueue_event(store, pr_event(1, "updated", "b"))
+    with store.engine.begin() as connection:  # the store fails the pass
+        connection.exec_driver_sql("ALTER TABLE jobs RENAME TO jobs_away")
+    try:
+        superseder.request(push, pr_event(1, "updated", "b"))
+        _wait_for(lambda: len(passes) == 1, "the failed pass")
+    finally:
+        with store.engine.begin() as connection:
+            connection.exec_driver_sql("ALTER TABLE jobs_away RENAME TO jobs")
+    other = enqueue_event(store, pr_event(2, "opened", "a"))
+    other_push = enqueue_event(store, pr_event(2, "updated", "b"))
+    superseder.request(other_push, pr_event(2, "updated", "b"))
+    assert superseder.stop(timeout=DEADLINE_S)
+
+    assert passes[0] == cancellation.Superseded(superseding=[push])
+    assert "superseding failed" in caplog.text
+    # Dropped, not retried: PR 1's autoplan stays (it skips itself when it runs).
+    assert status_of(store, old) is JobStatus.QUEUED
+    assert status_of(store, other) is JobStatus.CANCELLED
 
 
 def test_jobs_carry_their_pr_group(store: Store) -> None:

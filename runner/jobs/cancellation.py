@@ -1,17 +1,21 @@
 """Stopping work that no longer matters: superseded autoplans and lost leases.
 
 A new push (pull request `updated`) or a closed PR makes the PR's pending autoplans
-pointless. `supersede` cancels the queued ones in the store and marks the running
-ones `cancelled` there too. The worker running such a job learns it from the store,
-wherever it runs: its `LeaseKeeper` checks the job's row about once a second and sets
-the job's `cancel` Event when the row is no longer running under its lease (cancelled,
-or taken over after its lease expired). In-process queues also set the Event at once
+pointless. A superseding pass (`supersede_groups`, for any number of PRs at once)
+cancels the queued ones in the store and marks the running ones `cancelled` there
+too. The worker running such a job learns it from the store, wherever it runs: its
+`LeaseKeeper` checks the job's row about once a second and sets the job's `cancel`
+Event when the row is no longer running under its lease (cancelled, or taken over
+after its lease expired). In-process queues also set the Event at once
 through their `CancelRegistry`.
 
 The queues do not supersede while a webhook waits: `submit` only persists the job;
-a `Superseder` thread runs `supersede` right after, reading just the PR group's active
-jobs (`JobStore.active_in_group`). Nothing depends on it being done: a stale autoplan
-that runs anyway sees that the PR's head moved on and skips.
+a `Superseder` thread runs the pass right after, for every PR pushed to meanwhile,
+reading just those PR groups' active jobs (`JobStore.active_in_groups`). `serve`'s job
+process runs the same pass for what it finds in the store. One mechanism, one rule:
+the newest push or close of a PR cancels that PR's older autoplans. Nothing depends on
+it being done: a stale autoplan that runs anyway sees that the PR's head moved on and
+skips.
 
 Only autoplans are superseded. A comment command or an apply on merge is something a
 person asked for; it runs to its end.
@@ -22,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -52,10 +56,17 @@ def supersedes(new: WorkEvent, old: WorkEvent) -> bool:
     )
 
 
+# The newest superseding job of each PR group: group -> (job id, event).
+Newest = Mapping[str, tuple[int, WorkEvent]]
+
+
 @dataclass(frozen=True)
 class Superseded:
     queued: list[int] = field(default_factory=list)  # cancelled before they started
     running: list[int] = field(default_factory=list)  # marked cancelled; their workers stop
+    # The superseding jobs the pass was for (one per PR group): what a queue wakes
+    # workers for once the pass is done.
+    superseding: list[int] = field(default_factory=list)
 
 
 def is_superseding(event: WorkEvent) -> bool:
@@ -76,51 +87,99 @@ def drop_queued(store: Store, group: str, reason: str) -> list[int]:
     return store.jobs.cancel_queued(queued, reason)
 
 
-def supersede(store: Store, event: WorkEvent, new_job_id: int) -> Superseded:
-    """Cancel the autoplans of the PR that `event` (job `new_job_id`) makes pointless.
+def newest_by_group(jobs: Iterable[tuple[int, WorkEvent]]) -> dict[str, tuple[int, WorkEvent]]:
+    """Of `jobs`, the newest one per PR group that supersedes (a push or a close): it
+    cancels every autoplan an older one would (the older one's own job included)."""
+    newest: dict[str, tuple[int, WorkEvent]] = {}
+    for job_id, event in jobs:
+        if is_superseding(event):
+            _keep_newest(newest, job_id, event)
+    return newest
 
-    Reads only the PR group's active jobs (the indexed `group_key`), not the whole
-    queue, so its cost does not grow with the queue.
+
+def _keep_newest(newest: dict[str, tuple[int, WorkEvent]], job_id: int, event: WorkEvent) -> None:
+    group = pr_group(event)
+    if group not in newest or newest[group][0] < job_id:
+        newest[group] = (job_id, event)
+
+
+def supersede(store: Store, event: WorkEvent, new_job_id: int) -> Superseded:
+    """`supersede_groups` for one job: cancel the autoplans of the PR that `event` (job
+    `new_job_id`) makes pointless, now (the queues do it on their Superseder)."""
+    return supersede_groups(store, newest_by_group([(new_job_id, event)]))
+
+
+def supersede_groups(store: Store, newest: Newest) -> Superseded:
+    """Cancel, for each group's newest superseding job, the group's older autoplans.
+
+    One indexed read of those PR groups' active jobs (per kind; `group_key`) and one
+    write transaction for all the queued ones, whatever the number of PRs: every take
+    of SQLite's write lock can make a webhook's write wait (issue 10, measured). Its
+    cost does not grow with the queue.
     """
-    result = Superseded()
-    if not is_superseding(event):
+    result = Superseded(superseding=sorted(job_id for job_id, _ in newest.values()))
+    obsolete = _obsolete(store, newest)
+    if not obsolete:
         return result
-    reason = f"superseded by job {new_job_id} (pull request {event.action})"
-    candidates = store.jobs.active_in_group(pr_group(event), kind_of(event), new_job_id)
-    obsolete = [record for record in candidates if _superseded_by(event, record)]
-    # Queued ones first (one statement): a worker freed by cancelling a running one
-    # must not claim them.
-    queued = [record.id for record in obsolete if record.status == JobStatus.QUEUED]
-    result.queued.extend(store.jobs.cancel_queued(queued, reason))
-    for record in obsolete:
-        # Running, or claimed since it was read: marked cancelled, its worker stops.
-        if record.id not in result.queued and store.jobs.cancel_running(record.id, reason):
-            result.running.append(record.id)
+    reasons = {group: _reason(*newest[group]) for group in obsolete}
+    batches = [
+        ([record.id for record in records if record.status == JobStatus.QUEUED], reasons[group])
+        for group, records in obsolete.items()
+    ]
+    # Queued ones first, all in one transaction: a worker freed by cancelling a
+    # running one must not claim them.
+    result.queued.extend(store.jobs.cancel_queued_batches(batches))
+    for group, records in obsolete.items():
+        for record in records:
+            # Running, or claimed since it was read: marked cancelled, its worker stops.
+            if record.id in result.queued:
+                continue
+            if store.jobs.cancel_running(record.id, reasons[group]):
+                result.running.append(record.id)
     return result
 
 
+def _obsolete(store: Store, newest: Newest) -> dict[str, list[JobRecord]]:
+    by_kind: dict[str, list[str]] = {}
+    for group, (_job_id, event) in newest.items():
+        by_kind.setdefault(kind_of(event), []).append(group)
+    obsolete: dict[str, list[JobRecord]] = {}
+    for kind, groups in by_kind.items():
+        for record in store.jobs.active_in_groups(groups, kind):
+            group = record.group_key
+            if group is None or group not in newest:
+                continue
+            job_id, event = newest[group]
+            if record.id < job_id and _superseded_by(event, record):
+                obsolete.setdefault(group, []).append(record)
+    return obsolete
+
+
 def _superseded_by(event: WorkEvent, record: JobRecord) -> bool:
-    old = _decode(record)
-    return old is not None and supersedes(event, old)
-
-
-def _decode(record: JobRecord) -> WorkEvent | None:
     try:
-        return decode_event(record.kind, record.payload, record.version)
+        old = decode_event(record.kind, record.payload, record.version)
     except (UnknownJobFormat, ValueError):
-        return None
+        return False
+    return supersedes(event, old)
+
+
+def _reason(job_id: int, event: WorkEvent) -> str:
+    action = getattr(event, "action", "event")
+    return f"superseded by job {job_id} (pull request {action})"
 
 
 class Superseder:
-    """Runs `supersede` for newly queued jobs on a thread of its own, off the request path.
+    """Runs superseding passes on a thread of its own, off the request path.
 
     Superseding only saves work: an autoplan that runs anyway finds that its head is
     no longer the PR's head and skips (the PR flow checks), so a webhook need not wait
-    for it. Requests of one PR group coalesce: the newest superseding job cancels every
-    autoplan an older one would (the older one's own job included, if it was a push).
-    After each pass `on_done` gets the result (the in-process queue signals its running
-    jobs and wakes its workers). The thread starts with the first request and ends with
-    `stop`, which first finishes what is pending. A failed pass is logged and dropped.
+    for it. Requests coalesce: per PR group only the newest superseding job is kept
+    (`newest_by_group`'s rule), and one pass (`supersede_groups`) covers every group
+    pending. After each pass `on_done` gets the result (the in-process queue signals its
+    running jobs and wakes its workers). The thread starts with the first request and
+    ends with `stop`, which first finishes what is pending. A failed pass is logged and
+    dropped. `serve`'s job process, which finds new jobs in the store rather than by
+    request, runs its passes through `supersede_now` on its own thread.
     """
 
     def __init__(self, store: Store, on_done: Callable[[Superseded], None]) -> None:
@@ -137,16 +196,30 @@ class Superseder:
             return False
         with self._guard:
             if not self._stopped:
-                group = pr_group(event)
-                newest = self._pending.get(group)
-                if newest is None or newest[0] < job_id:
-                    self._pending[group] = (job_id, event)
+                _keep_newest(self._pending, job_id, event)
                 self._start_once()
                 self._guard.notify()
                 return True
         # Stopped (the process is shutting down): no thread is left to do it later.
-        self._run(job_id, event)
+        self.supersede_now(newest_by_group([(job_id, event)]))
         return True
+
+    def supersede_now(self, newest: Newest) -> Superseded:
+        """One pass for `newest`, on the caller's thread; `on_done` gets its result."""
+        try:
+            result = supersede_groups(self._store, newest)
+        except Exception:
+            log.exception("superseding failed; older autoplans skip themselves")
+            result = Superseded(superseding=sorted(job_id for job_id, _ in newest.values()))
+        if result.queued or result.running:
+            log.info(
+                "jobs %s superseded jobs %s", result.superseding, result.queued + result.running
+            )
+        try:
+            self._on_done(result)
+        except Exception:
+            log.exception("handling the superseding result of jobs %s failed", result.superseding)
+        return result
 
     def stop(self, timeout: float | None = None) -> bool:
         """Finish the pending requests, then end the thread; True once it has ended."""
@@ -171,23 +244,8 @@ class Superseder:
                     self._guard.wait()
                 if not self._pending:
                     return
-                batch = sorted(self._pending.values(), key=lambda pending: pending[0])
-                self._pending.clear()
-            for job_id, event in batch:
-                self._run(job_id, event)
-
-    def _run(self, job_id: int, event: WorkEvent) -> None:
-        try:
-            result = supersede(self._store, event, job_id)
-        except Exception:
-            log.exception("superseding for job %s failed; older autoplans skip themselves", job_id)
-            result = Superseded()
-        if result.queued or result.running:
-            log.info("job %s superseded jobs %s", job_id, result.queued + result.running)
-        try:
-            self._on_done(result)
-        except Exception:
-            log.exception("handling the superseding result of job %s failed", job_id)
+                pending, self._pending = self._pending, {}
+            self.supersede_now(pending)
 
 
 class CancelRegistry:

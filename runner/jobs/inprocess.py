@@ -7,9 +7,13 @@ all of them. A job waiting for its PR's previous job occupies a thread meanwhile
 
 A queue has a `QueueRole`. `ALL` (the default) submits and runs in one process.
 `gitops-runner serve` with `GITOPS_JOB_PROCESS` (runner/jobs/job_process.py) splits the
-two: its web processes only submit (`SUBMIT`: the webhook's one write, nothing else on
-their GIL), and one job process runs (`RUN`): it finds what was submitted by reading
-the store (`JobStore.queued_after`), supersedes and wakes its workers from there.
+two: its web processes only submit (`SUBMIT`: the webhook's one write and a wake-up,
+nothing else on their GIL), and one job process runs (`RUN`): woken by the web
+processes (runner/jobs/wakeup.py), it finds what was submitted by reading the store
+(`JobStore.queued_after`), supersedes and wakes its workers from there. It reads the
+store only when woken, and on a slow fallback poll that finds what no wake-up announced
+(a lost one, another host's submit, a job re-queued by recovery elsewhere); its workers
+sleep until it wakes them.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import time
 from enum import StrEnum
 
 from runner.engine.project_mutex import ProjectMutex
-from runner.jobs.cancellation import CancelRegistry, Superseded, Superseder
+from runner.jobs.cancellation import CancelRegistry, Superseded, Superseder, newest_by_group
 from runner.jobs.model import (
     PR_KINDS,
     JobHandler,
@@ -31,7 +35,7 @@ from runner.jobs.model import (
 )
 from runner.jobs.queue import DEFAULT_TIMING, JobRunner, JobTiming, enqueue_job
 from runner.jobs.recovery import recover
-from runner.jobs.supersede_batch import newest_by_group, supersede_groups
+from runner.jobs.wakeup import JobWakeup
 from runner.store.deliveries import DeliveryRef
 from runner.store.jobs import JobRecord
 from runner.store.owners import process_owner_prefix
@@ -43,9 +47,18 @@ log = logging.getLogger(__name__)
 DEFAULT_INTERRUPT_GRACE_S = 10.0
 # stop() lets the superseding thread finish what is pending for at most this long.
 _SUPERSEDER_STOP_S = 5.0
-# How often a `RUN` queue looks for jobs submitted by other processes: a small indexed
-# read; the delay it adds before a job starts is nothing next to a plan.
-DEFAULT_WATCH_S = 0.05
+# How often a `RUN` queue with a wake-up channel still looks at the store unwoken (one
+# cheap read when nothing is queued): what finds the jobs no wake-up announced. A lost
+# wake-up costs at most this much delay, nothing next to a plan.
+DEFAULT_FALLBACK_POLL_S = 1.0
+# The same without a wake-up channel: looking is then the only way to learn of new jobs.
+UNWOKEN_POLL_S = 0.05
+# Woken sooner than this after its last look, the watcher waits out the rest and takes
+# every job stored meanwhile in one look: under a burst of webhooks it supersedes in one
+# pass per gap, not one per delivery (each pass takes SQLite's write lock, which the
+# webhooks' writes may then wait for; measured). A wake-up after a quiet spell is acted
+# on at once.
+LOOK_GAP_S = 0.05
 # Jobs read per look: a backlog (after a restart) is taken in steps of this many.
 _WATCH_BATCH = 500
 
@@ -72,18 +85,25 @@ class InProcessQueue:
         timing: JobTiming = DEFAULT_TIMING,
         interrupt_grace_s: float = DEFAULT_INTERRUPT_GRACE_S,
         role: QueueRole = QueueRole.ALL,
-        watch_s: float = DEFAULT_WATCH_S,
+        wakeup: JobWakeup | None = None,
+        fallback_poll_s: float | None = None,
     ) -> None:
         """`worker_id_prefix` starts the lease-owner ids of this queue's claims. Keep the
         default (`host:pid:start`) unless you know better: it is what lets a restarted
         runner recover its dead predecessor's jobs without waiting for their leases.
-        `watch_s`: how often a `RUN` queue looks for new jobs in the store."""
+        `wakeup`: the channel a `SUBMIT` queue wakes the `RUN` queue with (both ends in
+        both processes, made before the fork). `fallback_poll_s`: how often a `RUN`
+        queue looks at the store unwoken (default: `DEFAULT_FALLBACK_POLL_S` with a
+        channel, `UNWOKEN_POLL_S` without)."""
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self._store = store
         self._handler = handler
         self._role = role
-        self._watch_s = watch_s
+        self._wakeup = wakeup
+        if fallback_poll_s is None:
+            fallback_poll_s = UNWOKEN_POLL_S if wakeup is None else DEFAULT_FALLBACK_POLL_S
+        self._fallback_poll_s = fallback_poll_s
         # A RUN queue's high-water mark: the newest job id it has looked at.
         self._seen_id = 0
         self._looking = threading.Lock()
@@ -93,6 +113,11 @@ class InProcessQueue:
         self._registry = CancelRegistry()
         self._stopping = threading.Event()
         self._wake = threading.Condition()
+        # Counts wake-ups, so one given while a worker was looking is not slept through.
+        self._wakes = 0
+        # How long an idle worker sleeps unwoken: a RUN queue's watcher wakes its workers
+        # for whatever it finds, so they need no poll of their own.
+        self._idle_s = None if role is QueueRole.RUN else timing.poll_s
         self._threads: list[threading.Thread] = []
         self._runner = JobRunner(
             store,
@@ -113,20 +138,27 @@ class InProcessQueue:
         """
         job_id = enqueue_job(self._store, event, delivery)
         if self._role is QueueRole.SUBMIT:
-            # The job process finds it in the store, supersedes and runs it.
+            # Committed: the job process finds it in the store, supersedes and runs it.
+            if self._wakeup is not None:
+                self._wakeup.notify()
             return job_id
         if not self._superseder.request(job_id, event):
-            self._wake_one()
+            self._wake_workers(1)
         return job_id
 
     def _superseded(self, result: Superseded) -> None:
         # Jobs running in this process hear it now; elsewhere, from the store within ~1 s.
         self._registry.cancel(result.running)
-        self._wake_one()
+        self._wake_workers(len(result.superseding))
 
-    def _wake_one(self) -> None:
+    def _wake_workers(self, count: int | None) -> None:
+        """Wake `count` idle workers (None: all of them)."""
         with self._wake:
-            self._wake.notify()
+            self._wakes += 1
+            if count is None:
+                self._wake.notify_all()
+            else:
+                self._wake.notify(count)
 
     def start(self) -> None:
         """Recover what a previous run left behind, then start the threads (once).
@@ -159,8 +191,9 @@ class InProcessQueue:
         grace = _SUPERSEDER_STOP_S if timeout is None else min(timeout, _SUPERSEDER_STOP_S)
         self._superseder.stop(grace)
         self._stopping.set()
-        with self._wake:
-            self._wake.notify_all()
+        self._wake_workers(None)
+        if self._wakeup is not None and self._role is QueueRole.RUN:
+            self._wakeup.notify()  # the watcher sleeps on the channel: it ends at once
         if not self._join(timeout):
             cancelled = self._registry.cancel_all()
             log.warning("stopping: interrupting jobs %s", cancelled)
@@ -178,33 +211,68 @@ class InProcessQueue:
 
     def _work(self, label: str) -> None:
         while not self._stopping.is_set():
-            try:
-                if self._role is QueueRole.RUN:
-                    # What is queued now was looked at (superseded) before it is claimed.
-                    self._look_for_new_jobs()
-                ran = self._runner.has_queued() and self._runner.run_next(label) is not None
-            except Exception:
-                # The store was unreachable, or a bug: keep the thread, retry after a pause.
-                log.exception("job worker %s: error; retrying", label)
-                ran = False
-            if not ran:
+            with self._wake:
+                seen = self._wakes
+            if not self._run_one(label):
                 with self._wake:
-                    if not self._stopping.is_set():
-                        self._wake.wait(self._timing.poll_s)
+                    if self._wakes == seen and not self._stopping.is_set():
+                        self._wake.wait(self._idle_s)
+
+    def _run_one(self, label: str) -> bool:
+        """Claim and run one job; False if there was none (or the store failed)."""
+        try:
+            if self._role is QueueRole.RUN:
+                # What is queued now was looked at (superseded) before it is claimed.
+                self._look_for_new_jobs()
+            return self._runner.has_queued() and self._runner.run_next(label) is not None
+        except Exception:
+            # The store was unreachable, or a bug: keep the thread; retry once woken, or
+            # after the idle pause.
+            log.exception("job worker %s: error; retrying", label)
+            return False
 
     def _watch(self) -> None:
         """`RUN`: find what other processes submitted, supersede, wake the workers.
 
-        What `submit` does after its write when both happen in one process. A job missed
-        here (PostgreSQL may commit a lower id after a higher one was seen) is still
-        claimed by the workers' own poll; only its superseding pass is skipped, which
-        only saves work (an autoplan that runs anyway sees the PR's head moved on).
+        What `submit` does after its write when both happen in one process. It looks
+        when woken (a web process stored a job) and on the fallback poll, which first
+        asks whether anything is queued at all (one read when idle) and then wakes every
+        worker: a job the high-water mark missed (PostgreSQL may commit a lower id after
+        a higher one was seen; its superseding pass is skipped, which only saves work),
+        submitted on another host, or re-queued by another process's recovery.
         """
-        while not self._stopping.wait(self._watch_s):
+        last_look = float("-inf")
+        while not self._stopping.is_set():
+            woken = self._wait_for_news(last_look)
+            if self._stopping.is_set():
+                return
+            last_look = time.monotonic()
             try:
-                self._look_for_new_jobs()
+                self._look(woken)
             except Exception:
                 log.exception("looking for new jobs failed; retrying")
+
+    def _wait_for_news(self, last_look: float) -> bool:
+        """Sleep until woken (True) or the fallback poll is due (False); woken within
+        `LOOK_GAP_S` of the last look, also until that gap has passed."""
+        if self._wakeup is None:
+            self._stopping.wait(self._fallback_poll_s)
+            return False
+        if not self._wakeup.wait(self._fallback_poll_s):
+            return False
+        rest = last_look + LOOK_GAP_S - time.monotonic()
+        if rest > 0 and not self._stopping.wait(rest):
+            # Taken now, before the look: a wake-up sent after this is for a job the
+            # look may miss, so it wakes the watcher again.
+            self._wakeup.wait(0)
+        return True
+
+    def _look(self, woken: bool) -> None:
+        if woken:
+            self._look_for_new_jobs()
+        elif self._runner.has_queued():
+            self._look_for_new_jobs()
+            self._wake_workers(None)
 
     def _look_for_new_jobs(self) -> None:
         # One look at a time (the watcher and workers about to claim): each new job is
@@ -220,16 +288,14 @@ class InProcessQueue:
                     return
 
     def _supersede_and_wake(self, records: list[JobRecord]) -> None:
-        # All the PRs pushed to since the last look in one read and one write
-        # (supersede_batch.py): fewer takes of the write lock the webhooks need.
+        # All the PRs pushed to since the last look in one pass of the Superseder (one
+        # read, one write): fewer takes of the write lock the webhooks need. The pass
+        # wakes a worker per superseding job (`_superseded`); the rest are woken here.
         newest = newest_by_group([job for job in map(_decoded, records) if job is not None])
         if newest:
-            superseded = supersede_groups(self._store, newest)
-            if superseded.queued or superseded.running:
-                log.info("superseded jobs %s", superseded.queued + superseded.running)
-            self._registry.cancel(superseded.running)
-        with self._wake:
-            self._wake.notify(len(records))
+            self._superseder.supersede_now(newest)
+        if len(records) > len(newest):
+            self._wake_workers(len(records) - len(newest))
 
     def _maintain(self) -> None:
         while not self._stopping.wait(self._timing.recovery_every_s):
@@ -241,8 +307,7 @@ class InProcessQueue:
     def _recover(self) -> None:
         report = recover(self._store, self._handler, self._timing.lease_grace_s, self._runner.kinds)
         if report.requeued:
-            with self._wake:
-                self._wake.notify_all()
+            self._wake_workers(None)
 
 
 def _decoded(record: JobRecord) -> tuple[int, WorkEvent] | None:
