@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import pytest
 
+from runner.jobs.payloads import ReconcileJob
 from runner.jobs.queue import enqueue_event
 from runner.store.deliveries import DeliveryRef, DuplicateDelivery
 from runner.store.group_commit import GroupCommit
@@ -48,6 +49,11 @@ def submit(store: Store, number: int, delivery_id: str) -> Callable[[], int]:
     return lambda: enqueue_event(store, event, delivery(delivery_id))
 
 
+def push(store: Store, sha: str, delivery_id: str) -> Callable[[], int]:
+    job = ReconcileJob(repo=REPO.clone_url, trigger="push", sha=sha)
+    return lambda: enqueue_event(store, job, DeliveryRef(delivery_id, "github", "push"))
+
+
 def test_deliveries_arriving_together_are_each_stored_with_their_own_job(
     store: Store, migrated_url: str
 ) -> None:
@@ -82,6 +88,27 @@ def test_a_duplicate_in_a_batch_does_not_cost_the_others_their_jobs(store: Store
     assert isinstance(outcomes[0], DuplicateDelivery)
     assert all(isinstance(outcome, int) for outcome in outcomes[1:]), outcomes
     assert len(store.jobs.list()) == THREADS
+
+
+def test_each_caller_is_answered_with_its_own_job_when_rows_go_in_together(
+    store: Store,
+) -> None:
+    # A batch's jobs go in with one multi-row INSERT: the ids must come back in the
+    # order of the rows, or a webhook would be answered with another delivery's job.
+    # Pushes to the default branch (a dedupe key: written on their own) are mixed in.
+    comments = [submit(store, n, f"own-{n}") for n in range(THREADS // 2)]
+    pushes = [push(store, f"sha-{n % 2}", f"push-{n}") for n in range(THREADS // 2)]
+
+    outcomes = at_once([*comments, *pushes])
+
+    ids = [outcome for outcome in outcomes if isinstance(outcome, int)]
+    assert len(ids) == THREADS, outcomes
+    jobs = [store.jobs.get(job_id) for job_id in ids]
+    for number, job in enumerate(jobs[: THREADS // 2]):
+        assert job is not None and job.payload["pr_number"] == number
+    for number, job in enumerate(jobs[THREADS // 2 :]):
+        assert job is not None and job.payload["sha"] == f"sha-{number % 2}"
+    assert len(set(ids[THREADS // 2 :])) == 2  # one job per pushed commit
 
 
 def test_a_failed_transaction_fails_every_caller_in_it_and_the_next_one_works() -> None:

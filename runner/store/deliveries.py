@@ -67,18 +67,28 @@ def add_delivery(session: Session | Connection, delivery: DeliveryRef) -> None:
     then unusable and must end (leaving the `Database.write()` block rolls it back).
     The INSERT runs here, so a duplicate is found before anything else is written.
     """
+    try:
+        session.execute(_INSERT_DELIVERY, _row(delivery, utcnow()))
+    except IntegrityError as error:
+        raise DuplicateDelivery(delivery.delivery_id) from error
+
+
+def add_deliveries(connection: Connection, deliveries: Sequence[DeliveryRef]) -> None:
+    """Record `deliveries`, known to be new (`known_deliveries` in the same write
+    transaction), with one multi-row INSERT: a group commit's batch."""
+    received_at = utcnow()
+    connection.execute(_INSERT_DELIVERY, [_row(ref, received_at) for ref in deliveries])
+
+
+def _row(delivery: DeliveryRef, received_at: datetime) -> dict[str, object]:
     if not delivery.delivery_id:
         raise ValueError("a delivery id is required to deduplicate deliveries")
-    row = {
+    return {
         "delivery_id": delivery.delivery_id,
         "forge": delivery.forge,
         "event": delivery.event,
-        "received_at": utcnow(),
+        "received_at": received_at,
     }
-    try:
-        session.execute(_INSERT_DELIVERY, row)
-    except IntegrityError as error:
-        raise DuplicateDelivery(delivery.delivery_id) from error
 
 
 def known_deliveries(connection: Connection, deliveries: Sequence[DeliveryRef]) -> set[str]:

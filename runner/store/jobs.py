@@ -43,7 +43,13 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from runner.store.db import Database
-from runner.store.deliveries import DeliveryRef, DuplicateDelivery, add_delivery, known_deliveries
+from runner.store.deliveries import (
+    DeliveryRef,
+    DuplicateDelivery,
+    add_deliveries,
+    add_delivery,
+    known_deliveries,
+)
 from runner.store.group_commit import GroupCommit
 from runner.store.models import ACTIVE_JOB_STATUSES, Job, utcnow
 from runner.store.write_lock import shared_write_lock
@@ -95,6 +101,8 @@ class JobRecord:
 # building a statement costs more CPU than SQLite needs to run it.
 _JOBS = Job.__table__
 _INSERT_JOB = insert(_JOBS)
+# Many rows in one statement, their ids returned in the order of the rows given.
+_INSERT_JOBS_RETURNING_IDS = insert(_JOBS).returning(_JOBS.c.id, sort_by_parameter_order=True)
 _ANY_QUEUED = select(_JOBS.c.id).where(_JOBS.c.status == JobStatus.QUEUED.value).limit(1)
 _ANY_QUEUED_OF_KINDS = _ANY_QUEUED.where(_JOBS.c.kind.in_(bindparam("kinds", expanding=True)))
 _OLDEST_QUEUED = (
@@ -277,17 +285,29 @@ class JobStore:
         return [self._outcome_of_one(row, delivery) for row, delivery in items]
 
     def _insert_together(self, items: Sequence[_WebhookWrite]) -> _Outcomes:
-        outcomes: _Outcomes = []
+        # The new deliveries and their jobs go in with one multi-row INSERT per table,
+        # not two statements per webhook (on PostgreSQL each one is a round trip). A job
+        # with a dedupe key may resolve to an active job of its key: written on its own.
+        outcomes: dict[int, int | BaseException] = {}
+        together: list[int] = []  # positions in `items`, in the order they arrived
         with self._write_connection() as connection:
             stored = known_deliveries(connection, [delivery for _, delivery in items])
-            for row, delivery in items:
+            for position, (row, delivery) in enumerate(items):
                 if delivery.delivery_id in stored:
-                    outcomes.append(DuplicateDelivery(delivery.delivery_id))
-                    continue
+                    outcomes[position] = DuplicateDelivery(delivery.delivery_id)
+                elif row["dedupe_key"] is not None:
+                    outcomes[position] = _insert_in(connection, row, delivery)
+                else:
+                    together.append(position)
                 stored.add(delivery.delivery_id)
-                outcomes.append(_insert_in(connection, row, delivery))
+            if together:
+                add_deliveries(connection, [items[position][1] for position in together])
+                ids = connection.scalars(
+                    _INSERT_JOBS_RETURNING_IDS, [items[position][0] for position in together]
+                ).all()
+                outcomes.update(zip(together, ids, strict=True))
         # Only now, after the commit, does any caller learn its outcome.
-        return outcomes
+        return [outcomes[position] for position in range(len(items))]
 
     def _outcome_of_one(self, row: dict[str, Any], delivery: DeliveryRef) -> int | BaseException:
         try:
