@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import os
 import posixpath
+import re
 import sqlite3
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 
 from runner.config.errors import ConfigError
 from runner.config.loader import RUNNER_FILE, load_repo_config
-from runner.config.model import normalize_dir
+from runner.config.model import check_name, normalize_dir
 from runner.terraform import modules
 from runner.terraform.modules import ModuleGraph
 from tests.support.git_repo import GitRepo
@@ -191,6 +192,30 @@ def test_the_dir_shortcut_answers_as_normpath_for_every_short_path() -> None:
         for combo in itertools.product(pieces, repeat=length):
             value = "".join(combo)
             assert _outcome(normalize_dir, value) == _outcome(_reference_normalize, value), value
+
+
+def _reference_check_name(value: str) -> str:
+    """check_name as it was written before its two regexes became one."""
+    plain = value == "." or (
+        len(value) <= 128
+        and re.fullmatch(r"(?!-)[A-Za-z0-9_.:@+-]+(?:/[A-Za-z0-9_.:@+-]+)*", value) is not None
+        and re.search(r"(?:^|/)\.\.?(?:/|$)", value) is None
+    )
+    if not plain:
+        raise ValueError("not plain")
+    return value
+
+
+def test_the_one_regex_name_check_answers_as_the_two_step_one() -> None:
+    """Every name of up to five pieces among the tricky ones (dot segments, leading '-',
+    empty segments, spaces), and the length limit."""
+    pieces = ["a", "-", ".", "..", "/", "//", " ", ":", "x.", "@+"]
+    lengths = ["a" * 128, "a" * 129, "a/" * 63 + "bc", "-" + "a" * 127]
+    for length in range(6):
+        for value in ["".join(combo) for combo in itertools.product(pieces, repeat=length)]:
+            for candidate in (value, *(value + tail for tail in lengths if length < 2)):
+                expected = _outcome(_reference_check_name, candidate)[0]
+                assert _outcome(check_name, candidate)[0] == expected, candidate
 
 
 @pytest.mark.parametrize(

@@ -83,6 +83,28 @@ def test_changed_files_errors_are_clear(sample: GitRepo, tmp_path: Path) -> None
         changed_files(sample.path, "main", "unrelated")
 
 
+def test_the_one_process_diff_answers_as_merge_base_then_diff(sample: GitRepo) -> None:
+    """`git diff base...head` (one process) against the two steps it replaced, on a
+    criss-cross history (two merge-bases) and through a ref whose name has a dot (which
+    takes the two steps)."""
+    sample.branch("a").branch("b")
+    sample.checkout("a").write({"infra/app/a.tf": "\n"}).commit("a1")
+    sample.checkout("b").write({"infra/db/b.tf": "\n"}).commit("b1")
+    git = sample.repo.git
+    git.merge("--no-edit", "a")  # b now holds a1
+    sample.checkout("a")
+    git.merge("--no-edit", "b~1")  # a holds b1 before the merge: two merge-bases
+    sample.write({"infra/app/a2.tf": "\n"}).commit("a2")
+    sample.checkout("b").write({"infra/db/b2.tf": "\n"}).commit("b2")
+    sample.branch("release.1", "b")
+    assert len(git.merge_base("--all", "a", "b").split()) == 2
+
+    for base, head in (("a", "b"), ("b", "a"), ("main", "b"), ("a", "release.1")):
+        merge_base = git.merge_base(base, head)
+        expected = sorted(git.diff("--name-only", "--no-renames", merge_base, head).split())
+        assert changed_files(sample.path, base, head) == expected, (base, head)
+
+
 # --- affected projects ------------------------------------------------------------------
 
 
@@ -456,7 +478,7 @@ def test_the_tree_index_follows_a_pr_reading_only_the_files_it_changed(
 def test_a_damaged_or_foreign_tree_index_means_a_full_scan(sample: GitRepo, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     ModuleGraph.build(sample.path, cache_dir=cache)
-    (entry,) = (cache / modules.TREE_INDEX_DIR).glob("*.json")
+    (entry,) = (cache / modules.TREE_INDEX_DIR).glob("*.scan")
     entry.write_text('{"format": "tree-scan-v2", "tf_files": "", "sources": ""}'[:20])
     other = tmp_path / "other-repo"
     GitRepo.init(other).write({"x/main.tf": "\n"}).commit("unrelated")

@@ -541,8 +541,11 @@ def _check_projects(doc: _Document, projects: Sequence[ProjectConfig]) -> None:
 def _find_cycle(edges: dict[str, tuple[str, ...]]) -> list[str] | None:
     """A dependency cycle as [a, b, ..., a], or None; iterative DFS with colours."""
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-    for start in edges:
+    for start, first in edges.items():
         if start in state:
+            continue
+        if not first:  # most projects depend on nothing: no path to walk
+            state[start] = 2
             continue
         path: list[str] = [start]
         iterators = [iter(edges[start])]
@@ -597,6 +600,10 @@ class _DirProbe:
             return "dir"
         parent, _, last = dir.rpartition("/")
         if parent in self._plain_dirs:
+            listing = self._listings.get(parent)
+            if listing is not None and listing.get(last) == "dir":
+                self._plain_dirs.add(dir)  # the usual sibling: one lookup, as below
+                return "dir"
             parts = [last]
         else:
             parent, parts = "", dir.split("/")

@@ -17,8 +17,10 @@ With a cache directory the graph is the graph of the checkout's index tree: step
 kept by git tree id and updated from the diff (tree_index.py); what it implies
 (`_Skeleton`: candidate edges, confirmed calls, module dirs) is shared by every graph of
 the same tree in this process, and the skeleton of a new tree is derived from a kept one
-through the diff. Files are read by blob id (the checkout's copy only while it still
-holds that blob), so code run in a checkout cannot change what is kept for its tree.
+through the diff. The index entry keeps the candidate edges too, so a new process derives
+a PR's skeleton from its base branch's entry without resolving every source again.
+Files are read by blob id (the checkout's copy only while it still holds that blob), so
+code run in a checkout cannot change what is kept for its tree.
 
 A file that python-hcl2 cannot parse keeps its candidate edges (over-planning is safer
 than missing a project); the problem is listed in `ModuleGraph.problems`.
@@ -29,14 +31,12 @@ from __future__ import annotations
 import bisect
 import contextlib
 import functools
-import hashlib
 import importlib.util
 import json
 import os
 import posixpath
 import re
 import sqlite3
-import stat
 import subprocess
 import threading
 from collections import OrderedDict, defaultdict
@@ -47,7 +47,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from runner.gc_pause import gc_paused
 from runner.terraform.hcl_scan import lexical_local_calls
-from runner.terraform.tree_index import TreeIndex, TreeScan, index_tree, indexed_blobs, read_blobs
+from runner.terraform.tree_index import (
+    CallerRows,
+    TreeIndex,
+    TreeScan,
+    blob_sha,
+    index_tree,
+    indexed_blobs,
+    read_blobs,
+    regular_file_bytes,
+)
 
 if TYPE_CHECKING:
     from lark import Lark, Token, Tree
@@ -211,30 +220,46 @@ def _scan_git(repo_root: Path) -> _Scan:
     )
 
 
-def _indexed_scan(repo_root: Path, index: TreeIndex, tree: str | None) -> _Scan:
-    """`_scan_git`, kept by tree id and updated from the diff (tree_index.py)."""
-
-    def full_scan() -> TreeScan:
-        scan = _scan_git(repo_root)
-        return TreeScan(scan.tf_files, scan.candidate_sources, scan.blobs)
-
-    scan = index.scan(repo_root, tree, full_scan, _listed, _text_sources)
-    return _Scan(scan.tf_files, scan.sources, scan.blobs)
+def _stored_skeleton(repo_root: Path, tree: str, index: TreeIndex) -> _Skeleton:
+    """The skeleton of `tree` in a process that keeps none of this repository: from the
+    tree's own entry in the index; else from the newest stored tree this repository
+    holds, brought to `tree` through the diff (a PR's first push after a restart: its
+    base branch's entry); else from a full scan. Stored for the next process."""
+    stored = index.load(tree)
+    if stored is not None:
+        return _Skeleton.of_stored(stored)
+    derived = index.derive_from_stored(repo_root, tree, _listed, _text_sources)
+    if derived is not None:
+        base_scan, scan, changed = derived
+        skeleton = _Skeleton.of_stored(base_scan).updated(_as_scan(scan), changed)
+    else:
+        skeleton = _Skeleton.of(_scan_git(repo_root))
+    index.store(tree, skeleton.stored())
+    return skeleton
 
 
 def _derived_skeleton(repo_root: Path, tree: str, index: TreeIndex) -> _Skeleton | None:
     """The skeleton of `tree` from one this process keeps for another tree of the same
     repository (a PR's next push, the base branch): the diff re-read, nothing loaded."""
     recent = dict(_SKELETONS.recent())
-    bases = {
-        base: TreeScan(kept.scan.tf_files, kept.scan.candidate_sources, kept.scan.blobs)
-        for base, kept in recent.items()
-    }
-    update = index.update(repo_root, tree, bases, _listed, _text_sources)
+    update = index.update(
+        repo_root,
+        tree,
+        {base: kept.stored() for base, kept in recent.items()},
+        _listed,
+        _text_sources,
+    )
     if update is None:
         return None
     base, scan, changed = update
-    return recent[base].updated(_Scan(scan.tf_files, scan.sources, scan.blobs), changed)
+    skeleton = recent[base].updated(_as_scan(scan), changed)
+    if not index.has(tree):
+        index.store(tree, skeleton.stored())
+    return skeleton
+
+
+def _as_scan(scan: TreeScan) -> _Scan:
+    return _Scan(scan.tf_files, scan.sources, scan.blobs)
 
 
 def _listed(path: str) -> bool:
@@ -270,11 +295,6 @@ def _scan_tree(repo_root: Path) -> _Scan:
                 if found:
                     sources[rel] = found
     return _Scan(tuple(sorted(tf_files)), sources)
-
-
-def _blob_sha(data: bytes) -> str:
-    # The same id git gives the file, so a cache can be shared across clones.
-    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
 
 
 def _text(node: Tree | Token) -> str | None:
@@ -385,7 +405,9 @@ class _ParseCache:
         self._memory = _PARSED
         self._db: sqlite3.Connection | None = None
         self._batch_depth = 0
-        self._in_transaction = False
+        self._pending: list[tuple[str, str]] = []  # put in a batch, written at its end
+        # Asked of the disk by `prefetch` and not there: not asked again by this graph.
+        self._absent: set[str] = set()
         if directory is not None:
             try:
                 self._db = _open_db(directory / f"{_cache_namespace()}.sqlite3")
@@ -395,35 +417,81 @@ class _ParseCache:
     def get(self, sha: str) -> dict | None:
         if sha in self._memory:
             return self._memory[sha]
+        if sha in self._absent:
+            return None
         row = self._run("SELECT entry FROM calls WHERE sha = ?", (sha,))
         entry = _decode_entry(row[0]) if row else None
         if entry is not None:
             self._memory[sha] = entry
         return entry
 
+    def prefetch(self, shas: Sequence[str]) -> None:
+        """The disk entries of `shas` read into memory in one query per 500; the ones
+        absent are remembered, so `get` does not ask for them again."""
+        wanted = [sha for sha in shas if sha not in self._memory and sha not in self._absent]
+        for start in range(0, len(wanted), _PREFETCH_CHUNK):
+            chunk = wanted[start : start + _PREFETCH_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = self._run_all(f"SELECT sha, entry FROM calls WHERE sha IN ({marks})", chunk)
+            if rows is None:
+                return  # no disk cache (or it just failed): `get` finds nothing either
+            found = set()
+            for sha, text in rows:
+                entry = _decode_entry(text)
+                if entry is not None:
+                    self._memory[sha] = entry
+                    found.add(sha)
+            self._absent.update(sha for sha in chunk if sha not in found)
+
     def put(self, sha: str, entry: dict) -> None:
+        self._absent.discard(sha)
         self._memory[sha] = entry
-        if self._batch_depth and not self._in_transaction:
-            self._in_transaction = True
-            self._run("BEGIN", ())
-        self._run(
-            "INSERT OR REPLACE INTO calls (sha, entry) VALUES (?, ?)", (sha, json.dumps(entry))
-        )
+        row = (sha, json.dumps(entry))
+        if self._batch_depth:
+            self._pending.append(row)
+        else:
+            self._write([row])
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
-        """The puts of the block in one transaction: one commit instead of one per file
-        (~40 µs each: 250 confirmed callers of a changed module, ~10 ms), and none when
-        nothing is put (a warm query). Nests; what was put is committed even when the
-        block fails (each entry stands on its own)."""
+        """The puts of the block written at its end, in one transaction and one
+        statement: one commit instead of one per file (~40 µs each: 250 confirmed
+        callers of a changed module, ~10 ms), none when nothing is put (a warm query),
+        and SQLite's write lock held only while writing, never while files are parsed.
+        Nests; what was put is written even when the block fails (each entry stands
+        on its own)."""
         self._batch_depth += 1
         try:
             yield
         finally:
             self._batch_depth -= 1
-            if self._batch_depth == 0 and self._in_transaction:
-                self._in_transaction = False
-                self._run("COMMIT", ())
+            if self._batch_depth == 0 and self._pending:
+                rows, self._pending = self._pending, []
+                self._write(rows)
+
+    def _write(self, rows: list[tuple[str, str]]) -> None:
+        """Insert `rows` in one transaction; a failure turns the disk cache off."""
+        if self._db is None:
+            return
+        try:
+            with self._db:  # BEGIN … COMMIT, or ROLLBACK when it fails
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO calls (sha, entry) VALUES (?, ?)", rows
+                )
+        except (sqlite3.Error, OSError):
+            self._db = None
+
+    def _run_all(self, sql: str, params: Sequence[str]) -> list[Any] | None:
+        """All rows of one query on the disk cache; None without one (or on failure,
+        which turns it off, as in `_run`)."""
+        if self._db is None:
+            return None
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except (sqlite3.Error, OSError):
+            self._db = None
+            return None
 
     def _run(self, sql: str, params: tuple[str, ...]) -> Any:
         """One statement on the disk cache; the first failure turns the disk cache off."""
@@ -451,6 +519,8 @@ class _BoundedMemo(dict[str, dict]):
 
 
 _PARSED = _BoundedMemo(200_000)
+# Below SQLite's default limit of host parameters per statement (999 before 3.32).
+_PREFETCH_CHUNK = 500
 
 
 def _open_db(path: Path) -> sqlite3.Connection:
@@ -493,6 +563,35 @@ class _Skeleton:
         """Every Terraform file is a blob of the tree (no symlink, no file walk)."""
         return len(self.scan.blobs) == len(self.scan.tf_files)
 
+    def stored(self) -> TreeScan:
+        """What the tree index keeps of this skeleton: the scan and the candidate edges
+        (resolving every source again is most of `of`'s cost)."""
+        scan = self.scan
+        return TreeScan(
+            scan.tf_files, scan.candidate_sources, scan.blobs, self.candidate_callers, self.tf_dirs
+        )
+
+    @classmethod
+    def of_stored(cls, stored: TreeScan) -> _Skeleton:
+        """`of` the stored scan, its candidate edges taken as stored (the entry's
+        checksum says they are the ones `of` computed when it was written)."""
+        scan = _as_scan(stored)
+        if stored.callers is None or stored.dirs is None:
+            return cls.of(scan)
+        in_dir: dict[str, list[str]] = {}
+        # The files with sources (a scan keeps none without), in path order as stored:
+        # those of one dir stay in order. Keys only: the rows stay unsplit.
+        for path in stored.sources:
+            if not path.endswith(".tf.json"):
+                in_dir.setdefault(path.rpartition("/")[0] or ".", []).append(path)
+        return cls(
+            scan,
+            stored.dirs,
+            stored.callers,
+            {dir: tuple(files) for dir, files in in_dir.items()},
+            tuple(path for path in stored.tf_files if path.endswith(".tf.json")),
+        )
+
     @classmethod
     def of(cls, scan: _Scan) -> _Skeleton:
         callers: dict[str, set[str]] = defaultdict(set)
@@ -521,6 +620,22 @@ class _Skeleton:
             {dir: tuple(files) for dir, files in in_dir.items()},
             tuple(json_files),
         )
+
+    def _dirs_after(
+        self,
+        changed: set[str],
+        old_files: _SortedPaths,
+        new_files: _SortedPaths,
+        files: tuple[str, ...],
+    ) -> frozenset[str]:
+        """`tf_dirs` of the new tree (sorted `files`): this tree's with the dirs of added
+        files in and the dirs left without a file out (not 10,000 paths cut again)."""
+        added = {dir_of(p) for p in changed if p in new_files and p not in old_files}
+        gone = {dir_of(p) for p in changed if p in old_files and p not in new_files}
+        gone = {d for d in gone - added if not _holds_a_file(files, d)}
+        if not added - self.tf_dirs and not gone:
+            return self.tf_dirs
+        return (self.tf_dirs | added) - gone
 
     def updated(self, scan: _Scan, changed: Iterable[str]) -> _Skeleton:
         """The skeleton of `scan`, the scan of this one's tree with the `changed` paths
@@ -555,10 +670,9 @@ class _Skeleton:
                 edit(path, scan.candidate_sources[path], add=True)
         candidate_callers = _merged(self.candidate_callers, callers, frozenset)
         files_in_dir = _merged(self.files_in_dir, in_dir, lambda f: tuple(sorted(f)))
-        moved = any((path in old_files) != (path in new_files) for path in changed)
         return _Skeleton(
             scan,
-            frozenset(dir_of(p) for p in scan.tf_files) if moved else self.tf_dirs,
+            self._dirs_after(changed, old_files, new_files, scan.tf_files),
             candidate_callers,
             files_in_dir,
             tuple(sorted(json_files)),
@@ -566,6 +680,19 @@ class _Skeleton:
             # (another thread) cannot break the iteration.
             {path: calls for path, calls in dict(self.calls).items() if path not in changed},
         )
+
+
+def _holds_a_file(files: tuple[str, ...], dir: str) -> bool:
+    """Whether the sorted `files` have one directly in `dir` (bisection to its subtree)."""
+    if dir == ".":
+        return any("/" not in path for path in files)
+    prefix = f"{dir}/"
+    index = bisect.bisect_left(files, prefix)
+    while index < len(files) and files[index].startswith(prefix):
+        if "/" not in files[index][len(prefix) :]:
+            return True
+        index += 1
+    return False
 
 
 class _SortedPaths:
@@ -581,8 +708,10 @@ class _SortedPaths:
 
 def _merged(
     base: Mapping[str, Any], edited: dict[str, set[str]], freeze: Callable[[set[str]], Any]
-) -> dict[str, Any]:
+) -> Mapping[str, Any]:
     """`base` with the `edited` entries replaced (frozen by `freeze`), empty ones dropped."""
+    if isinstance(base, CallerRows):  # as loaded: the rows not edited stay unsplit
+        return base.replaced({key: freeze(files) for key, files in edited.items()})
     merged = dict(base)
     for key, files in edited.items():
         if files:
@@ -681,10 +810,12 @@ class ModuleGraph:
         index = TreeIndex(Path(cache_dir) / TREE_INDEX_DIR)
         tree = index_tree(root)
         if tree is None:
-            return cls(root, _indexed_scan(root, index, None), cache)
-        skeleton = _SKELETONS.get(tree) or _derived_skeleton(root, tree, index)
-        if skeleton is None:
-            skeleton = _Skeleton.of(_indexed_scan(root, index, tree))
+            return cls(root, _scan_git(root), cache)
+        skeleton = (
+            _SKELETONS.get(tree)
+            or _derived_skeleton(root, tree, index)
+            or _stored_skeleton(root, tree, index)
+        )
         _SKELETONS.put(tree, skeleton)
         return cls(root, skeleton.scan, cache, skeleton)
 
@@ -729,9 +860,7 @@ class ModuleGraph:
         """Terraform dirs that some other directory calls as a local module."""
         return self.memo(
             "module_dirs",
-            lambda: frozenset(
-                t for t in self._candidate_callers if t in self._tf_dirs and self._has_caller(t)
-            ),
+            lambda: frozenset(t for t in self._first_callers_prefetched() if self._has_caller(t)),
         )
 
     def _index(self, path: str, targets: Iterable[str]) -> None:
@@ -739,6 +868,13 @@ class ModuleGraph:
         self._files_in_dir.setdefault(dir_of(path), []).append(path)  # type: ignore[attr-defined]
         for target in targets:
             self._candidate_callers.setdefault(target, set()).add(path)  # type: ignore[attr-defined]
+
+    def _first_callers_prefetched(self) -> list[str]:
+        """The candidate targets that are Terraform dirs, the first candidate caller of
+        each asked of the disk cache in one query (it confirms most of them)."""
+        targets = [t for t in self._candidate_callers if t in self._tf_dirs]
+        self._prefetch(min(self._candidate_callers[t], default="") for t in targets)
+        return targets
 
     def _has_caller(self, target: str) -> bool:
         if target in self._direct:
@@ -750,8 +886,17 @@ class ModuleGraph:
     def _direct_callers(self, target: str) -> frozenset[str]:
         if target not in self._direct:
             files = self._candidate_callers.get(target, ())
+            self._prefetch(files)
             self._direct[target] = frozenset(dir_of(f) for f in files if self._confirms(f, target))
         return self._direct[target]
+
+    def _prefetch(self, files: Iterable[str]) -> None:
+        """Ask the disk cache for the entries of the `files` not confirmed yet in one
+        query: the ~250 callers of a changed module cost one SELECT instead of 250."""
+        shared, blobs = self._skeleton.calls, self._scan.blobs
+        self._cache.prefetch(
+            [blobs[f] for f in files if f in blobs and f not in self._calls and f not in shared]
+        )
 
     def _confirms(self, path: str, target: str) -> bool:
         return dir_of(path) != target and any(c.module_dir == target for c in self._calls_in(path))
@@ -809,23 +954,14 @@ class ModuleGraph:
         entry = self._cache.get(blob)
         if entry is not None:
             return entry
-        data = self._regular_file_bytes(path)
-        if data is None or _blob_sha(data) != blob:
+        data = regular_file_bytes(self.repo_root, path)
+        if data is None or blob_sha(data) != blob:
             data = read_blobs(self.repo_root, [blob]).get(blob)
             if data is None:
                 return None
         entry = _parse_entry(path, data)
         self._cache.put(blob, entry)
         return entry
-
-    def _regular_file_bytes(self, path: str) -> bytes | None:
-        file = self.repo_root / path
-        try:
-            if not stat.S_ISREG(file.lstat().st_mode):
-                return None  # a link or a FIFO put there since the checkout: never follow
-            return file.read_bytes()
-        except OSError:
-            return None
 
     def _entry_of_file(self, path: str) -> dict | str | None:
         """The parse entry of a file read from the checkout (no blob id: outside git, or
@@ -838,7 +974,7 @@ class ModuleGraph:
             data = file.read_bytes()
         except OSError:  # listed by git but deleted in the working tree
             return None
-        sha = _blob_sha(data)
+        sha = blob_sha(data)
         entry = self._cache.get(sha)
         if entry is None:
             entry = _parse_entry(path, data)
