@@ -198,14 +198,12 @@ def run_runner(
     code: Path | None = None,
 ) -> float:
     """`gitops-runner plan` of the feature branch; `code`: run that copy of the runner
-    (as `python -m runner`: a copy of older code may have no CLI server to start)."""
+    (through its own launcher, served like this tree's, when it has a CLI server)."""
     reset_data_dir(data_dir, keep_caches)
-    command = [str(Path(sys.executable).parent / "gitops-runner")]
     if code is not None:
         env = env | {"PYTHONPATH": str(code)}
-        command = [sys.executable, "-m", "runner"]
     argv = [
-        *command,
+        *runner_command(code),
         "plan",
         "--repo",
         str(repo_dir),
@@ -224,12 +222,30 @@ def run_runner(
     return elapsed
 
 
-def start_cli_server(env: dict[str, str], run_dir: Path) -> None:
-    """One untimed command starts the CLI server; wait until it listens."""
-    gitops_runner = str(Path(sys.executable).parent / "gitops-runner")
-    subprocess.run([gitops_runner, "version"], env=env, capture_output=True, check=True)
+# `python -c` and `-m` put the current directory first on the import path: run from a
+# checkout, they would import the checkout's runner, not the copy on PYTHONPATH (`-P`,
+# Python 3.11+, leaves the current directory out).
+_LAUNCHER = "from runner.cli_server.client import main; main()"
+
+
+def runner_command(code: Path | None) -> list[str]:
+    """How to run `gitops-runner`: as installed, or from a copy of other code."""
+    if code is None:
+        return [str(Path(sys.executable).parent / "gitops-runner")]
+    if (code / "runner" / "cli_server" / "client.py").exists():  # served, as this tree is
+        return [sys.executable, "-P", "-c", _LAUNCHER]
+    return [sys.executable, "-P", "-m", "runner"]  # older code: no CLI server
+
+
+def start_cli_server(env: dict[str, str], run_dir: Path, code: Path | None = None) -> None:
+    """One untimed command starts the CLI server (of `code`, else of this tree); wait
+    until it listens."""
+    if code is not None:
+        env = env | {"PYTHONPATH": str(code)}
+    listening = len(list(run_dir.glob("gitops-runner/*.sock")))
+    subprocess.run([*runner_command(code), "version"], env=env, capture_output=True, check=True)
     deadline = time.monotonic() + 60
-    while not list(run_dir.glob("gitops-runner/*.sock")):
+    while len(list(run_dir.glob("gitops-runner/*.sock"))) <= listening:
         if time.monotonic() > deadline:
             raise SystemExit("no CLI server started (see the .log beside its socket)")
         time.sleep(0.05)
@@ -292,6 +308,8 @@ def main() -> None:
         data, before_data = root / "data", root / "data-before"
         if args.cli_server == "on":
             start_cli_server(env, root / "run")
+            if args.compare_with and (args.compare_with / "runner" / "cli_server").is_dir():
+                start_cli_server(env, root / "run", args.compare_with)
         if args.keep_caches:  # warm-up: what a runner in service has done before
             run_runner(repo_dir, data, env, True)
             if args.compare_with:

@@ -32,7 +32,8 @@ from runner.cli_server.protocol import (
     subcommand,
     superseded,
 )
-from tests.support.cli import cli_env, copy_sample
+from runner.store.db import head_revision
+from tests.support.cli import cli_env, copy_sample, run_cli
 
 LAUNCHER = [sys.executable, "-c", "from runner.cli_server.client import main; main()"]
 SERVED = "debug: served by the CLI server"
@@ -292,6 +293,64 @@ def test_ctrl_c_cancels_the_plan_and_records_it(tmp_path, runtime_dir, served):
     assert "cancelled" in runs.stdout, runs.stdout
     again = launch("--debug", "version", data_dir=tmp_path / "data", runtime_dir=runtime_dir)
     assert SERVED in again.stderr and again.returncode == 0
+
+
+def test_a_served_first_command_gets_its_database_from_the_servers_migrated_schema(
+    tmp_path, runtime_dir
+):
+    """A new data dir's database is the server's migrated in-memory schema written to
+    the file (no migration in the command), and is then used like any other."""
+    sample = copy_sample(tmp_path)
+    data = tmp_path / "data"
+    launch("version", data_dir=data, runtime_dir=runtime_dir)
+    server_socket(runtime_dir)
+
+    planned = served_plan(sample, data, runtime_dir)
+    runs = launch("runs", "--json", data_dir=data, runtime_dir=runtime_dir)
+
+    assert SERVED in planned.stderr and planned.returncode == 3, planned.stderr
+    assert "from the migrated schema" in planned.stderr
+    assert "Running upgrade" not in planned.stderr
+    assert not (data / "gitops-runner.db.migrate.lock").exists()  # migrate() never ran
+    assert len(json.loads(runs.stdout)) == 4
+    checked = run_cli("db", "current", data_dir=data)  # a cold process reads it
+    head = head_revision()
+    assert checked.returncode == 0, checked.stderr
+    assert f"current: {head}  head: {head}" in checked.stdout
+
+
+def test_served_commands_racing_in_a_new_data_dir_all_get_one_database(tmp_path, runtime_dir):
+    data = tmp_path / "data"
+    launch("version", data_dir=tmp_path / "other", runtime_dir=runtime_dir)
+    server_socket(runtime_dir)
+    env = cli_env(data, XDG_RUNTIME_DIR=str(runtime_dir), GITOPS_CLI_SERVER="true")
+    env.pop("CI", None)
+
+    callers = [
+        subprocess.Popen(
+            [*LAUNCHER, "--debug", "runs", "--json"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    answers = [caller.communicate(timeout=120) for caller in callers]
+
+    assert [caller.returncode for caller in callers] == [0] * 4, answers
+    assert all(SERVED in err and json.loads(out) == [] for out, err in answers)
+    assert sum("from the migrated schema" in err for _, err in answers) <= 1
+    assert sorted(p.name for p in data.glob("*gitops-runner.db*")) <= [
+        "gitops-runner.db",
+        "gitops-runner.db-shm",
+        "gitops-runner.db-wal",
+        "gitops-runner.db.migrate.lock",
+    ]
+    checked = run_cli("db", "current", data_dir=data)
+    head = head_revision()
+    assert checked.returncode == 0, checked.stderr
+    assert f"current: {head}  head: {head}" in checked.stdout
 
 
 # ---- the parts, without processes ---------------------------------------------------------

@@ -10,8 +10,11 @@ shipped script directory, never hard-coded, so a new migration needs no test edi
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,7 +22,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
 from runner.store.db import (
+    SchemaTemplate,
     alembic_config,
+    create_from_schema_template,
     current_revision,
     head_revision,
     make_engine,
@@ -228,3 +233,141 @@ def test_a_current_schema_is_checked_without_alembic(sqlite_url: str) -> None:
 
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout.strip() == "[]"
+
+
+# ---- a new SQLite file from the schema template (the CLI server) -------------------------
+
+# What a database file holds besides its tables: a template-made file must agree on it.
+FILE_PRAGMAS = ("page_size", "encoding", "auto_vacuum", "user_version", "application_id")
+
+
+@pytest.fixture(scope="module")
+def template() -> SchemaTemplate:
+    built = SchemaTemplate.build()
+    assert built is not None, "this Python's sqlite3 cannot serialize a database"
+    return built
+
+
+def file_schema(path: Path) -> dict[str, object]:
+    """Everything a database file says about its schema, read with plain sqlite3."""
+    connection = sqlite3.connect(path)
+    try:
+        return {
+            "sqlite_master": connection.execute(
+                "SELECT * FROM sqlite_master ORDER BY type, name"
+            ).fetchall(),
+            "alembic_version": connection.execute("SELECT * FROM alembic_version").fetchall(),
+            **{
+                pragma: connection.execute(f"PRAGMA {pragma}").fetchall() for pragma in FILE_PRAGMAS
+            },
+            "integrity_check": connection.execute("PRAGMA integrity_check").fetchall(),
+        }
+    finally:
+        connection.close()
+
+
+def connection_settings(url: str) -> tuple[object, ...]:
+    """What the store sets on each connection (make_engine), as a connection sees it."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            return tuple(
+                connection.exec_driver_sql(f"PRAGMA {pragma}").scalar()
+                for pragma in ("journal_mode", "foreign_keys", "synchronous", "busy_timeout")
+            )
+    finally:
+        engine.dispose()
+
+
+def test_a_file_made_from_the_template_is_the_migrated_schema(
+    template: SchemaTemplate, tmp_path: Path
+) -> None:
+    migrated, made = tmp_path / "migrated.db", tmp_path / "made" / "gitops-runner.db"
+    migrate(f"sqlite:///{migrated}")
+
+    assert template.create(f"sqlite:///{made}")
+
+    assert file_schema(made) == file_schema(migrated)
+    assert file_schema(made)["alembic_version"] == [(head_revision(),)]
+    assert connection_settings(f"sqlite:///{made}") == connection_settings(f"sqlite:///{migrated}")
+    assert connection_settings(f"sqlite:///{made}")[0] == "wal"
+    with Store.open(f"sqlite:///{made}", upgrade=False) as store:
+        assert schema_state(store.engine).up_to_date
+        run_id = store.runs.start(
+            repo="github.com/acme/infra",
+            project="app",
+            dir="infra/app",
+            workspace="default",
+            command="plan",
+            trigger=Trigger.CLI,
+        )
+        store.runs.finish(run_id, "success")
+        assert store.runs.get_run(run_id) is not None
+
+
+def test_the_template_never_replaces_a_database_that_is_there(
+    template: SchemaTemplate, sqlite_url: str, tmp_path: Path
+) -> None:
+    migrate(sqlite_url, previous_revision())
+    run_id = add_a_run(sqlite_url)
+    leftover_wal = tmp_path / "other" / "gitops-runner.db-wal"
+    leftover_wal.parent.mkdir()
+    leftover_wal.write_bytes(b"a WAL of a database that was removed")
+
+    assert not template.create(sqlite_url)
+    assert not template.create(f"sqlite:///{tmp_path}/other/gitops-runner.db")
+
+    assert current_revision(sqlite_url) == previous_revision()  # left for migrate()
+    engine = make_engine(sqlite_url)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT id FROM runs")).scalars().all() == [run_id]
+    engine.dispose()
+    assert sorted(path.name for path in leftover_wal.parent.iterdir()) == [leftover_wal.name]
+
+
+def test_a_symlink_planted_at_the_database_name_is_not_written_through(
+    template: SchemaTemplate, tmp_path: Path
+) -> None:
+    """Someone who can plant a link in the data dir must not get the runner to write a
+    database over another file (or create one elsewhere)."""
+    victim, missing = tmp_path / "victim.txt", tmp_path / "elsewhere.db"
+    victim.write_text("precious")
+    for target in (victim, missing):
+        data_dir = tmp_path / f"data-{target.stem}"
+        data_dir.mkdir()
+        (data_dir / "gitops-runner.db").symlink_to(target)
+
+        assert not template.create(f"sqlite:///{data_dir}/gitops-runner.db")
+
+    assert victim.read_text() == "precious"
+    assert not missing.exists()
+
+
+def test_of_commands_racing_for_a_new_file_one_creates_it(
+    template: SchemaTemplate, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path}/gitops-runner.db"
+    start = threading.Barrier(8)
+
+    def race(_: int) -> bool:
+        start.wait()
+        return template.create(url)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        created = list(pool.map(race, range(8)))
+
+    assert created.count(True) == 1
+    assert schema_state(url).up_to_date
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["gitops-runner.db"]
+
+
+def test_a_cold_command_migrates_its_new_file_as_before(tmp_path: Path) -> None:
+    """Only the CLI server has a template: a command run in its own process migrates
+    (the migration's lock file beside the database shows it)."""
+    assert not create_from_schema_template(f"sqlite:///{tmp_path}/x/gitops-runner.db")
+
+    listed = run_cli("runs", data_dir=tmp_path / "data")
+
+    assert listed.returncode == 0, listed.stderr
+    assert (tmp_path / "data" / "gitops-runner.db.migrate.lock").exists()
+    assert current_revision(f"sqlite:///{tmp_path}/data/gitops-runner.db") == head_revision()

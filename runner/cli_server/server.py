@@ -51,7 +51,8 @@ PRELOADED = (
     "runner.console.tables",
     "runner.observability.logs",
     "sqlalchemy.dialects.sqlite",
-    # A new data dir's first command migrates its database.
+    # A database an older gitops-runner made is migrated (a new one is made from the
+    # schema template, see _warm_up).
     "alembic.command",
     "alembic.runtime.migration",
 )
@@ -89,15 +90,18 @@ def serve(path: Path, idle_s: float) -> None:
 
 def _warm_up() -> None:
     """What every command would repeat and nothing a command brings changes: mapping
-    the ORM classes, compiling the comment templates, reading the migrations."""
+    the ORM classes, compiling the comment templates, reading the migrations, and
+    migrating an in-memory database whose bytes a command's new SQLite file gets
+    (`db.build_schema_template`: a first command in a new data dir does not migrate)."""
     from sqlalchemy.orm import configure_mappers
 
     from runner.results.render import compile_templates
-    from runner.store.db import migrations
+    from runner.store.db import build_schema_template, migrations
 
     configure_mappers()
     compile_templates()
     migrations()
+    build_schema_template()
 
 
 def _listen(path: Path) -> tuple[socket.socket, int]:

@@ -9,10 +9,13 @@ transaction already holds the database's single write lock).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import sqlite3
 import threading
+import uuid
 import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -55,6 +58,11 @@ _WRITE_OPTION = "gitops_write"
 _MIGRATION_LOCK_KEY = int.from_bytes(
     hashlib.sha256(b"gitops-runner:migrate").digest()[:8], "big", signed=True
 )
+# What SQLite itself creates a database file with (SQLITE_DEFAULT_FILE_PERMISSIONS),
+# before the umask.
+_SQLITE_FILE_MODE = 0o644
+
+log = logging.getLogger(__name__)
 
 
 def default_database_url(data_dir: Path) -> str:
@@ -431,3 +439,110 @@ def _is_shipped(revision: str) -> bool:
         return migrations().get_revision(revision) is not None
     except CommandError:  # "Can't locate revision identified by ..."
         return False
+
+
+# ---- A new SQLite file from the migrated schema (the CLI server) ----------------------------
+#
+# A served command in a new data dir would spend ~50 ms of its critical path migrating a
+# new database (Alembic runs seven revisions of DDL, ~40 statements). The CLI server runs
+# the very same migrations once, into an in-memory database, and keeps its bytes; such a
+# command writes them to its new file instead. The migrations stay the only source of the
+# schema: the bytes are what they build (tests/test_migrations.py compares a file made
+# this way with a migrated one). A cold command has no template and migrates as before.
+
+
+class SchemaTemplate:
+    """The bytes of a SQLite database migrated to head, to create new files from."""
+
+    def __init__(self, image: bytes) -> None:
+        self._image = image
+
+    @classmethod
+    def build(cls) -> SchemaTemplate | None:
+        """Migrate an in-memory database to head and keep its bytes; None where this
+        Python's SQLite cannot serialize a database."""
+        if not hasattr(sqlite3.Connection, "serialize"):
+            return None
+        engine = make_engine("sqlite://")
+        try:
+            migrate(engine)
+            with engine.connect() as connection:
+                if _recorded_revision(connection) != SCHEMA_HEAD:
+                    return None
+                return cls(connection.connection.driver_connection.serialize())
+        finally:
+            engine.dispose()
+
+    def create(self, url: str | URL) -> bool:
+        """Create the SQLite file of `url` from the template when nothing of that
+        database exists yet; True when it did, False when the caller must migrate.
+
+        The file appears complete or not at all, and only where nothing is: the bytes go
+        to a new unguessable name first (flushed to disk, so a crash cannot leave a
+        half-written database under the real name), which is then hard-linked to the
+        real name. A link never replaces anything, so of two commands racing the first
+        wins and the second opens its file; a symbolic link planted at the name is not
+        followed. Anything unusual (not a plain file URL, a leftover `-wal`, a
+        filesystem without hard links) returns False. Per-connection settings (WAL, busy
+        timeout, foreign keys) are not in the bytes: `make_engine` sets them on every
+        connection, this file's first one included.
+        """
+        path = _template_target(url)
+        if path is None:
+            return False
+        staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.new")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_durably(staging, self._image)
+            os.link(staging, path)
+        except OSError:  # FileExistsError: another command created it first
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                staging.unlink(missing_ok=True)
+        log.info("created %s from the migrated schema (revision %s)", path, SCHEMA_HEAD)
+        return True
+
+
+# The CLI server's template (`build_schema_template` at warm-up), inherited by every
+# command it forks; None in any other process.
+_schema_template: SchemaTemplate | None = None
+
+
+def build_schema_template() -> None:
+    """Keep a `SchemaTemplate` for the commands this process will fork (the CLI server)."""
+    global _schema_template
+    _schema_template = SchemaTemplate.build()
+
+
+def create_from_schema_template(url: str | URL) -> bool:
+    """`SchemaTemplate.create` with this process's template; False without one."""
+    template = _schema_template
+    return template is not None and template.create(url)
+
+
+def _template_target(url: str | URL) -> Path | None:
+    """The file a template may create for `url`: a plain SQLite file path none of whose
+    database files exist yet (a stale `-wal` would be replayed into the new file)."""
+    parsed = normalize_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or parsed.query or not database:
+        return None
+    if database == ":memory:" or database.startswith("file:"):
+        return None
+    path = Path(database)
+    if any(os.path.lexists(f"{path}{suffix}") for suffix in ("", "-wal", "-journal")):
+        return None
+    return path
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, _SQLITE_FILE_MODE)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)

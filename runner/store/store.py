@@ -13,7 +13,13 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from runner.store.comments import CommentStore
-from runner.store.db import Database, make_engine, migrate, prepare_schema
+from runner.store.db import (
+    Database,
+    create_from_schema_template,
+    make_engine,
+    migrate,
+    prepare_schema,
+)
 from runner.store.deliveries import DeliveryStore
 from runner.store.jobs import JobStore
 from runner.store.locks import LockService
@@ -75,8 +81,15 @@ def prepare_store(settings: Settings) -> None:
 
 def open_store(settings: Settings) -> Store:
     """The store, its schema prepared (as `prepare_store` does) on the store's own
-    engine: one connection pool per command, not one more just for the check."""
-    store = Store.open(settings.resolved_database_url, upgrade=False)
+    engine: one connection pool per command, not one more just for the check.
+
+    A command served by the CLI server that may migrate creates a new SQLite file from
+    the server's migrated schema instead of migrating it (`db.create_from_schema_template`);
+    the check below then finds it at head, as it would after migrating."""
+    url = settings.resolved_database_url
+    if settings.migrates_at_start:
+        create_from_schema_template(url)
+    store = Store.open(url, upgrade=False)
     try:
         prepare_schema(store.engine, auto_migrate=settings.migrates_at_start)
     except BaseException:
