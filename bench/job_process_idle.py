@@ -39,20 +39,14 @@ from sqlalchemy import event, make_url
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 from runner.engine.project_mutex import build_mutex
-from runner.events.model import CommentEvent, RepoRef
+from runner.events.model import CommentEvent
 from runner.jobs import inprocess
 from runner.jobs.inprocess import InProcessQueue, QueueRole
 from runner.settings import Settings
 from runner.store.store import Store
+from tests.support.jobs import REPO
 
 POSTGRES = os.environ.get("GITOPS_TEST_POSTGRES_URL") or "postgresql://postgres@127.0.0.1:5432/test"
-REPO = RepoRef(
-    forge="github",
-    full_name="acme/infra",
-    clone_url="https://github.com/acme/infra.git",
-    html_url="https://github.com/acme/infra",
-    default_branch="main",
-)
 
 
 class StampingHandler:

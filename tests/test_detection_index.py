@@ -84,30 +84,25 @@ def test_a_rewritten_work_tree_reaches_neither_the_index_nor_the_answers(
     assert answers(ModuleGraph.build(clone.path, cache_dir=cache)) == expected
 
 
-def test_a_link_put_over_a_tracked_file_is_not_followed(sample: GitRepo, tmp_path: Path) -> None:
-    secret = tmp_path / "secret.tf"
-    secret.write_text('module "x" {\n  source = "../../modules/secret"\n}\n')
-    expected = clean_answers(sample, tmp_path)
-    target = sample.path / "infra/db/main.tf"
-    target.unlink()
-    target.symlink_to(secret)
-    new_process()
-
-    graph = ModuleGraph.build(sample.path, cache_dir=tmp_path / "cache")
-
-    assert answers(graph) == expected
-    assert graph.problems == []
+def _link_to_a_file_outside(target: Path, outside: Path) -> None:
+    outside.write_text('module "x" {\n  source = "../../modules/secret"\n}\n')
+    target.symlink_to(outside)
 
 
-def test_a_fifo_put_over_a_tracked_file_is_neither_read_nor_waited_on(
-    sample: GitRepo, tmp_path: Path
-) -> None:
-    """Opening a FIFO for reading waits for a writer: the file is opened non-blocking,
-    found not regular, and the blob is read from git instead."""
-    expected = clean_answers(sample, tmp_path)
-    target = sample.path / "infra/db/main.tf"
-    target.unlink()
+def _fifo(target: Path, _outside: Path) -> None:
     os.mkfifo(target)
+
+
+@pytest.mark.parametrize("plant", [_link_to_a_file_outside, _fifo], ids=["link", "fifo"])
+def test_a_link_or_fifo_put_over_a_tracked_file_is_neither_followed_nor_waited_on(
+    sample: GitRepo, tmp_path: Path, plant: Callable[[Path, Path], None]
+) -> None:
+    """A link is not followed; a FIFO (opening it for reading would wait for a writer)
+    is opened non-blocking and found not regular: the blob is read from git instead."""
+    expected = clean_answers(sample, tmp_path)
+    target = sample.path / "infra/db/main.tf"
+    target.unlink()
+    plant(target, tmp_path / "secret.tf")
     new_process()
 
     graph = ModuleGraph.build(sample.path, cache_dir=tmp_path / "cache")

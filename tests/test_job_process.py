@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -251,8 +252,11 @@ class BlockingHandler:
         append(self._record, f"interrupted {tag_of(event)}")
 
 
-def run_jobs_from(url: str, data_dir: Path, record: Path) -> Callable[[threading.Event], None]:
-    """What `wiring.run_job_process` does, with the test's handler."""
+def run_jobs_from(
+    url: str, data_dir: Path, record: Path, **queue_options: Any
+) -> Callable[[threading.Event], None]:
+    """What `wiring.run_job_process` does, with the test's handler (and `queue_options`
+    for its queue, e.g. the wake-up channel)."""
 
     def main(stop: threading.Event) -> None:
         with Store.open(url, upgrade=False) as store:
@@ -263,6 +267,7 @@ def run_jobs_from(url: str, data_dir: Path, record: Path) -> Callable[[threading
                 mutex=build_mutex(Settings(data_dir=data_dir), store),
                 timing=FAST,
                 role=QueueRole.RUN,
+                **queue_options,
             )
             run_queue(queue, stop, stop_timeout_s=0.1)
 

@@ -27,14 +27,14 @@ from sqlalchemy import event
 
 from runner.engine.project_mutex import ProjectMutex
 from runner.jobs.inprocess import InProcessQueue, QueueRole
-from runner.jobs.job_process import JobProcess, run_queue
+from runner.jobs.job_process import JobProcess
 from runner.jobs.queue import enqueue_event
 from runner.jobs.wakeup import JobWakeup
 from runner.store.jobs import JobStatus
 from runner.store.store import Store
 from tests.support.jobs import FAST
 from tests.support.mutexes import process_mutex
-from tests.test_job_process import BlockingHandler, lines
+from tests.test_job_process import lines, run_jobs_from
 from tests.test_jobs import RecordingHandler, comment
 
 DEADLINE_S = 60.0
@@ -236,23 +236,7 @@ def test_the_forked_job_process_is_woken_by_the_web_side_through_the_inherited_c
     record = tmp_path / "jobs"
     wakeup = JobWakeup.pair()
 
-    def main(stop: threading.Event) -> None:
-        from runner.engine.project_mutex import build_mutex
-        from runner.settings import Settings
-
-        with Store.open(migrated_url, upgrade=False) as its_store:
-            queue = InProcessQueue(
-                its_store,
-                BlockingHandler(record),
-                2,
-                mutex=build_mutex(Settings(data_dir=tmp_path), its_store),
-                timing=FAST,
-                role=QueueRole.RUN,
-                wakeup=wakeup,
-                fallback_poll_s=NEVER_S,
-            )
-            run_queue(queue, stop, stop_timeout_s=0.1)
-
+    main = run_jobs_from(migrated_url, tmp_path, record, wakeup=wakeup, fallback_poll_s=NEVER_S)
     jobs = JobProcess(main, restart_delay_s=0.05)
     jobs.start()
     try:
