@@ -26,7 +26,12 @@ from runner.engine.recording import LiveRuns
 from runner.events.model import PullRequestEvent
 from runner.jobs.inprocess import InProcessQueue
 from runner.jobs.queue import enqueue_event
-from runner.observability.log_context import carry_context, current_ids, log_context
+from runner.observability.log_context import (
+    add_ids,
+    carry_context,
+    current_ids,
+    log_context,
+)
 from runner.observability.logs import build_handler
 from runner.store.jobs import JobStatus
 from runner.store.store import Store
@@ -74,6 +79,18 @@ def test_context_ids_nest_and_are_undone() -> None:
     assert current_ids() == {}
     with pytest.raises(ValueError, match="unknown log context"), log_context(password="x"):
         pass
+
+
+def test_ids_learnt_outside_every_block_label_nothing_logged_later() -> None:
+    # A run opened with no block around it (nothing would ever end its id) must not
+    # label what this thread logs afterwards: a worker's next jobs, the next test.
+    add_ids(run=1)
+    assert current_ids() == {}
+
+    with log_context(job=7):
+        add_ids(run=2)
+        assert current_ids() == {"job": 7, "run": 2}
+    assert current_ids() == {}
 
 
 def test_work_handed_to_a_thread_pool_keeps_the_ids(captured: io.StringIO) -> None:

@@ -21,9 +21,9 @@ _FIELD_SET = frozenset(FIELDS)
 
 Result = TypeVar("Result")
 
-_ids: ContextVar[MappingProxyType[str, Any]] = ContextVar(
-    "gitops_log_ids", default=MappingProxyType({})
-)
+# Outside every `log_context` block (this very object: a block always sets a new one).
+_NO_BLOCK: MappingProxyType[str, Any] = MappingProxyType({})
+_ids: ContextVar[MappingProxyType[str, Any]] = ContextVar("gitops_log_ids", default=_NO_BLOCK)
 
 
 @contextmanager
@@ -39,8 +39,14 @@ def log_context(**ids: Any) -> Iterator[None]:
 
 def add_ids(**ids: Any) -> None:
     """Add ids learnt midway through a `log_context` block (a run record opened inside
-    it); they last until that block ends, which restores what was there before it."""
+    it); they last until that block ends, which restores what was there before it.
+
+    Outside every block nothing would ever end them: they would label whatever this
+    thread logs from then on (a long-lived worker's next jobs), so they are not added.
+    """
     _check(ids)
+    if _ids.get() is _NO_BLOCK:
+        return
     _ids.set(MappingProxyType({**_ids.get(), **_known(ids)}))
 
 
