@@ -208,7 +208,9 @@ def test_a_running_plan_streams_its_log_into_the_page(
         [run] = world.store.runs.search(RunQuery(project="beta", status=RunStatus.RUNNING))
         page.goto(f"{runner_url}/runs/{run.id}")
         assert page.inner_text("#run-status") == "running"
-        page.wait_for_function("document.getElementById('log').textContent.includes('terraform')")
+        # A selector, not wait_for_function: its polling evaluates the predicate in the
+        # page, which the page's CSP (no 'unsafe-eval') refuses once it has to poll.
+        page.wait_for_selector("#log:has-text('terraform')")
         assert page.inner_text("#log-state") in ("streaming…", "reconnecting…"), Path(
             run.log_path or ""
         ).read_text()
