@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,6 +92,17 @@ def _link_to_a_file_outside(target: Path, outside: Path) -> None:
 
 def _fifo(target: Path, _outside: Path) -> None:
     os.mkfifo(target)
+
+
+def assert_same_skeleton(skeleton: Any, full: Any) -> None:
+    """A derived (or stored and loaded) skeleton holds what a full scan finds."""
+    assert skeleton.scan.tf_files == full.scan.tf_files
+    assert dict(skeleton.scan.candidate_sources) == dict(full.scan.candidate_sources)
+    assert dict(skeleton.scan.blobs) == dict(full.scan.blobs)
+    assert skeleton.tf_dirs == full.tf_dirs
+    assert dict(skeleton.candidate_callers) == dict(full.candidate_callers)
+    assert dict(skeleton.files_in_dir) == dict(full.files_in_dir)
+    assert skeleton.json_files == full.json_files
 
 
 @pytest.mark.parametrize("plant", [_link_to_a_file_outside, _fifo], ids=["link", "fifo"])
@@ -281,13 +293,7 @@ def test_a_pr_in_a_new_process_is_derived_from_the_stored_base_and_equals_a_full
     assert sorted(read) == ["infra/new/main.tf", "modules/network-base/main.tf"]
     full = modules._Skeleton.of(modules._scan_git(sample.path))
     for skeleton in (derived._skeleton, modules._Skeleton.of_stored(full.stored())):
-        assert skeleton.scan.tf_files == full.scan.tf_files
-        assert dict(skeleton.scan.candidate_sources) == dict(full.scan.candidate_sources)
-        assert dict(skeleton.scan.blobs) == dict(full.scan.blobs)
-        assert skeleton.tf_dirs == full.tf_dirs
-        assert dict(skeleton.candidate_callers) == dict(full.candidate_callers)
-        assert dict(skeleton.files_in_dir) == dict(full.files_in_dir)
-        assert skeleton.json_files == full.json_files
+        assert_same_skeleton(skeleton, full)
     assert answers(derived) == clean_answers(sample, tmp_path)
     tree = tree_index.index_tree(sample.path)
     assert tree is not None
@@ -350,14 +356,7 @@ def test_the_next_commit_is_derived_in_memory_and_equals_a_full_scan(
     assert loads == []  # nothing read from disk: derived from main's skeleton
 
     full = modules._Skeleton.of(modules._scan_git(sample.path))
-    skeleton = derived._skeleton
-    assert skeleton.scan.tf_files == full.scan.tf_files
-    assert skeleton.scan.candidate_sources == full.scan.candidate_sources
-    assert dict(skeleton.scan.blobs) == dict(full.scan.blobs)
-    assert skeleton.tf_dirs == full.tf_dirs
-    assert dict(skeleton.candidate_callers) == dict(full.candidate_callers)
-    assert dict(skeleton.files_in_dir) == dict(full.files_in_dir)
-    assert skeleton.json_files == full.json_files
+    assert_same_skeleton(derived._skeleton, full)
     assert answers(derived) == clean_answers(sample, tmp_path)
     # Stored for the other processes, and equal to what they would scan.
     new_process()

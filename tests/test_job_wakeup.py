@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,19 +33,11 @@ from runner.store.jobs import JobStatus
 from runner.store.store import Store
 from tests.support.jobs import FAST
 from tests.support.mutexes import process_mutex
-from tests.test_job_process import lines, run_jobs_from
+from tests.test_job_process import DEADLINE_S, lines, run_jobs_from, wait_for
 from tests.test_jobs import RecordingHandler, comment
 
-DEADLINE_S = 60.0
 # Longer than any test may take: a job that starts was not found by the fallback poll.
 NEVER_S = 3600.0
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def done(store: Store, job_id: int) -> bool:

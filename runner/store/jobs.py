@@ -131,15 +131,6 @@ _RUNNING_IN_GROUP = (
     )
     .order_by(_JOBS.c.id)
 )
-_ACTIVE_IN_GROUP_ALL = (
-    select(_JOBS)
-    .where(
-        _JOBS.c.group_key == bindparam("group_key"),
-        _JOBS.c.status.in_(ACTIVE_JOB_STATUSES),
-        _JOBS.c.kind == bindparam("kind"),
-    )
-    .order_by(_JOBS.c.id)
-)
 # New work for a job process that does not see the submits (runner/jobs/job_process.py):
 # a range of the primary key, so its cost does not grow with the table.
 _QUEUED_AFTER = (
@@ -148,7 +139,6 @@ _QUEUED_AFTER = (
     .order_by(_JOBS.c.id)
     .limit(bindparam("limit"))
 )
-_NEWEST_ID = select(func.max(_JOBS.c.id))
 _STILL_QUEUED = (
     select(_JOBS.c.id)
     .where(
@@ -174,20 +164,6 @@ _ACTIVE_IN_GROUPS = (
         _JOBS.c.kind == bindparam("kind"),
     )
     .order_by(_JOBS.c.id)
-)
-_ACTIVE_IN_GROUP = _ACTIVE_IN_GROUP_ALL.where(_JOBS.c.id < bindparam("before_id"))
-_CANCEL_QUEUED = (
-    update(_JOBS)
-    .where(
-        _JOBS.c.id.in_(bindparam("ids", expanding=True)),
-        _JOBS.c.status == JobStatus.QUEUED.value,
-    )
-    .values(
-        status=JobStatus.CANCELLED.value,
-        finished_at=bindparam("finished_at", type_=_JOBS.c.finished_at.type),
-        error=bindparam("error"),
-    )
-    .returning(_JOBS.c.id)
 )
 
 
@@ -383,16 +359,13 @@ class JobStore:
             return session.execute(statement).rowcount > 0
 
     def cancel_queued(self, job_ids: Collection[int], reason: str) -> builtins.list[int]:
-        """Cancel those of `job_ids` that have not started yet, in one statement.
+        """Cancel those of `job_ids` that have not started yet, in one write transaction
+        (`cancel_queued_batches` with one reason).
 
         Returns the ids it cancelled; the others had started or ended meanwhile. For
-        superseding, where one push cancels several queued autoplans at once.
+        `gitops cancel`: one PR's queued jobs.
         """
-        if not job_ids:
-            return []
-        values = {"ids": list(job_ids), "finished_at": utcnow(), "error": reason}
-        with self._write_connection() as connection:
-            return sorted(connection.scalars(_CANCEL_QUEUED, values))
+        return self.cancel_queued_batches([(job_ids, reason)])
 
     def cancel_queued_batches(
         self, batches: Collection[tuple[Collection[int], str]]
@@ -596,11 +569,6 @@ class JobStore:
         with self._db.read_connection() as connection:
             return [_record(row) for row in connection.execute(_QUEUED_AFTER, values)]
 
-    def newest_id(self) -> int:
-        """The highest job id so far (0 for an empty table)."""
-        with self._db.read_connection() as connection:
-            return connection.scalar(_NEWEST_ID) or 0
-
     def running_in_group(self, group_key: str, before_id: int) -> builtins.list[JobRecord]:
         """Running jobs older than `before_id` of a PR group, oldest first, for the
         per-PR order. Jobs without a group (written before migration 0004) are included:
@@ -621,10 +589,8 @@ class JobStore:
         upgrade) are not found: superseding only saves work, such a job runs and skips.
         (An `OR group_key IS NULL` would make SQLite scan every queued job instead.)
         """
-        values = {"group_key": group_key, "kind": kind, "before_id": before_id}
-        statement = _ACTIVE_IN_GROUP_ALL if before_id is None else _ACTIVE_IN_GROUP
-        with self._db.read_connection() as connection:
-            return [_record(row) for row in connection.execute(statement, values)]
+        active = self.active_in_groups([group_key], kind)
+        return [job for job in active if before_id is None or job.id < before_id]
 
     def active_in_groups(self, group_keys: Collection[str], kind: str) -> builtins.list[JobRecord]:
         """`active_in_group` for several PR groups in one indexed read, oldest first."""
