@@ -1,7 +1,7 @@
 """Webhook acknowledgement latency of the real `gitops-runner serve` under concurrent load.
 
 Starts the service exactly as `gitops-runner serve` does (a subprocess running the CLI:
-gunicorn, one worker process, gthread, the in-process job queue in that worker), on a
+gunicorn with its default web processes, gthread, and the job process beside them), on a
 free loopback port, with a temporary data dir (SQLite) and a webhook secret. Then N
 clients each send M correctly signed `pull_request` deliveries with unique
 `X-GitHub-Delivery` ids, and the time from sending a request to receiving its answer is
@@ -162,8 +162,9 @@ def start_server(
     port: int,
     github: FakeGitHub,
     log: Path,
-    processes: int = 1,
+    processes: int | None = None,
     threads: int | None = None,
+    gunicorn_args: str = "",
     database_url: str | None = None,
     job_process: bool = True,
 ) -> subprocess.Popen:
@@ -184,14 +185,17 @@ def start_server(
         # Webhooks only: the dashboard (which would need sign-in) is not measured here.
         "GITOPS_DASHBOARD": "off",
         "GITOPS_METRICS_PUBLIC": "true",  # the server's own ack histogram is read below
-        # gunicorn worker processes; `serve` reads the usual variable (runner/web/server.py).
-        "WEB_CONCURRENCY": str(processes),
         "GITOPS_JOB_PROCESS": "true" if job_process else "false",
     }
+    if processes is not None:
+        # gunicorn worker processes; `serve` reads the usual variable (runner/web/server.py).
+        env["WEB_CONCURRENCY"] = str(processes)
     if database_url is not None:  # migrated by the bench (`fresh_schema`)
         env["GITOPS_DATABASE_URL"] = database_url
-    if threads is not None:
-        env["GUNICORN_CMD_ARGS"] = f"--threads {threads}"  # the operator's escape hatch
+    # The operator's escape hatch (runner/web/server.py), e.g. "--worker-connections 8".
+    extra = f"--threads {threads} " if threads is not None else ""
+    if extra or gunicorn_args:
+        env["GUNICORN_CMD_ARGS"] = extra + gunicorn_args
     # `python -m runner serve` is what the installed command runs for `serve` (never
     # handed to a CLI server), and works for a copy of older code on PYTHONPATH.
     argv = [sys.executable, "-m", "runner", "serve"]
@@ -442,21 +446,38 @@ def _open_loop(loop: LoadLoop, pending: list[deque[bytes]], rate: float, t0: flo
     _drain(loop, lambda: not loop.in_flight)
 
 
-def process_tree_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) of `pid` and its children so far (Linux /proc; else 0).
+@dataclass(frozen=True)
+class ServerCpu:
+    """CPU seconds of the server's processes: gunicorn (master and web workers) and the
+    job process, told apart by its niceness (it runs at nice > 0, `jobs/job_process.py`)."""
 
-    Tells how the two cores were shared between the server and this load generator.
+    web_s: float = 0.0
+    jobs_s: float = 0.0
+
+    def __sub__(self, earlier: ServerCpu) -> ServerCpu:
+        return ServerCpu(self.web_s - earlier.web_s, self.jobs_s - earlier.jobs_s)
+
+
+def server_cpu(pid: int) -> ServerCpu:
+    """CPU (user + system) of `pid` and its children so far (Linux /proc; else zeros).
+
+    Tells how the two cores were shared between the web process, the job process and
+    this load generator.
     """
     ticks = os.sysconf("SC_CLK_TCK")
+    web = jobs = 0
     try:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        total = 0
         for member in [str(pid), *children]:
             fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / ticks
+            used = int(fields[11]) + int(fields[12])  # utime, stime
+            if int(fields[16]) > 0:  # nice
+                jobs += used
+            else:
+                web += used
     except (OSError, IndexError, ValueError):
-        return 0.0
+        return ServerCpu()
+    return ServerCpu(web / ticks, jobs / ticks)
 
 
 def describe(latencies: list[float], wall_s: float | None) -> str:
@@ -540,10 +561,15 @@ def main() -> None:
         help="waves of one delivery per client sent at once (the next after the last answer)",
     )
     parser.add_argument(
-        "--processes", type=int, default=1, help="gunicorn worker processes (WEB_CONCURRENCY)"
+        "--processes",
+        type=int,
+        help="gunicorn worker processes (WEB_CONCURRENCY; default: serve's own)",
     )
     parser.add_argument(
         "--threads", type=int, help="gunicorn threads per process (default: serve's own)"
+    )
+    parser.add_argument(
+        "--gunicorn-args", default="", help="more gunicorn options, as in GUNICORN_CMD_ARGS"
     )
     parser.add_argument(
         "--postgres",
@@ -563,7 +589,7 @@ def main() -> None:
     load_before = os.getloadavg()
     github = start_fake_github(args.clients)
     results: list[RoundResult] = []
-    cpu: list[tuple[float, float]] = []  # (server, this process) per round
+    cpu: list[tuple[ServerCpu, float]] = []  # (server, this process) per round
     with (
         tempfile.TemporaryDirectory(prefix="gitops-bench-ack-") as scratch,
         database(args.postgres) as database_url,
@@ -575,7 +601,9 @@ def main() -> None:
         mode = "open" if args.rate else "burst" if args.burst else "closed"
         log = root / "serve.log"
         # Built and signed before the server starts: rounds then follow each other at once.
-        warm = build_deliveries(github, min(args.clients, 5), 1, args.action, -1)
+        warm = build_deliveries(
+            github, min(args.clients, int(os.environ.get("WARM", 5))), 1, args.action, -1
+        )
         rounds = [
             build_deliveries(github, args.clients, args.requests, args.action, number)
             for number in range(args.rounds)
@@ -587,6 +615,7 @@ def main() -> None:
             log,
             args.processes,
             args.threads,
+            args.gunicorn_args,
             database_url,
             job_process=not args.no_job_process,
         )
@@ -595,11 +624,11 @@ def main() -> None:
             # Warm-up (not measured): first request per code path, SQLite file creation.
             run_round(address, warm, args.keep_alive)
             for batches in rounds:
-                server_cpu, own_cpu = process_tree_cpu_s(server.pid), time.process_time()
+                cpu_before, own_cpu = server_cpu(server.pid), time.process_time()
                 results.append(run_round(address, batches, args.keep_alive, mode, args.rate))
                 cpu.append(
                     (
-                        process_tree_cpu_s(server.pid) - server_cpu,
+                        server_cpu(server.pid) - cpu_before,
                         time.process_time() - own_cpu,
                     )
                 )
@@ -618,7 +647,7 @@ def main() -> None:
         "closed": "closed loop",
     }[mode]
     print(
-        f"gitops-runner serve (gunicorn: {args.processes} process(es) x "
+        f"gitops-runner serve (gunicorn: {args.processes or 'default'} process(es) x "
         f"{args.threads or 'default'} threads; 1 job thread "
         f"{'in each web process' if args.no_job_process else 'in the job process'}): "
         f"{args.clients} clients x "
@@ -629,12 +658,16 @@ def main() -> None:
         f"load average before {load_before[0]:.2f} / after {load_after[0]:.2f} "
         f"(cpus: {os.cpu_count()})"
     )
-    print("cpu per delivery: server process tree / load loop / fake GitHub (+ rest of bench)")
-    for number, (result, (server_cpu, own_cpu)) in enumerate(zip(results, cpu, strict=True), 1):
+    print(
+        "cpu per delivery: server (web processes + job process) / load loop / fake GitHub "
+        "(+ rest of bench)"
+    )
+    for number, (result, (used, own_cpu)) in enumerate(zip(results, cpu, strict=True), 1):
         count = max(1, len(result.latencies))
         print(
             f"round {number}: {describe(result.latencies, result.wall_s)}  cpu "
-            f"{server_cpu / count * 1000:.2f} / {result.client_cpu_s / count * 1000:.2f} / "
+            f"{used.web_s / count * 1000:.2f} + {used.jobs_s / count * 1000:.2f} / "
+            f"{result.client_cpu_s / count * 1000:.2f} / "
             f"{(own_cpu - result.client_cpu_s) / count * 1000:.2f} ms in {result.wall_s:4.1f} s"
         )
     everything = [value for result in results for value in result.latencies]

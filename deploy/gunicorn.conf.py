@@ -9,16 +9,28 @@ flags and GUNICORN_CMD_ARGS still override them.
 """
 
 import os
+import secrets
 
 from runner.settings import load_settings
 from runner.web import server as _server
+from runner.web.auth.oidc import configured_provider_names
 
-_options = _server.gunicorn_options(load_settings(os.environ.get("GITOPS_CONFIG_FILE") or None))
+_settings = load_settings(os.environ.get("GITOPS_CONFIG_FILE") or None)
+# create_app_from_env runs the in-process queue's job workers in every web process;
+# with RQ the web processes only submit (sizes `workers`: runner/web/server.py).
+_options = _server.gunicorn_options(_settings, web_runs_jobs=_settings.queue == "inprocess")
 
 bind = _options["bind"]
 workers = _options["workers"]
 worker_class = _options["worker_class"]
 threads = _options["threads"]
+# Twice the threads: change both together (`--threads 16 --worker-connections 32`).
+worker_connections = _options["worker_connections"]
+if workers > 1 and _settings.session_secret is None and not configured_provider_names(_settings):
+    # One session key for every process, made here in the master before the fork: a
+    # key made in each would refuse the others' cookies (runner/web/auth/session.py).
+    # With a sign-in provider start-up insists on GITOPS_SESSION_SECRET instead.
+    raw_env = [f"GITOPS_SESSION_SECRET={secrets.token_urlsafe(32)}"]
 preload_app = _options["preload_app"]  # keep False: each worker builds its own Store and queue
 max_requests = _options["max_requests"]
 timeout = _options["timeout"]

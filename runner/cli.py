@@ -396,7 +396,9 @@ def serve(ctx: click.Context) -> None:
     except (WebConfigError, AuthConfigError) as error:
         raise click.UsageError(str(error)) from error
     if settings.queue != "inprocess" or not settings.job_process:
-        run_server(settings, build_web_services)
+        # With RQ the web processes only submit; in-process without the job process,
+        # each one runs job workers.
+        run_server(settings, build_web_services, web_runs_jobs=settings.queue == "inprocess")
         return
     from functools import partial
 
@@ -411,7 +413,11 @@ def serve(ctx: click.Context) -> None:
     jobs = JobProcess(partial(run_job_process, settings, wakeup=wakeup))
     jobs.start()
     try:
-        run_server(settings, partial(build_web_services, run_jobs=False, wakeup=wakeup))
+        run_server(
+            settings,
+            partial(build_web_services, run_jobs=False, wakeup=wakeup),
+            web_runs_jobs=False,
+        )
     finally:
         jobs.stop()
 

@@ -186,6 +186,12 @@ def _dump_adapter(payload_type: type) -> TypeAdapter[Any]:
     return TypeAdapter(payload_type)
 
 
+def prepare_encoders() -> None:
+    """Build every kind's encoder now (a web worker's boot), not in its first webhook."""
+    for kind in KINDS.values():
+        _dump_adapter(kind.payload_type)
+
+
 def encode_job(payload: JobPayload) -> EncodedJob:
     """The row for any payload, in its kind's current version."""
     kind = kind_for(payload)

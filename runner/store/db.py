@@ -205,6 +205,12 @@ class Database:
         with self.engine.connect() as connection:
             yield connection
 
+    def connect_now(self) -> None:
+        """Open the pool's first connection now (a web worker's boot, before it takes
+        requests) rather than on the clock of the first request that needs one."""
+        with self.read_connection() as connection:
+            connection.exec_driver_sql("SELECT 1")
+
     def dispose(self) -> None:
         """Close pooled connections (at shutdown, or in a child process after fork)."""
         self.engine.dispose()

@@ -9,12 +9,13 @@ and handed to the blueprints through `app.extensions`, never looked up globally.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask, Response
 
+from runner.jobs.model import prepare_encoders
 from runner.settings import Settings
 from runner.store.deliveries import DeliveryPruner
 from runner.store.store import Store
@@ -22,7 +23,6 @@ from runner.web import api, api_v1, dashboard, drift_api, pages, webhooks
 from runner.web.auth import install_auth
 from runner.web.context import (
     EXTENSION_KEY,
-    WEBHOOK_PATH,
     WebContext,
     WebMetrics,
     WebServices,
@@ -30,6 +30,9 @@ from runner.web.context import (
 from runner.web.metrics import install_metrics
 
 logger = logging.getLogger(__name__)
+
+# app.extensions key of the worker's warm-up (`warm_app`).
+WARM_UP_KEY = "gitops_runner.warm_up"
 
 # Browsers must never render Terraform output or an event field as HTML or script.
 _SECURITY_HEADERS = {
@@ -90,10 +93,32 @@ def create_app(settings: Settings, services: WebServices) -> Flask:
     _register_blueprints(app)
     install_metrics(app, app.extensions[EXTENSION_KEY].metrics)
     app.after_request(_security_headers)
-    prune_if_due = _prune_deliveries_after_webhooks(app, settings, services.store)
+    # Deliveries are written by webhooks: old ones are forgotten after them too, at most
+    # hourly and in a thread of their own, so no webhook waits for it.
+    pruner = DeliveryPruner(
+        services.store.deliveries, timedelta(days=settings.delivery_retention_days)
+    )
     # Last: POST /events is answered in front of everything above (webhooks.py says why).
-    webhooks.serve_webhooks_first(app, _SECURITY_HEADERS, prune_if_due)
+    webhooks.serve_webhooks_first(app, _SECURITY_HEADERS, pruner.prune_if_due)
+    app.extensions[WARM_UP_KEY] = partial(_warm_up, services.store, pruner)
     return app
+
+
+def warm_app(app: Any) -> None:
+    """Do what a worker's first webhooks would otherwise do on their clock (called once
+    the worker has booted, before it takes requests; see runner/web/server.py)."""
+    warm_up = getattr(app, "extensions", {}).get(WARM_UP_KEY)
+    if warm_up is not None:
+        warm_up()
+
+
+def _warm_up(store: Store, pruner: DeliveryPruner) -> None:
+    # Each of these cost its first webhook 5-10 ms, and in a burst every request in
+    # flight waited behind them: the first pooled connection, a job kind's encoder, and
+    # the hourly prune's first thread, whose start waits for the GIL (issue 10).
+    store.connect_now()
+    prepare_encoders()
+    pruner.prune_if_due()
 
 
 def _register_blueprints(app: Flask) -> None:
@@ -102,22 +127,6 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(dashboard.blueprint)
     app.register_blueprint(api_v1.blueprint)
     app.register_blueprint(pages.blueprint)
-
-
-def _prune_deliveries_after_webhooks(
-    app: Flask, settings: Settings, store: Store
-) -> Callable[[], object]:
-    """Deliveries are written here, by webhooks: old ones are forgotten from here too,
-    at most hourly and in a thread of their own, so no webhook waits for it."""
-    pruner = DeliveryPruner(store.deliveries, timedelta(days=settings.delivery_retention_days))
-
-    def after_webhook(response: Response) -> Response:
-        if request.path == WEBHOOK_PATH:
-            pruner.prune_if_due()
-        return response
-
-    app.after_request(after_webhook)
-    return pruner.prune_if_due
 
 
 def _security_headers(response: Response) -> Response:

@@ -7,8 +7,11 @@ off), then `post_worker_init` starts that process's job workers and `worker_exit
 stops them. The same hooks serve plain `gunicorn -c deploy/gunicorn.conf.py
 'runner.wiring:create_app_from_env()'`, which imports `gunicorn_options` from here.
 
-Defaults favour one worker process with threads: webhooks are answered in
-milliseconds, and every extra process would run its own pool of job workers.
+Processes: one per core, at most two, when the job workers run elsewhere (`serve`'s
+job process, or RQ workers): a process answers webhooks on one GIL, and a second one
+on a second core nearly doubles what a burst gets through (issue 10, measured). When
+each web process would run a pool of job workers of its own (the in-process queue
+without the job process), one. `WEB_CONCURRENCY` overrides both.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from runner.web.app import (
     create_app,
     start_app_workers,
     stop_app_workers,
+    warm_app,
 )
+from runner.web.auth.session import with_session_secret
 from runner.web.auth.startup import check_sign_in
 from runner.web.context import WebServices
 from runner.web.metrics import MULTIPROC_ENV
@@ -42,6 +47,8 @@ logger = logging.getLogger(__name__)
 ServicesFactory = Callable[[Settings], WebServices]
 
 DEFAULT_THREADS = 8
+# More web processes than this add memory and write-lock contention, not acknowledgements.
+MAX_DEFAULT_PROCESSES = 2
 
 
 def post_worker_init(worker: Any) -> None:
@@ -50,7 +57,9 @@ def post_worker_init(worker: Any) -> None:
     Not `post_fork`: that runs before the app, and so before the Store and queue the
     job workers belong to, exist in the new process.
     """
-    start_app_workers(getattr(worker, "wsgi", None))
+    app = getattr(worker, "wsgi", None)
+    start_app_workers(app)
+    warm_app(app)
     keep_booted_objects_out_of_collections()
 
 
@@ -95,17 +104,48 @@ def bind_address(settings: Settings) -> str:
     return f"{host}:{settings.port}"
 
 
-def gunicorn_options(settings: Settings) -> dict[str, Any]:
+def web_processes(web_runs_jobs: bool) -> int:
+    """How many gunicorn worker processes: `WEB_CONCURRENCY` (gunicorn's usual
+    variable) if set; else one when each process runs job workers, and otherwise one
+    per core this process may use, at most `MAX_DEFAULT_PROCESSES`."""
+    configured = os.environ.get("WEB_CONCURRENCY")
+    if configured:
+        return int(configured)
+    if web_runs_jobs:
+        return 1
+    return max(1, min(MAX_DEFAULT_PROCESSES, usable_cores()))
+
+
+def usable_cores() -> int:
+    # The cores this process may run on (taskset, cpusets), not the machine's count.
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def worker_connections(threads: int) -> int:
+    """Connections one process takes at a time: twice its threads.
+
+    With several processes on one listening socket, each takes what it can; past this
+    cap the rest wait in the kernel's queue for whichever process frees up first,
+    instead of in the thread queue of a busy one (p99 76-95 ms instead of 98-141 ms,
+    issue 10). The second half is room for idle keep-alive connections.
+    """
+    return 2 * threads
+
+
+def gunicorn_options(settings: Settings, *, web_runs_jobs: bool = True) -> dict[str, Any]:
     """gunicorn settings for the runner; deploy/gunicorn.conf.py uses the same values.
 
-    `WEB_CONCURRENCY` (gunicorn's usual variable) sets the number of worker processes;
-    `settings.workers` is not used here, it sizes the job worker pool of each process.
+    `web_runs_jobs`: whether each web process runs job workers (sizes `workers`, see
+    `web_processes`); `settings.workers` is not used here, it sizes those job pools.
     """
     return {
         "bind": [bind_address(settings)],
-        "workers": int(os.environ.get("WEB_CONCURRENCY") or 1),
+        "workers": web_processes(web_runs_jobs),
         "worker_class": "gthread",
         "threads": DEFAULT_THREADS,
+        "worker_connections": worker_connections(DEFAULT_THREADS),
         # Building the app after the fork is what keeps DB connections per process.
         "preload_app": False,
         # Recycling a worker would cut its running Terraform jobs short.
@@ -133,30 +173,35 @@ class RunnerServer(BaseApplication):
         self,
         settings: Settings,
         services_factory: ServicesFactory,
-        overrides: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any],
     ) -> None:
         self._settings = settings
         self._services_factory = services_factory
-        self._overrides = dict(overrides or {})
+        self._options = dict(options)
         super().__init__(prog="gitops-runner serve")
 
     def load_config(self) -> None:
-        options = {**gunicorn_options(self._settings), **self._overrides}
-        for name, value in options.items():
+        for name, value in self._options.items():
             # Skipped like in a config file: settings newer than the installed gunicorn.
             if name in self.cfg.settings:
                 self.cfg.set(name, value)
-        self._apply_env_args()
+        given = self._apply_env_args()
+        if "worker_connections" not in given and "worker_connections" in self.cfg.settings:
+            # Follows the threads an operator chose (e.g. --threads 16).
+            self.cfg.set("worker_connections", worker_connections(self.cfg.threads))
 
-    def _apply_env_args(self) -> None:
+    def _apply_env_args(self) -> set[str]:
         # GUNICORN_CMD_ARGS is the operator's escape hatch (e.g. "--access-logfile -"),
         # as with the gunicorn command. A config file is for plain gunicorn instead
         # (deploy/gunicorn.conf.py), so --config is not read here.
         parser = self.cfg.parser()
         args = parser.parse_args(self.cfg.get_cmd_args_from_env())
+        given = set()
         for name, value in vars(args).items():
             if value is not None and name not in ("args", "config"):
                 self.cfg.set(name.lower(), value)
+                given.add(name.lower())
+        return given
 
     def load(self) -> Any:
         # Runs in the worker process, after the fork: the Store and the queue built
@@ -184,19 +229,25 @@ def run_server(
     settings: Settings,
     services_factory: ServicesFactory,
     overrides: Mapping[str, Any] | None = None,
+    *,
+    web_runs_jobs: bool = True,
 ) -> None:
     """Serve the web app under gunicorn until stopped (SIGTERM/SIGINT); blocks.
 
-    `services_factory(settings)` is called once in each worker process. Raises
+    `services_factory(settings)` is called once in each worker process; `web_runs_jobs`
+    says whether those services run job workers (see `web_processes`). Raises
     WebConfigError (no webhook secret) or AuthConfigError (a dashboard nobody can sign
     in to) before starting anything.
     """
     check_startup(settings)
-    options = {**gunicorn_options(settings), **(overrides or {})}
+    # Made before the fork, so a cookie one process signed is good in the others (and
+    # before the log set-up, which masks it like every secret).
+    settings = with_session_secret(settings)
+    options = {**gunicorn_options(settings, web_runs_jobs=web_runs_jobs), **(overrides or {})}
     if int(options["workers"]) > 1:
         share_metrics_between_workers(settings.data_dir / "prometheus")
     logger.info("serving on %s", bind_address(settings))
-    RunnerServer(settings, services_factory, overrides).run()
+    RunnerServer(settings, services_factory, options).run()
 
 
 def share_metrics_between_workers(directory: Path) -> None:

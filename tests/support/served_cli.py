@@ -18,19 +18,27 @@ _LISTENING = re.compile(r"Listening at: (http://127\.0\.0\.1:\d+)")
 
 
 class ServedCli:
-    """Start with `ServedCli(data_dir, GITOPS_...=...)`; `url`, `stderr`, `stop()`."""
+    """Start with `ServedCli(data_dir, GITOPS_...=...)`; `url`, `stderr`, `stop()`.
 
-    def __init__(self, data_dir: Path, **env: str) -> None:
+    `stdout`: a file for what serve writes there (gunicorn's access log); else dropped.
+    """
+
+    def __init__(self, data_dir: Path, stdout: Path | None = None, **env: str) -> None:
         clean = {
             name: value
             for name, value in os.environ.items()
             if not name.startswith("GITOPS_") and name != "PROMETHEUS_MULTIPROC_DIR"
         }
         clean |= {"GITOPS_DATA_DIR": str(data_dir), "GITOPS_HOST": "127.0.0.1", "GITOPS_PORT": "0"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "runner", "serve"], cwd=ROOT, env={**clean, **env},
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        sink = stdout.open("wb") if stdout is not None else subprocess.DEVNULL
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "runner", "serve"], cwd=ROOT, env={**clean, **env},
+                stdout=sink, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+        finally:
+            if stdout is not None:
+                sink.close()  # type: ignore[union-attr]  # the child has its own copy
         self._lines: list[str] = []
         self.url = self._read_url()
         # Keep draining stderr, or a full pipe would block the server.

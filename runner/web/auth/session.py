@@ -16,6 +16,7 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 from flask import Flask, request, session
+from pydantic import SecretStr
 
 from runner.settings import Settings
 from runner.web.auth.roles import Identity
@@ -28,6 +29,20 @@ CSRF_HEADER = "X-CSRF-Token"
 _CSRF_KEY = "csrf"
 _IDENTITY_KEY = "identity"
 _EXPIRES_KEY = "signed_in_until"
+
+
+def with_session_secret(settings: Settings) -> Settings:
+    """`settings` with a session secret: the configured one, or a random one made now.
+
+    Called by `serve` before it forks its web processes, so that all of them sign and
+    check session cookies (and the CSRF tokens in them) with the same key; one made
+    in each process would refuse the cookies of the others. Still forgotten at
+    restart: GITOPS_SESSION_SECRET is for sessions that outlive one (start-up insists on
+    it with a sign-in provider).
+    """
+    if settings.session_secret is not None:
+        return settings
+    return settings.model_copy(update={"session_secret": SecretStr(secrets.token_urlsafe(32))})
 
 
 def configure_session(app: Flask, settings: Settings) -> None:
