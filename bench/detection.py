@@ -210,8 +210,9 @@ def forget_process_memos() -> None:
     from runner.projects import detection
     from runner.terraform import modules
 
-    if hasattr(modules, "_SkeletonMemo"):
-        modules._SKELETONS = modules._SkeletonMemo(8)
+    skeletons = getattr(modules, "_SKELETONS", None)
+    if skeletons is not None:  # a new memo of the same type (its class was renamed)
+        modules._SKELETONS = type(skeletons)(8)
     if hasattr(modules, "_PARSED"):
         modules._PARSED.clear()  # module calls by blob id, kept in memory by the process
     for memo in (

@@ -330,13 +330,13 @@ def test_calls_confirmed_in_one_batch_are_all_kept_for_the_next_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     repo, cache_dir = _monorepo(tmp_path / "repo", 30), tmp_path / "cache"
-    monkeypatch.setattr(modules, "_SKELETONS", modules._SkeletonMemo(8))
+    monkeypatch.setattr(modules, "_SKELETONS", modules._BoundedMemo(8))
     monkeypatch.setattr(modules, "_PARSED", modules._BoundedMemo(1000))
     first = ModuleGraph.build(repo.path, cache_dir=cache_dir).callers_of("modules/tags")
     assert len(first) == 30
 
     # A new process: nothing in memory, and parsing is not allowed: the disk has it all.
-    monkeypatch.setattr(modules, "_SKELETONS", modules._SkeletonMemo(8))
+    monkeypatch.setattr(modules, "_SKELETONS", modules._BoundedMemo(8))
     monkeypatch.setattr(modules, "_PARSED", modules._BoundedMemo(1000))
 
     def no_parse(path: str, data: bytes) -> dict:

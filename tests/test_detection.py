@@ -434,7 +434,7 @@ def test_select_nothing_is_a_clear_error() -> None:
 @pytest.fixture
 def fresh_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """No tree seen before by this process (other tests build graphs of the same trees)."""
-    monkeypatch.setattr(modules, "_SKELETONS", modules._SkeletonMemo(8))
+    monkeypatch.setattr(modules, "_SKELETONS", modules._BoundedMemo(8))
 
 
 def _graph_answers(graph: ModuleGraph) -> tuple[object, ...]:
@@ -483,7 +483,7 @@ def test_a_damaged_or_foreign_tree_index_means_a_full_scan(sample: GitRepo, tmp_
     other = tmp_path / "other-repo"
     GitRepo.init(other).write({"x/main.tf": "\n"}).commit("unrelated")
     ModuleGraph.build(other, cache_dir=cache)  # a tree of another repository is stored too
-    monkeypatch_memo = modules._SkeletonMemo(8)  # as a new process finds it
+    monkeypatch_memo = modules._BoundedMemo(8)  # as a new process finds it
     modules._SKELETONS = monkeypatch_memo
 
     files = open_pr(sample, edit(sample, "modules/tags/main.tf"))

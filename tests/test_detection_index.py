@@ -8,8 +8,10 @@ writes may reach an index entry or a memo another checkout could load.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,13 +34,13 @@ def sample(tmp_path: Path) -> GitRepo:
 @pytest.fixture(autouse=True)
 def fresh_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No tree and no file content seen before by this process."""
-    monkeypatch.setattr(modules, "_SKELETONS", modules._SkeletonMemo(8))
+    monkeypatch.setattr(modules, "_SKELETONS", modules._BoundedMemo(8))
     monkeypatch.setattr(modules, "_PARSED", modules._BoundedMemo(1000))
     yield
 
 
 def new_process() -> None:
-    modules._SKELETONS = modules._SkeletonMemo(8)
+    modules._SKELETONS = modules._BoundedMemo(8)
     modules._PARSED.clear()
 
 
@@ -121,6 +123,28 @@ def test_a_link_or_fifo_put_over_a_tracked_file_is_neither_followed_nor_waited_o
 
     assert answers(graph) == expected
     assert graph.problems == []
+
+
+def test_a_fifo_behind_a_tracked_link_or_outside_git_is_not_waited_on(
+    sample: GitRepo, tmp_path: Path
+) -> None:
+    """A file without a blob id (a tracked symlink, or any file outside git) is read from
+    the checkout: a FIFO put where it points is opened non-blocking and found not
+    regular (a `.tf.json` link is read by every graph: its calls need a parse)."""
+    sample.write({"infra/calls.json": json.dumps({"module": {"t": {"source": "../modules/tags"}}})})
+    (sample.path / "infra/link.tf.json").symlink_to("calls.json")
+    sample.commit("a linked JSON caller")
+    (sample.path / "infra/calls.json").unlink()
+    os.mkfifo(sample.path / "infra/calls.json")
+    new_process()
+
+    graph = ModuleGraph.build(sample.path, cache_dir=tmp_path / "cache")
+
+    assert graph.modules_called_by("infra") == ()
+    plain = tmp_path / "plain"
+    (plain / "app").mkdir(parents=True)
+    os.mkfifo(plain / "app/main.tf")
+    assert ModuleGraph.build(plain).modules_called_by("app") == ()
 
 
 def test_changed_files_replaced_in_the_checkout_are_read_from_git(
@@ -208,6 +232,26 @@ def test_a_damaged_entry_is_ignored_and_the_tree_scanned_again(
         sample, tmp_path
     )
     assert only_entry(cache).read_bytes().startswith(tree_index.FORMAT.encode())  # rewritten
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [{"calls": [["tags"]]}, {"calls": 5}, {"calls": [[1, 2]]}, {"error": 1}, {"calls": None}],
+    ids=["short call", "not a list", "not strings", "error not text", "null"],
+)
+def test_a_damaged_parse_entry_is_parsed_again(
+    sample: GitRepo, tmp_path: Path, entry: dict[str, object]
+) -> None:
+    """An entry of the module-call cache that is JSON but not of the shape a parse gives
+    is a miss, as a damaged one is: never trusted, never an error."""
+    cache = tmp_path / "cache"
+    expected = answers(ModuleGraph.build(sample.path, cache_dir=cache))
+    (db_file,) = cache.glob("*.sqlite3")
+    with contextlib.closing(sqlite3.connect(db_file)) as db, db:
+        db.execute("UPDATE calls SET entry = ?", (json.dumps(entry),))
+    new_process()
+
+    assert answers(ModuleGraph.build(sample.path, cache_dir=cache)) == expected
 
 
 def test_an_entry_misfiled_under_another_tree_is_not_loaded(
@@ -311,7 +355,7 @@ def test_entries_of_other_repositories_are_used_only_for_trees_this_one_holds(
     other.write({"x/main.tf": CALLER, "modules/tags/main.tf": "\n"}).commit("unrelated")
     ModuleGraph.build(other.path, cache_dir=cache)  # the most recent entry: not this repo's
     index = tree_index.TreeIndex(cache / modules.TREE_INDEX_DIR)
-    assert tree_index._newest_present(sample.path, index._recent()) is None
+    assert tree_index._newest_present(sample.path, index.trees()) is None
     new_process()
 
     assert answers(ModuleGraph.build(sample.path, cache_dir=cache)) == clean_answers(
@@ -361,6 +405,33 @@ def test_the_next_commit_is_derived_in_memory_and_equals_a_full_scan(
     # Stored for the other processes, and equal to what they would scan.
     new_process()
     assert answers(ModuleGraph.build(sample.path, cache_dir=cache)) == answers(derived)
+
+
+def test_a_kept_tree_of_another_repository_is_passed_over_for_one_of_this(
+    sample: GitRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The newest skeleton this process keeps is another repository's: git refuses that
+    diff, and the next commit is derived from the older skeleton of its own base."""
+    cache = tmp_path / "cache"
+    ModuleGraph.build(sample.path, cache_dir=cache)
+    other = GitRepo.init(tmp_path / "other")
+    other.write({"x/main.tf": CALLER, "modules/tags/main.tf": "\n"}).commit("unrelated")
+    ModuleGraph.build(other.path, cache_dir=cache)
+    push(sample, {"infra/new/main.tf": CALLER})
+    monkeypatch.setattr(tree_index.TreeIndex, "load", lambda *_: pytest.fail("loaded"))
+
+    derived = ModuleGraph.build(sample.path, cache_dir=cache)
+
+    assert_same_skeleton(derived._skeleton, modules._Skeleton.of(modules._scan_git(sample.path)))
+    assert answers(derived) == clean_answers(sample, tmp_path)
+
+
+def test_the_bounded_memo_keeps_the_entries_put_most_recently() -> None:
+    memo = modules._BoundedMemo(3)
+    for key, value in [("a", 1), ("b", 2), ("c", 3), ("a", 4), ("d", 5)]:
+        memo[key] = value
+    assert memo == {"c": 3, "a": 4, "d": 5}  # "b" the oldest put: dropped
+    assert memo.newest_first() == [("d", 5), ("a", 4), ("c", 3)]
 
 
 def test_discovery_is_kept_for_the_tree(sample: GitRepo, tmp_path: Path) -> None:

@@ -6,19 +6,18 @@ a large monorepo with python-hcl2 takes seconds, so the graph works in two steps
 
 1. A text pre-filter (`git grep`, or a Python scan outside git) finds every line that
    looks like `source = "./…"` / `"../…"`. Terraform only accepts a literal string on
-   the `source` line, so this is a superset of the real calls: candidate edges.
+   the `source` line, so this is a superset of the real calls: candidate edges. What
+   they imply before any file is parsed (`_Skeleton`: the Terraform dirs, the
+   candidate callers of each dir) depends on the tree alone.
 2. A candidate edge is confirmed only when it is needed, by reading that one file's
    top-level `module` blocks (so comments, heredocs and `source` attributes of
    resources or provisioners do not count): a token pass for plain files
    (hcl_scan.py), python-hcl2 for everything else. Results are cached by git blob SHA
    in memory and, optionally, in a cache directory.
 
-With a cache directory the graph is the graph of the checkout's index tree: step 1 is
-kept by git tree id and updated from the diff (tree_index.py); what it implies
-(`_Skeleton`: candidate edges, confirmed calls, module dirs) is shared by every graph of
-the same tree in this process, and the skeleton of a new tree is derived from a kept one
-through the diff. The index entry keeps the candidate edges too, so a new process derives
-a PR's skeleton from its base branch's entry without resolving every source again.
+With a cache directory the graph is the graph of the checkout's index tree, and its
+skeleton is kept by tree id, in this process and in the tree index (tree_index.py);
+`_skeleton_of` is the one place that chooses how a tree's skeleton is obtained.
 Files are read by blob id (the checkout's copy only while it still holds that blob), so
 code run in a checkout cannot change what is kept for its tree.
 
@@ -39,23 +38,25 @@ import re
 import sqlite3
 import subprocess
 import threading
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from runner.gc_pause import gc_paused
 from runner.terraform.hcl_scan import lexical_local_calls
 from runner.terraform.tree_index import (
-    CallerRows,
     TreeIndex,
     TreeScan,
+    apply_changes,
     blob_sha,
+    checkout_blobs,
+    diff_from_newest,
     index_tree,
     indexed_blobs,
-    read_blobs,
     regular_file_bytes,
+    replaced_rows,
 )
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ _GREP_RECORD_RE = re.compile(r"([^\0]*)\0([^\n]*)\n")
 _GIT_BINARY_PROBE = 8000
 TREE_INDEX_DIR = "tree-scans"
 _T = TypeVar("_T")
+_V = TypeVar("_V")
 
 
 @functools.cache
@@ -122,16 +124,6 @@ class CallChain:
     def describe(self) -> str:
         """The chain as shown in a reason, e.g. `modules/network → modules/tags`."""
         return " → ".join(self.modules)
-
-
-@dataclass(frozen=True)
-class _Scan:
-    """What the cheap text pass found: every Terraform file and the candidate sources."""
-
-    tf_files: tuple[str, ...]
-    candidate_sources: Mapping[str, tuple[str, ...]]  # .tf file -> local sources in its text
-    # Regular files of a git scan -> their blob id in the index (none outside git).
-    blobs: Mapping[str, str] = field(default_factory=dict)
 
 
 def dir_of(path: str) -> str:
@@ -199,7 +191,7 @@ def _sources_in_line(line: str) -> list[str]:
     return [] if _COMMENT_LINE_RE.match(line) else _TF_SOURCE_RE.findall(line)
 
 
-def _scan_git(repo_root: Path) -> _Scan:
+def _scan_git(repo_root: Path) -> TreeScan:
     # Tracked files only: working copies are checkouts of commits, and listing
     # untracked files would make git walk the whole tree (several times slower).
     listed, blobs = indexed_blobs(repo_root, ("*.tf", "*.tf.json"))
@@ -213,53 +205,11 @@ def _scan_git(repo_root: Path) -> _Scan:
         found = _sources_in_line(line)
         if found and not is_hidden(path):
             sources[path].extend(found)
-    return _Scan(
+    return TreeScan(
         tuple(tf_files),
         {p: tuple(s) for p, s in sources.items()},
         {p: blobs[p] for p in tf_files if p in blobs},
     )
-
-
-def _stored_skeleton(repo_root: Path, tree: str, index: TreeIndex) -> _Skeleton:
-    """The skeleton of `tree` in a process that keeps none of this repository: from the
-    tree's own entry in the index; else from the newest stored tree this repository
-    holds, brought to `tree` through the diff (a PR's first push after a restart: its
-    base branch's entry); else from a full scan. Stored for the next process."""
-    stored = index.load(tree)
-    if stored is not None:
-        return _Skeleton.of_stored(stored)
-    derived = index.derive_from_stored(repo_root, tree, _listed, _text_sources)
-    if derived is not None:
-        base_scan, scan, changed = derived
-        skeleton = _Skeleton.of_stored(base_scan).updated(_as_scan(scan), changed)
-    else:
-        skeleton = _Skeleton.of(_scan_git(repo_root))
-    index.store(tree, skeleton.stored())
-    return skeleton
-
-
-def _derived_skeleton(repo_root: Path, tree: str, index: TreeIndex) -> _Skeleton | None:
-    """The skeleton of `tree` from one this process keeps for another tree of the same
-    repository (a PR's next push, the base branch): the diff re-read, nothing loaded."""
-    recent = dict(_SKELETONS.recent())
-    update = index.update(
-        repo_root,
-        tree,
-        {base: kept.stored() for base, kept in recent.items()},
-        _listed,
-        _text_sources,
-    )
-    if update is None:
-        return None
-    base, scan, changed = update
-    skeleton = recent[base].updated(_as_scan(scan), changed)
-    if not index.has(tree):
-        index.store(tree, skeleton.stored())
-    return skeleton
-
-
-def _as_scan(scan: TreeScan) -> _Scan:
-    return _Scan(scan.tf_files, scan.sources, scan.blobs)
 
 
 def _listed(path: str) -> bool:
@@ -275,7 +225,9 @@ def _text_sources(path: str, text: str) -> tuple[str, ...]:
     return tuple(s for line in text.split("\n") for s in _sources_in_line(line))
 
 
-def _scan_tree(repo_root: Path) -> _Scan:
+def _scan_tree(repo_root: Path) -> TreeScan:
+    """The scan of a directory outside git (no blob ids): a file walk, the text of each
+    `.tf` file searched as `git grep` searches it."""
     tf_files: list[str] = []
     sources: dict[str, tuple[str, ...]] = {}
     for dirpath, dirnames, filenames in os.walk(repo_root):
@@ -285,16 +237,103 @@ def _scan_tree(repo_root: Path) -> _Scan:
             if name.startswith(".") or not _is_tf(name):
                 continue
             rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            file = Path(dirpath, name)
-            if file.is_symlink() and not file.resolve().is_relative_to(repo_root.resolve()):
-                continue  # never read outside the repository
+            data = _file_bytes(repo_root, rel)
+            if isinstance(data, str):
+                continue  # a link leaving the repository: never read
             tf_files.append(rel)
-            if name.endswith(".tf"):
-                text = file.read_text(errors="replace")
-                found = tuple(s for line in text.splitlines() for s in _sources_in_line(line))
-                if found:
-                    sources[rel] = found
-    return _Scan(tuple(sorted(tf_files)), sources)
+            found = _text_sources(rel, data.decode(errors="replace")) if data else ()
+            if found:
+                sources[rel] = found
+    return TreeScan(tuple(sorted(tf_files)), sources, {})
+
+
+def _file_bytes(repo_root: Path, path: str) -> bytes | str | None:
+    """A file of the checkout that has no blob id to check it by (outside git, or a
+    link). Links are followed inside the repository only: a problem (str) for one
+    leaving it. Only a regular file is read (a FIFO is not waited on): None otherwise."""
+    file = repo_root / path
+    if file.is_symlink():
+        file = file.resolve()
+        if not file.is_relative_to(repo_root.resolve()):
+            return f"{path}: symlink pointing outside the repository; ignored"
+    return regular_file_bytes(file.parent, file.name)
+
+
+# --- the skeleton of a tree ----------------------------------------------------------------
+
+
+def _skeleton_of(root: Path, cache_dir: Path | None) -> _Skeleton:
+    """The skeleton of the checkout at `root`. Every way below gives what a full scan
+    gives (tests/test_detection_index.py compares them field by field); each exists for
+    a case the ones before it cannot serve:
+
+    - A file walk: outside git there is no blob id nor tree id to key anything by.
+    - A full `git grep` scan: without a cache dir nothing is kept (the CLI, a local
+      plan); with one, when nothing kept can be brought to this tree (a first run,
+      entries of other repositories only, a diff too large to be cheaper).
+    - This process's skeleton of the tree: the same tree again (a re-plan, the next
+      event of an unchanged PR) costs nothing, and keeps the calls confirmed so far.
+    - Derived from a skeleton this process keeps for another tree of the repository
+      (a PR's next push, a PR after its base branch): only the diff is read, the calls
+      confirmed for unchanged files are kept, and no entry is loaded.
+    - Loaded from the tree index: a tree another process stored (after a restart, on
+      another worker): one file read, no source resolved again.
+    - Derived from the newest stored entry of a tree the repository holds: a new
+      process and a tree nobody stored yet, typically a PR's first push after a
+      restart, from its base branch's entry.
+    """
+    if not (root / ".git").exists():
+        return _Skeleton.of(_scan_tree(root))
+    tree = index_tree(root) if cache_dir is not None else None
+    if cache_dir is None or tree is None:
+        return _Skeleton.of(_scan_git(root))
+    index = TreeIndex(cache_dir / TREE_INDEX_DIR)
+    skeleton = (
+        _SKELETONS.get(tree)
+        or _derived_from_kept(root, tree, index)
+        or _loaded(index, tree)
+        or _derived_from_stored_or_scanned(root, tree, index)
+    )
+    _SKELETONS[tree] = skeleton
+    return skeleton
+
+
+def _derived_from_kept(root: Path, tree: str, index: TreeIndex) -> _Skeleton | None:
+    """From a skeleton of this process; stored unless the index has the tree already."""
+    kept = dict(_SKELETONS.newest_first())
+    skeleton = _derived(root, tree, list(kept), kept.get)
+    if skeleton is not None and not index.has(tree):
+        index.store(tree, skeleton.stored())
+    return skeleton
+
+
+def _derived_from_stored_or_scanned(root: Path, tree: str, index: TreeIndex) -> _Skeleton:
+    """From a stored entry, else a full scan; stored (over a damaged entry, if any)."""
+    base_of = functools.partial(_loaded, index)
+    skeleton = _derived(root, tree, index.trees(), base_of) or _Skeleton.of(_scan_git(root))
+    index.store(tree, skeleton.stored())
+    return skeleton
+
+
+def _derived(
+    root: Path, tree: str, bases: Sequence[str], skeleton_of: Callable[[str], _Skeleton | None]
+) -> _Skeleton | None:
+    """`tree`'s skeleton from that of the newest of `bases` (tree ids) the repository
+    holds, the paths of their diff re-read; None when there is none."""
+    found = diff_from_newest(root, tree, bases)
+    if found is None:
+        return None
+    base_tree, changes = found
+    base = skeleton_of(base_tree)
+    if base is None:
+        return None
+    scan = apply_changes(root, base.scan, changes, _listed, _text_sources)
+    return base.updated(scan, [change.path for change in changes])
+
+
+def _loaded(index: TreeIndex, tree: str) -> _Skeleton | None:
+    stored = index.load(tree)
+    return _Skeleton.of_stored(stored) if stored is not None else None
 
 
 def _text(node: Tree | Token) -> str | None:
@@ -392,9 +431,9 @@ def _as_list(value: object) -> list:
 
 
 class _ParseCache:
-    """Local module calls per file content (git blob SHA), in memory (shared by every
-    graph of this process: a content id means the same calls in any tree) and, with a
-    cache dir, in one SQLite file there that processes share (WAL: readers never wait).
+    """Local module calls per file content (git blob SHA), in memory (`_PARSED`, shared by
+    every graph of this process: a content id means the same calls in any tree) and, with
+    a cache dir, in one SQLite file there that processes share (WAL: readers never wait).
 
     The disk cache is an optimisation only: any SQLite problem (damaged file, full
     disk, lock timeout) turns it off for this graph instead of failing detection.
@@ -403,54 +442,40 @@ class _ParseCache:
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory
         self._memory = _PARSED
-        self._db: sqlite3.Connection | None = None
-        self._batch_depth = 0
-        self._pending: list[tuple[str, str]] = []  # put in a batch, written at its end
-        # Asked of the disk by `prefetch` and not there: not asked again by this graph.
+        self._db = _open_db(directory) if directory is not None else None
+        # Asked of the disk and not there: not asked again by this graph.
         self._absent: set[str] = set()
-        if directory is not None:
-            try:
-                self._db = _open_db(directory / f"{_cache_namespace()}.sqlite3")
-            except (sqlite3.Error, OSError):
-                self._db = None
+        # What `put` was given inside `batch()`, written when it ends; None outside one.
+        self._pending: list[tuple[str, str]] | None = None
 
     def get(self, sha: str) -> dict | None:
-        if sha in self._memory:
-            return self._memory[sha]
-        if sha in self._absent:
-            return None
-        row = self._run("SELECT entry FROM calls WHERE sha = ?", (sha,))
-        entry = _decode_entry(row[0]) if row else None
-        if entry is not None:
-            self._memory[sha] = entry
-        return entry
+        if sha not in self._memory:
+            self.prefetch((sha,))
+        return self._memory.get(sha)
 
-    def prefetch(self, shas: Sequence[str]) -> None:
+    def prefetch(self, shas: Iterable[str]) -> None:
         """The disk entries of `shas` read into memory in one query per 500; the ones
         absent are remembered, so `get` does not ask for them again."""
         wanted = [sha for sha in shas if sha not in self._memory and sha not in self._absent]
         for start in range(0, len(wanted), _PREFETCH_CHUNK):
             chunk = wanted[start : start + _PREFETCH_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            rows = self._run_all(f"SELECT sha, entry FROM calls WHERE sha IN ({marks})", chunk)
+            rows = self._on_disk(functools.partial(_select_entries, shas=chunk))
             if rows is None:
                 return  # no disk cache (or it just failed): `get` finds nothing either
-            found = set()
             for sha, text in rows:
                 entry = _decode_entry(text)
                 if entry is not None:
                     self._memory[sha] = entry
-                    found.add(sha)
-            self._absent.update(sha for sha in chunk if sha not in found)
+            self._absent.update(sha for sha in chunk if sha not in self._memory)
 
     def put(self, sha: str, entry: dict) -> None:
         self._absent.discard(sha)
         self._memory[sha] = entry
         row = (sha, json.dumps(entry))
-        if self._batch_depth:
-            self._pending.append(row)
+        if self._pending is None:
+            self._on_disk(functools.partial(_insert_entries, rows=[row]))
         else:
-            self._write([row])
+            self._pending.append(row)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -460,87 +485,106 @@ class _ParseCache:
         and SQLite's write lock held only while writing, never while files are parsed.
         Nests; what was put is written even when the block fails (each entry stands
         on its own)."""
-        self._batch_depth += 1
+        if self._pending is not None:  # inside another batch: that one writes
+            yield
+            return
+        self._pending = []
         try:
             yield
         finally:
-            self._batch_depth -= 1
-            if self._batch_depth == 0 and self._pending:
-                rows, self._pending = self._pending, []
-                self._write(rows)
+            rows, self._pending = self._pending, None
+            if rows:
+                self._on_disk(functools.partial(_insert_entries, rows=rows))
 
-    def _write(self, rows: list[tuple[str, str]]) -> None:
-        """Insert `rows` in one transaction; a failure turns the disk cache off."""
-        if self._db is None:
-            return
-        try:
-            with self._db:  # BEGIN … COMMIT, or ROLLBACK when it fails
-                self._db.execute("BEGIN")
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO calls (sha, entry) VALUES (?, ?)", rows
-                )
-        except (sqlite3.Error, OSError):
-            self._db = None
-
-    def _run_all(self, sql: str, params: Sequence[str]) -> list[Any] | None:
-        """All rows of one query on the disk cache; None without one (or on failure,
-        which turns it off, as in `_run`)."""
+    def _on_disk(self, work: Callable[[sqlite3.Connection], _T]) -> _T | None:
+        """`work` done on the disk cache; None without one, or when it fails: the first
+        failure turns the disk cache off."""
         if self._db is None:
             return None
         try:
-            return self._db.execute(sql, params).fetchall()
-        except (sqlite3.Error, OSError):
-            self._db = None
-            return None
-
-    def _run(self, sql: str, params: tuple[str, ...]) -> Any:
-        """One statement on the disk cache; the first failure turns the disk cache off."""
-        if self._db is None:
-            return None
-        try:
-            return self._db.execute(sql, params).fetchone()
+            return work(self._db)
         except (sqlite3.Error, OSError):
             self._db = None
             return None
 
 
-class _BoundedMemo(dict[str, dict]):
-    """A dict that forgets everything once it holds `size` entries: parse entries are a
-    few hundred bytes, and a monorepo's files fit many times over."""
+class _BoundedMemo(dict[str, _V]):
+    """A dict of the `size` entries put most recently (putting an entry again makes it
+    the newest): the skeletons of the last few trees, and the parse entries of file
+    contents (a few hundred bytes each: a monorepo's files fit many times over)."""
 
     def __init__(self, size: int) -> None:
         super().__init__()
         self._size = size
+        self._lock = threading.Lock()  # graphs are built and queried in many threads
 
-    def __setitem__(self, key: str, value: dict) -> None:
-        if len(self) >= self._size:
-            self.clear()
-        super().__setitem__(key, value)
+    def __setitem__(self, key: str, value: _V) -> None:
+        with self._lock:
+            self.pop(key, None)
+            super().__setitem__(key, value)
+            if len(self) > self._size:
+                del self[next(iter(self))]
+
+    def newest_first(self) -> list[tuple[str, _V]]:
+        with self._lock:
+            return list(reversed(self.items()))
 
 
-_PARSED = _BoundedMemo(200_000)
+_PARSED: _BoundedMemo[dict] = _BoundedMemo(200_000)
+_SKELETONS: _BoundedMemo[_Skeleton] = _BoundedMemo(8)
 # Below SQLite's default limit of host parameters per statement (999 before 3.32).
 _PREFETCH_CHUNK = 500
 
 
-def _open_db(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Autocommit; the graph may be handed to another thread, never shared by two.
-    db = sqlite3.connect(path, timeout=5, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.execute("CREATE TABLE IF NOT EXISTS calls (sha TEXT PRIMARY KEY, entry TEXT)")
+def _open_db(directory: Path) -> sqlite3.Connection | None:
+    """The module-call cache file of `directory`; None when it cannot be opened."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        # Autocommit; the graph may be handed to another thread, never shared by two.
+        db = sqlite3.connect(
+            directory / f"{_cache_namespace()}.sqlite3",
+            timeout=5,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("CREATE TABLE IF NOT EXISTS calls (sha TEXT PRIMARY KEY, entry TEXT)")
+    except (sqlite3.Error, OSError):
+        return None
     return db
 
 
+def _select_entries(db: sqlite3.Connection, shas: list[str]) -> list[tuple[str, str]]:
+    marks = ",".join("?" * len(shas))
+    return db.execute(f"SELECT sha, entry FROM calls WHERE sha IN ({marks})", shas).fetchall()
+
+
+def _insert_entries(db: sqlite3.Connection, rows: list[tuple[str, str]]) -> None:
+    with db:  # BEGIN … COMMIT, or ROLLBACK when it fails
+        db.execute("BEGIN")
+        db.executemany("INSERT OR REPLACE INTO calls (sha, entry) VALUES (?, ?)", rows)
+
+
 def _decode_entry(text: str) -> dict | None:
+    """A stored parse entry if it has a shape `_parse_entry` gives; None for a damaged or
+    foreign one (the file is parsed again)."""
     try:
         entry = json.loads(text)
     except ValueError:
         return None
-    if not isinstance(entry, dict) or not ({"calls", "error"} & entry.keys()):
-        return None  # damaged or foreign: parse again
-    return entry
+    if not isinstance(entry, dict):
+        return None
+    if isinstance(entry.get("error"), str):
+        return entry
+    calls = entry.get("calls")
+    if isinstance(calls, list) and all(_is_name_and_source(call) for call in calls):
+        return entry
+    return None
+
+
+def _is_name_and_source(call: object) -> bool:
+    return isinstance(call, list) and len(call) == 2 and all(isinstance(s, str) for s in call)
 
 
 @dataclass(frozen=True)
@@ -548,7 +592,7 @@ class _Skeleton:
     """What a tree's text scan implies before any file is parsed: the Terraform dirs and
     the candidate edges. It depends on the tree alone, so graphs of one tree share it."""
 
-    scan: _Scan
+    scan: TreeScan
     tf_dirs: frozenset[str]
     candidate_callers: Mapping[str, frozenset[str]]
     files_in_dir: Mapping[str, tuple[str, ...]]
@@ -566,26 +610,22 @@ class _Skeleton:
     def stored(self) -> TreeScan:
         """What the tree index keeps of this skeleton: the scan and the candidate edges
         (resolving every source again is most of `of`'s cost)."""
-        scan = self.scan
-        return TreeScan(
-            scan.tf_files, scan.candidate_sources, scan.blobs, self.candidate_callers, self.tf_dirs
-        )
+        return replace(self.scan, callers=self.candidate_callers, dirs=self.tf_dirs)
 
     @classmethod
     def of_stored(cls, stored: TreeScan) -> _Skeleton:
         """`of` the stored scan, its candidate edges taken as stored (the entry's
         checksum says they are the ones `of` computed when it was written)."""
-        scan = _as_scan(stored)
         if stored.callers is None or stored.dirs is None:
-            return cls.of(scan)
+            return cls.of(stored)
         in_dir: dict[str, list[str]] = {}
         # The files with sources (a scan keeps none without), in path order as stored:
         # those of one dir stay in order. Keys only: the rows stay unsplit.
-        for path in stored.sources:
+        for path in stored.candidate_sources:
             if not path.endswith(".tf.json"):
                 in_dir.setdefault(path.rpartition("/")[0] or ".", []).append(path)
         return cls(
-            scan,
+            stored,
             stored.dirs,
             stored.callers,
             {dir: tuple(files) for dir, files in in_dir.items()},
@@ -593,7 +633,7 @@ class _Skeleton:
         )
 
     @classmethod
-    def of(cls, scan: _Scan) -> _Skeleton:
+    def of(cls, scan: TreeScan) -> _Skeleton:
         callers: dict[str, set[str]] = defaultdict(set)
         in_dir: dict[str, list[str]] = defaultdict(list)
         tf_dirs: set[str] = set()
@@ -637,7 +677,7 @@ class _Skeleton:
             return self.tf_dirs
         return (self.tf_dirs | added) - gone
 
-    def updated(self, scan: _Scan, changed: Iterable[str]) -> _Skeleton:
+    def updated(self, scan: TreeScan, changed: Iterable[str]) -> _Skeleton:
         """The skeleton of `scan`, the scan of this one's tree with the `changed` paths
         re-read: only their contributions are taken out and put back. Equal to
         `_Skeleton.of(scan)` (tests/test_detection_index.py) at a fraction of its cost,
@@ -668,8 +708,12 @@ class _Skeleton:
                 edit(path, self.scan.candidate_sources[path], add=False)
             if path in new_files and scan.candidate_sources.get(path):
                 edit(path, scan.candidate_sources[path], add=True)
-        candidate_callers = _merged(self.candidate_callers, callers, frozenset)
-        files_in_dir = _merged(self.files_in_dir, in_dir, lambda f: tuple(sorted(f)))
+        candidate_callers = replaced_rows(
+            self.candidate_callers, {target: frozenset(f) for target, f in callers.items()}
+        )
+        files_in_dir = replaced_rows(
+            self.files_in_dir, {dir: tuple(sorted(f)) for dir, f in in_dir.items()}
+        )
         return _Skeleton(
             scan,
             self._dirs_after(changed, old_files, new_files, scan.tf_files),
@@ -706,57 +750,12 @@ class _SortedPaths:
         return index < len(self._paths) and self._paths[index] == path
 
 
-def _merged(
-    base: Mapping[str, Any], edited: dict[str, set[str]], freeze: Callable[[set[str]], Any]
-) -> Mapping[str, Any]:
-    """`base` with the `edited` entries replaced (frozen by `freeze`), empty ones dropped."""
-    if isinstance(base, CallerRows):  # as loaded: the rows not edited stay unsplit
-        return base.replaced({key: freeze(files) for key, files in edited.items()})
-    merged = dict(base)
-    for key, files in edited.items():
-        if files:
-            merged[key] = freeze(files)
-        else:
-            merged.pop(key, None)
-    return merged
-
-
 @dataclass(frozen=True)
 class _FileCalls:
     """The local module calls of one file, and the problem met reading it (if any)."""
 
     calls: tuple[ModuleCall, ...]
     problem: str | None = None
-
-
-class _SkeletonMemo:
-    """The skeletons of the last few trees of this process, by tree id."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._entries: OrderedDict[str, _Skeleton] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, tree: str) -> _Skeleton | None:
-        with self._lock:
-            found = self._entries.get(tree)
-            if found is not None:
-                self._entries.move_to_end(tree)
-            return found
-
-    def put(self, tree: str, skeleton: _Skeleton) -> None:
-        with self._lock:
-            self._entries[tree] = skeleton
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
-
-    def recent(self) -> list[tuple[str, _Skeleton]]:
-        """Every kept skeleton with its tree id, the most recently used first."""
-        with self._lock:
-            return list(reversed(self._entries.items()))
-
-
-_SKELETONS = _SkeletonMemo(8)
 
 
 class ModuleGraph:
@@ -766,18 +765,11 @@ class ModuleGraph:
     files they need, so asking about a few modules in a huge repo stays cheap.
     """
 
-    def __init__(
-        self,
-        repo_root: Path,
-        scan: _Scan,
-        cache: _ParseCache,
-        skeleton: _Skeleton | None = None,
-    ) -> None:
+    def __init__(self, repo_root: Path, skeleton: _Skeleton, cache: _ParseCache) -> None:
         self.repo_root = repo_root
-        self._scan = scan
-        self._cache = cache
-        skeleton = skeleton or _Skeleton.of(scan)
         self._skeleton = skeleton
+        self._scan = skeleton.scan
+        self._cache = cache
         self._tf_dirs = skeleton.tf_dirs
         self._calls: dict[str, tuple[ModuleCall, ...]] = {}
         self._direct: dict[str, frozenset[str]] = {}
@@ -799,25 +791,12 @@ class ModuleGraph:
     def build(cls, repo_root: Path, cache_dir: Path | None = None) -> ModuleGraph:
         """Scan a working copy (git grep when it is a git work tree, else a file walk).
 
-        `cache_dir` keeps hcl2 parse results by blob SHA across runs and processes.
+        `cache_dir` keeps hcl2 parse results by blob SHA across runs and processes, and
+        the text scan by git tree id (see `_skeleton_of`).
         """
         root = Path(repo_root)
-        cache = _ParseCache(Path(cache_dir) if cache_dir else None)
-        if not (root / ".git").exists():
-            return cls(root, _scan_tree(root), cache)
-        if cache_dir is None:
-            return cls(root, _scan_git(root), cache)
-        index = TreeIndex(Path(cache_dir) / TREE_INDEX_DIR)
-        tree = index_tree(root)
-        if tree is None:
-            return cls(root, _scan_git(root), cache)
-        skeleton = (
-            _SKELETONS.get(tree)
-            or _derived_skeleton(root, tree, index)
-            or _stored_skeleton(root, tree, index)
-        )
-        _SKELETONS.put(tree, skeleton)
-        return cls(root, skeleton.scan, cache, skeleton)
+        directory = Path(cache_dir) if cache_dir else None
+        return cls(root, _skeleton_of(root, directory), _ParseCache(directory))
 
     @property
     def cache_dir(self) -> Path | None:
@@ -858,10 +837,7 @@ class ModuleGraph:
 
     def module_dirs(self) -> frozenset[str]:
         """Terraform dirs that some other directory calls as a local module."""
-        return self.memo(
-            "module_dirs",
-            lambda: frozenset(t for t in self._first_callers_prefetched() if self._has_caller(t)),
-        )
+        return self.memo("module_dirs", self._called_dirs)
 
     def _index(self, path: str, targets: Iterable[str]) -> None:
         """Add a JSON file's calls (only on this graph's own copies, see __init__)."""
@@ -869,19 +845,18 @@ class ModuleGraph:
         for target in targets:
             self._candidate_callers.setdefault(target, set()).add(path)  # type: ignore[attr-defined]
 
-    def _first_callers_prefetched(self) -> list[str]:
-        """The candidate targets that are Terraform dirs, the first candidate caller of
-        each asked of the disk cache in one query (it confirms most of them)."""
+    def _called_dirs(self) -> frozenset[str]:
         targets = [t for t in self._candidate_callers if t in self._tf_dirs]
+        # The first candidate caller of each target confirms most: asked in one query.
         self._prefetch(min(self._candidate_callers[t], default="") for t in targets)
-        return targets
+        with self._cache.batch():
+            return frozenset(t for t in targets if self._has_caller(t))
 
     def _has_caller(self, target: str) -> bool:
         if target in self._direct:
             return bool(self._direct[target])
         callers = self._candidate_callers.get(target, ())
-        with self._cache.batch():
-            return any(self._confirms(f, target) for f in sorted(callers))
+        return any(self._confirms(f, target) for f in sorted(callers))
 
     def _direct_callers(self, target: str) -> frozenset[str]:
         if target not in self._direct:
@@ -925,8 +900,15 @@ class ModuleGraph:
         return self._calls[path]
 
     def _read_calls(self, path: str) -> _FileCalls:
+        entry = self._entry(path)
+        if entry is None or isinstance(entry, str):
+            return _FileCalls((), entry)
+        raw, problem = entry.get("calls", ()), None
+        if "error" in entry:
+            # Unparseable: trust the text scan rather than miss a caller.
+            raw = [("?", s) for s in self._scan.candidate_sources.get(path, ())]
+            problem = f"{path}: {entry['error']}"
         caller = dir_of(path)
-        raw, problem = self._raw_calls(path)
         calls = tuple(
             ModuleCall(caller, path, name, src, resolved)
             for name, src in raw
@@ -934,51 +916,26 @@ class ModuleGraph:
         )
         return _FileCalls(calls, problem)
 
-    def _raw_calls(self, path: str) -> tuple[tuple[tuple[str, str], ...], str | None]:
+    def _entry(self, path: str) -> dict | str | None:
+        """The parse entry of a file by its content id: a cache hit reads nothing, a miss
+        is parsed and kept. A file of the tree is read from the checkout while it still
+        holds the blob, else from the blob (what was planned in the checkout may have
+        rewritten it); one without a blob id (outside git, a link) as `_file_bytes`
+        reads it, which gives a problem (str) for a link leaving the repository."""
         blob = self._scan.blobs.get(path)
-        found = self._entry_of_file(path) if blob is None else self._entry_of_blob(path, blob)
-        if isinstance(found, str):
-            return (), found
-        if found is None:
-            return (), None
-        if "error" in found:
-            # Unparseable: trust the text scan rather than miss a caller.
-            candidates = self._scan.candidate_sources.get(path, ())
-            return tuple(("?", s) for s in candidates), f"{path}: {found['error']}"
-        return tuple((name, src) for name, src in found["calls"]), None
-
-    def _entry_of_blob(self, path: str, blob: str) -> dict | None:
-        """The parse entry of a file of the index by its blob id: no read on a cache hit;
-        otherwise the checkout's file if it still holds that blob, else the blob itself
-        (the work tree may have been rewritten by what was planned in it)."""
+        data: bytes | str | None = None  # with a blob id: read on a cache miss only
+        if blob is None:
+            data = _file_bytes(self.repo_root, path)
+            if not isinstance(data, bytes):
+                return data
+            blob = blob_sha(data)
         entry = self._cache.get(blob)
-        if entry is not None:
-            return entry
-        data = regular_file_bytes(self.repo_root, path)
-        if data is None or blob_sha(data) != blob:
-            data = read_blobs(self.repo_root, [blob]).get(blob)
-            if data is None:
-                return None
-        entry = _parse_entry(path, data)
-        self._cache.put(blob, entry)
-        return entry
-
-    def _entry_of_file(self, path: str) -> dict | str | None:
-        """The parse entry of a file read from the checkout (no blob id: outside git, or
-        a symlink); a problem (str) for a link leaving the repository."""
-        file = self.repo_root / path
-        # Never read outside the repository through a symlinked .tf file.
-        if file.is_symlink() and not file.resolve().is_relative_to(self.repo_root.resolve()):
-            return f"{path}: symlink pointing outside the repository; ignored"
-        try:
-            data = file.read_bytes()
-        except OSError:  # listed by git but deleted in the working tree
-            return None
-        sha = blob_sha(data)
-        entry = self._cache.get(sha)
         if entry is None:
-            entry = _parse_entry(path, data)
-            self._cache.put(sha, entry)
+            if data is None:
+                data = checkout_blobs(self.repo_root, {blob: path}).get(blob)
+            if data is not None:
+                entry = _parse_entry(path, data)
+                self._cache.put(blob, entry)
         return entry
 
 

@@ -38,10 +38,10 @@ import os
 import stat
 import subprocess
 import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 FORMAT = "tree-scan-v4"
 SUFFIX = ".scan"
@@ -61,7 +61,7 @@ class TreeScan:
     the index derived them: the files naming a source that resolves to each module dir."""
 
     tf_files: tuple[str, ...]
-    sources: Mapping[str, tuple[str, ...]]
+    candidate_sources: Mapping[str, tuple[str, ...]]
     blobs: Mapping[str, str]
     callers: Mapping[str, frozenset[str]] | None = None
     # The dirs of `tf_files`, kept with `callers` (both or neither).
@@ -71,8 +71,8 @@ class TreeScan:
 class _Rows(Mapping[str, _V]):
     """Rows of an entry by key (`key NUL item NUL item…`), each split into its value on
     first use. A new process's query reads a few of a monorepo's thousands of rows
-    (15,000 names, ~4 ms to split them all), and an edited copy (`replaced`) or a stored
-    one keeps the untouched rows as text."""
+    (15,000 names, ~4 ms to split them all), and an edited copy (`replaced_rows`) or a
+    stored one keeps the untouched rows as text."""
 
     def __init__(self, rows: dict[str, str | _V]) -> None:
         self._rows = rows
@@ -95,16 +95,6 @@ class _Rows(Mapping[str, _V]):
 
     def __contains__(self, key: object) -> bool:
         return key in self._rows
-
-    def replaced(self, edited: Mapping[str, _V]) -> Self:
-        """A copy with the `edited` rows replaced, the empty ones dropped."""
-        rows = dict(self._rows)
-        for key, value in edited.items():
-            if value:
-                rows[key] = value
-            else:
-                rows.pop(key, None)
-        return type(self)(rows)
 
     def row_text(self, key: str) -> str:
         """The row of `key` as stored."""
@@ -140,52 +130,10 @@ class TreeIndex:
             return None
         return _decoded(tree, data)
 
-    def derive_from_stored(
-        self,
-        repo_root: Path,
-        tree: str,
-        keeps: Callable[[str], bool],
-        sources_in: Callable[[str, str], tuple[str, ...]],
-    ) -> tuple[TreeScan, TreeScan, list[str]] | None:
-        """`tree`'s scan from the stored scan of the most recent tree this repository
-        holds, through the diff: (that base scan, the scan, the changed paths), or None.
-        The newest entry is tried first by diffing it straight away (git refuses a tree
-        this repository does not hold), which spares asking git which trees it has."""
-        recent = self._recent()
-        base = recent[0] if recent else None
-        changed = _changed_paths(repo_root, base, tree) if base is not None else None
-        if changed is None and len(recent) > 1:
-            base = _newest_present(repo_root, recent[1:])
-            changed = _changed_paths(repo_root, base, tree) if base is not None else None
-        base_scan = self.load(base) if base is not None and changed is not None else None
-        if base_scan is None or changed is None:
-            return None
-        scan = _apply(repo_root, base_scan, changed, keeps, sources_in)
-        return base_scan, scan, [change.path for change in changed]
-
-    def update(
-        self,
-        repo_root: Path,
-        tree: str,
-        bases: Mapping[str, TreeScan],
-        keeps: Callable[[str], bool],
-        sources_in: Callable[[str, str], tuple[str, ...]],
-    ) -> tuple[str, TreeScan, list[str]] | None:
-        """`tree`'s scan from one of `bases` (scans the caller holds, by tree id, most
-        recent first): the newest this repository has, brought to `tree` through the
-        diff. (base, scan, changed paths), or None. Not stored: the caller stores it
-        (`store`) with what it derives from it."""
-        base = _newest_present(repo_root, list(bases))
-        changed = _changed_paths(repo_root, base, tree) if base is not None else None
-        if base is None or changed is None:
-            return None
-        scan = _apply(repo_root, bases[base], changed, keeps, sources_in)
-        return base, scan, [change.path for change in changed]
-
     def has(self, tree: str) -> bool:
         return (self._directory / f"{tree}{SUFFIX}").exists()
 
-    def _recent(self) -> list[str]:
+    def trees(self) -> list[str]:
         """Stored tree ids, most recent first."""
         try:
             entries = sorted(
@@ -219,7 +167,7 @@ class TreeIndex:
 
 def _encoded(tree: str, scan: TreeScan) -> bytes | None:
     """The entry's bytes, or None when a path holds a newline (it would split a row)."""
-    rows_keys = list(scan.sources) + list(scan.callers or ())
+    rows_keys = list(scan.candidate_sources) + list(scan.callers or ())
     if any("\n" in key for key in rows_keys):
         return None
     callers, dirs = scan.callers, scan.dirs
@@ -228,7 +176,7 @@ def _encoded(tree: str, scan: TreeScan) -> bytes | None:
         "\0".join(scan.tf_files),
         "\0".join(map(scan.blobs.get, scan.tf_files, itertools.repeat(""))),
         # Sorted, as a full scan lists them: the reader groups them by dir in one pass.
-        "\n".join(_row_texts(scan.sources, sorted(scan.sources))),
+        "\n".join(_row_texts(scan.candidate_sources, sorted(scan.candidate_sources))),
         "\n".join(_row_texts(callers, callers)) if derived else "",  # type: ignore[arg-type]
         "\0".join(dirs) if derived else "",  # type: ignore[arg-type]
     )
@@ -294,26 +242,45 @@ def _digest(tree: str, lengths: str, body: bytes) -> str:
 
 
 @dataclass(frozen=True)
-class _Change:
+class Change:
+    """One path of `git diff-tree` between two trees."""
+
     status: str  # A, M, T or D
     path: str
     mode: str  # the new mode ("000000" when deleted)
     blob: str  # the new blob id
 
 
-def _apply(
+def diff_from_newest(
+    repo_root: Path, tree: str, bases: Sequence[str]
+) -> tuple[str, list[Change]] | None:
+    """The newest of `bases` (tree ids, most recent first) this repository holds and its
+    diff to `tree`; None when none is held or the diff is too large to be worth it. The
+    newest is diffed straight away (git refuses a tree this repository does not hold):
+    it is usually there, and that spares asking git which trees it has."""
+    changes = _changed_paths(repo_root, bases[0], tree) if bases else None
+    if changes is not None:
+        return bases[0], changes
+    base = _newest_present(repo_root, list(bases[1:]))
+    changes = _changed_paths(repo_root, base, tree) if base is not None else None
+    return (base, changes) if base is not None and changes is not None else None
+
+
+def apply_changes(
     repo_root: Path,
     scan: TreeScan,
-    changed: list[_Change],
+    changes: list[Change],
     keeps: Callable[[str], bool],
     sources_in: Callable[[str, str], tuple[str, ...]],
 ) -> TreeScan:
-    """`scan` with every changed path re-read from its new blob (present) or dropped."""
-    gone = {change.path for change in changed}
+    """`scan` with every changed path re-read from its new blob (present) or dropped:
+    `keeps(path)` says which paths a scan lists, `sources_in(path, text)` what it finds
+    in a file's text."""
+    gone = {change.path for change in changes}
     # Every changed path's sources: none (dropped) unless its new text names some.
     sources: dict[str, tuple[str, ...]] = dict.fromkeys(gone, ())
     blobs = dict(scan.blobs)
-    kept = [c for c in changed if c.status != "D" and keeps(c.path)]
+    kept = [c for c in changes if c.status != "D" and keeps(c.path)]
     # `.tf` files are grepped as `git grep` does; symlinks are grepped as their link text.
     texts = checkout_blobs(repo_root, {c.blob: c.path for c in kept if c.path.endswith(".tf")})
     for path in gone:
@@ -329,23 +296,19 @@ def _apply(
     files = [path for path in scan.tf_files if path not in gone]
     files.extend(change.path for change in kept)
     files.sort()
-    return TreeScan(tuple(files), _edited(scan.sources, sources), blobs)
+    return TreeScan(tuple(files), replaced_rows(scan.candidate_sources, sources), blobs)
 
 
-def _edited(
-    rows: Mapping[str, tuple[str, ...]], edits: Mapping[str, tuple[str, ...]]
-) -> Mapping[str, tuple[str, ...]]:
+def replaced_rows(rows: Mapping[str, _V], edits: Mapping[str, _V]) -> Mapping[str, _V]:
     """`rows` with the `edits` in, the empty ones dropped; rows read from an entry stay
     text (copying a dict of 5,000 strings, not splitting them)."""
-    if isinstance(rows, _Rows):
-        return rows.replaced(edits)
-    edited = dict(rows)
+    edited = dict(rows._rows if isinstance(rows, _Rows) else rows)
     for key, value in edits.items():
         if value:
             edited[key] = value
         else:
             edited.pop(key, None)
-    return edited
+    return type(rows)(edited) if isinstance(rows, _Rows) else edited
 
 
 def index_tree(repo_root: Path) -> str | None:
@@ -459,7 +422,7 @@ def _cat_file(repo_root: Path, mode: str, names: list[str]) -> bytes | None:
     return proc.stdout if proc.returncode == 0 else None
 
 
-def _changed_paths(repo_root: Path, base: str, tree: str) -> list[_Change] | None:
+def _changed_paths(repo_root: Path, base: str, tree: str) -> list[Change] | None:
     """Every path added (A), modified (M, T) or deleted (D) between two trees, with its
     new mode and blob; None when git cannot tell (a tree this repository does not hold)
     or a full scan is as cheap."""
@@ -474,7 +437,7 @@ def _changed_paths(repo_root: Path, base: str, tree: str) -> list[_Change] | Non
         if not path or len(parts) != 5:
             continue
         _old_mode, new_mode, _old_id, new_id, status = parts
-        changes.append(_Change(status[:1], path, new_mode, new_id))
+        changes.append(Change(status[:1], path, new_mode, new_id))
     return None if len(changes) > MAX_DIFF_PATHS else changes
 
 
