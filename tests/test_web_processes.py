@@ -92,7 +92,11 @@ def test_web_concurrency_overrides_the_default(
 
 def _configured(settings: Settings) -> RunnerServer:
     # Builds gunicorn's config as `serve` does (load_config runs in the constructor).
-    return RunnerServer(settings, lambda _settings: None, gunicorn_options(settings))  # type: ignore[arg-type, return-value]
+    return RunnerServer(settings, _no_services, gunicorn_options(settings))
+
+
+def _no_services(_settings: Settings) -> WebServices:
+    raise AssertionError("no worker starts in this test")
 
 
 @pytest.mark.parametrize(
