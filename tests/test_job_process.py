@@ -36,7 +36,7 @@ from runner.store.store import Store
 from runner.web.server import web_processes
 from tests.support.fake_github import FakeGitHub
 from tests.support.github_payloads import build_delivery, fake_sha, pull_request_event
-from tests.support.jobs import FAST, REPO, comment_event
+from tests.support.jobs import FAST, REPO, comment_event, started_queues
 from tests.support.mutexes import process_mutex
 from tests.test_jobs import RecordingHandler, pr_event, tag_of
 
@@ -66,19 +66,12 @@ def mutex(tmp_path: Path, store: Store) -> Iterator[ProjectMutex]:
 
 @pytest.fixture
 def queues(store: Store, mutex: ProjectMutex) -> Iterator[Callable[..., InProcessQueue]]:
-    made: list[InProcessQueue] = []
+    with started_queues(mutex, fallback_poll_s=0.01) as make:
 
-    def make(role: QueueRole, handler: object, on: Store | None = None) -> InProcessQueue:
-        queue = InProcessQueue(
-            on or store, handler, 2, mutex=mutex, timing=FAST, role=role, fallback_poll_s=0.01
-        )
-        made.append(queue)
-        queue.start()
-        return queue
+        def on_store(role: QueueRole, handler: object, on: Store | None = None) -> InProcessQueue:
+            return make(on or store, role, handler)
 
-    yield make
-    for queue in made:
-        queue.stop(timeout=0)
+        yield on_store
 
 
 # ---- the roles ------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from runner.jobs.queue import enqueue_event
 from runner.jobs.wakeup import JobWakeup
 from runner.store.jobs import JobStatus
 from runner.store.store import Store
-from tests.support.jobs import FAST
+from tests.support.jobs import started_queues
 from tests.support.mutexes import process_mutex
 from tests.test_job_process import DEADLINE_S, lines, run_jobs_from, wait_for
 from tests.test_jobs import RecordingHandler, comment
@@ -86,17 +86,34 @@ def job_process_store(migrated_url: str) -> Iterator[Store]:
 
 @pytest.fixture
 def queues(mutex: ProjectMutex) -> Iterator[Callable[..., InProcessQueue]]:
-    made: list[InProcessQueue] = []
+    with started_queues(mutex) as make:
+        yield make
 
-    def make(store: Store, role: QueueRole, handler: Any, **options: Any) -> InProcessQueue:
-        queue = InProcessQueue(store, handler, 2, mutex=mutex, timing=FAST, role=role, **options)
-        made.append(queue)
-        queue.start()
-        return queue
 
-    yield make
-    for queue in made:
-        queue.stop(timeout=0)
+@pytest.fixture
+def job_process(
+    job_process_store: Store, channel: Channel, queues: Callable[..., InProcessQueue]
+) -> Callable[[RecordingHandler, float], InProcessQueue]:
+    """`start(handler, fallback_poll_s)`: the job process's queue, woken through `channel`."""
+
+    def start(handler: RecordingHandler, fallback_poll_s: float) -> InProcessQueue:
+        return queues(
+            job_process_store,
+            QueueRole.RUN,
+            handler,
+            wakeup=channel.wakeup,
+            fallback_poll_s=fallback_poll_s,
+        )
+
+    return start
+
+
+@pytest.fixture
+def web_process(
+    store: Store, channel: Channel, queues: Callable[..., InProcessQueue]
+) -> Callable[[], InProcessQueue]:
+    """`start()`: a web process's queue, which wakes the job process through `channel`."""
+    return lambda: queues(store, QueueRole.SUBMIT, RecordingHandler(), wakeup=channel.wakeup)
 
 
 class WatcherReads:
@@ -117,15 +134,12 @@ class WatcherReads:
 
 def test_a_submitted_job_wakes_the_job_process(
     store: Store,
-    job_process_store: Store,
-    channel: Channel,
-    queues: Callable[..., InProcessQueue],
+    job_process: Callable[..., InProcessQueue],
+    web_process: Callable[[], InProcessQueue],
 ) -> None:
     handler = RecordingHandler()
-    queues(
-        job_process_store, QueueRole.RUN, handler, wakeup=channel.wakeup, fallback_poll_s=NEVER_S
-    )
-    web = queues(store, QueueRole.SUBMIT, RecordingHandler(), wakeup=channel.wakeup)
+    job_process(handler, NEVER_S)
+    web = web_process()
     first = web.submit(comment(1, "ok-first"))
     wait_for(lambda: done(store, first), "the first job")
 
@@ -137,13 +151,10 @@ def test_a_submitted_job_wakes_the_job_process(
 
 
 def test_a_job_whose_wake_up_was_lost_is_found_by_the_fallback_poll(
-    store: Store,
-    job_process_store: Store,
-    channel: Channel,
-    queues: Callable[..., InProcessQueue],
+    store: Store, job_process: Callable[..., InProcessQueue]
 ) -> None:
     handler = RecordingHandler()
-    queues(job_process_store, QueueRole.RUN, handler, wakeup=channel.wakeup, fallback_poll_s=0.2)
+    job_process(handler, 0.2)
 
     lost = enqueue_event(store, comment(1, "ok-unannounced"))  # stored, nobody woken
 
@@ -155,7 +166,8 @@ def test_a_forged_wake_up_costs_one_read_and_runs_no_job(
     store: Store,
     job_process_store: Store,
     channel: Channel,
-    queues: Callable[..., InProcessQueue],
+    job_process: Callable[..., InProcessQueue],
+    web_process: Callable[[], InProcessQueue],
 ) -> None:
     # The attack: whoever holds the channel sends wake-ups that claim to carry a job
     # (a payload, an id, a flood). A wake-up says only "look": the job process reads the
@@ -163,13 +175,7 @@ def test_a_forged_wake_up_costs_one_read_and_runs_no_job(
     handler = RecordingHandler()
     reads = WatcherReads(job_process_store)
     try:
-        queues(
-            job_process_store,
-            QueueRole.RUN,
-            handler,
-            wakeup=channel.wakeup,
-            fallback_poll_s=NEVER_S,
-        )
+        job_process(handler, NEVER_S)
         forged = [
             b'{"kind": "comment", "payload": {"body": "gitops apply"}}',
             b"job 1",
@@ -179,8 +185,7 @@ def test_a_forged_wake_up_costs_one_read_and_runs_no_job(
         for datagram in forged:
             channel.forge(datagram)
         # A real job after the forgeries: once it ran, every forged wake-up was read.
-        web = queues(store, QueueRole.SUBMIT, RecordingHandler(), wakeup=channel.wakeup)
-        real = web.submit(comment(1, "ok-real"))
+        real = web_process().submit(comment(1, "ok-real"))
         wait_for(lambda: done(store, real), "the real job")
     finally:
         reads.close()

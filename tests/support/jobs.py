@@ -20,15 +20,19 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis import Redis, RedisError
 
+from runner.engine.project_mutex import ProjectMutex
 from runner.events.comment_parser import parse_comment
 from runner.events.model import CommentEvent, RepoRef
 from runner.jobs.cancellation import Superseded, supersede
+from runner.jobs.inprocess import InProcessQueue, QueueRole
 from runner.jobs.model import WorkEvent
 from runner.jobs.queue import JobTiming, enqueue_event
 from runner.store.deliveries import DeliveryRef
@@ -45,6 +49,27 @@ REPO = RepoRef(
     html_url="https://github.com/acme/infra",
     default_branch="main",
 )
+
+
+@contextmanager
+def started_queues(mutex: ProjectMutex, **defaults: Any) -> Iterator[Callable[..., InProcessQueue]]:
+    """`make(store, role, handler, **options)`: a started `InProcessQueue` (2 workers,
+    `FAST` timing, `defaults` then `options`), every one stopped when the block ends."""
+    made: list[InProcessQueue] = []
+
+    def make(store: Store, role: QueueRole, handler: Any, **options: Any) -> InProcessQueue:
+        queue = InProcessQueue(
+            store, handler, 2, mutex=mutex, timing=FAST, role=role, **{**defaults, **options}
+        )
+        made.append(queue)
+        queue.start()
+        return queue
+
+    try:
+        yield make
+    finally:
+        for queue in made:
+            queue.stop(timeout=0)
 
 
 def submit_event(
