@@ -7,8 +7,9 @@ landed on the base branch meanwhile do not count as the PR's changes.
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
+
+from runner.git_command import git_output, run_git
 
 
 class ChangeDetectionError(Exception):
@@ -28,7 +29,7 @@ def changed_files(repo: Path, base: str, head: str) -> list[str]:
         # One process: `git diff base...head` diffs from the merge-base itself. Any
         # failure (no merge-base, unknown revision) is asked again step by step below,
         # so the error says which.
-        out = _git_output(repo, "diff", *_DIFF_FLAGS, f"{base}...{head}", "--")
+        out = git_output(repo, "diff", *_DIFF_FLAGS, f"{base}...{head}", "--")
         if out is not None:
             return _paths(out)
     merge_base = _git(repo, base, head, "merge-base", base, head).strip()
@@ -48,24 +49,9 @@ def _paths(out: str) -> list[str]:
     return sorted({p for p in out.split("\0") if p})
 
 
-def _git_output(repo: Path, *args: str) -> str | None:
-    """git's output, None when it fails."""
-    proc = subprocess.run(
-        ["git", "--no-optional-locks", "-C", str(repo), *args], capture_output=True, check=False
-    )
-    return os.fsdecode(proc.stdout) if proc.returncode == 0 else None
-
-
 def _git(repo: Path, base: str, head: str, *args: str) -> str:
-    """git's output; exit code 1 of `merge-base` (no common ancestor) is an empty answer.
-
-    Plain git rather than GitPython: no object lookups in Python, for a step every pull
-    request event takes."""
-    proc = subprocess.run(
-        ["git", "--no-optional-locks", "-C", str(repo), *args],
-        capture_output=True,
-        check=False,
-    )
+    """git's output; exit code 1 of `merge-base` (no common ancestor) is an empty answer."""
+    proc = run_git(repo, *args)
     unrelated = args[0] == "merge-base" and proc.returncode == 1 and not proc.stderr
     if proc.returncode == 0 or unrelated:
         return os.fsdecode(proc.stdout)

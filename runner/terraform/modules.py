@@ -36,7 +36,6 @@ import os
 import posixpath
 import re
 import sqlite3
-import subprocess
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from runner.gc_pause import gc_paused
+from runner.git_command import run_git
 from runner.terraform.hcl_scan import lexical_local_calls
 from runner.terraform.tree_index import (
     TreeIndex,
@@ -175,12 +175,7 @@ def _is_tf(path: str) -> bool:
 
 
 def _run_git(repo_root: Path, *args: str) -> bytes:
-    # --no-optional-locks: never rewrite the index of a working copy someone else uses.
-    proc = subprocess.run(
-        ["git", "--no-optional-locks", "-C", str(repo_root), *args],
-        capture_output=True,
-        check=False,
-    )
+    proc = run_git(repo_root, *args)
     # git grep exits 1 when nothing matched.
     if proc.returncode not in (0, 1) or (proc.returncode == 1 and proc.stderr):
         raise RuntimeError(f"git {args[0]} failed: {proc.stderr.decode(errors='replace')}")

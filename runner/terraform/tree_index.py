@@ -36,12 +36,13 @@ import hashlib
 import itertools
 import os
 import stat
-import subprocess
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from runner.git_command import git_output, run_git
 
 FORMAT = "tree-scan-v4"
 SUFFIX = ".scan"
@@ -313,7 +314,7 @@ def replaced_rows(rows: Mapping[str, _V], edits: Mapping[str, _V]) -> Mapping[st
 
 def index_tree(repo_root: Path) -> str | None:
     """The tree id of the checkout's index (what `git grep --cached` searches)."""
-    output = _git(repo_root, "write-tree")
+    output = git_output(repo_root, "write-tree")
     tree = output.strip() if output is not None else ""
     return tree if _is_object_id(tree) else None
 
@@ -321,7 +322,7 @@ def index_tree(repo_root: Path) -> str | None:
 def indexed_blobs(repo_root: Path, pathspecs: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
     """The paths of the checkout's index matching `pathspecs` (stage 0: a clean checkout
     has no other) and the blob id of each regular file among them."""
-    output = _git(repo_root, "ls-files", "-s", "-z", "--", *pathspecs) or ""
+    output = git_output(repo_root, "ls-files", "-s", "-z", "--", *pathspecs) or ""
     paths: list[str] = []
     blobs: dict[str, str] = {}
     for record in output.split("\0"):
@@ -413,12 +414,7 @@ def _newest_present(repo_root: Path, trees: list[str]) -> str | None:
 
 def _cat_file(repo_root: Path, mode: str, names: list[str]) -> bytes | None:
     """`git cat-file --batch` or `--batch-check` of `names`; None when git fails."""
-    proc = subprocess.run(
-        ["git", "--no-optional-locks", "-C", str(repo_root), "cat-file", mode],
-        input="\n".join(names).encode() + b"\n",
-        capture_output=True,
-        check=False,
-    )
+    proc = run_git(repo_root, "cat-file", mode, stdin="\n".join(names).encode() + b"\n")
     return proc.stdout if proc.returncode == 0 else None
 
 
@@ -426,7 +422,7 @@ def _changed_paths(repo_root: Path, base: str, tree: str) -> list[Change] | None
     """Every path added (A), modified (M, T) or deleted (D) between two trees, with its
     new mode and blob; None when git cannot tell (a tree this repository does not hold)
     or a full scan is as cheap."""
-    output = _git(repo_root, "diff-tree", "-r", "-z", "--no-renames", base, tree)
+    output = git_output(repo_root, "diff-tree", "-r", "-z", "--no-renames", base, tree)
     if output is None:
         return None
     fields = output.split("\0")
@@ -443,13 +439,3 @@ def _changed_paths(repo_root: Path, base: str, tree: str) -> list[Change] | None
 
 def _is_object_id(text: str) -> bool:
     return len(text) in (40, 64) and all(c in "0123456789abcdef" for c in text)
-
-
-def _git(repo_root: Path, *args: str) -> str | None:
-    # --no-optional-locks: never rewrite the index of a working copy someone else uses.
-    proc = subprocess.run(
-        ["git", "--no-optional-locks", "-C", str(repo_root), *args],
-        capture_output=True,
-        check=False,
-    )
-    return os.fsdecode(proc.stdout) if proc.returncode == 0 else None
